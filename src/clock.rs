@@ -1,0 +1,162 @@
+//! Where "now" comes from: one clock per store, read once per decision.
+//!
+//! - [`MonotonicClock`], the default: the CPU's time-stamp counter through `quanta`, a few
+//!   nanoseconds a read, never going backwards.
+//! - [`TokioClock`]: tokio's clock, which `tokio::time::pause` and `advance` control. Use it in
+//!   tests, so that waits and refills are exact and take no wall time.
+//! - [`ManualClock`]: a number you move by hand, for tests without a runtime.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::clock::{Clock, ManualClock};
+//!
+//! let clock = ManualClock::new();
+//! let before = clock.now();
+//! clock.advance(Duration::from_millis(250));
+//! assert_eq!(clock.now() - before, 250_000_000);
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A monotonic source of time in nanoseconds since an origin of the clock's choosing.
+///
+/// Stores call [`now`](Clock::now) once per decision; everything they answer (waits,
+/// resets) is a duration from that reading, so the same clock serves decisions and headers.
+pub trait Clock: Clone + Send + Sync + 'static {
+    /// Nanoseconds since this clock's origin. Never decreases.
+    fn now(&self) -> u64;
+}
+
+/// The default clock: the time-stamp counter read through [`quanta`], calibrated once per
+/// process.
+///
+/// It follows real time, not tokio's paused clock: tests that pause time should give the store
+/// a [`TokioClock`].
+#[derive(Clone)]
+pub struct MonotonicClock {
+    clock: quanta::Clock,
+    origin: u64,
+}
+
+impl MonotonicClock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        let clock = quanta::Clock::new();
+        let origin = clock.raw();
+        Self { clock, origin }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
+    }
+}
+
+impl fmt::Debug for MonotonicClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MonotonicClock")
+            .field("now", &Duration::from_nanos(self.now()))
+            .finish()
+    }
+}
+
+/// tokio's clock: paused, advanced and auto-advanced by `tokio::time::pause` and `advance`.
+///
+/// Reading it costs more than [`MonotonicClock`] (tokio looks up the runtime's clock when its
+/// `test-util` feature is on), so it is meant for tests.
+#[derive(Clone, Debug)]
+pub struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock whose origin is tokio's now.
+    pub fn new() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> u64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.origin);
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A clock that moves only when told to. Clones share the time.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at its origin.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward by `by` (saturating).
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_add(by))
+            });
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.nanos.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let clock = MonotonicClock::new();
+        let a = clock.now();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = clock.now();
+        assert!(b >= a + 1_000_000, "{a} then {b}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_paused_time() {
+        let clock = TokioClock::new();
+        let a = clock.now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(clock.now() - a, 3_000_000_000);
+    }
+
+    #[test]
+    fn manual_clock_saturates() {
+        let clock = ManualClock::new();
+        clock.advance(Duration::MAX);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now(), u64::MAX);
+    }
+}

@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod clock;
+pub mod gcra;
+pub mod headers;
+pub mod key;
+pub mod quota;
+pub mod rate_limit;
+pub mod store;
+
+pub use quota::{Quota, QuotaError, Quotas};
+pub use rate_limit::{RateLimitLayer, RateLimited};
+pub use store::{Decision, MemoryStore, Store, StoreError};
+
+/// The error type of services that answer with boxed errors, as tower's middleware does.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

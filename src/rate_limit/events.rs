@@ -1,0 +1,61 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Decision, Quota};
+
+/// What the hook of [`RateLimitLayer::on_limit`](super::RateLimitLayer::on_limit) is told:
+/// a request was denied, or is waiting for its slot.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct LimitEvent<'a> {
+    /// Denied or waiting.
+    pub kind: LimitEventKind,
+    /// The limiter's name (see [`RateLimitLayer::name`](super::RateLimitLayer::name)).
+    pub limiter: &'a str,
+    /// The request's key.
+    pub key: &'a dyn fmt::Debug,
+    /// Denied: the retry-after. Waiting: how long the request waits.
+    pub delay: Duration,
+    /// The quota that decided.
+    pub quota: &'a Quota,
+    /// The store's decision.
+    pub decision: &'a Decision,
+}
+
+/// Whether a request was denied or made to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LimitEventKind {
+    /// Refused: over the limit (in wait mode: its slot was further than the maximum wait).
+    Denied,
+    /// Waiting for its reserved slot (wait mode).
+    Waiting,
+}
+
+pub(crate) type Hook = Arc<dyn Fn(&LimitEvent<'_>) + Send + Sync>;
+
+/// Calls the hook and emits the `tracing` event.
+pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
+    match event.kind {
+        LimitEventKind::Denied => tracing::debug!(
+            target: "tollgate::rate_limit",
+            limiter = event.limiter,
+            key = ?event.key,
+            quota = event.quota.name(),
+            retry_after_ms = event.delay.as_millis() as u64,
+            "request denied"
+        ),
+        LimitEventKind::Waiting => tracing::debug!(
+            target: "tollgate::rate_limit",
+            limiter = event.limiter,
+            key = ?event.key,
+            quota = event.quota.name(),
+            wait_ms = event.delay.as_millis() as u64,
+            "request waits for its slot"
+        ),
+    }
+    if let Some(hook) = hook {
+        hook(event);
+    }
+}

@@ -1,0 +1,288 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_layer::Layer;
+
+use super::events::{Hook, LimitEvent};
+use super::policy::OnePerRequest;
+use super::respond::{EmptyBody, Errors, HeaderOptions, Http};
+use super::service::{RateLimit, Shared};
+use crate::key::Global;
+use crate::{MemoryStore, Quotas};
+
+/// Applies rate limits to a tower service. See the [module docs](super) for a tour.
+///
+/// Built with [`RateLimitLayer::new`] and configured with methods that each return the
+/// layer: [`key`](Self::key), [`quotas`](Self::quotas), [`store`](Self::store),
+/// [`cost`](Self::cost), [`wait`](Self::wait), [`headers`](Self::headers), ...
+///
+/// # Clone
+///
+/// Cheap (a few `Arc`s). Every clone of the layer, and every service it makes, shares one
+/// store: the limit holds however many times a framework clones the service.
+#[must_use]
+pub struct RateLimitLayer<K = Global, Q = Quotas, S = MemoryStore, R = Http, C = OnePerRequest> {
+    key: K,
+    quotas: Q,
+    store: S,
+    respond: R,
+    cost: C,
+    options: Options,
+}
+
+/// What the layer does with a request whose key cannot be extracted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Refuse it: HTTP 400 when the client caused it (a missing header, a malformed chain),
+    /// 500 when the server did (no peer address), or a [`KeyError`](crate::key::KeyError).
+    /// The default.
+    #[default]
+    Reject,
+    /// Let it through, unlimited.
+    Allow,
+}
+
+/// Refuse over the limit, or wait for a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Reject,
+    Wait(Duration),
+}
+
+#[derive(Clone)]
+pub(crate) struct Options {
+    pub(crate) mode: Mode,
+    pub(crate) missing_key: MissingKey,
+    pub(crate) hook: Option<Hook>,
+    pub(crate) name: Arc<str>,
+}
+
+impl RateLimitLayer {
+    /// A global limit of `quotas` (a [`Quota`](crate::Quota) or [`Quotas`]) in the memory
+    /// store, refusing with 429 and IETF rate-limit headers.
+    pub fn new(quotas: impl Into<Quotas>) -> Self {
+        Self {
+            key: Global,
+            quotas: quotas.into(),
+            store: MemoryStore::new(),
+            respond: Http::new(),
+            cost: OnePerRequest,
+            options: Options {
+                mode: Mode::Reject,
+                missing_key: MissingKey::Reject,
+                hook: None,
+                name: Arc::from("rate_limit"),
+            },
+        }
+    }
+}
+
+impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
+    /// How requests become keys: a [`KeyExtractor`](crate::key::KeyExtractor) such as
+    /// [`PeerIp`](crate::key::PeerIp), or a closure `Fn(&Request) -> Option<Key>`.
+    pub fn key<K2>(self, key: K2) -> RateLimitLayer<K2, Q, S, R, C> {
+        RateLimitLayer {
+            key,
+            quotas: self.quotas,
+            store: self.store,
+            respond: self.respond,
+            cost: self.cost,
+            options: self.options,
+        }
+    }
+
+    /// Which quotas apply: the same for every request ([`Quotas`]), by tier
+    /// ([`Tiers`](super::Tiers)), or from a closure `Fn(&Key, &Request) -> Quotas`.
+    pub fn quotas<Q2>(self, quotas: Q2) -> RateLimitLayer<K, Q2, S, R, C> {
+        RateLimitLayer {
+            key: self.key,
+            quotas,
+            store: self.store,
+            respond: self.respond,
+            cost: self.cost,
+            options: self.options,
+        }
+    }
+
+    /// Where the state lives: the [`MemoryStore`] by default (give it your own to configure
+    /// it, or to query it), or any [`Store`](crate::Store).
+    pub fn store<S2>(self, store: S2) -> RateLimitLayer<K, Q, S2, R, C> {
+        RateLimitLayer {
+            key: self.key,
+            quotas: self.quotas,
+            store,
+            respond: self.respond,
+            cost: self.cost,
+            options: self.options,
+        }
+    }
+
+    /// What a request costs: a closure `Fn(&Request) -> u32` (1 per request by default).
+    pub fn cost<C2>(self, cost: C2) -> RateLimitLayer<K, Q, S, R, C2> {
+        RateLimitLayer {
+            key: self.key,
+            quotas: self.quotas,
+            store: self.store,
+            respond: self.respond,
+            cost,
+            options: self.options,
+        }
+    }
+
+    /// Answer with errors instead of HTTP responses: for services that are not HTTP. A refused
+    /// request fails with a boxed [`RateLimited`](super::RateLimited), and the inner errors are
+    /// boxed too.
+    pub fn errors(self) -> RateLimitLayer<K, Q, S, Errors, C> {
+        RateLimitLayer {
+            key: self.key,
+            quotas: self.quotas,
+            store: self.store,
+            respond: Errors,
+            cost: self.cost,
+            options: self.options,
+        }
+    }
+
+    /// Wait mode: a request over the limit waits for its slot, in arrival order per key, if
+    /// the slot comes within `max_wait`; past that it is refused as in reject mode.
+    ///
+    /// With the global key and fixed quotas the wait happens in `poll_ready` (backpressure:
+    /// the service is not ready until a slot is reserved); otherwise in the response future.
+    /// Waiting needs a tokio runtime's timer.
+    pub fn wait(mut self, max_wait: Duration) -> Self {
+        self.options.mode = Mode::Wait(max_wait);
+        self
+    }
+
+    /// Reject mode, the default: a request over the limit is refused at once.
+    pub fn reject(mut self) -> Self {
+        self.options.mode = Mode::Reject;
+        self
+    }
+
+    /// What to do with requests whose key cannot be extracted (default:
+    /// [`MissingKey::Reject`]). Either way, a `tracing` event says why.
+    pub fn on_missing_key(mut self, policy: MissingKey) -> Self {
+        self.options.missing_key = policy;
+        self
+    }
+
+    /// Calls `hook` for every denied request and every request made to wait, with its key and
+    /// delay. A `tracing` event (target `tollgate::rate_limit`, level DEBUG) is emitted either
+    /// way.
+    pub fn on_limit(mut self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.options.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Names the limiter in events and logs (default `rate_limit`).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.options.name = name.into();
+        self
+    }
+
+    /// The store, to query or reset keys.
+    pub fn store_ref(&self) -> &S {
+        &self.store
+    }
+}
+
+impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
+    /// Which rate-limit headers to send (default: IETF `RateLimit` and `RateLimit-Policy`, on
+    /// every response).
+    pub fn headers(mut self, options: HeaderOptions) -> Self {
+        self.respond.headers = options;
+        self
+    }
+
+    /// The status of a response over the limit (default 429 Too Many Requests).
+    pub fn refusal_status(mut self, status: StatusCode) -> Self {
+        self.respond.status = status;
+        self
+    }
+
+    /// Builds refusals with `build` instead of an empty body; the layer still adds
+    /// `Retry-After` (unless set) and the rate-limit headers.
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use http::{Response, StatusCode};
+    /// use tollgate::rate_limit::{RateLimitLayer, Refusal};
+    /// use tollgate::Quota;
+    ///
+    /// let layer = RateLimitLayer::new(Quota::per_second(5).unwrap()).refuse_with(|refusal: &Refusal| {
+    ///     Response::builder()
+    ///         .status(refusal.status())
+    ///         .header("content-type", "text/plain")
+    ///         .body(Body::from(format!("{refusal}\n")))
+    ///         .unwrap()
+    /// });
+    /// # drop(layer);
+    /// ```
+    pub fn refuse_with<G>(self, build: G) -> RateLimitLayer<K, Q, S, Http<G>, C> {
+        RateLimitLayer {
+            key: self.key,
+            quotas: self.quotas,
+            store: self.store,
+            respond: self.respond.replace_body(build),
+            cost: self.cost,
+            options: self.options,
+        }
+    }
+
+    /// Refusals with an empty body again.
+    pub fn empty_refusals(self) -> RateLimitLayer<K, Q, S, Http<EmptyBody>, C> {
+        self.refuse_with(EmptyBody)
+    }
+}
+
+impl<Svc, K, Q, S, R, C> Layer<Svc> for RateLimitLayer<K, Q, S, R, C>
+where
+    K: Clone,
+    Q: Clone,
+    S: Clone,
+    R: Clone,
+    C: Clone,
+{
+    type Service = RateLimit<Svc, K, Q, S, R, C>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        RateLimit::new(
+            inner,
+            Arc::new(Shared {
+                key: self.key.clone(),
+                quotas: self.quotas.clone(),
+                store: self.store.clone(),
+                respond: self.respond.clone(),
+                cost: self.cost.clone(),
+                options: self.options.clone(),
+            }),
+        )
+    }
+}
+
+impl<K: Clone, Q: Clone, S: Clone, R: Clone, C: Clone> Clone for RateLimitLayer<K, Q, S, R, C> {
+    fn clone(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+            quotas: self.quotas.clone(),
+            store: self.store.clone(),
+            respond: self.respond.clone(),
+            cost: self.cost.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<K, Q, S, R, C> fmt::Debug for RateLimitLayer<K, Q, S, R, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("name", &self.options.name)
+            .field("mode", &self.options.mode)
+            .field("missing_key", &self.options.missing_key)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,379 @@
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::header::RETRY_AFTER;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+
+use crate::headers::legacy::{self, Reset};
+use crate::headers::{ietf, retry_after};
+use crate::key::KeyError;
+use crate::{BoxError, Decision, Quota, QuotaError, Quotas, StoreError};
+
+/// Why the layer answered a request itself instead of passing it on.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Over the limit.
+    Limited(RateLimited),
+    /// The request has no key, and [`MissingKey::Reject`](super::MissingKey::Reject) applies.
+    NoKey(KeyError),
+    /// The request costs more than a quota's burst: it could never pass.
+    TooCostly(QuotaError),
+    /// The store could not decide (a network store down or slow).
+    StoreFailed(StoreError),
+}
+
+impl Refusal {
+    /// The status the built-in HTTP answer uses: 429 over the limit, 400 for a missing or
+    /// malformed key or an impossible cost, 500 when the server cannot see the key (a setup
+    /// mistake), 503 when the store failed.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoKey(e) if e.is_client_error() => StatusCode::BAD_REQUEST,
+            Self::NoKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TooCostly(_) => StatusCode::BAD_REQUEST,
+            Self::StoreFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The refusal as an error, for services that answer with errors.
+    pub fn into_error(self) -> BoxError {
+        match self {
+            Self::Limited(e) => Box::new(e),
+            Self::NoKey(e) => Box::new(e),
+            Self::TooCostly(e) => Box::new(e),
+            Self::StoreFailed(e) => Box::new(e),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Limited(e) => e.fmt(f),
+            Self::NoKey(e) => e.fmt(f),
+            Self::TooCostly(e) => e.fmt(f),
+            Self::StoreFailed(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The error of a request refused for being over the limit: [`retry_after`](Self::retry_after)
+/// says when it would pass.
+///
+/// Services that answer with errors ([`RateLimitLayer::errors`](super::RateLimitLayer::errors))
+/// return it boxed; downcast to find it.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    decision: Decision,
+    quotas: Quotas,
+}
+
+impl RateLimited {
+    pub(crate) fn new(decision: Decision, quotas: Quotas) -> Self {
+        Self { decision, quotas }
+    }
+
+    /// How long until the request would pass.
+    pub fn retry_after(&self) -> Duration {
+        self.decision.retry_after()
+    }
+
+    /// The quota that refused.
+    pub fn quota(&self) -> &Quota {
+        &self.quotas.as_slice()[self.decision.quota_index()]
+    }
+
+    /// All the quotas that applied.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The store's decision.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limited by quota {:?}; retry after {:?}",
+            self.quota().name(),
+            self.retry_after()
+        )
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+/// How the layer answers: what it adds to responses it lets through, and what it returns for
+/// requests it refuses.
+///
+/// Two families are built in: [`Http`] answers HTTP requests with a response (429 and
+/// rate-limit headers), [`Errors`] answers any service with an error. This trait is public so
+/// that the layer's types can be named; use those two rather than implementing it.
+pub trait Respond<T, E>: Clone + Send + Sync + 'static {
+    /// The error type of the wrapped service.
+    type Error: Send + 'static;
+    /// What an allowed response is annotated with.
+    type Note: Send + 'static;
+
+    /// The note for a request allowed by `decision`, if any.
+    fn note(&self, quotas: &Quotas, decision: &Decision) -> Option<Self::Note>;
+
+    /// Applies a note to the response.
+    fn annotate(note: Self::Note, response: &mut T);
+
+    /// The answer to a refused request.
+    fn refuse(&self, refusal: Refusal) -> Result<T, Self::Error>;
+
+    /// Converts the inner service's error.
+    fn inner_error(error: E) -> Self::Error;
+}
+
+/// Which rate-limit headers the HTTP answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderOptions {
+    ietf: bool,
+    legacy: Option<Reset>,
+    on_allowed: bool,
+}
+
+impl Default for HeaderOptions {
+    /// IETF fields on, legacy fields off, on allowed responses too.
+    fn default() -> Self {
+        Self {
+            ietf: true,
+            legacy: None,
+            on_allowed: true,
+        }
+    }
+}
+
+impl HeaderOptions {
+    /// Whether to send `RateLimit` and `RateLimit-Policy` (default: yes).
+    #[must_use]
+    pub fn ietf(mut self, on: bool) -> Self {
+        self.ietf = on;
+        self
+    }
+
+    /// Whether to send `X-RateLimit-Limit`, `-Remaining` and `-Reset`, and how to write the
+    /// reset (default: not sent).
+    #[must_use]
+    pub fn legacy(mut self, reset: Option<Reset>) -> Self {
+        self.legacy = reset;
+        self
+    }
+
+    /// Whether allowed responses carry the fields too, not only refusals (default: yes).
+    #[must_use]
+    pub fn on_allowed(mut self, on: bool) -> Self {
+        self.on_allowed = on;
+        self
+    }
+
+    fn any(&self) -> bool {
+        self.ietf || self.legacy.is_some()
+    }
+}
+
+/// Answers HTTP requests: refusals with a response (429 over the limit, see
+/// [`Refusal::status`]), with `Retry-After` and the rate-limit fields; allowed responses with
+/// the fields (see [`HeaderOptions`]).
+///
+/// The body of a refusal is empty (`ResBody::default()`), as in tower-http's middleware,
+/// unless a closure builds the whole response
+/// ([`RateLimitLayer::refuse_with`](super::RateLimitLayer::refuse_with)); the layer adds the
+/// headers to it either way.
+#[derive(Clone)]
+pub struct Http<F = EmptyBody> {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderOptions,
+    pub(crate) body: F,
+    policy_cache: Arc<OnceLock<(Quotas, HeaderValue)>>,
+}
+
+impl Http {
+    pub(crate) fn new() -> Self {
+        Self::with_body(EmptyBody)
+    }
+}
+
+impl<F> Http<F> {
+    pub(crate) fn with_body(body: F) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers: HeaderOptions::default(),
+            body,
+            policy_cache: Arc::default(),
+        }
+    }
+
+    pub(crate) fn replace_body<G>(self, body: G) -> Http<G> {
+        Http {
+            status: self.status,
+            headers: self.headers,
+            body,
+            policy_cache: self.policy_cache,
+        }
+    }
+
+    /// `RateLimit-Policy` is the same for every response of a fixed set of quotas: computed
+    /// once, then cloned.
+    fn policy(&self, quotas: &Quotas) -> Option<HeaderValue> {
+        let cached = self
+            .policy_cache
+            .get_or_init(|| (quotas.clone(), ietf::policy_value(quotas).unwrap_or(HeaderValue::from_static(""))));
+        if cached.0.same_set(quotas) {
+            Some(cached.1.clone())
+        } else {
+            ietf::policy_value(quotas)
+        }
+    }
+
+    fn fields(&self, quotas: &Quotas, decision: &Decision) -> HeaderNote {
+        let mut note = HeaderNote::default();
+        if self.headers.ietf {
+            note.ietf = Some((ietf::ratelimit_value(quotas, decision), self.policy(quotas)));
+        }
+        if let Some(reset) = self.headers.legacy {
+            note.legacy = Some(legacy::values(decision, reset));
+        }
+        note
+    }
+}
+
+impl<F> fmt::Debug for Http<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The headers an allowed response gets.
+#[derive(Debug, Default)]
+pub struct HeaderNote {
+    ietf: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
+    legacy: Option<[(HeaderName, HeaderValue); 3]>,
+}
+
+impl HeaderNote {
+    fn apply<B>(self, response: &mut Response<B>) {
+        let headers = response.headers_mut();
+        if let Some((ratelimit, policy)) = self.ietf {
+            // Appended: a stack of limiters makes a list, as the fields allow.
+            if let Some(ratelimit) = ratelimit {
+                headers.append(ietf::RATELIMIT, ratelimit);
+            }
+            if let Some(policy) = policy {
+                headers.append(ietf::RATELIMIT_POLICY, policy);
+            }
+        }
+        for (name, value) in self.legacy.into_iter().flatten() {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Builds the response to a refusal. Implemented by [`EmptyBody`] and by closures
+/// `Fn(&Refusal) -> Response<B>`.
+pub trait RefusalResponse<B>: Clone + Send + Sync + 'static {
+    /// The response; `status` is the one the layer would use.
+    fn response(&self, refusal: &Refusal, status: StatusCode) -> Response<B>;
+}
+
+/// Refusals with an empty body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmptyBody;
+
+impl<B: Default> RefusalResponse<B> for EmptyBody {
+    fn response(&self, _: &Refusal, status: StatusCode) -> Response<B> {
+        let mut response = Response::new(B::default());
+        *response.status_mut() = status;
+        response
+    }
+}
+
+impl<B, F> RefusalResponse<B> for F
+where
+    F: Fn(&Refusal) -> Response<B> + Clone + Send + Sync + 'static,
+{
+    fn response(&self, refusal: &Refusal, _: StatusCode) -> Response<B> {
+        self(refusal)
+    }
+}
+
+impl<B, E, F> Respond<Response<B>, E> for Http<F>
+where
+    B: 'static,
+    E: Send + 'static,
+    F: RefusalResponse<B>,
+{
+    type Error = E;
+    type Note = HeaderNote;
+
+    #[inline]
+    fn note(&self, quotas: &Quotas, decision: &Decision) -> Option<HeaderNote> {
+        (self.headers.on_allowed && self.headers.any()).then(|| self.fields(quotas, decision))
+    }
+
+    #[inline]
+    fn annotate(note: HeaderNote, response: &mut Response<B>) {
+        note.apply(response);
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Result<Response<B>, E> {
+        let status = match refusal {
+            Refusal::Limited(_) => self.status,
+            ref other => other.status(),
+        };
+        let mut response = self.body.response(&refusal, status);
+        if let Refusal::Limited(limited) = &refusal {
+            let headers = response.headers_mut();
+            if !headers.contains_key(RETRY_AFTER) {
+                headers.insert(RETRY_AFTER, retry_after::value(limited.retry_after()));
+            }
+            self.fields(limited.quotas(), limited.decision()).apply(&mut response);
+        }
+        Ok(response)
+    }
+
+    fn inner_error(error: E) -> E {
+        error
+    }
+}
+
+/// Answers any service with errors: a refused request fails with a boxed [`RateLimited`] (or
+/// [`KeyError`], [`QuotaError`], [`StoreError`]); the inner service's errors are boxed too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Errors;
+
+impl<T, E> Respond<T, E> for Errors
+where
+    E: Into<BoxError>,
+{
+    type Error = BoxError;
+    type Note = ();
+
+    #[inline]
+    fn note(&self, _: &Quotas, _: &Decision) -> Option<()> {
+        None
+    }
+
+    fn annotate((): (), _: &mut T) {}
+
+    fn refuse(&self, refusal: Refusal) -> Result<T, BoxError> {
+        Err(refusal.into_error())
+    }
+
+    fn inner_error(error: E) -> BoxError {
+        error.into()
+    }
+}

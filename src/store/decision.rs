@@ -1,0 +1,141 @@
+use std::time::Duration;
+
+use crate::gcra::{Gcra, Status, Step};
+use crate::Quotas;
+
+/// A store's answer for one request: allowed or not, and what headers and callers need to know.
+///
+/// When several quotas apply, the numbers are those of the *binding* quota: the one that
+/// denied (the longest wait among those that did), or, when all allowed, the one with the
+/// fewest requests left. [`quota_index`](Self::quota_index) says which.
+///
+/// A `Decision` keeps the raw state and computes the numbers when asked, so a caller that
+/// only wants to know "allowed?" pays for no division.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    allowed: bool,
+    quota: u8,
+    wait: u64,
+    /// `tat - at`: how far the binding bucket is from full when the request goes ahead.
+    debt: u64,
+    gcra: Gcra,
+}
+
+impl Decision {
+    /// The decision of a single quota.
+    #[inline]
+    pub(crate) fn single(gcra: Gcra, step: Step, now: u64) -> Self {
+        Self {
+            allowed: step.allowed,
+            quota: 0,
+            wait: step.wait,
+            debt: step.tat.saturating_sub(if step.allowed {
+                now.saturating_add(step.wait)
+            } else {
+                now
+            }),
+            gcra,
+        }
+    }
+
+    /// Combines the steps of every quota of a set, decided at `now`.
+    pub(crate) fn from_steps(quotas: &Quotas, steps: &[Step], now: u64) -> Self {
+        let gcra = |i: usize| Gcra::new(&quotas.as_slice()[i]);
+        let denied = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.allowed)
+            .max_by_key(|(_, s)| s.wait);
+        if let Some((i, step)) = denied {
+            return Self {
+                allowed: false,
+                quota: i as u8,
+                wait: step.wait,
+                debt: step.tat.saturating_sub(now),
+                gcra: gcra(i),
+            };
+        }
+        let wait = steps.iter().map(|s| s.wait).max().unwrap_or(0);
+        let at = now.saturating_add(wait);
+        let binding = if steps.len() == 1 {
+            0
+        } else {
+            (0..steps.len())
+                .min_by_key(|&i| {
+                    let status = gcra(i).status(steps[i].tat, at);
+                    (status.remaining(), u64::MAX - status.reset_after_nanos())
+                })
+                .unwrap_or(0)
+        };
+        Self {
+            allowed: true,
+            quota: binding as u8,
+            wait,
+            debt: steps[binding].tat.saturating_sub(at),
+            gcra: gcra(binding),
+        }
+    }
+
+    /// Whether the request may pass (after [`wait`](Self::wait), in wait mode).
+    #[inline]
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// Allowed: how long the request waits for its reserved slot; zero in reject mode.
+    /// Denied: zero.
+    #[inline]
+    pub fn wait(&self) -> Duration {
+        if self.allowed {
+            Duration::from_nanos(self.wait)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Time until the next request may pass. Denied: until this request (of its cost) would
+    /// pass. Allowed: zero while requests remain, else until the next token.
+    #[inline]
+    pub fn retry_after(&self) -> Duration {
+        if self.allowed {
+            let status = self.status();
+            if status.remaining() > 0 {
+                Duration::ZERO
+            } else {
+                status.refill_after()
+            }
+        } else {
+            Duration::from_nanos(self.wait)
+        }
+    }
+
+    /// The binding quota's burst.
+    #[inline]
+    pub fn limit(&self) -> u32 {
+        self.status().limit()
+    }
+
+    /// How many requests of cost 1 the binding quota would still admit.
+    #[inline]
+    pub fn remaining(&self) -> u32 {
+        self.status().remaining()
+    }
+
+    /// Time until the binding quota's bucket is full again.
+    #[inline]
+    pub fn reset_after(&self) -> Duration {
+        self.status().reset_after()
+    }
+
+    /// Index, in the [`Quotas`] set, of the quota these numbers describe.
+    #[inline]
+    pub fn quota_index(&self) -> usize {
+        usize::from(self.quota)
+    }
+
+    /// The binding quota's state when the request goes ahead (or, denied, now).
+    #[inline]
+    pub fn status(&self) -> Status {
+        self.gcra.status(self.debt, 0)
+    }
+}
