@@ -1,12 +1,28 @@
 //! Decision and layer costs of tollgate beside governor, tower_governor and tower, in one run.
-//! Figures and ratios go to BENCHMARKS.md; see there for the command.
+//!
+//! ```text
+//! cargo bench --bench rate_limit
+//! ```
+//!
+//! Absolute times on shared machines are noisy; the ratios between neighbours of one group,
+//! measured minutes apart, are what BENCHMARKS.md records.
 
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use tollgate::{MemoryStore, Quota, Quotas};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{Request, Response};
+use tollgate::key::PeerIp;
+use tollgate::{MemoryStore, Quota, Quotas, RateLimitLayer};
+use tower::{Layer, Service};
 
 const KEYS: usize = 100_000;
 
@@ -20,12 +36,11 @@ fn ips(n: usize) -> Vec<IpAddr> {
 fn decisions(c: &mut Criterion) {
     let keys = ips(KEYS);
     let mut group = c.benchmark_group("keyed decision, 100k IPv4 keys");
-
     // A quota under which every key stays tracked and allowed for the whole run: one request
     // per 100 ms with a burst of a million. (Under a quota whose buckets refill between two
-    // visits, tollgate drops and re-creates the keys; governor keeps them.)
+    // visits, tollgate forgets the keys and claims them again; governor keeps them.)
     let gov = governor::RateLimiter::keyed(
-        governor::Quota::with_period(std::time::Duration::from_millis(100))
+        governor::Quota::with_period(Duration::from_millis(100))
             .unwrap()
             .allow_burst(NonZeroU32::new(1_000_000).unwrap()),
     );
@@ -37,10 +52,9 @@ fn decisions(c: &mut Criterion) {
             black_box(gov.check_key(&keys[i]).is_ok())
         })
     });
-
     let store = MemoryStore::new();
     let quotas = Quotas::from(
-        Quota::every(std::time::Duration::from_millis(100))
+        Quota::every(Duration::from_millis(100))
             .unwrap()
             .with_burst(1_000_000)
             .unwrap(),
@@ -56,45 +70,136 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("unkeyed decision");
-    let gov = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap()));
-    group.bench_function("governor check", |b| b.iter(|| black_box(gov.check().is_ok())));
+    let gov = governor::RateLimiter::direct(governor::Quota::per_second(
+        NonZeroU32::new(1_000_000_000).unwrap(),
+    ));
+    group.bench_function("governor check", |b| {
+        b.iter(|| black_box(gov.check().is_ok()))
+    });
     let store = MemoryStore::new();
     let quotas = Quotas::from(Quota::per_second(1_000_000_000).unwrap());
     group.bench_function("tollgate MemoryStore::check(&Global)", |b| {
-        b.iter(|| black_box(store.check(&(), &quotas, 1).unwrap().is_allowed()))
+        b.iter(|| {
+            black_box(
+                store
+                    .check(&tollgate::key::Global, &quotas, 1)
+                    .unwrap()
+                    .is_allowed(),
+            )
+        })
     });
     group.finish();
 }
 
-criterion_group!(benches, decisions);
+/// The no-op service every layer wraps.
+#[derive(Clone, Copy)]
+struct NoOp;
 
+impl Service<Request<()>> for NoOp {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
 
-fn pieces(c: &mut Criterion) {
-    use tollgate::clock::Clock;
-    let clock = tollgate::clock::MonotonicClock::new();
-    c.bench_function("piece/monotonic clock", |b| b.iter(|| black_box(clock.now())));
-    let q = quanta::Clock::new();
-    c.bench_function("piece/quanta raw", |b| b.iter(|| black_box(q.raw())));
-    c.bench_function("piece/std Instant", |b| b.iter(|| black_box(std::time::Instant::now())));
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        ready(Ok(Response::new(Body::empty())))
+    }
 }
-criterion_group!(p, pieces);
-criterion_main!(benches, g);
-fn atomics(c: &mut Criterion) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let a = AtomicU64::new(0);
-    c.bench_function("piece/cas", |b| b.iter(|| { let v = a.load(Ordering::Acquire); black_box(a.compare_exchange_weak(v, v + 1, Ordering::AcqRel, Ordering::Acquire).is_ok()) }));
-    let l = std::sync::RwLock::new(5u64);
-    c.bench_function("piece/rwlock read", |b| b.iter(|| black_box(*l.read().unwrap())));
-    let store = MemoryStore::new();
-    let quotas = Quotas::from(Quota::per_second(1_000_000_000).unwrap());
-    c.bench_function("piece/status global", |b| b.iter(|| black_box(store.status(&(), &quotas).is_allowed())));
+
+/// What a server hands the stack: a request with the peer's address, as axum's
+/// `ConnectInfo` and as a plain `SocketAddr`.
+fn request(peer: SocketAddr) -> Request<()> {
+    let mut request = Request::new(());
+    request.extensions_mut().insert(ConnectInfo(peer));
+    request
 }
-criterion_group!(a, atomics);
-fn gcra_only(c: &mut Criterion) {
-    let g = tollgate::gcra::Gcra::new(&Quota::per_second(1_000_000_000).unwrap());
-    let mut tat = 0u64; let mut now = 5u64;
-    c.bench_function("piece/gcra step", |b| b.iter(|| { now += 1; let s = g.step(black_box(tat), now, 1, 0); tat = s.tat; black_box(s.allowed) }));
-    let q = Quotas::from(Quota::per_second(1_000_000_000).unwrap());
-    c.bench_function("piece/check_cost", |b| b.iter(|| black_box(q.check_cost(black_box(1)).is_ok())));
+
+/// One request through `svc`: ready, call, and the response future polled to completion.
+fn once<S>(svc: &mut S, request: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let mut future = pin!(svc.call(request));
+    loop {
+        if let Poll::Ready(response) = future.as_mut().poll(&mut cx) {
+            return response.unwrap();
+        }
+    }
 }
-criterion_group!(g, gcra_only);
+
+fn bench_layer<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut svc: S,
+) where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let peer: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || request(peer),
+            |req| once(&mut svc, req),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn layers(c: &mut Criterion) {
+    // tower::limit::RateLimit creates its timer when built: it needs a runtime around.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    // Limits that never refuse within a run.
+    let mut group = c.benchmark_group("layer, peer-IP key, headers on");
+    bench_layer(&mut group, "bare service", NoOp);
+    let tollgate =
+        RateLimitLayer::new(Quota::per_second(1_000_000_000).unwrap()).key(PeerIp::new());
+    bench_layer(&mut group, "tollgate RateLimitLayer", tollgate.layer(NoOp));
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .use_headers()
+        .finish()
+        .unwrap();
+    let governor = tower_governor::GovernorLayer::new(config);
+    bench_layer(
+        &mut group,
+        "tower_governor GovernorLayer (use_headers)",
+        governor.layer(NoOp),
+    );
+    group.finish();
+
+    let mut group = c.benchmark_group("layer, global limit");
+    bench_layer(&mut group, "bare service", NoOp);
+    let tollgate = RateLimitLayer::new(Quota::per_second(1_000_000_000).unwrap());
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer (headers on)",
+        tollgate.clone().layer(NoOp),
+    );
+    let quiet = tollgate.headers(tollgate::rate_limit::HeaderOptions::default().on_allowed(false));
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer (headers off)",
+        quiet.layer(NoOp),
+    );
+    let tower_limit = tower::limit::RateLimitLayer::new(1_000_000_000, Duration::from_secs(1));
+    bench_layer(
+        &mut group,
+        "tower::limit::RateLimit",
+        tower_limit.layer(NoOp),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, decisions, layers);
+criterion_main!(benches);

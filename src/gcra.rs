@@ -267,7 +267,10 @@ mod tests {
         let now = 3 * SEC;
         let full = g.status(0, now);
         assert_eq!((full.limit(), full.remaining()), (10, 10));
-        assert_eq!((full.reset_after(), full.refill_after()), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(
+            (full.reset_after(), full.refill_after()),
+            (Duration::ZERO, Duration::ZERO)
+        );
 
         let one_used = g.status(now + SEC / 5, now);
         assert_eq!(one_used.remaining(), 9);

@@ -30,7 +30,7 @@
 //! come back, `interval × burst`, is the quota's [`window`](Quota::window).
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,9 +197,9 @@ impl Quota {
 const DEFAULT_NAME: &str = "default";
 
 fn quota_id(interval: u64, burst: u32, name: &str) -> u64 {
-    let mut hasher = foldhash::quality::FixedState::with_seed(0x746f_6c6c_6761_7465).build_hasher();
-    (interval, burst, name).hash(&mut hasher);
-    hasher.finish() | 1
+    foldhash::quality::FixedState::with_seed(0x746f_6c6c_6761_7465)
+        .hash_one((interval, burst, name))
+        | 1
 }
 
 impl fmt::Debug for Quota {
@@ -299,6 +299,11 @@ impl Quotas {
     #[inline]
     pub fn same_set(&self, other: &Quotas) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The address of the shared set: equal for clones, distinct for live sets.
+    pub(crate) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
     }
 
     /// The quotas, in the order given.
@@ -453,9 +458,18 @@ mod tests {
         assert_eq!(q.interval(), Duration::from_millis(100));
         assert_eq!(q.burst(), 10);
         assert_eq!(q.window(), Duration::from_secs(1));
-        assert_eq!(Quota::per_minute(3).unwrap().interval(), Duration::from_secs(20));
-        assert_eq!(Quota::per_hour(1).unwrap().interval(), Duration::from_secs(3600));
-        assert_eq!(Quota::per_day(2).unwrap().interval(), Duration::from_secs(43_200));
+        assert_eq!(
+            Quota::per_minute(3).unwrap().interval(),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            Quota::per_hour(1).unwrap().interval(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            Quota::per_day(2).unwrap().interval(),
+            Duration::from_secs(43_200)
+        );
     }
 
     #[test]

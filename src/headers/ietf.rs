@@ -26,11 +26,61 @@ pub fn ratelimit(quotas: &Quotas, decision: &Decision) -> String {
 }
 
 pub(crate) fn policy_value(quotas: &Quotas) -> Option<HeaderValue> {
-    policy_buf(quotas).to_header_value()
+    policy_buf(quotas).into_header_value()
 }
 
+/// The `RateLimit` value of a decision, from a small per-thread cache when it was written
+/// recently. A client that stays under its limit sees the same value on every response (its
+/// bucket refills between requests: `r` is the burst minus one), so most responses reuse a
+/// value instead of formatting and allocating one.
+#[inline]
 pub(crate) fn ratelimit_value(quotas: &Quotas, decision: &Decision) -> Option<HeaderValue> {
-    ratelimit_buf(quotas, decision).to_header_value()
+    let status = decision.status();
+    let key = (
+        decision.quota_index(),
+        status.remaining(),
+        ceil_seconds(status.refill_after()),
+    );
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if recent.is_empty() {
+            recent.resize_with(RECENT_SLOTS, || None);
+        }
+        let slot = &mut recent[slot_of(quotas, key)];
+        if let Some(cached) = slot {
+            if cached.quotas.same_set(quotas) && cached.key == key {
+                return Some(cached.value.clone());
+            }
+        }
+        let value = ratelimit_buf(quotas, decision).into_header_value()?;
+        *slot = Some(Recent {
+            quotas: quotas.clone(),
+            key,
+            value: value.clone(),
+        });
+        Some(value)
+    })
+}
+
+const RECENT_SLOTS: usize = 16;
+
+/// A value written recently. It holds its `Quotas`, so that no other set can take its address.
+struct Recent {
+    quotas: Quotas,
+    key: (usize, u32, u64),
+    value: HeaderValue,
+}
+
+thread_local! {
+    static RECENT: std::cell::RefCell<Vec<Option<Recent>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn slot_of(quotas: &Quotas, (index, remaining, refill): (usize, u32, u64)) -> usize {
+    let mixed = (quotas.identity() as u64)
+        ^ (index as u64).rotate_left(16)
+        ^ u64::from(remaining).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ refill.rotate_left(40);
+    (mixed ^ (mixed >> 29)) as usize % RECENT_SLOTS
 }
 
 fn policy_buf(quotas: &Quotas) -> FieldBuf {
@@ -49,6 +99,7 @@ fn policy_buf(quotas: &Quotas) -> FieldBuf {
     buf
 }
 
+#[inline]
 fn ratelimit_buf(quotas: &Quotas, decision: &Decision) -> FieldBuf {
     let status = decision.status();
     let name = quotas
@@ -75,9 +126,17 @@ mod tests {
     #[test]
     fn policy_lists_every_quota() {
         let quotas = Quotas::new([
-            Quota::per_second(10).unwrap().with_burst(20).unwrap().named("burst").unwrap(),
+            Quota::per_second(10)
+                .unwrap()
+                .with_burst(20)
+                .unwrap()
+                .named("burst")
+                .unwrap(),
             Quota::per_hour(1000).unwrap().named("hourly").unwrap(),
-            Quota::per(std::time::Duration::from_millis(100), 1).unwrap().named("tiny").unwrap(),
+            Quota::per(std::time::Duration::from_millis(100), 1)
+                .unwrap()
+                .named("tiny")
+                .unwrap(),
         ])
         .unwrap();
         assert_eq!(

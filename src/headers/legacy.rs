@@ -52,7 +52,10 @@ pub(crate) fn values(decision: &Decision, reset: Reset) -> [(HeaderName, HeaderV
     [
         (X_RATELIMIT_LIMIT, HeaderValue::from(status.limit())),
         (X_RATELIMIT_REMAINING, HeaderValue::from(status.remaining())),
-        (X_RATELIMIT_RESET, HeaderValue::from(reset.seconds(status.reset_after(), now))),
+        (
+            X_RATELIMIT_RESET,
+            HeaderValue::from(reset.seconds(status.reset_after(), now)),
+        ),
     ]
 }
 

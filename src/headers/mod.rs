@@ -38,61 +38,92 @@ pub(crate) fn ceil_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Builds a header value from a short ASCII text, without going through `String`.
+/// Builds a short header value on the stack; the value then copies it once into its own
+/// buffer. Values that do not fit (never the case for the fields written here: names are at
+/// most 64 bytes, numbers 20 digits) spill to the heap.
 pub(crate) struct FieldBuf {
-    bytes: [u8; 256],
+    bytes: [u8; 96],
     len: usize,
-    overflow: bool,
+    spill: Vec<u8>,
 }
 
 impl FieldBuf {
+    #[inline]
     pub(crate) fn new() -> Self {
         Self {
-            bytes: [0; 256],
+            bytes: [0; 96],
             len: 0,
-            overflow: false,
+            spill: Vec::new(),
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, s: &str) -> &mut Self {
-        let end = self.len + s.len();
-        match self.bytes.get_mut(self.len..end) {
-            Some(to) => {
-                to.copy_from_slice(s.as_bytes());
-                self.len = end;
+        self.push_bytes(s.as_bytes())
+    }
+
+    #[inline]
+    fn push_bytes(&mut self, s: &[u8]) -> &mut Self {
+        match self.bytes.get_mut(self.len..self.len + s.len()) {
+            Some(to) if self.spill.is_empty() => {
+                to.copy_from_slice(s);
+                self.len += s.len();
             }
-            None => self.overflow = true,
+            _ => {
+                if self.spill.is_empty() {
+                    self.spill.extend_from_slice(&self.bytes[..self.len]);
+                }
+                self.spill.extend_from_slice(s);
+            }
         }
         self
     }
 
+    /// Decimal digits, two at a time.
+    #[inline]
     pub(crate) fn push_u64(&mut self, n: u64) -> &mut Self {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         let mut n = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
         }
-        // Digits are ASCII.
-        self.push(std::str::from_utf8(&digits[i..]).unwrap_or("0"))
+        if n >= 10 {
+            let pair = n as usize * 2;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
+            i -= 1;
+            digits[i] = b'0' + n as u8;
+        }
+        self.push_bytes(&digits[i..])
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.spill.is_empty() {
+            &self.bytes[..self.len]
+        } else {
+            &self.spill
+        }
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+        std::str::from_utf8(self.bytes()).unwrap_or("")
     }
 
-    /// The value; `None` if it did not fit (it never does not for the fields written here:
-    /// names are at most 64 bytes and numbers 20 digits).
-    pub(crate) fn to_header_value(&self) -> Option<http::HeaderValue> {
-        if self.overflow {
-            return None;
-        }
-        http::HeaderValue::from_bytes(&self.bytes[..self.len]).ok()
+    /// The value; `None` only if it held a byte a header value cannot (names are checked
+    /// when quotas are built, so it never does here).
+    #[inline]
+    pub(crate) fn into_header_value(self) -> Option<http::HeaderValue> {
+        http::HeaderValue::from_bytes(self.bytes()).ok()
     }
 }
 
@@ -113,10 +144,35 @@ mod tests {
         let mut buf = FieldBuf::new();
         buf.push("r=").push_u64(0).push(";t=").push_u64(u64::MAX);
         assert_eq!(buf.as_str(), "r=0;t=18446744073709551615");
-        let mut full = FieldBuf::new();
-        for _ in 0..300 {
-            full.push("x");
+        assert_eq!(
+            buf.into_header_value().unwrap(),
+            "r=0;t=18446744073709551615"
+        );
+        for n in [
+            1,
+            9,
+            10,
+            42,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            123_456_789,
+            10_000_000_000,
+        ] {
+            let mut buf = FieldBuf::new();
+            buf.push_u64(n);
+            assert_eq!(buf.as_str(), n.to_string());
         }
-        assert!(full.to_header_value().is_none());
+        let mut long = FieldBuf::new();
+        for i in 0..50 {
+            long.push("ab").push_u64(i);
+        }
+        let expected: String = (0..50).map(|i| format!("ab{i}")).collect();
+        assert_eq!(long.as_str(), expected);
+        let mut bad = FieldBuf::new();
+        bad.push("a\nb");
+        assert!(bad.into_header_value().is_none());
     }
 }

@@ -25,10 +25,9 @@ impl<B> KeyExtractor<Request<B>> for Authority {
         if let Some(authority) = request.uri().authority() {
             return Ok(authority.clone());
         }
-        let host = request
-            .headers()
-            .get(http::header::HOST)
-            .ok_or_else(|| KeyError::missing("the request has neither an absolute URI nor a Host header"))?;
+        let host = request.headers().get(http::header::HOST).ok_or_else(|| {
+            KeyError::missing("the request has neither an absolute URI nor a Host header")
+        })?;
         http::uri::Authority::try_from(host.as_bytes())
             .map_err(|_| KeyError::invalid("the Host header is not a valid authority"))
     }
@@ -42,13 +41,23 @@ mod tests {
     #[test]
     fn absolute_uri_then_host_header() {
         let key = |r: Request<()>| Authority.extract(&r).map_err(|e| e.kind());
-        let relative = Request::get("/x").header("host", "Example.org").body(()).unwrap();
+        let relative = Request::get("/x")
+            .header("host", "Example.org")
+            .body(())
+            .unwrap();
         assert_eq!(key(relative).unwrap(), "example.org");
-        assert_eq!(key(Request::get("/x").body(()).unwrap()), Err(KeyErrorKind::Missing));
+        assert_eq!(
+            key(Request::get("/x").body(()).unwrap()),
+            Err(KeyErrorKind::Missing)
+        );
         let bad = Request::get("/x").header("host", "a b").body(()).unwrap();
         assert_eq!(key(bad), Err(KeyErrorKind::Invalid));
-        let upper = Authority.extract(&Request::get("http://A.example/").body(()).unwrap()).unwrap();
-        let lower = Authority.extract(&Request::get("http://a.example/").body(()).unwrap()).unwrap();
+        let upper = Authority
+            .extract(&Request::get("http://A.example/").body(()).unwrap())
+            .unwrap();
+        let lower = Authority
+            .extract(&Request::get("http://a.example/").body(()).unwrap())
+            .unwrap();
         use std::hash::BuildHasher;
         let s = std::hash::RandomState::new();
         assert_eq!(s.hash_one(&upper), s.hash_one(&lower));

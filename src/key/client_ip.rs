@@ -77,7 +77,9 @@ impl ClientIp {
     /// # Errors
     ///
     /// [`InvalidProxy`] naming the first entry that is neither.
-    pub fn trusting<S: AsRef<str>>(proxies: impl IntoIterator<Item = S>) -> Result<Self, InvalidProxy> {
+    pub fn trusting<S: AsRef<str>>(
+        proxies: impl IntoIterator<Item = S>,
+    ) -> Result<Self, InvalidProxy> {
         let trusted = proxies
             .into_iter()
             .map(|entry| {
@@ -95,7 +97,11 @@ impl ClientIp {
     pub fn new(trusted: Vec<IpNet>) -> Self {
         Self {
             trusted,
-            sources: vec![Forwarding::Forwarded, Forwarding::XForwardedFor, Forwarding::XRealIp],
+            sources: vec![
+                Forwarding::Forwarded,
+                Forwarding::XForwardedFor,
+                Forwarding::XRealIp,
+            ],
             prefix: IpPrefix::default(),
         }
     }
@@ -139,7 +145,9 @@ impl ClientIp {
                 for node in source.nodes(value).rev() {
                     hops += 1;
                     if hops > MAX_HOPS {
-                        return Err(KeyError::invalid(format!("{name} lists more than {MAX_HOPS} hops")));
+                        return Err(KeyError::invalid(format!(
+                            "{name} lists more than {MAX_HOPS} hops"
+                        )));
                     }
                     let ip = parse_node(node).ok_or_else(|| {
                         KeyError::invalid(format!("{name} names a hop that is not an IP address"))
@@ -173,7 +181,14 @@ impl<B> KeyExtractor<Request<B>> for ClientIp {
 impl fmt::Debug for ClientIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientIp")
-            .field("trusted", &self.trusted.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .field(
+                "trusted",
+                &self
+                    .trusted
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
             .field("sources", &self.sources)
             .field("prefix", &self.prefix)
             .finish()
@@ -207,7 +222,9 @@ fn forwarded_for(value: &str) -> Vec<&str> {
     for element in split_unquoted(value, b',') {
         let found = split_unquoted(element, b';').find_map(|pair| {
             let (name, value) = pair.split_once('=')?;
-            name.trim().eq_ignore_ascii_case("for").then_some(value.trim())
+            name.trim()
+                .eq_ignore_ascii_case("for")
+                .then_some(value.trim())
         });
         fors.push(found.unwrap_or(""));
     }
@@ -299,7 +316,9 @@ mod tests {
             builder = builder.header(*name, *value);
         }
         let mut request = builder.body(()).unwrap();
-        request.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        request
+            .extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
         request
     }
 
@@ -317,7 +336,10 @@ mod tests {
     fn untrusted_peers_cannot_spoof() {
         let ip = trusting_lan();
         for header in ["x-forwarded-for", "x-real-ip"] {
-            assert_eq!(client(&ip, "203.0.113.5:1", &[(header, "1.1.1.1")]), Ok("203.0.113.5".into()));
+            assert_eq!(
+                client(&ip, "203.0.113.5:1", &[(header, "1.1.1.1")]),
+                Ok("203.0.113.5".into())
+            );
         }
         assert_eq!(
             client(&ip, "203.0.113.5:1", &[("forwarded", "for=1.1.1.1")]),
@@ -328,13 +350,22 @@ mod tests {
     #[test]
     fn the_chain_is_walked_from_the_right() {
         let ip = trusting_lan();
-        let xff = [("x-forwarded-for", "1.1.1.1, 198.51.100.2, 10.9.9.9, 192.168.1.1")];
+        let xff = [(
+            "x-forwarded-for",
+            "1.1.1.1, 198.51.100.2, 10.9.9.9, 192.168.1.1",
+        )];
         assert_eq!(client(&ip, "10.0.0.1:1", &xff), Ok("198.51.100.2".into()));
         // Split over several header lines, in order.
-        let split = [("x-forwarded-for", "1.1.1.1, 198.51.100.2"), ("x-forwarded-for", "10.9.9.9")];
+        let split = [
+            ("x-forwarded-for", "1.1.1.1, 198.51.100.2"),
+            ("x-forwarded-for", "10.9.9.9"),
+        ];
         assert_eq!(client(&ip, "10.0.0.1:1", &split), Ok("198.51.100.2".into()));
         // All trusted: the request began at a proxy.
-        assert_eq!(client(&ip, "10.0.0.1:1", &[("x-forwarded-for", "10.1.1.1")]), Ok("10.0.0.1".into()));
+        assert_eq!(
+            client(&ip, "10.0.0.1:1", &[("x-forwarded-for", "10.1.1.1")]),
+            Ok("10.0.0.1".into())
+        );
         // No header from a trusted proxy: the proxy itself.
         assert_eq!(client(&ip, "10.0.0.1:1", &[]), Ok("10.0.0.1".into()));
     }
@@ -347,17 +378,30 @@ mod tests {
             ("for=\"198.51.100.17:8080\";proto=https", "198.51.100.17"),
             ("For=\"[2001:db8:cafe::17]:4711\"", "2001:db8:cafe::"),
             ("for=192.0.2.43, for=10.0.0.2;by=10.0.0.3", "192.0.2.43"),
-            ("proto=http;for=\"[fd00::1]\", for=203.0.113.1, for=10.1.1.1", "203.0.113.1"),
+            (
+                "proto=http;for=\"[fd00::1]\", for=203.0.113.1, for=10.1.1.1",
+                "203.0.113.1",
+            ),
             ("for=1.2.3.4;host=\"a,b;c\", for=10.0.0.7", "1.2.3.4"),
         ];
         for (value, expected) in cases {
-            assert_eq!(client(&ip, "10.0.0.1:1", &[("forwarded", value)]), Ok(expected.into()), "{value}");
+            assert_eq!(
+                client(&ip, "10.0.0.1:1", &[("forwarded", value)]),
+                Ok(expected.into()),
+                "{value}"
+            );
         }
         // Forwarded wins over X-Forwarded-For by default; the order can be changed.
-        let both = [("forwarded", "for=198.51.100.1"), ("x-forwarded-for", "198.51.100.2")];
+        let both = [
+            ("forwarded", "for=198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ];
         assert_eq!(client(&ip, "10.0.0.1:1", &both), Ok("198.51.100.1".into()));
         let xff_first = trusting_lan().headers([Forwarding::XForwardedFor, Forwarding::Forwarded]);
-        assert_eq!(client(&xff_first, "10.0.0.1:1", &both), Ok("198.51.100.2".into()));
+        assert_eq!(
+            client(&xff_first, "10.0.0.1:1", &both),
+            Ok("198.51.100.2".into())
+        );
     }
 
     #[test]
@@ -373,15 +417,26 @@ mod tests {
             ("x-forwarded-for", "[::1"),
             ("x-forwarded-for", "1.1.1.1:99999999"),
         ] {
-            assert_eq!(client(&ip, "10.0.0.1:1", &[(header, value)]), Err(KeyErrorKind::Invalid), "{value}");
+            assert_eq!(
+                client(&ip, "10.0.0.1:1", &[(header, value)]),
+                Err(KeyErrorKind::Invalid),
+                "{value}"
+            );
         }
         // Garbage left of the client does not matter.
         assert_eq!(
-            client(&ip, "10.0.0.1:1", &[("x-forwarded-for", "garbage, 198.51.100.9")]),
+            client(
+                &ip,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "garbage, 198.51.100.9")]
+            ),
             Ok("198.51.100.9".into())
         );
         let long = vec!["10.0.0.1"; 100].join(",");
-        assert_eq!(client(&ip, "10.0.0.1:1", &[("x-forwarded-for", &long)]), Err(KeyErrorKind::Invalid));
+        assert_eq!(
+            client(&ip, "10.0.0.1:1", &[("x-forwarded-for", &long)]),
+            Err(KeyErrorKind::Invalid)
+        );
     }
 
     #[test]

@@ -42,7 +42,10 @@ impl Header {
 
     /// The value of the header `name`.
     pub fn from_name(name: HeaderName) -> Self {
-        Self { name, default: None }
+        Self {
+            name,
+            default: None,
+        }
     }
 
     /// Requests without the header are counted under `value`, all together.
@@ -68,10 +71,9 @@ impl<B> KeyExtractor<Request<B>> for Header {
     fn extract(&self, request: &Request<B>) -> Result<HeaderValue, KeyError> {
         match request.headers().get(&self.name) {
             Some(value) => Ok(value.clone()),
-            None => self
-                .default
-                .clone()
-                .ok_or_else(|| KeyError::missing(format!("the request has no {} header", self.name))),
+            None => self.default.clone().ok_or_else(|| {
+                KeyError::missing(format!("the request has no {} header", self.name))
+            }),
         }
     }
 }
@@ -83,7 +85,9 @@ mod tests {
 
     #[test]
     fn missing_header_is_the_clients_mistake() {
-        let err = Header::new("x-api-key").extract(&Request::new(())).unwrap_err();
+        let err = Header::new("x-api-key")
+            .extract(&Request::new(()))
+            .unwrap_err();
         assert_eq!(err.kind(), KeyErrorKind::Missing);
         assert!(err.detail().contains("x-api-key"));
     }

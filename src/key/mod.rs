@@ -181,7 +181,10 @@ mod tests {
     #[test]
     fn global_is_one_zero_sized_key() {
         assert_eq!(std::mem::size_of::<Global>(), 0);
-        assert_eq!(<Global as KeyExtractor<()>>::global_key(&Global), Some(Global));
+        assert_eq!(
+            <Global as KeyExtractor<()>>::global_key(&Global),
+            Some(Global)
+        );
         assert_eq!(Global.extract(&()), Ok(Global));
     }
 }

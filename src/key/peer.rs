@@ -52,7 +52,9 @@ impl<B> KeyExtractor<Request<B>> for PeerIp {
 pub(crate) fn peer_addr<B>(request: &Request<B>) -> Option<IpAddr> {
     let extensions = request.extensions();
     #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(addr)) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
         return Some(addr.ip());
     }
     extensions.get::<SocketAddr>().map(SocketAddr::ip)
@@ -117,13 +119,17 @@ mod tests {
 
     fn request_from(addr: &str) -> Request<()> {
         let mut request = Request::new(());
-        request.extensions_mut().insert(addr.parse::<SocketAddr>().unwrap());
+        request
+            .extensions_mut()
+            .insert(addr.parse::<SocketAddr>().unwrap());
         request
     }
 
     #[test]
     fn reads_the_socket_address_extension() {
-        let key = PeerIp::new().extract(&request_from("192.0.2.7:5555")).unwrap();
+        let key = PeerIp::new()
+            .extract(&request_from("192.0.2.7:5555"))
+            .unwrap();
         assert_eq!(key, "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
@@ -132,7 +138,9 @@ mod tests {
     fn reads_axum_connect_info() {
         let mut request = Request::new(());
         let addr: SocketAddr = "198.51.100.1:80".parse().unwrap();
-        request.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
         assert_eq!(PeerIp::new().extract(&request).unwrap(), addr.ip());
     }
 
@@ -145,8 +153,12 @@ mod tests {
     #[test]
     fn ipv6_is_grouped_by_prefix_and_mapped_ipv4_is_ipv4() {
         let peer = PeerIp::new();
-        let a = peer.extract(&request_from("[2001:db8:1:2:aaaa::1]:1")).unwrap();
-        let b = peer.extract(&request_from("[2001:db8:1:2:ffff::9]:1")).unwrap();
+        let a = peer
+            .extract(&request_from("[2001:db8:1:2:aaaa::1]:1"))
+            .unwrap();
+        let b = peer
+            .extract(&request_from("[2001:db8:1:2:ffff::9]:1"))
+            .unwrap();
         let c = peer.extract(&request_from("[2001:db8:1:3::1]:1")).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -154,7 +166,12 @@ mod tests {
         let mapped = peer.extract(&request_from("[::ffff:192.0.2.1]:1")).unwrap();
         assert_eq!(mapped.to_string(), "192.0.2.1");
         let wide = PeerIp::new().ipv6_prefix(IpPrefix::v6(48).unwrap());
-        assert_eq!(wide.extract(&request_from("[2001:db8:1:3::1]:1")).unwrap().to_string(), "2001:db8:1::");
+        assert_eq!(
+            wide.extract(&request_from("[2001:db8:1:3::1]:1"))
+                .unwrap()
+                .to_string(),
+            "2001:db8:1::"
+        );
         assert_eq!(IpPrefix::v6(0).unwrap().group(a).to_string(), "::");
         assert_eq!(IpPrefix::v6(65), None);
     }

@@ -85,9 +85,11 @@ where
                 }
                 Poll::Ready(Ok(response))
             }
-            StateProj::Answered { answer } => {
-                Poll::Ready(answer.take().expect("ResponseFuture polled after completion"))
-            }
+            StateProj::Answered { answer } => Poll::Ready(
+                answer
+                    .take()
+                    .expect("ResponseFuture polled after completion"),
+            ),
             StateProj::Waiting { future } => future.as_mut().poll(cx),
         }
     }

@@ -68,6 +68,7 @@ pub use future::ResponseFuture;
 pub use layer::{MissingKey, RateLimitLayer};
 pub use policy::{Cost, OnePerRequest, QuotaPolicy, Tiers};
 pub use respond::{
-    EmptyBody, Errors, HeaderNote, HeaderOptions, Http, RateLimited, Refusal, RefusalResponse, Respond,
+    EmptyBody, Errors, HeaderNote, HeaderOptions, Http, RateLimited, Refusal, RefusalResponse,
+    Respond,
 };
 pub use service::RateLimit;

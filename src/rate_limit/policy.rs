@@ -39,7 +39,7 @@ where
 {
     type Quotas<'a> = Quotas;
 
-    fn quotas<'a>(&'a self, key: &K, request: &Req) -> Quotas {
+    fn quotas(&self, key: &K, request: &Req) -> Quotas {
         self(key, request)
     }
 }

@@ -225,10 +225,14 @@ impl<F> Http<F> {
 
     /// `RateLimit-Policy` is the same for every response of a fixed set of quotas: computed
     /// once, then cloned.
+    #[inline]
     fn policy(&self, quotas: &Quotas) -> Option<HeaderValue> {
-        let cached = self
-            .policy_cache
-            .get_or_init(|| (quotas.clone(), ietf::policy_value(quotas).unwrap_or(HeaderValue::from_static(""))));
+        let cached = self.policy_cache.get_or_init(|| {
+            (
+                quotas.clone(),
+                ietf::policy_value(quotas).unwrap_or(HeaderValue::from_static("")),
+            )
+        });
         if cached.0.same_set(quotas) {
             Some(cached.1.clone())
         } else {
@@ -236,13 +240,15 @@ impl<F> Http<F> {
         }
     }
 
+    #[inline]
     fn fields(&self, quotas: &Quotas, decision: &Decision) -> HeaderNote {
         let mut note = HeaderNote::default();
         if self.headers.ietf {
-            note.ietf = Some((ietf::ratelimit_value(quotas, decision), self.policy(quotas)));
+            note.ratelimit = ietf::ratelimit_value(quotas, decision);
+            note.policy = self.policy(quotas);
         }
         if let Some(reset) = self.headers.legacy {
-            note.legacy = Some(legacy::values(decision, reset));
+            note.legacy = Some(Box::new(legacy::values(decision, reset)));
         }
         note
     }
@@ -257,27 +263,29 @@ impl<F> fmt::Debug for Http<F> {
     }
 }
 
-/// The headers an allowed response gets.
+/// The headers an allowed response gets: small, as it travels in every response future.
 #[derive(Debug, Default)]
 pub struct HeaderNote {
-    ietf: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
-    legacy: Option<[(HeaderName, HeaderValue); 3]>,
+    ratelimit: Option<HeaderValue>,
+    policy: Option<HeaderValue>,
+    legacy: Option<Box<[(HeaderName, HeaderValue); 3]>>,
 }
 
 impl HeaderNote {
+    #[inline]
     fn apply<B>(self, response: &mut Response<B>) {
         let headers = response.headers_mut();
-        if let Some((ratelimit, policy)) = self.ietf {
-            // Appended: a stack of limiters makes a list, as the fields allow.
-            if let Some(ratelimit) = ratelimit {
-                headers.append(ietf::RATELIMIT, ratelimit);
-            }
-            if let Some(policy) = policy {
-                headers.append(ietf::RATELIMIT_POLICY, policy);
-            }
+        // Appended: a stack of limiters makes a list, as the fields allow.
+        if let Some(ratelimit) = self.ratelimit {
+            headers.append(ietf::RATELIMIT, ratelimit);
         }
-        for (name, value) in self.legacy.into_iter().flatten() {
-            headers.insert(name, value);
+        if let Some(policy) = self.policy {
+            headers.append(ietf::RATELIMIT_POLICY, policy);
+        }
+        if let Some(legacy) = self.legacy {
+            for (name, value) in *legacy {
+                headers.insert(name, value);
+            }
         }
     }
 }
@@ -340,7 +348,8 @@ where
             if !headers.contains_key(RETRY_AFTER) {
                 headers.insert(RETRY_AFTER, retry_after::value(limited.retry_after()));
             }
-            self.fields(limited.quotas(), limited.decision()).apply(&mut response);
+            self.fields(limited.quotas(), limited.decision())
+                .apply(&mut response);
         }
         Ok(response)
     }

@@ -46,7 +46,7 @@ enum Reservation {
     #[default]
     None,
     /// A network store is deciding.
-    Deciding(Mutex<Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>>),
+    Deciding(Mutex<Deciding>),
     /// A slot is reserved for the time the service's `sleep` ends.
     Waiting(Decision, Refund),
     /// The slot has come: `call` may go ahead.
@@ -56,6 +56,10 @@ enum Reservation {
     /// The store failed: `call` refuses.
     Failed(StoreError),
 }
+
+/// A network store's decision under way. (In a `Mutex` only to keep the service `Sync`: it is
+/// reached through `&mut self`, so the lock is never contended.)
+type Deciding = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
 
 /// Gives a reserved slot back unless it is used.
 pub(crate) struct Refund(Option<Box<dyn FnOnce() + Send + Sync>>);
@@ -148,16 +152,22 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &*self.shared;
-        match std::mem::take(&mut self.reservation) {
-            Reservation::Ready(decision, refund) => {
-                return shared.call_reserved(&mut self.inner, request, decision, refund);
+        if !matches!(self.reservation, Reservation::None) {
+            match std::mem::take(&mut self.reservation) {
+                Reservation::Ready(decision, refund) => {
+                    return shared.call_reserved(&mut self.inner, request, decision, refund);
+                }
+                Reservation::Refused(decision, quotas) => {
+                    let limited = RateLimited::new(decision, quotas);
+                    return shared.refuse::<Svc, Req>(Refusal::Limited(limited));
+                }
+                Reservation::Failed(error) => {
+                    return shared.refuse::<Svc, Req>(Refusal::StoreFailed(error));
+                }
+                // `call` without a ready `poll_ready`: decide now (the reservation, dropped,
+                // is given back).
+                Reservation::None | Reservation::Deciding(_) | Reservation::Waiting(..) => {}
             }
-            Reservation::Refused(decision, quotas) => {
-                return shared.refuse::<Svc, Req>(Refusal::Limited(RateLimited::new(decision, quotas)));
-            }
-            Reservation::Failed(error) => return shared.refuse::<Svc, Req>(Refusal::StoreFailed(error)),
-            // `call` without a ready `poll_ready`: decide now (any reservation is given back).
-            Reservation::None | Reservation::Deciding(_) | Reservation::Waiting(..) => {}
         }
         let key = match shared.key.extract(&request) {
             Ok(key) => key,
@@ -176,7 +186,14 @@ where
         };
         let quotas = shared.quotas.quotas(&key, &request);
         let cost = shared.cost.cost(&request);
-        shared.decide(&self.shared, &mut self.inner, request, key, quotas.borrow(), cost)
+        shared.decide(
+            &self.shared,
+            &mut self.inner,
+            request,
+            key,
+            quotas.borrow(),
+            cost,
+        )
     }
 }
 
@@ -210,7 +227,9 @@ impl<Svc, K, Q, S, R, C> RateLimit<Svc, K, Q, S, R, C> {
                     if let Some(sleep) = &mut self.sleep {
                         ready!(sleep.as_mut().poll(cx));
                     }
-                    if let Reservation::Waiting(decision, refund) = std::mem::take(&mut self.reservation) {
+                    if let Reservation::Waiting(decision, refund) =
+                        std::mem::take(&mut self.reservation)
+                    {
                         self.reservation = Reservation::Ready(decision, refund);
                     }
                     return Poll::Ready(());
@@ -271,7 +290,13 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         ResponseFuture::answered(self.respond.refuse(refusal))
     }
 
-    fn event(&self, kind: LimitEventKind, key: &dyn fmt::Debug, quotas: &Quotas, decision: &Decision) {
+    fn event(
+        &self,
+        kind: LimitEventKind,
+        key: &dyn fmt::Debug,
+        quotas: &Quotas,
+        decision: &Decision,
+    ) {
         let delay = match kind {
             LimitEventKind::Denied => decision.retry_after(),
             LimitEventKind::Waiting => decision.wait(),
@@ -289,6 +314,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         );
     }
 
+    #[inline]
     fn decide<Svc, Req>(
         &self,
         this: &Arc<Self>,
@@ -329,7 +355,9 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
                     };
                     if !decision.is_allowed() {
                         shared.event(LimitEventKind::Denied, &key, &quotas, &decision);
-                        return shared.respond.refuse(Refusal::Limited(RateLimited::new(decision, quotas)));
+                        return shared
+                            .respond
+                            .refuse(Refusal::Limited(RateLimited::new(decision, quotas)));
                     }
                     let refund = (!decision.wait().is_zero()).then(|| {
                         shared.event(LimitEventKind::Waiting, &key, &quotas, &decision);
@@ -342,6 +370,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         }
     }
 
+    #[inline]
     fn decided<Svc, Req>(
         &self,
         inner: &mut Svc,
@@ -364,7 +393,8 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
     {
         if !decision.is_allowed() {
             self.event(LimitEventKind::Denied, &key, quotas, &decision);
-            return self.refuse::<Svc, Req>(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
+            return self
+                .refuse::<Svc, Req>(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
         }
         let note = self.respond.note(quotas, &decision);
         if decision.wait().is_zero() {
@@ -418,7 +448,9 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
             cost => {
                 let max_wait = self.max_wait();
                 match self.store.decide_now(&key, quotas, cost - 1, max_wait) {
-                    Some(Ok(decision)) => self.decided(inner, request, key, quotas, cost - 1, decision),
+                    Some(Ok(decision)) => {
+                        self.decided(inner, request, key, quotas, cost - 1, decision)
+                    }
                     Some(Err(error)) => self.refuse::<Svc, Req>(Refusal::StoreFailed(error)),
                     None => ResponseFuture::calling(inner.call(request), None),
                 }
@@ -452,7 +484,9 @@ where
     if let Some(refund) = refund {
         refund.used();
     }
-    poll_fn(|cx| inner.poll_ready(cx)).await.map_err(R::inner_error)?;
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(R::inner_error)?;
     let mut response = inner.call(request).await.map_err(R::inner_error)?;
     if let Some(note) = note {
         R::annotate(note, &mut response);

@@ -9,8 +9,8 @@ use super::table::{self, Table};
 use super::{Decision, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::{Gcra, Step};
-use crate::quota::MAX_QUOTAS;
 use crate::quota::Single;
+use crate::quota::MAX_QUOTAS;
 use crate::{QuotaError, Quotas};
 
 /// The default cap on tracked states (keys × quotas): about 36 MB at the worst.
@@ -97,7 +97,12 @@ impl<C: Clock> MemoryStore<C> {
     /// [`QuotaError::CostExceedsBurst`] when `cost` exceeds a burst of the set: such a request
     /// could never pass.
     #[inline]
-    pub fn check<K: Hash>(&self, key: &K, quotas: &Quotas, cost: u32) -> Result<Decision, QuotaError> {
+    pub fn check<K: Hash>(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+        cost: u32,
+    ) -> Result<Decision, QuotaError> {
         self.check_or_wait(key, quotas, cost, Duration::ZERO)
     }
 
@@ -134,9 +139,11 @@ impl<C: Clock> MemoryStore<C> {
         // The clock is read once the slot is found, so that its latency overlaps the slot's
         // cache miss.
         let now = || inner.clock.now();
-        inner.table.update_one(key_hash, key_hash ^ quota.id, now, |tat| {
-            decide_one(gcra, tat, now(), cost, max_wait)
-        })
+        inner
+            .table
+            .update_one(key_hash, key_hash ^ quota.id, now, |tat| {
+                decide_one(gcra, tat, now(), cost, max_wait)
+            })
     }
 
     /// Peeks, bad costs and sets of several quotas.
@@ -171,7 +178,9 @@ impl<C: Clock> MemoryStore<C> {
         let now = decide_all.now;
         Ok(inner
             .table
-            .update(key_hash, &ids[..quotas.len()], now, |tats| decide_all.run(tats)))
+            .update(key_hash, &ids[..quotas.len()], now, |tats| {
+                decide_all.run(tats)
+            }))
     }
 
     /// The state of `key` under `quotas`, without consuming anything.
@@ -187,7 +196,9 @@ impl<C: Clock> MemoryStore<C> {
             tats
         } else {
             let key_hash = inner.hasher.hash_one(key);
-            inner.table.load(key_hash, &entry_ids(key_hash, quotas)[..quotas.len()])
+            inner
+                .table
+                .load(key_hash, &entry_ids(key_hash, quotas)[..quotas.len()])
         };
         let now = inner.clock.now();
         let mut steps = [NO_STEP; MAX_QUOTAS];
@@ -210,9 +221,11 @@ impl<C: Clock> MemoryStore<C> {
         }
         let key_hash = inner.hasher.hash_one(key);
         let ids = entry_ids(key_hash, quotas);
-        inner.table.modify(key_hash, &ids[..quotas.len()], |i, tat| {
-            Gcra::new(&quotas.as_slice()[i]).refund(tat, cost)
-        });
+        inner
+            .table
+            .modify(key_hash, &ids[..quotas.len()], |i, tat| {
+                Gcra::new(&quotas.as_slice()[i]).refund(tat, cost)
+            });
     }
 
     /// Forgets `key`'s state under `quotas`: its buckets are full again.
@@ -264,7 +277,10 @@ impl<C: Clock, K: Hash> Store<K> for MemoryStore<C> {
         cost: u32,
         max_wait: Duration,
     ) -> Option<Result<Decision, StoreError>> {
-        Some(self.check_or_wait(key, quotas, cost, max_wait).map_err(StoreError::from))
+        Some(
+            self.check_or_wait(key, quotas, cost, max_wait)
+                .map_err(StoreError::from),
+        )
     }
 
     #[inline]
@@ -397,15 +413,17 @@ impl DecideAll<'_> {
         'again: loop {
             for i in 0..n {
                 current[i] = table::load(tats[i]);
-                steps[i] = self.gcra(i).step(current[i], self.now, self.cost, self.max_wait);
+                steps[i] = self
+                    .gcra(i)
+                    .step(current[i], self.now, self.cost, self.max_wait);
             }
             if steps[..n].iter().any(|s| !s.allowed) {
                 return Decision::from_steps(self.quotas, &steps[..n], self.now);
             }
             for i in 0..n {
                 if table::swap(tats[i], current[i], steps[i].tat).is_err() {
-                    for j in 0..i {
-                        table::subtract(tats[j], self.gcra(j).charge(self.cost));
+                    for (j, tat) in tats.iter().enumerate().take(i) {
+                        table::subtract(tat, self.gcra(j).charge(self.cost));
                     }
                     continue 'again;
                 }
@@ -474,7 +492,12 @@ mod tests {
         (MemoryStore::builder().clock(clock.clone()).build(), clock)
     }
 
-    fn admitted<K: Hash>(store: &MemoryStore<ManualClock>, key: &K, quotas: &Quotas, n: u32) -> u32 {
+    fn admitted<K: Hash>(
+        store: &MemoryStore<ManualClock>,
+        key: &K,
+        quotas: &Quotas,
+        n: u32,
+    ) -> u32 {
         (0..n)
             .filter(|_| store.check(key, quotas, 1).unwrap().is_allowed())
             .count() as u32
@@ -495,7 +518,12 @@ mod tests {
     fn all_quotas_or_none() {
         let (store, clock) = store();
         let q = Quotas::new([
-            Quota::per_second(10).unwrap().with_burst(20).unwrap().named("burst").unwrap(),
+            Quota::per_second(10)
+                .unwrap()
+                .with_burst(20)
+                .unwrap()
+                .named("burst")
+                .unwrap(),
             Quota::per_hour(25).unwrap().named("hourly").unwrap(),
         ])
         .unwrap();
@@ -516,7 +544,10 @@ mod tests {
         let q = Quotas::from(Quota::per_minute(3).unwrap());
         store.check(&"k", &q, 2).unwrap();
         let peek = store.check(&"k", &q, 0).unwrap();
-        assert_eq!((peek.is_allowed(), peek.remaining(), peek.limit()), (true, 1, 3));
+        assert_eq!(
+            (peek.is_allowed(), peek.remaining(), peek.limit()),
+            (true, 1, 3)
+        );
         assert_eq!(peek.reset_after(), Duration::from_secs(40));
         assert_eq!(store.status(&"k", &q).remaining(), 1);
         store.reset(&"k", &q);
@@ -529,7 +560,11 @@ mod tests {
         let q = Quotas::from(Quota::per_second(5).unwrap());
         assert!(matches!(
             store.check(&"k", &q, 6),
-            Err(QuotaError::CostExceedsBurst { cost: 6, burst: 5, .. })
+            Err(QuotaError::CostExceedsBurst {
+                cost: 6,
+                burst: 5,
+                ..
+            })
         ));
         assert!(store.check(&"k", &q, 5).unwrap().is_allowed());
     }
@@ -546,14 +581,22 @@ mod tests {
         assert_eq!(waits, [(true, 0), (true, 1), (true, 2), (false, 0)]);
         store.refund(&(), &q, 1);
         let again = store.check_or_wait(&(), &q, 1, max).unwrap();
-        assert_eq!((again.is_allowed(), again.wait()), (true, Duration::from_secs(2)));
+        assert_eq!(
+            (again.is_allowed(), again.wait()),
+            (true, Duration::from_secs(2))
+        );
     }
 
     #[test]
     fn global_slots_overflow_into_the_map() {
         let (store, _) = store();
         for i in 0..6u32 {
-            let q = Quotas::from(Quota::per_minute(1).unwrap().named(format!("q{i}")).unwrap());
+            let q = Quotas::from(
+                Quota::per_minute(1)
+                    .unwrap()
+                    .named(format!("q{i}"))
+                    .unwrap(),
+            );
             assert!(store.check(&(), &q, 1).unwrap().is_allowed());
             assert!(!store.check(&(), &q, 1).unwrap().is_allowed(), "quota {i}");
         }
@@ -582,7 +625,11 @@ mod tests {
     #[test]
     fn the_cap_holds_and_overflowing_keys_share_a_bucket() {
         let clock = ManualClock::new();
-        let store = MemoryStore::builder().clock(clock).max_keys(1000).shards(1).build();
+        let store = MemoryStore::builder()
+            .clock(clock)
+            .max_keys(1000)
+            .shards(1)
+            .build();
         let q = Quotas::from(Quota::per_hour(10).unwrap());
         for ip in 0..1000u32 {
             assert!(store.check(&ip, &q, 1).unwrap().is_allowed());
@@ -601,8 +648,18 @@ mod tests {
     fn concurrent_requests_on_one_key_never_exceed_the_quota() {
         let (store, _) = store();
         let q = Quotas::new([
-            Quota::per_hour(1000).unwrap().with_burst(300).unwrap().named("a").unwrap(),
-            Quota::per_hour(2000).unwrap().with_burst(400).unwrap().named("b").unwrap(),
+            Quota::per_hour(1000)
+                .unwrap()
+                .with_burst(300)
+                .unwrap()
+                .named("a")
+                .unwrap(),
+            Quota::per_hour(2000)
+                .unwrap()
+                .with_burst(400)
+                .unwrap()
+                .named("b")
+                .unwrap(),
         ])
         .unwrap();
         let admitted: u32 = std::thread::scope(|s| {

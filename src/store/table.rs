@@ -90,13 +90,15 @@ impl Slots {
         loop {
             let slot = &self.slots[i];
             let owner = match slot.id.load(Ordering::Acquire) {
-                EMPTY => match slot
-                    .id
-                    .compare_exchange(EMPTY, id, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return (slot, true),
-                    Err(owner) => owner,
-                },
+                EMPTY => {
+                    match slot
+                        .id
+                        .compare_exchange(EMPTY, id, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => return (slot, true),
+                        Err(owner) => owner,
+                    }
+                }
                 owner => owner,
             };
             if owner == id {
@@ -294,9 +296,17 @@ impl Table {
         let live = slots
             .slots
             .iter_mut()
-            .filter(|s| s.id.load(Ordering::Relaxed) != EMPTY && s.tat.load(Ordering::Relaxed) > now)
+            .filter(|s| {
+                s.id.load(Ordering::Relaxed) != EMPTY && s.tat.load(Ordering::Relaxed) > now
+            })
             .count();
-        let fresh = Slots::with_capacity((live + needed) * 2);
+        // Half full, so that the next rebuild is a quarter of the table away; but never bigger
+        // than the cap needs (the cap is at most three-quarters of it).
+        // Room for what must fit is guaranteed either way.
+        let wanted = (live + needed) * 2;
+        let enough_for_cap = self.max_per_shard + self.max_per_shard / 3 + 1;
+        let must_fit = (live + needed) + (live + needed) / 3 + 2;
+        let fresh = Slots::with_capacity(wanted.min(enough_for_cap).max(must_fit));
         for slot in slots.slots.iter_mut() {
             let (id, tat) = (*slot.id.get_mut(), *slot.tat.get_mut());
             if id != EMPTY && tat > now {
@@ -329,7 +339,9 @@ impl Table {
             if let Some(slot) = slots.find(entry_id(*id)) {
                 let _ = slot
                     .tat
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(change(i, tat)));
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                        Some(change(i, tat))
+                    });
             }
         }
     }
@@ -343,7 +355,10 @@ impl Table {
     /// How many slots are claimed (overflow slots included, expired ones until the next
     /// rebuild).
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len.load(Ordering::Acquire)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.len.load(Ordering::Acquire))
+            .sum()
     }
 
     /// Rebuilds every shard, dropping the slots whose bucket is full at `now`.
@@ -395,7 +410,9 @@ pub(crate) fn swap(tat: &AtomicU64, current: u64, new: u64) -> Result<(), u64> {
 
 /// Subtracts `by` from a TAT (a refund).
 pub(crate) fn subtract(tat: &AtomicU64, by: u64) {
-    let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(t.saturating_sub(by)));
+    let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+        Some(t.saturating_sub(by))
+    });
 }
 
 #[cfg(test)]
@@ -449,15 +466,26 @@ mod tests {
             table.update_one(key, key ^ QUOTA, || 0, |tat| set(tat, 1_000));
         }
         // Live entries are kept; keys 4 and 5 share one overflow slot.
-        let (a, b) = (slot_addr(&table, 4, 4 ^ QUOTA, 10), slot_addr(&table, 5, 5 ^ QUOTA, 10));
+        let (a, b) = (
+            slot_addr(&table, 4, 4 ^ QUOTA, 10),
+            slot_addr(&table, 5, 5 ^ QUOTA, 10),
+        );
         assert_eq!(a, b);
         assert_eq!(table.len(), 4);
-        assert_ne!(slot_addr(&table, 1, 1 ^ QUOTA, 10), a, "tracked keys keep their own slot");
+        assert_ne!(
+            slot_addr(&table, 1, 1 ^ QUOTA, 10),
+            a,
+            "tracked keys keep their own slot"
+        );
         // Once the live entries have expired, new keys get their own slots again.
         let c = slot_addr(&table, 6, 6 ^ QUOTA, 2_000);
         let d = slot_addr(&table, 7, 7 ^ QUOTA, 2_000);
         assert_ne!(c, d);
-        assert_eq!(table.len(), 2, "keys 6 and 7; the overflow slot's bucket was full");
+        assert_eq!(
+            table.len(),
+            2,
+            "keys 6 and 7; the overflow slot's bucket was full"
+        );
     }
 
     #[test]
