@@ -38,7 +38,7 @@ use std::fmt;
 use std::hash::Hash;
 
 pub use authority::Authority;
-pub use client_ip::{ClientIp, Forwarding};
+pub use client_ip::{ClientIp, Forwarding, InvalidProxy};
 pub use header::Header;
 pub use peer::{IpPrefix, PeerIp};
 

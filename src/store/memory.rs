@@ -13,7 +13,8 @@ use crate::quota::Single;
 use crate::quota::MAX_QUOTAS;
 use crate::{QuotaError, Quotas};
 
-/// The default cap on tracked states (keys × quotas): about 36 MB at the worst.
+/// The default cap on tracked states (keys × quotas), 2²⁰: the tables then hold at most
+/// 32 MiB (twice that for a moment while one shard is rebuilt).
 pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 
 /// The embedded store: GCRA state per key in this process, shared by every clone.
@@ -27,7 +28,8 @@ pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 ///
 /// # Memory
 ///
-/// A tracked state costs 16 bytes plus the map's slack, about 18 to 36 bytes, whatever the
+/// A tracked state costs a 16-byte slot in a table kept between 37% and 75% full, about 21 to
+/// 43 bytes (33.6 measured at a million IPv4 keys, see `BENCHMARKS.md`), whatever the
 /// size of the key: the store keeps a 64-bit keyed hash of the key (seeded at random per
 /// store), not the key. Two distinct keys share a state only if their hashes collide, a chance
 /// of about 3 in 100 million among a million live keys; they would then share one limit,

@@ -31,7 +31,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use decision::Decision;
-pub use memory::{MemoryStore, MemoryStoreBuilder};
+pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_KEYS};
 
 use crate::{QuotaError, Quotas};
 
