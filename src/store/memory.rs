@@ -28,8 +28,8 @@ pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 ///
 /// # Memory
 ///
-/// A tracked state costs a 16-byte slot in a table kept between 37% and 75% full, about 21 to
-/// 43 bytes (33.6 measured at a million IPv4 keys, see `BENCHMARKS.md`), whatever the
+/// A tracked state costs a 16-byte slot in a table kept between 25% and 75% full, 21 to 64
+/// bytes (33.6 measured at a million IPv4 keys, see `BENCHMARKS.md`), whatever the
 /// size of the key: the store keeps a 64-bit keyed hash of the key (seeded at random per
 /// store), not the key. Two distinct keys share a state only if their hashes collide, a chance
 /// of about 3 in 100 million among a million live keys; they would then share one limit,
