@@ -3,7 +3,7 @@
 //! that writes the same header fields without any limiter.
 //!
 //! ```text
-//! cargo run --release --example e2e_server -- bare|bare_with_headers|tollgate|tower_governor PORT
+//! cargo run --release --example e2e_server -- bare|bare_with_headers|tollgate|tollgate_quiet|tower_governor PORT
 //! ```
 //!
 //! It runs on one tokio worker thread, so that the load generator has the other core.
@@ -43,6 +43,12 @@ fn main() -> Result<(), BoxError> {
                 response
             },
         )),
+        // The same limit without headers on allowed responses.
+        "tollgate_quiet" => hello.layer(
+            RateLimitLayer::new(Quota::per_second(1_000_000_000)?)
+                .key(PeerIp::new())
+                .headers(tollgate::rate_limit::HeaderOptions::default().on_allowed(false)),
+        ),
         "tower_governor" => {
             let config = tower_governor::governor::GovernorConfigBuilder::default()
                 .per_nanosecond(1)
@@ -54,7 +60,7 @@ fn main() -> Result<(), BoxError> {
         }
         other => {
             return Err(format!(
-                "unknown mode {other:?}: bare, bare_with_headers, tollgate or tower_governor"
+                "unknown mode {other:?}: bare, bare_with_headers, tollgate, tollgate_quiet or tower_governor"
             )
             .into())
         }

@@ -3,7 +3,8 @@
 # RateLimitLayer (per IP, never refusing, headers on) vs behind tower_governor (same, with
 # use_headers), runs alternated so that drifts of a shared machine hit all alike. A control,
 # bare_with_headers, writes tollgate's two header fields as constants without any limiter:
-# what the extra bytes alone cost on the wire.
+# what the extra bytes alone cost on the wire; tollgate_quiet is tollgate without headers on
+# allowed responses.
 #
 #   scripts/e2e-bench.sh            # ROUNDS=5 DURATION=10s CONNECTIONS=32 by default
 #
@@ -15,7 +16,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-3100}
-MODES=(bare bare_with_headers tollgate tower_governor)
+MODES=(bare bare_with_headers tollgate tollgate_quiet tower_governor)
 
 if ! command -v wrk >/dev/null; then
   apt-get update && apt-get install -y wrk
