@@ -8,10 +8,12 @@ pub mod headers;
 pub mod key;
 pub mod quota;
 pub mod rate_limit;
+pub mod retry;
 pub mod store;
 
 pub use quota::{Quota, QuotaError, Quotas};
 pub use rate_limit::{RateLimitLayer, RateLimited};
+pub use retry::RetryLayer;
 pub use store::{Decision, MemoryStore, Store, StoreError};
 
 /// The error type of services that answer with boxed errors, as tower's middleware does.

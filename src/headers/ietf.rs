@@ -5,6 +5,8 @@
 //! `RateLimit: "burst";r=0;t=1`. The policy lists every quota of the set; `RateLimit` reports
 //! the binding one (the one that denied, or that has the fewest requests left).
 
+use std::time::Duration;
+
 use http::HeaderValue;
 
 use super::{ceil_seconds, FieldBuf};
@@ -14,6 +16,53 @@ use crate::{Decision, Quotas};
 pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 /// `ratelimit`.
 pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// One item of a `RateLimit` field as a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLimit {
+    /// The policy's name.
+    pub policy: String,
+    /// Quota units left (`r`).
+    pub remaining: u64,
+    /// Seconds until more quota is available (`t`), if sent.
+    pub reset: Option<Duration>,
+}
+
+/// Reads a `RateLimit` field value: the items that parse, in order; malformed items (a
+/// missing or negative `r`, a non-integer `t`) are left out, and a value that is not a
+/// structured-field list yields none.
+pub fn parse_ratelimit(value: &[u8]) -> Vec<ServiceLimit> {
+    let Ok(list) = sfv::Parser::new(value).parse::<sfv::List>() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|entry| match entry {
+            sfv::ListEntry::Item(item) => Some(item),
+            sfv::ListEntry::InnerList(_) => None,
+        })
+        .filter_map(|item| {
+            let policy = match &item.bare_item {
+                sfv::BareItem::String(s) => s.as_str().to_owned(),
+                sfv::BareItem::Token(t) => t.as_str().to_owned(),
+                _ => return None,
+            };
+            let integer = |key: &str| -> Option<Option<u64>> {
+                match item.params.get(key) {
+                    None => Some(None),
+                    Some(value) => value
+                        .as_integer()
+                        .and_then(|i| u64::try_from(i64::from(i)).ok())
+                        .map(Some),
+                }
+            };
+            Some(ServiceLimit {
+                policy,
+                remaining: integer("r")??,
+                reset: integer("t")?.map(Duration::from_secs),
+            })
+        })
+        .collect()
+}
 
 /// The `RateLimit-Policy` value of a set of quotas.
 pub fn policy(quotas: &Quotas) -> String {
@@ -122,6 +171,38 @@ fn ratelimit_buf(quotas: &Quotas, decision: &Decision) -> FieldBuf {
 mod tests {
     use super::*;
     use crate::{MemoryStore, Quota};
+
+    #[test]
+    fn reads_ratelimit_fields() {
+        let parsed = parse_ratelimit(b"\"burst\";r=0;t=3, \"daily\";r=999;t=86000, perhost;r=5");
+        assert_eq!(
+            parsed,
+            [
+                ServiceLimit {
+                    policy: "burst".into(),
+                    remaining: 0,
+                    reset: Some(Duration::from_secs(3))
+                },
+                ServiceLimit {
+                    policy: "daily".into(),
+                    remaining: 999,
+                    reset: Some(Duration::from_secs(86_000))
+                },
+                ServiceLimit {
+                    policy: "perhost".into(),
+                    remaining: 5,
+                    reset: None
+                },
+            ]
+        );
+        // Hostile or malformed: left out, never a panic.
+        assert!(parse_ratelimit(b"\"x\";r=-1;t=5").is_empty());
+        assert!(parse_ratelimit(b"\"x\";t=5").is_empty());
+        assert!(parse_ratelimit(b"\"x\";r=1;t=\"soon\"").is_empty());
+        assert!(parse_ratelimit(b"not a list ((").is_empty());
+        assert!(parse_ratelimit(b"\"x\";r=999999999999999999999;t=1").is_empty());
+        assert_eq!(parse_ratelimit(b"\"ok\";r=1, \"bad\";r=1.5").len(), 1);
+    }
 
     #[test]
     fn policy_lists_every_quota() {

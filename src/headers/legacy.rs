@@ -42,6 +42,29 @@ impl Reset {
     }
 }
 
+/// The wait an `X-RateLimit-Reset` value means, read either way: a number above 10¹² is Unix
+/// time in milliseconds, above 10⁹ (September 2001) Unix time in seconds, anything smaller a
+/// delay in seconds. `None` for anything that is not a non-negative integer or decimal.
+pub fn parse_reset(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let number: f64 = text
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let since_epoch = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64();
+    let seconds = if number >= 1e12 {
+        number / 1000.0 - since_epoch
+    } else if number >= 1e9 {
+        number - since_epoch
+    } else {
+        number
+    };
+    Duration::try_from_secs_f64(seconds.max(0.0)).ok()
+}
+
 /// The three fields for a decision.
 pub(crate) fn values(decision: &Decision, reset: Reset) -> [(HeaderName, HeaderValue); 3] {
     let status = decision.status();
@@ -62,6 +85,24 @@ pub(crate) fn values(decision: &Decision, reset: Reset) -> [(HeaderName, HeaderV
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_is_told_apart() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let parse = |v: &str| parse_reset(&HeaderValue::from_str(v).unwrap(), now);
+        assert_eq!(parse("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse("1700000045"), Some(Duration::from_secs(45)));
+        assert_eq!(parse("1700000045000"), Some(Duration::from_secs(45)));
+        assert_eq!(
+            parse("1600000000"),
+            Some(Duration::ZERO),
+            "a reset in the past"
+        );
+        assert_eq!(parse("2.5"), Some(Duration::from_millis(2500)));
+        for bad in ["-5", "NaN", "inf", "", "soon", "1e400"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn reset_as_delta_or_epoch() {

@@ -1,10 +1,35 @@
-//! `Retry-After` (RFC 9110 §10.2.3): written as delay-seconds, rounded up.
+//! `Retry-After` (RFC 9110 §10.2.3): written as delay-seconds, rounded up; read in both forms.
+//!
+//! ```
+//! use std::time::{Duration, UNIX_EPOCH};
+//! use http::HeaderValue;
+//! use tollgate::headers::retry_after;
+//!
+//! let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+//! assert_eq!(retry_after::parse(&HeaderValue::from_static("120"), now), Some(Duration::from_secs(120)));
+//! let date = HeaderValue::from_static("Wed, 21 Oct 2015 07:30:00 GMT");
+//! assert_eq!(retry_after::parse(&date, now), Some(Duration::from_secs(120)));
+//! assert_eq!(retry_after::parse(&HeaderValue::from_static("soon"), now), None);
+//! ```
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
 use super::ceil_seconds;
+
+/// The wait a `Retry-After` value asks for, measured from `now` when it is a date (pass the
+/// response's `Date` when it has one, so that clock skew between the two hosts does not
+/// count). A date in the past is no wait. `None` for anything malformed: negative, fractional,
+/// too large for a `u64`, not a date.
+pub fn parse(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
 
 /// The seconds to send for a wait: rounded up, and at least 1 when any wait is needed, so
 /// that no client is told to retry at once when it cannot pass yet.
@@ -19,6 +44,35 @@ pub(crate) fn value(wait: Duration) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_values_are_ignored() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for bad in [
+            "-1",
+            "1.5",
+            "99999999999999999999999",
+            "",
+            " ",
+            "0x10",
+            "tomorrow",
+            "Wed, 99 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(
+                parse(&HeaderValue::from_str(bad).unwrap(), now),
+                None,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse(&HeaderValue::from_static(" 7 "), now),
+            Some(Duration::from_secs(7))
+        );
+        let past = HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(parse(&past, now), Some(Duration::ZERO));
+        let binary = HeaderValue::from_bytes(b"\xff\xfe").unwrap();
+        assert_eq!(parse(&binary, now), None);
+    }
 
     #[test]
     fn never_zero_when_a_wait_is_needed() {

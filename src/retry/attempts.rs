@@ -1,0 +1,220 @@
+//! How each attempt's request is made: from a recorded HTTP request, or by cloning.
+
+use http::uri::Authority;
+use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+use http_body::Body;
+
+use super::body::{Replay, ReplayBody};
+use super::events::{GiveUp, Retryable};
+
+/// The requests of one call's retries (the first attempt's request is made beside it).
+pub trait AttemptSource: Send + 'static {
+    /// What the inner service receives.
+    type Request;
+
+    /// The next retry's request.
+    fn next(&mut self) -> Result<Self::Request, GiveUp>;
+
+    /// Whether another attempt can be made.
+    fn check(&self) -> Result<(), GiveUp>;
+
+    /// Where the request goes, when it is known.
+    fn destination(&self) -> Option<&Authority>;
+}
+
+/// The retries of an HTTP request: copies of the original with the recorded body.
+pub struct HttpAttempts<B> {
+    template: Option<Template>,
+    replay: Option<Replay<B>>,
+}
+
+impl<B> std::fmt::Debug for HttpAttempts<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAttempts")
+            .field("retryable", &self.template.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What each retry copies from the original request.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+/// The header that marks a request as safe to retry whatever its method.
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
+/// `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT` and `DELETE` (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl<B: Body + Send + 'static> HttpAttempts<B> {
+    /// The first attempt's request, and what the retries need: a copy of the request and its
+    /// recorded body, if it may be retried (idempotent by method, or marked with an
+    /// `Idempotency-Key` header or a [`Retryable`] extension).
+    #[inline]
+    pub(crate) fn prepare(request: Request<B>, body_cap: usize) -> (Request<ReplayBody<B>>, Self) {
+        let (parts, body) = request.into_parts();
+        let retryable = is_idempotent(&parts.method)
+            || parts.headers.contains_key(&IDEMPOTENCY_KEY)
+            || parts.extensions.get::<Retryable>().is_some();
+        if !retryable {
+            let first = Request::from_parts(parts, ReplayBody::once(body));
+            return (
+                first,
+                Self {
+                    template: None,
+                    replay: None,
+                },
+            );
+        }
+        let (body, replay) = ReplayBody::recorded(body, body_cap);
+        let template = Template {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        };
+        (
+            Request::from_parts(parts, body),
+            Self {
+                template: Some(template),
+                replay: Some(replay),
+            },
+        )
+    }
+}
+
+impl<B: Body + Send + 'static> AttemptSource for HttpAttempts<B> {
+    type Request = Request<ReplayBody<B>>;
+
+    fn next(&mut self) -> Result<Self::Request, GiveUp> {
+        let (Some(template), Some(replay)) = (&self.template, &self.replay) else {
+            return Err(GiveUp::NotIdempotent);
+        };
+        let body = replay.replay().map_err(|_| GiveUp::Body)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = template.method.clone();
+        *request.uri_mut() = template.uri.clone();
+        *request.version_mut() = template.version;
+        *request.headers_mut() = template.headers.clone();
+        *request.extensions_mut() = template.extensions.clone();
+        Ok(request)
+    }
+
+    fn check(&self) -> Result<(), GiveUp> {
+        match &self.replay {
+            None => Err(GiveUp::NotIdempotent),
+            Some(replay) => replay.check().map_err(|_| GiveUp::Body),
+        }
+    }
+
+    fn destination(&self) -> Option<&Authority> {
+        self.template.as_ref()?.uri.authority()
+    }
+}
+
+/// The attempts of a request that is cloned for each one, as `tower::retry` does.
+#[derive(Debug)]
+pub struct Cloned<Req> {
+    request: Req,
+}
+
+impl<Req: Clone> Cloned<Req> {
+    /// The first attempt's request (a clone), and the original kept for the retries.
+    #[inline]
+    pub(crate) fn prepare(request: Req) -> (Req, Self) {
+        (request.clone(), Self { request })
+    }
+}
+
+impl<Req: Clone + Send + 'static> AttemptSource for Cloned<Req> {
+    type Request = Req;
+
+    fn next(&mut self) -> Result<Req, GiveUp> {
+        Ok(self.request.clone())
+    }
+
+    fn check(&self) -> Result<(), GiveUp> {
+        Ok(())
+    }
+
+    fn destination(&self) -> Option<&Authority> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri("http://api.example/items?x=1");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn retries_carry_the_same_method_uri_headers_extensions_and_body() {
+        let mut original = request(Method::PUT, &[("x-trace", "abc")]);
+        original.extensions_mut().insert(42u32);
+        let (first, mut attempts) = HttpAttempts::prepare(original, 1024);
+        let first_body = first.into_body().collect().await.unwrap().to_bytes();
+        let second = attempts.next().unwrap();
+        assert_eq!(second.method(), Method::PUT);
+        assert_eq!(second.uri(), "http://api.example/items?x=1");
+        assert_eq!(second.headers()["x-trace"], "abc");
+        assert_eq!(second.extensions().get::<u32>(), Some(&42));
+        assert_eq!(
+            second.into_body().collect().await.unwrap().to_bytes(),
+            first_body
+        );
+        assert_eq!(attempts.destination().unwrap(), "api.example");
+    }
+
+    #[test]
+    fn only_idempotent_or_marked_requests_are_retried() {
+        let (_, post) = HttpAttempts::prepare(request(Method::POST, &[]), 1024);
+        assert_eq!(post.check(), Err(GiveUp::NotIdempotent));
+        let (_, keyed) =
+            HttpAttempts::prepare(request(Method::POST, &[("idempotency-key", "k1")]), 1024);
+        assert_eq!(keyed.check(), Ok(()));
+        let mut marked = request(Method::PATCH, &[]);
+        marked.extensions_mut().insert(Retryable);
+        assert_eq!(HttpAttempts::prepare(marked, 1024).1.check(), Ok(()));
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert_eq!(
+                HttpAttempts::prepare(request(method.clone(), &[]), 1024)
+                    .1
+                    .check(),
+                Ok(()),
+                "{method}"
+            );
+        }
+    }
+}

@@ -1,0 +1,277 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::backoff::{Backoff, Jitter, RandomJitter};
+use super::body::DEFAULT_BODY_CAP;
+use super::budget::{PerDestination, RetryBudget};
+use super::classify::{GrpcClassifier, HttpClassifier};
+use super::events::{Hook, RetryEvent};
+use super::service::Retry;
+
+/// Retries what is safe to retry, within a budget, a deadline and the server's wishes. See the
+/// [module docs](super) for a tour.
+///
+/// # Clone
+///
+/// Clones, and every service they make, share the retry budget and the hooks.
+#[must_use]
+pub struct RetryLayer<C = HttpClassifier, M = Http> {
+    config: Config<C>,
+    mode: M,
+}
+
+/// Requests are HTTP requests: recorded and replayed, retried only when idempotent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Http;
+
+/// Requests of any type, cloned for each attempt (as `tower::retry` does).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cloning;
+
+/// The default maximum wait a server may ask for: 30 s.
+pub const DEFAULT_MAX_PUSHBACK: Duration = Duration::from_secs(30);
+
+pub(crate) struct Config<C> {
+    pub(crate) classifier: C,
+    pub(crate) backoff: Backoff,
+    pub(crate) jitter: Arc<dyn Jitter>,
+    pub(crate) budget: Budgets,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) max_pushback: Duration,
+    pub(crate) body_cap: usize,
+    pub(crate) hook: Option<Hook>,
+    pub(crate) name: Arc<str>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Budgets {
+    Off,
+    Shared(RetryBudget),
+    PerDestination(PerDestination),
+}
+
+impl Budgets {
+    /// Records a request; returns the budget of its destination when budgets are per
+    /// destination (the shared one is reached through the configuration, without a clone).
+    #[inline]
+    pub(crate) fn deposit(
+        &self,
+        destination: Option<&http::uri::Authority>,
+    ) -> Option<RetryBudget> {
+        match self {
+            Self::Off => None,
+            Self::Shared(budget) => {
+                budget.deposit();
+                None
+            }
+            Self::PerDestination(budgets) => {
+                let budget = budgets.get(destination);
+                budget.deposit();
+                Some(budget)
+            }
+        }
+    }
+
+    /// The budget to withdraw from: the destination's, or the shared one.
+    pub(crate) fn for_retry<'a>(
+        &'a self,
+        destination: Option<&'a RetryBudget>,
+    ) -> Option<&'a RetryBudget> {
+        match self {
+            Self::Off => None,
+            Self::Shared(budget) => Some(budget),
+            Self::PerDestination(_) => destination,
+        }
+    }
+}
+
+impl<C: Clone> Clone for Config<C> {
+    fn clone(&self) -> Self {
+        Self {
+            classifier: self.classifier.clone(),
+            backoff: self.backoff,
+            jitter: Arc::clone(&self.jitter),
+            budget: self.budget.clone(),
+            deadline: self.deadline,
+            max_pushback: self.max_pushback,
+            body_cap: self.body_cap,
+            hook: self.hook.clone(),
+            name: Arc::clone(&self.name),
+        }
+    }
+}
+
+impl RetryLayer {
+    /// Retries for HTTP clients, with the defaults: [`HttpClassifier`],
+    /// [`Backoff::standard`] (3 attempts), a shared [`RetryBudget::default`] (20% plus 10 per
+    /// second), no deadline, server delays up to [`DEFAULT_MAX_PUSHBACK`], bodies kept up to
+    /// 64 KiB.
+    pub fn new() -> Self {
+        Self::with(HttpClassifier, Http)
+    }
+
+    /// The same for gRPC clients: [`GrpcClassifier`].
+    pub fn grpc() -> RetryLayer<GrpcClassifier> {
+        RetryLayer::with(GrpcClassifier, Http)
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C> RetryLayer<C, Cloning> {
+    /// Retries for services of any request type: each attempt sends a clone of the request,
+    /// and `classifier` (a closure `Fn(Outcome<'_, Response>) -> Classification` will do)
+    /// decides.
+    pub fn cloning(classifier: C) -> Self {
+        Self::with(classifier, Cloning)
+    }
+}
+
+impl<C, M> RetryLayer<C, M> {
+    fn with(classifier: C, mode: M) -> Self {
+        Self {
+            config: Config {
+                classifier,
+                backoff: Backoff::standard(),
+                jitter: Arc::new(RandomJitter::new()),
+                budget: Budgets::Shared(RetryBudget::default()),
+                deadline: None,
+                max_pushback: DEFAULT_MAX_PUSHBACK,
+                body_cap: DEFAULT_BODY_CAP,
+                hook: None,
+                name: Arc::from("retry"),
+            },
+            mode,
+        }
+    }
+
+    /// Decides what is retried: a [`Classify`](super::Classify) implementation or a closure.
+    pub fn classify<C2>(self, classifier: C2) -> RetryLayer<C2, M> {
+        let config = self.config;
+        RetryLayer {
+            config: Config {
+                classifier,
+                backoff: config.backoff,
+                jitter: config.jitter,
+                budget: config.budget,
+                deadline: config.deadline,
+                max_pushback: config.max_pushback,
+                body_cap: config.body_cap,
+                hook: config.hook,
+                name: config.name,
+            },
+            mode: self.mode,
+        }
+    }
+
+    /// How many attempts and how long between them.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Where the backoff's randomness comes from: fix it in tests (`|| 0.5`).
+    pub fn jitter(mut self, jitter: impl Jitter) -> Self {
+        self.config.jitter = Arc::new(jitter);
+        self
+    }
+
+    /// Spends retries from `budget`, shared by every clone (pass a clone of one budget to
+    /// several layers to share it further).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.config.budget = Budgets::Shared(budget);
+        self
+    }
+
+    /// One budget per destination authority, each like [`RetryBudget::new`]`(window, ratio,
+    /// floor)`, so that a failing host does not spend the retries of the others; at most
+    /// `max_destinations` get their own, the rest share one.
+    pub fn budget_per_destination(
+        mut self,
+        window: Duration,
+        ratio: f64,
+        floor: u32,
+        max_destinations: usize,
+    ) -> Self {
+        self.config.budget =
+            Budgets::PerDestination(PerDestination::new(window, ratio, floor, max_destinations));
+        self
+    }
+
+    /// No budget: retries are limited only by the attempts (not recommended in front of
+    /// anything that can fail as a whole).
+    pub fn without_budget(mut self) -> Self {
+        self.config.budget = Budgets::Off;
+        self
+    }
+
+    /// A deadline over all attempts and waits: the layer never sleeps past it, and an attempt
+    /// still running at the deadline fails with [`DeadlineExceeded`](super::DeadlineExceeded).
+    /// Put a `tower::timeout::TimeoutLayer` inside for a per-attempt limit.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// The longest wait a server may ask for; past it, the response is returned at once, not
+    /// waited for nor retried. Default [`DEFAULT_MAX_PUSHBACK`].
+    pub fn max_pushback(mut self, max: Duration) -> Self {
+        self.config.max_pushback = max;
+        self
+    }
+
+    /// How much of a request body is kept to replay it (default 64 KiB). A larger body is sent
+    /// once and its request is not retried.
+    pub fn body_cap(mut self, bytes: usize) -> Self {
+        self.config.body_cap = bytes;
+        self
+    }
+
+    /// Calls `hook` after each retryable failure: with the retry to come, or why there is
+    /// none. `tracing` events (target `tollgate::retry`) say the same.
+    pub fn on_event(mut self, hook: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.config.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Names the layer in events and logs (default `retry`).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+}
+
+impl<S, C: Clone, M: Clone> Layer<S> for RetryLayer<C, M> {
+    type Service = Retry<S, C, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::new(inner, Arc::new(self.config.clone()), self.mode.clone())
+    }
+}
+
+impl<C: Clone, M: Clone> Clone for RetryLayer<C, M> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+impl<C, M: fmt::Debug> fmt::Debug for RetryLayer<C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.config.name)
+            .field("mode", &self.mode)
+            .field("backoff", &self.config.backoff)
+            .field("deadline", &self.config.deadline)
+            .finish_non_exhaustive()
+    }
+}

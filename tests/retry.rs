@@ -1,0 +1,458 @@
+//! RetryLayer against real HTTP servers on loopback ports, through a real hyper client, on
+//! tokio's paused clock: waits are exact and take no wall time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use axum::extract::State;
+use axum::response::Response as AxumResponse;
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tollgate::retry::{
+    Attempts, Backoff, GiveUp, ReplayBody, RetryAction, RetryBudget, RetryError, RetryLayer,
+    Retryable,
+};
+use tollgate::BoxError;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+
+/// One scripted answer of the test upstream.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    delay: Duration,
+}
+
+fn reply(status: u16) -> Reply {
+    Reply {
+        status,
+        headers: Vec::new(),
+        delay: Duration::ZERO,
+    }
+}
+
+impl Reply {
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// An upstream that answers from a script (then with its last answer), and records when each
+/// request arrived and what body it carried.
+#[derive(Default)]
+struct Upstream {
+    script: Mutex<VecDeque<Reply>>,
+    last: Mutex<Option<Reply>>,
+    arrivals: Mutex<Vec<Instant>>,
+    bodies: Mutex<Vec<Bytes>>,
+    hits: AtomicUsize,
+}
+
+impl Upstream {
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        let arrivals = self.arrivals.lock().unwrap();
+        arrivals.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+async fn answer(State(upstream): State<Arc<Upstream>>, request: Request<AxumBody>) -> AxumResponse {
+    upstream.hits.fetch_add(1, Ordering::SeqCst);
+    upstream.arrivals.lock().unwrap().push(Instant::now());
+    let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    upstream.bodies.lock().unwrap().push(body);
+    let next = upstream.script.lock().unwrap().pop_front();
+    let reply = match next {
+        Some(reply) => {
+            *upstream.last.lock().unwrap() = Some(reply.clone());
+            reply
+        }
+        None => upstream
+            .last
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| reply(200)),
+    };
+    tokio::time::sleep(reply.delay).await;
+    let mut response = Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        response = response.header(*name, value);
+    }
+    response.body(AxumBody::from("answer")).unwrap()
+}
+
+async fn start_upstream(script: impl IntoIterator<Item = Reply>) -> (Arc<Upstream>, SocketAddr) {
+    let upstream = Arc::new(Upstream {
+        script: Mutex::new(script.into_iter().collect()),
+        ..Default::default()
+    });
+    let app = Router::new()
+        .fallback(any(answer))
+        .with_state(Arc::clone(&upstream));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (upstream, addr)
+}
+
+type HttpClient<B> = Client<HttpConnector, ReplayBody<B>>;
+
+fn client<B>() -> HttpClient<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn get(addr: SocketAddr) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}/"))
+        .body(Full::default())
+        .unwrap()
+}
+
+/// A retry layer with fixed jitter (half the ceiling), no budget unless a test sets one.
+fn retry() -> RetryLayer {
+    RetryLayer::new().jitter(|| 0.5).without_budget()
+}
+
+fn attempts<B>(response: &Response<B>) -> u32 {
+    Attempts::of(response)
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_503s_then_a_200_succeeds_on_the_third_attempt() {
+    let (upstream, addr) = start_upstream([reply(503), reply(503), reply(200)]).await;
+    let response = retry().layer(client()).oneshot(get(addr)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 3);
+    assert_eq!(upstream.hits(), 3);
+    // Backoff::standard with jitter 0.5: half of 100 ms, then half of 200 ms.
+    assert_eq!(
+        upstream.gaps(),
+        [Duration::from_millis(50), Duration::from_millis(100)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_with_retry_after_2_waits_2_seconds() {
+    let (upstream, addr) =
+        start_upstream([reply(429).header("retry-after", "2"), reply(200)]).await;
+    let response = retry().layer(client()).oneshot(get(addr)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.gaps(), [Duration::from_secs(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date() {
+    let dated = reply(503)
+        .header("date", "Wed, 21 Oct 2015 07:28:00 GMT")
+        .header("retry-after", "Wed, 21 Oct 2015 07:28:03 GMT");
+    let (upstream, addr) = start_upstream([dated, reply(200)]).await;
+    let response = retry().layer(client()).oneshot(get(addr)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.gaps(), [Duration::from_secs(3)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_maximum_returns_the_429_at_once() {
+    let (upstream, addr) =
+        start_upstream([reply(429).header("retry-after", "120"), reply(200)]).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&events);
+    let start = Instant::now();
+    let response = retry()
+        .max_pushback(Duration::from_secs(30))
+        .on_event(move |e| log.lock().unwrap().push(e.action))
+        .layer(client())
+        .oneshot(get(addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(attempts(&response), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryAction::GiveUp(GiveUp::PushbackTooLong)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_not_retried_unless_marked_idempotent() {
+    let post = |addr: SocketAddr| {
+        Request::post(format!("http://{addr}/"))
+            .body(Full::new(Bytes::from_static(b"order")))
+            .unwrap()
+    };
+
+    let (upstream, addr) = start_upstream([reply(503), reply(200)]).await;
+    let response = retry().layer(client()).oneshot(post(addr)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.hits(), 1);
+
+    let (upstream, addr) = start_upstream([reply(503), reply(200)]).await;
+    let mut keyed = post(addr);
+    keyed
+        .headers_mut()
+        .insert("idempotency-key", "order-17".parse().unwrap());
+    let response = retry().layer(client()).oneshot(keyed).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.hits(), 2);
+    assert_eq!(*upstream.bodies.lock().unwrap(), ["order", "order"]);
+
+    let (upstream, addr) = start_upstream([reply(503), reply(200)]).await;
+    let mut marked = post(addr);
+    marked.extensions_mut().insert(Retryable);
+    assert_eq!(
+        retry()
+            .layer(client())
+            .oneshot(marked)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(upstream.hits(), 2);
+}
+
+/// A body streamed in chunks, one per poll: not `Clone`, not known in advance.
+struct Streamed(VecDeque<Bytes>);
+
+impl Streamed {
+    fn new(chunks: usize, size: usize) -> Self {
+        Self(
+            (0..chunks)
+                .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size]))
+                .collect(),
+        )
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_under_the_cap_is_replayed_byte_for_byte() {
+    let (upstream, addr) = start_upstream([reply(503), reply(200)]).await;
+    let request = Request::put(format!("http://{addr}/"))
+        .body(Streamed::new(10, 1000))
+        .unwrap();
+    let expected: Vec<u8> = Streamed::new(10, 1000)
+        .0
+        .iter()
+        .flat_map(|c| c.to_vec())
+        .collect();
+    let response = retry()
+        .body_cap(16 * 1024)
+        .layer(client())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bodies = upstream.bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(bodies[0], expected);
+    assert_eq!(bodies[1], expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_over_the_cap_is_sent_once_and_not_retried() {
+    let (upstream, addr) = start_upstream([reply(503), reply(200)]).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&events);
+    let request = Request::put(format!("http://{addr}/"))
+        .body(Streamed::new(10, 1000))
+        .unwrap();
+    let response = retry()
+        .body_cap(4 * 1024)
+        .on_event(move |e| log.lock().unwrap().push(e.action))
+        .layer(client())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(
+        upstream.bodies.lock().unwrap()[0].len(),
+        10_000,
+        "sent whole, once"
+    );
+    assert_eq!(*events.lock().unwrap(), [RetryAction::GiveUp(GiveUp::Body)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_holds_under_total_failure() {
+    let (upstream, addr) = start_upstream([reply(503)]).await;
+    let budget = RetryBudget::new(Duration::from_secs(60), 0.2, 0);
+    let svc = RetryLayer::new()
+        .jitter(|| 0.5)
+        .budget(budget)
+        .layer(client());
+    for _ in 0..100 {
+        let response = svc.clone().oneshot(get(addr)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Without a budget: 300 hits (3 attempts each). With 20%: 100 requests and 20 retries.
+    let hits = upstream.hits();
+    assert!((100..=120).contains(&hits), "{hits} hits");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_is_never_overrun() {
+    // Every answer takes 400 ms and fails; the deadline is 1 s.
+    let (upstream, addr) = start_upstream([reply(503).after(Duration::from_millis(400))]).await;
+    let start = Instant::now();
+    let result = retry()
+        .backoff(Backoff::standard().with_max_attempts(10))
+        .deadline(Duration::from_secs(1))
+        .layer(client())
+        .oneshot(get(addr))
+        .await;
+    let elapsed = start.elapsed();
+    assert!(elapsed <= Duration::from_secs(1), "took {elapsed:?}");
+    match result {
+        // Gave up before sleeping past the deadline: the last 503.
+        Ok(response) => assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE),
+        // Or cut an attempt at the deadline.
+        Err(error) => {
+            let error = error.downcast_ref::<RetryError>().unwrap();
+            assert_eq!(error.gave_up(), Some(GiveUp::Deadline));
+        }
+    }
+    assert!(upstream.hits() <= 3, "{} hits", upstream.hits());
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_errors_are_retried_then_reported_with_the_attempt_count() {
+    // A port that refuses connections.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let error = retry()
+        .layer(client::<Full<Bytes>>())
+        .oneshot(get(addr))
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<RetryError>().expect("a RetryError");
+    assert_eq!(error.attempts(), 3);
+    assert_eq!(error.gave_up(), Some(GiveUp::Attempts));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_inside_is_a_per_attempt_limit() {
+    let (upstream, addr) =
+        start_upstream([reply(200).after(Duration::from_secs(5)), reply(200)]).await;
+    let svc = ServiceBuilder::new()
+        .layer(retry())
+        .timeout(Duration::from_millis(500))
+        .service(client());
+    let response = svc.oneshot(get(addr)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 2);
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_inside_the_retry_opens_and_retries_stop_hammering() {
+    use tower_resilience::circuitbreaker::CircuitBreakerLayer;
+
+    let (upstream, addr) = start_upstream([reply(503)]).await;
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(5)
+        .wait_duration_in_open(Duration::from_secs(300))
+        .failure_classifier(
+            |result: &Result<Response<hyper::body::Incoming>, BoxError>| match result {
+                Ok(response) => response.status().is_server_error(),
+                Err(_) => true,
+            },
+        )
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(retry().backoff(Backoff::standard().with_max_attempts(3)))
+        .timeout(Duration::from_secs(1))
+        .layer(breaker)
+        .map_err(BoxError::from)
+        .service(client::<Full<Bytes>>().map_err(BoxError::from));
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        outcomes.push(match svc.clone().oneshot(get(addr)).await {
+            Ok(response) => format!(
+                "{} after {}",
+                response.status().as_u16(),
+                attempts(&response)
+            ),
+            Err(error) => {
+                let error = error.downcast_ref::<RetryError>().unwrap();
+                format!("open after {}", error.attempts())
+            }
+        });
+    }
+    // The first request tries 3 times, the second twice more and trips the breaker at the
+    // fifth failure; from then on each request fails at once, without a retry.
+    assert_eq!(upstream.hits(), 5);
+    assert_eq!(outcomes[0], "503 after 3");
+    assert!(
+        outcomes[2..].iter().all(|o| o == "open after 1"),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_and_other_idempotent_methods_are_retried() {
+    for method in [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+    ] {
+        let (upstream, addr) = start_upstream([reply(502), reply(200)]).await;
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{addr}/"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = retry().layer(client()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+        assert_eq!(upstream.hits(), 2, "{method}");
+        let _ = response.into_body().collect().await;
+    }
+}
