@@ -15,16 +15,22 @@
 //!
 //! The client IP is the TCP peer. `X-Forwarded-For`, `Forwarded` and `X-Real-IP` count only
 //! when the peer is inside one of the CIDRs of `TRUSTED_PROXIES` (comma-separated).
+//!
+//! With `REDIS_URL` set (`redis://127.0.0.1:6379`), the limits live in Redis, so that several
+//! copies of the server share them: `PORT=3000 REDIS_URL=... cargo run --example server` and
+//! `PORT=3001 REDIS_URL=...` in another terminal let one burst through, across both.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
+use axum::http::HeaderValue;
 use axum::http::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tollgate::key::{ClientIp, Header};
 use tollgate::rate_limit::{RateLimitLayer, Refusal, Tiers};
-use tollgate::{BoxError, Quota, Quotas};
+use tollgate::store::{OnFailure, RedisStore};
+use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -45,10 +51,23 @@ async fn main() -> Result<(), BoxError> {
     let client_ip =
         ClientIp::trusting(trusted.split(',').map(str::trim).filter(|s| !s.is_empty()))?;
 
-    let app = app(client_ip.clone())?;
+    let (app, store) = match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            // Should Redis fail, each copy goes on limiting with its own memory.
+            let redis = RedisStore::builder(url.as_str())
+                .on_failure(OnFailure::Local(MemoryStore::new()))
+                .build()?;
+            (app(client_ip.clone(), redis)?, format!("redis at {url}"))
+        }
+        Err(_) => (
+            app(client_ip.clone(), MemoryStore::new())?,
+            "memory".to_owned(),
+        ),
+    };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(
         address = %listener.local_addr()?,
+        %store,
         trusted_proxies = ?client_ip.trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "serving: GET / (no limit), GET /api/hello (5/s, burst 10 per IP), \
          POST /api/login (3/min per IP), GET /api/report (per x-api-key: 100/min premium-demo, 2/min others)"
@@ -64,8 +83,11 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The routes and their limits.
-fn app(client_ip: ClientIp) -> Result<Router, BoxError> {
+/// The routes and their limits, with their state in `store`.
+fn app<S>(client_ip: ClientIp, store: S) -> Result<Router, BoxError>
+where
+    S: Store<IpAddr> + Store<HeaderValue>,
+{
     let hello = Quota::per_second(5)?.with_burst(10)?.named("hello")?;
     let login = Quota::per_minute(3)?.named("login")?;
     let report_free = Quota::per_minute(2)?.named("report")?;
@@ -74,10 +96,12 @@ fn app(client_ip: ClientIp) -> Result<Router, BoxError> {
     let per_ip = |quota: Quota| {
         RateLimitLayer::new(quota)
             .key(client_ip.clone())
+            .store(store.clone())
             .refuse_with(explain)
     };
     let per_api_key = RateLimitLayer::new(report_free.clone())
         .key(Header::new("x-api-key").or(""))
+        .store(store.clone())
         .quotas(Tiers::new(report_free).tier("premium-demo", Quotas::from(report_premium)))
         .name("report")
         .refuse_with(explain);

@@ -63,6 +63,18 @@ impl Gcra {
         }
     }
 
+    /// The interval, in nanoseconds.
+    #[inline]
+    pub fn interval_nanos(&self) -> u64 {
+        self.interval
+    }
+
+    /// The window (`interval × burst`), in nanoseconds.
+    #[inline]
+    pub fn window_nanos(&self) -> u64 {
+        self.window
+    }
+
     /// Decides a request of `cost` tokens at `now` against the stored `tat` (0 for none).
     ///
     /// With `max_wait > 0` a request that does not fit yet may still be allowed, provided its

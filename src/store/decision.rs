@@ -38,6 +38,19 @@ impl Decision {
         }
     }
 
+    /// A denial known without the store (a remembered one): `wait` until the request passes,
+    /// `debt` between now and the binding quota's TAT.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn denied(quota: usize, wait: u64, debt: u64, gcra: Gcra) -> Self {
+        Self {
+            allowed: false,
+            quota: u8::try_from(quota).unwrap_or(u8::MAX),
+            wait,
+            debt,
+            gcra,
+        }
+    }
+
     /// Combines the steps of every quota of a set, decided at `now`.
     pub(crate) fn from_steps(quotas: &Quotas, steps: &[Step], now: u64) -> Self {
         let gcra = |i: usize| Gcra::new(&quotas.as_slice()[i]);

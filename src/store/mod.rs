@@ -25,6 +25,8 @@
 
 mod decision;
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod table;
 
 use std::future::Future;
@@ -32,6 +34,8 @@ use std::time::Duration;
 
 pub use decision::Decision;
 pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_KEYS};
+#[cfg(feature = "redis")]
+pub use redis::{OnFailure, RedisKey, RedisStore, RedisStoreBuilder};
 
 use crate::{QuotaError, Quotas};
 

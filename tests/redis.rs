@@ -1,0 +1,568 @@
+//! RedisStore against a real Redis: a private `redis-server` per test, on a unix socket in a
+//! temporary directory, nothing on disk. Without `redis-server` on `PATH` the tests say they
+//! were skipped, unless `TOLLGATE_REQUIRE_REDIS=1` (as in CI), which makes that a failure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use tollgate::key::{Header, PeerIp};
+use tollgate::store::{OnFailure, RedisStore};
+use tollgate::{Decision, MemoryStore, Quota, Quotas, RateLimitLayer, Store, StoreError};
+
+/// A private Redis on a unix socket, killed and its directory removed when dropped.
+struct Redis {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+static SERVERS: AtomicU64 = AtomicU64::new(0);
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            if std::env::var("TOLLGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+                panic!("redis-server is not on PATH, and TOLLGATE_REQUIRE_REDIS=1");
+            }
+            eprintln!("SKIPPED: redis-server is not on PATH (set TOLLGATE_REQUIRE_REDIS=1 to fail instead)");
+            return None;
+        }
+        let n = SERVERS.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis { dir, child: None };
+        redis.spawn();
+        Some(redis)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.cli(&["PING"]).is_some_and(|out| out.trim() == "PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not come up");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// How many times a command ran, from `INFO commandstats`.
+    fn calls(&self, command: &str) -> u64 {
+        let info = self.cli(&["INFO", "commandstats"]).unwrap_or_default();
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn store(&self) -> RedisStore {
+        RedisStore::builder(self.url())
+            .timeout(Duration::from_millis(250))
+            .build()
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+macro_rules! redis_or_skip {
+    () => {
+        match Redis::start() {
+            Some(redis) => redis,
+            None => return,
+        }
+    };
+}
+
+/// What conformance compares of a decision; waits to the second, since the two stores run
+/// moments apart on different clocks.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    allowed: bool,
+    quota: usize,
+    remaining: u32,
+    limit: u32,
+    retry_after_s: u64,
+    wait_s: u64,
+}
+
+fn seen(decision: &Decision) -> Seen {
+    let round = |d: Duration| (d.as_secs_f64() + 0.5) as u64;
+    Seen {
+        allowed: decision.is_allowed(),
+        quota: decision.quota_index(),
+        remaining: decision.remaining(),
+        limit: decision.limit(),
+        retry_after_s: round(decision.retry_after()),
+        wait_s: round(decision.wait()),
+    }
+}
+
+/// The same sequence of requests, through any store.
+async fn scenario<S: Store<String>>(store: &S) -> Vec<Seen> {
+    let single = Quotas::from(Quota::per_hour(5).unwrap().named("hourly").unwrap());
+    let both = Quotas::new([
+        Quota::per_minute(60)
+            .unwrap()
+            .with_burst(3)
+            .unwrap()
+            .named("burst")
+            .unwrap(),
+        Quota::per_day(5).unwrap().named("daily").unwrap(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let decide = |key: &str, quotas: &Quotas, cost: u32, max_wait: Duration| {
+        let future = store.decide(&key.to_owned(), quotas, cost, max_wait);
+        async move { future.await.unwrap() }
+    };
+    for _ in 0..7 {
+        out.push(seen(&decide("alice", &single, 1, Duration::ZERO).await));
+    }
+    out.push(seen(&decide("bob", &single, 3, Duration::ZERO).await));
+    out.push(seen(&decide("bob", &single, 3, Duration::ZERO).await));
+    out.push(seen(&decide("bob", &single, 0, Duration::ZERO).await));
+    for _ in 0..6 {
+        out.push(seen(&decide("carol", &both, 1, Duration::ZERO).await));
+    }
+    // Wait mode: reserve slots up to 25 minutes ahead.
+    for _ in 0..4 {
+        out.push(seen(
+            &decide("dave", &single, 1, Duration::from_secs(1500)).await,
+        ));
+    }
+    out.push(seen(
+        &decide("dave", &single, 1, Duration::from_secs(1500)).await,
+    ));
+    out
+}
+
+#[tokio::test]
+async fn the_same_requests_get_the_same_answers_as_from_the_memory_store() {
+    let redis = redis_or_skip!();
+    let memory = scenario(&MemoryStore::new()).await;
+    let remote = scenario(&redis.store()).await;
+    assert_eq!(memory.len(), remote.len());
+    for (i, (m, r)) in memory.iter().zip(&remote).enumerate() {
+        assert_eq!(m, r, "request {i}");
+    }
+    // Spot checks that the scenario says something.
+    assert!(memory[..5].iter().all(|s| s.allowed) && !memory[5].allowed);
+    assert_eq!(memory[5].retry_after_s, 720);
+}
+
+#[tokio::test]
+async fn keys_hold_one_microsecond_tat_and_expire_when_full() {
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let quota = Quota::per_second(10).unwrap();
+    let quotas = Quotas::from(quota.clone());
+    let key = "203.0.113.7".parse::<std::net::IpAddr>().unwrap();
+    store
+        .decide(&key, &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    let name = store.key_of(&key, &quota);
+    assert_eq!(name, "tollgate:{ip:203.0.113.7}:default:100000:10");
+    let value: u64 = redis.cli(&["GET", &name]).unwrap().trim().parse().unwrap();
+    assert!(
+        value > 1_600_000_000_000_000,
+        "microseconds since the epoch: {value}"
+    );
+    let ttl: i64 = redis.cli(&["PTTL", &name]).unwrap().trim().parse().unwrap();
+    assert!((1..=100).contains(&ttl), "expires when full: {ttl} ms");
+    // A denial writes nothing.
+    let tight = Quotas::from(Quota::per_hour(1).unwrap());
+    store.decide(&key, &tight, 1, Duration::ZERO).await.unwrap();
+    let tight_key = store.key_of(&key, &tight.as_slice()[0]);
+    let before = redis.cli(&["GET", &tight_key]).unwrap();
+    assert!(!store
+        .decide(&key, &tight, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_allowed());
+    assert_eq!(redis.cli(&["GET", &tight_key]).unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_quota_under_concurrent_load() {
+    let redis = redis_or_skip!();
+    // Two stores with their own connections, as two processes would have.
+    let (a, b) = (redis.store(), redis.store());
+    let quotas = Quotas::from(Quota::per_second(100).unwrap().with_burst(10).unwrap());
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (quotas, admitted) = (quotas.clone(), Arc::clone(&admitted));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..150 {
+                if store
+                    .decide(&"shared".to_owned(), &quotas, 1, Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .is_allowed()
+                {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let admitted = admitted.load(Ordering::Relaxed) as u64;
+    let bound = 10 + (100.0 * elapsed.as_secs_f64()) as u64 + 1;
+    assert!(
+        admitted <= bound,
+        "admitted {admitted} in {elapsed:?}, bound {bound}"
+    );
+    assert!(admitted >= 10, "the burst passes: {admitted}");
+}
+
+#[tokio::test]
+async fn noscript_after_script_flush_is_recovered() {
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let quotas = Quotas::from(Quota::per_minute(10).unwrap());
+    assert!(store
+        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_allowed());
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).unwrap().trim(), "OK");
+    let decision = store
+        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(decision.is_allowed());
+    assert_eq!(decision.remaining(), 8);
+    assert_eq!(store.errors(), 0);
+}
+
+#[tokio::test]
+async fn denied_keys_are_answered_locally_until_their_retry_after() {
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let quotas = Quotas::from(Quota::per_hour(2).unwrap());
+    let key = "hammer".to_owned();
+    for _ in 0..3 {
+        let _ = store
+            .decide(&key, &quotas, 1, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let round_trips = redis.calls("evalsha");
+    for _ in 0..100 {
+        let cached = Store::<String>::decide_now(&store, &key, &quotas, 1, Duration::ZERO)
+            .expect("answered locally")
+            .unwrap();
+        assert!(!cached.is_allowed());
+        assert!(cached.retry_after() > Duration::from_secs(1700));
+    }
+    assert_eq!(
+        redis.calls("evalsha"),
+        round_trips,
+        "no round trip for a denied key"
+    );
+    // Other keys still go to Redis.
+    assert!(
+        Store::<String>::decide_now(&store, &"other".to_owned(), &quotas, 1, Duration::ZERO)
+            .is_none()
+    );
+    // Turned off, every decision asks Redis.
+    let uncached = RedisStore::builder(redis.url())
+        .over_limit_cache(false)
+        .build()
+        .unwrap();
+    let _ = uncached
+        .decide(&key, &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(Store::<String>::decide_now(&uncached, &key, &quotas, 1, Duration::ZERO).is_none());
+}
+
+/// Decides `n` times for fresh keys; how long the slowest call took.
+async fn slowest_of<S: Store<String>>(
+    store: &S,
+    n: usize,
+    quotas: &Quotas,
+) -> (Duration, Vec<Result<Decision, String>>) {
+    let mut slowest = Duration::ZERO;
+    let mut results = Vec::new();
+    for i in 0..n {
+        let start = Instant::now();
+        let result = store
+            .decide(&format!("k{i}"), quotas, 1, Duration::ZERO)
+            .await;
+        slowest = slowest.max(start.elapsed());
+        results.push(result.map_err(|e| e.to_string()));
+    }
+    (slowest, results)
+}
+
+#[tokio::test]
+async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() {
+    let mut redis = redis_or_skip!();
+    let quotas = Quotas::from(Quota::per_minute(1).unwrap());
+    let timeout = Duration::from_millis(50);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&errors);
+    let build = |policy: OnFailure| {
+        RedisStore::builder(redis.url())
+            .timeout(timeout)
+            .on_failure(policy)
+            .build()
+            .unwrap()
+    };
+    let deny = RedisStore::builder(redis.url())
+        .timeout(timeout)
+        .on_failure(OnFailure::Deny)
+        .on_error(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    let allow = build(OnFailure::Allow);
+    let local = build(OnFailure::Local(MemoryStore::new()));
+    for (i, store) in [&deny, &allow, &local].into_iter().enumerate() {
+        let warm = format!("warm-{i}");
+        assert!(store
+            .decide(&warm, &quotas, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_allowed());
+    }
+
+    redis.kill();
+    let margin = Duration::from_millis(250);
+    let (slowest, results) = slowest_of(&deny, 5, &quotas).await;
+    assert!(slowest <= timeout + margin, "waited {slowest:?}");
+    assert!(
+        results.iter().all(Result::is_err),
+        "fail closed: {results:?}"
+    );
+    assert!(errors.load(Ordering::SeqCst) >= 5);
+    assert!(deny.errors() >= 5);
+
+    let (slowest, results) = slowest_of(&allow, 5, &quotas).await;
+    assert!(slowest <= timeout + margin, "waited {slowest:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(Decision::is_allowed)),
+        "fail open"
+    );
+
+    // The local fallback limits for real: one per minute per key.
+    let key = "local".to_owned();
+    let first = local
+        .decide(&key, &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    let second = local
+        .decide(&key, &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(first.is_allowed() && !second.is_allowed());
+
+    // A Redis that stalls instead of dying (every client paused): the timeout still holds.
+    redis.spawn();
+    let blocked = {
+        let socket = redis.socket();
+        std::thread::spawn(move || {
+            let _ = Command::new("redis-cli")
+                .arg("-s")
+                .arg(socket)
+                .args(["CLIENT", "PAUSE", "1500", "ALL"])
+                .output();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let during = deny
+        .decide(&"slow".to_owned(), &quotas, 1, Duration::ZERO)
+        .await;
+    assert!(
+        start.elapsed() <= timeout + margin,
+        "waited {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(
+            during,
+            Err(StoreError::Timeout(_)) | Err(StoreError::Backend(_))
+        ),
+        "{during:?}"
+    );
+    blocked.join().unwrap();
+
+    // Back: decisions come from Redis again, without anyone restarting the store.
+    let mut resumed = None;
+    for _ in 0..100 {
+        if let Ok(decision) = deny
+            .decide(&"again".to_owned(), &quotas, 1, Duration::ZERO)
+            .await
+        {
+            resumed = Some(decision);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed.expect("Redis answers again").is_allowed());
+    let denied = deny
+        .decide(&"again".to_owned(), &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!denied.is_allowed(), "the state is in Redis again");
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    addr
+}
+
+#[tokio::test]
+async fn two_servers_on_one_redis_share_one_limit() {
+    let redis = redis_or_skip!();
+    let app = |store: RedisStore| {
+        Router::new()
+            .route("/api/hello", get(|| async { "hello" }))
+            .layer(
+                RateLimitLayer::new(Quota::per_minute(5).unwrap())
+                    .key(PeerIp::new())
+                    .store(store),
+            )
+    };
+    // Two servers, each with its own store and connection, as two processes would have.
+    let one = serve(app(redis.store())).await;
+    let two = serve(app(redis.store())).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut ok = 0;
+    for i in 0..12 {
+        let addr = if i % 2 == 0 { one } else { two };
+        let response = client
+            .get(format!("http://{addr}/api/hello").parse().unwrap())
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(ok, 5, "one burst across both servers");
+}
+
+#[tokio::test]
+async fn the_layer_behaves_the_same_on_redis() {
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let app = Router::new()
+        .route("/report", get(|| async { "report" }))
+        .layer(
+            RateLimitLayer::new(Quota::per_minute(2).unwrap().named("report").unwrap())
+                .key(Header::new("x-api-key").or(""))
+                .store(store),
+        );
+    let addr = serve(app).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let get = |key: &'static str| {
+        let request = http::Request::get(format!("http://{addr}/report"))
+            .header("x-api-key", key)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        client.request(request)
+    };
+    let first = get("k{1}").await.unwrap();
+    assert_eq!(first.headers()["ratelimit"], "\"report\";r=1;t=30");
+    assert_eq!(first.headers()["ratelimit-policy"], "\"report\";q=2;w=60");
+    get("k{1}").await.unwrap();
+    let refused = get("k{1}").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    assert_eq!(get("other").await.unwrap().status(), 200);
+    let stored = redis.cli(&["KEYS", "tollgate:*"]).unwrap();
+    assert!(
+        stored.contains("tollgate:{h:k%7B1%7D}:report:30000000:2"),
+        "{stored}"
+    );
+}
