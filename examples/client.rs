@@ -1,13 +1,15 @@
-//! An HTTP client that is a good citizen: retries what is safe, within a budget, and keeps to
-//! a rate per host.
+//! An HTTP client that is a good citizen: retries what is safe, within a budget, keeps to a
+//! rate per host, and learns each host's limits from its responses.
 //!
 //! ```text
-//! cargo run --example client -- [--method METHOD] [--requests N] [--rps R] URL
+//! cargo run --example client -- [--method METHOD] [--requests N] [--rps R] [--no-learn] URL
 //! ```
 //!
-//! The stack, outermost first: `RetryLayer` → `TimeoutLayer` (10 s per attempt) →
+//! The stack, outermost first: `RetryLayer` → `LearnLayer` (waits, up to 60 s, when a host
+//! said it has nothing left; off with `--no-learn`) → `TimeoutLayer` (10 s per attempt) →
 //! `RateLimitLayer` per host, in wait mode (R requests per second, default 5) → hyper-util's
-//! client. It prints a line per attempt (status or error, the wait before the next attempt and
+//! client. The learned wait sits outside the timeout, so a long reset is not cut short and
+//! retried; `LearnLayer`'s own maximum bounds it. It prints a line per attempt (status or error, the wait before the next attempt and
 //! why) and a summary per request. Try it against `cargo run --example server`:
 //!
 //! ```text
@@ -23,6 +25,14 @@
 //! cargo run --example client -- --method POST http://127.0.0.1:3001/flaky    # not retried
 //! cargo run --example client -- --requests 30 --rps 50 http://127.0.0.1:3001/down  # budget
 //! ```
+//!
+//! `/limited` allows 5 requests per 10-second window and says so in `X-RateLimit-*` headers.
+//! The client reads them and waits for the next window instead of being refused:
+//!
+//! ```text
+//! cargo run --example client -- --requests 12 --rps 50 http://127.0.0.1:3001/limited             # no 429
+//! cargo run --example client -- --requests 12 --rps 50 --no-learn http://127.0.0.1:3001/limited  # 429s, retried
+//! ```
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -34,22 +44,25 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tollgate::key::Authority;
+use tollgate::learn::LearnLayer;
 use tollgate::retry::{Attempts, RetryAction, RetryBudget, RetryError, RetryEvent, RetryLayer};
 use tollgate::{BoxError, Quota, RateLimitLayer};
+use tower::util::option_layer;
 use tower::{ServiceBuilder, ServiceExt};
 
 struct Args {
     method: Method,
     requests: u32,
     rps: u32,
+    learn: bool,
     url: Uri,
 }
 
-const USAGE: &str = "usage: client [--method METHOD] [--requests N] [--rps R] URL";
+const USAGE: &str = "usage: client [--method METHOD] [--requests N] [--rps R] [--no-learn] URL";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut method, mut requests, mut rps, mut url) = (Method::GET, 1, 5, None);
+    let (mut method, mut requests, mut rps, mut learn, mut url) = (Method::GET, 1, 5, true, None);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
@@ -64,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--requests: not a number")?
             }
             "--rps" => rps = value("--rps")?.parse().map_err(|_| "--rps: not a number")?,
+            "--no-learn" => learn = false,
             "-h" | "--help" => return Err(USAGE.into()),
             other if url.is_none() && !other.starts_with("--") => {
                 url = Some(other.parse::<Uri>().map_err(|e| format!("{other}: {e}"))?)
@@ -81,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         method,
         requests,
         rps,
+        learn,
         url,
     })
 }
@@ -116,9 +131,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .key(Authority)
         .wait(Duration::from_secs(60))
         .errors();
+    let learn = args
+        .learn
+        .then(|| LearnLayer::new().max_wait(Duration::from_secs(60)));
     let client = Client::builder(TokioExecutor::new()).build_http();
     let service = ServiceBuilder::new()
         .layer(retry)
+        .layer(option_layer(learn))
+        .map_err(BoxError::from)
         .timeout(Duration::from_secs(10))
         .layer(per_host)
         .service(client);

@@ -12,6 +12,7 @@
 //! | `GET /api/hello` | per client IP: 5 per second, burst 10 |
 //! | `POST /api/login` | per client IP: 3 per minute (its own limit) |
 //! | `GET /api/report` | per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
+//! | `GET /metrics` | none: the counters of the limits above, in Prometheus text format |
 //!
 //! The client IP is the TCP peer. `X-Forwarded-For`, `Forwarded` and `X-Real-IP` count only
 //! when the peer is inside one of the CIDRs of `TRUSTED_PROXIES` (comma-separated).
@@ -27,6 +28,7 @@ use axum::http::HeaderValue;
 use axum::http::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tollgate::key::{ClientIp, Header};
 use tollgate::rate_limit::{RateLimitLayer, Refusal, Tiers};
 use tollgate::store::{OnFailure, RedisStore};
@@ -51,6 +53,8 @@ async fn main() -> Result<(), BoxError> {
     let client_ip =
         ClientIp::trusting(trusted.split(',').map(str::trim).filter(|s| !s.is_empty()))?;
 
+    // The recorder goes in first: layers register their counters when they are built.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
     let (app, store) = match std::env::var("REDIS_URL") {
         Ok(url) => {
             // Should Redis fail, each copy goes on limiting with its own memory.
@@ -64,13 +68,15 @@ async fn main() -> Result<(), BoxError> {
             "memory".to_owned(),
         ),
     };
+    let app = app.route("/metrics", get(move || render(prometheus.clone())));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(
         address = %listener.local_addr()?,
         %store,
         trusted_proxies = ?client_ip.trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "serving: GET / (no limit), GET /api/hello (5/s, burst 10 per IP), \
-         POST /api/login (3/min per IP), GET /api/report (per x-api-key: 100/min premium-demo, 2/min others)"
+         POST /api/login (3/min per IP), GET /api/report (per x-api-key: 100/min premium-demo, 2/min others), \
+         GET /metrics"
     );
     axum::serve(
         listener,
@@ -123,6 +129,16 @@ where
             "/api/report",
             get(|| async { "report\n" }).layer(per_api_key),
         ))
+}
+
+/// The `/metrics` page: every counter and histogram, in Prometheus text format.
+async fn render(prometheus: PrometheusHandle) -> Response<Body> {
+    let mut response = Response::new(Body::from(prometheus.render()));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 /// Refusals with a body that says why, for people trying the server with curl.

@@ -3,9 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod concurrency;
 pub mod gcra;
 pub mod headers;
 pub mod key;
+pub mod learn;
+pub mod metrics;
 pub mod quota;
 pub mod rate_limit;
 pub mod retry;

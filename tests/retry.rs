@@ -4,17 +4,14 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body as AxumBody;
-use axum::extract::State;
-use axum::response::Response as AxumResponse;
-use axum::routing::any;
-use axum::Router;
+mod common;
+
 use bytes::Bytes;
+use common::upstream::{reply, start_upstream};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
@@ -28,98 +25,6 @@ use tollgate::retry::{
 };
 use tollgate::BoxError;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-
-/// One scripted answer of the test upstream.
-#[derive(Clone)]
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    delay: Duration,
-}
-
-fn reply(status: u16) -> Reply {
-    Reply {
-        status,
-        headers: Vec::new(),
-        delay: Duration::ZERO,
-    }
-}
-
-impl Reply {
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    fn after(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
-    }
-}
-
-/// An upstream that answers from a script (then with its last answer), and records when each
-/// request arrived and what body it carried.
-#[derive(Default)]
-struct Upstream {
-    script: Mutex<VecDeque<Reply>>,
-    last: Mutex<Option<Reply>>,
-    arrivals: Mutex<Vec<Instant>>,
-    bodies: Mutex<Vec<Bytes>>,
-    hits: AtomicUsize,
-}
-
-impl Upstream {
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn gaps(&self) -> Vec<Duration> {
-        let arrivals = self.arrivals.lock().unwrap();
-        arrivals.windows(2).map(|w| w[1] - w[0]).collect()
-    }
-}
-
-async fn answer(State(upstream): State<Arc<Upstream>>, request: Request<AxumBody>) -> AxumResponse {
-    upstream.hits.fetch_add(1, Ordering::SeqCst);
-    upstream.arrivals.lock().unwrap().push(Instant::now());
-    let body = axum::body::to_bytes(request.into_body(), usize::MAX)
-        .await
-        .unwrap_or_default();
-    upstream.bodies.lock().unwrap().push(body);
-    let next = upstream.script.lock().unwrap().pop_front();
-    let reply = match next {
-        Some(reply) => {
-            *upstream.last.lock().unwrap() = Some(reply.clone());
-            reply
-        }
-        None => upstream
-            .last
-            .lock()
-            .unwrap()
-            .clone()
-            .unwrap_or_else(|| reply(200)),
-    };
-    tokio::time::sleep(reply.delay).await;
-    let mut response = Response::builder().status(reply.status);
-    for (name, value) in &reply.headers {
-        response = response.header(*name, value);
-    }
-    response.body(AxumBody::from("answer")).unwrap()
-}
-
-async fn start_upstream(script: impl IntoIterator<Item = Reply>) -> (Arc<Upstream>, SocketAddr) {
-    let upstream = Arc::new(Upstream {
-        script: Mutex::new(script.into_iter().collect()),
-        ..Default::default()
-    });
-    let app = Router::new()
-        .fallback(any(answer))
-        .with_state(Arc::clone(&upstream));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (upstream, addr)
-}
 
 type HttpClient<B> = Client<HttpConnector, ReplayBody<B>>;
 

@@ -7,9 +7,10 @@ use tower_layer::Layer;
 
 use super::events::{Hook, LimitEvent};
 use super::policy::OnePerRequest;
-use super::respond::{EmptyBody, Errors, HeaderOptions, Http};
+use super::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use super::service::{RateLimit, Shared};
 use crate::key::Global;
+use crate::metrics::LimiterMetrics;
 use crate::{MemoryStore, Quotas};
 
 /// Applies rate limits to a tower service. See the [module docs](super) for a tour.
@@ -233,6 +234,19 @@ impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
         }
     }
 
+    /// Answers gRPC calls: refusals become gRPC statuses (`RESOURCE_EXHAUSTED` with
+    /// `grpc-retry-pushback-ms` when over the limit), not HTTP 429. See [`Grpc`].
+    pub fn grpc(self) -> RateLimitLayer<K, Q, S, Grpc, C> {
+        RateLimitLayer {
+            key: self.key,
+            quotas: self.quotas,
+            store: self.store,
+            respond: Grpc::new(self.respond.replace_body(EmptyBody)),
+            cost: self.cost,
+            options: self.options,
+        }
+    }
+
     /// Refusals with an empty body again.
     pub fn empty_refusals(self) -> RateLimitLayer<K, Q, S, Http<EmptyBody>, C> {
         self.refuse_with(EmptyBody)
@@ -259,6 +273,7 @@ where
                 respond: self.respond.clone(),
                 cost: self.cost.clone(),
                 options: self.options.clone(),
+                metrics: LimiterMetrics::new(&self.options.name),
             }),
         )
     }

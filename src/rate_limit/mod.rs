@@ -36,8 +36,9 @@
 //!    units the request takes (1 by default).
 //! 3. The [store](crate::Store) decides: allowed, allowed after a wait (wait mode), or denied.
 //! 4. Allowed requests go to the inner service, and its response gets the rate-limit headers;
-//!    denied ones are answered by the layer: 429 with `Retry-After` for HTTP, a
-//!    [`RateLimited`] error for other services ([`RateLimitLayer::errors`]).
+//!    denied ones are answered by the layer: 429 with `Retry-After` for HTTP,
+//!    `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms` for gRPC ([`RateLimitLayer::grpc`]),
+//!    a [`RateLimited`] error for other services ([`RateLimitLayer::errors`]).
 //!
 //! # Reject or wait
 //!
@@ -68,7 +69,7 @@ pub use future::ResponseFuture;
 pub use layer::{MissingKey, RateLimitLayer};
 pub use policy::{Cost, OnePerRequest, QuotaPolicy, Tiers};
 pub use respond::{
-    EmptyBody, Errors, HeaderNote, HeaderOptions, Http, RateLimited, Refusal, RefusalResponse,
-    Respond,
+    EmptyBody, Errors, Grpc, HeaderNote, HeaderOptions, Http, RateLimited, Refusal,
+    RefusalResponse, Respond,
 };
 pub use service::RateLimit;

@@ -15,6 +15,7 @@ use super::layer::{MissingKey, Mode, Options};
 use super::policy::{Cost, QuotaPolicy};
 use super::respond::{RateLimited, Refusal, Respond};
 use crate::key::KeyExtractor;
+use crate::metrics::LimiterMetrics;
 use crate::{Decision, Quotas, Store, StoreError};
 
 /// The service made by [`RateLimitLayer`](super::RateLimitLayer).
@@ -38,6 +39,7 @@ pub(crate) struct Shared<K, Q, S, R, C> {
     pub(crate) respond: R,
     pub(crate) cost: C,
     pub(crate) options: Options,
+    pub(crate) metrics: LimiterMetrics,
 }
 
 /// A slot taken in `poll_ready` for the next `call` (global limits in wait mode).
@@ -298,8 +300,14 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         decision: &Decision,
     ) {
         let delay = match kind {
-            LimitEventKind::Denied => decision.retry_after(),
-            LimitEventKind::Waiting => decision.wait(),
+            LimitEventKind::Denied => {
+                self.metrics.limited();
+                decision.retry_after()
+            }
+            LimitEventKind::Waiting => {
+                self.metrics.waited(decision.wait());
+                decision.wait()
+            }
         };
         emit(
             self.options.hook.as_ref(),
@@ -359,6 +367,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
                             .respond
                             .refuse(Refusal::Limited(RateLimited::new(decision, quotas)));
                     }
+                    shared.metrics.allowed();
                     let refund = (!decision.wait().is_zero()).then(|| {
                         shared.event(LimitEventKind::Waiting, &key, &quotas, &decision);
                         Refund::new(&shared.store, key, &quotas, cost)
@@ -396,6 +405,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
             return self
                 .refuse::<Svc, Req>(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
         }
+        self.metrics.allowed();
         let note = self.respond.note(quotas, &decision);
         if decision.wait().is_zero() {
             return ResponseFuture::calling(inner.call(request), note);
@@ -431,6 +441,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         C: Cost<Req>,
     {
         refund.used();
+        self.metrics.allowed();
         let (Some(quotas), Some(key)) = (self.quotas.fixed(), self.key.global_key()) else {
             // Reservations are only made for a global key and fixed quotas.
             return ResponseFuture::calling(inner.call(request), None);

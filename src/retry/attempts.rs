@@ -59,11 +59,17 @@ fn is_idempotent(method: &Method) -> bool {
 impl<B: Body + Send + 'static> HttpAttempts<B> {
     /// The first attempt's request, and what the retries need: a copy of the request and its
     /// recorded body, if it may be retried (idempotent by method, or marked with an
-    /// `Idempotency-Key` header or a [`Retryable`] extension).
+    /// `Idempotency-Key` header or a [`Retryable`] extension), or whatever its method when
+    /// `any_method` (gRPC calls).
     #[inline]
-    pub(crate) fn prepare(request: Request<B>, body_cap: usize) -> (Request<ReplayBody<B>>, Self) {
+    pub(crate) fn prepare(
+        request: Request<B>,
+        body_cap: usize,
+        any_method: bool,
+    ) -> (Request<ReplayBody<B>>, Self) {
         let (parts, body) = request.into_parts();
-        let retryable = is_idempotent(&parts.method)
+        let retryable = any_method
+            || is_idempotent(&parts.method)
             || parts.headers.contains_key(&IDEMPOTENCY_KEY)
             || parts.extensions.get::<Retryable>().is_some();
         if !retryable {
@@ -176,7 +182,7 @@ mod tests {
     async fn retries_carry_the_same_method_uri_headers_extensions_and_body() {
         let mut original = request(Method::PUT, &[("x-trace", "abc")]);
         original.extensions_mut().insert(42u32);
-        let (first, mut attempts) = HttpAttempts::prepare(original, 1024);
+        let (first, mut attempts) = HttpAttempts::prepare(original, 1024, false);
         let first_body = first.into_body().collect().await.unwrap().to_bytes();
         let second = attempts.next().unwrap();
         assert_eq!(second.method(), Method::PUT);
@@ -192,14 +198,19 @@ mod tests {
 
     #[test]
     fn only_idempotent_or_marked_requests_are_retried() {
-        let (_, post) = HttpAttempts::prepare(request(Method::POST, &[]), 1024);
+        let (_, post) = HttpAttempts::prepare(request(Method::POST, &[]), 1024, false);
         assert_eq!(post.check(), Err(GiveUp::NotIdempotent));
-        let (_, keyed) =
-            HttpAttempts::prepare(request(Method::POST, &[("idempotency-key", "k1")]), 1024);
+        let (_, keyed) = HttpAttempts::prepare(
+            request(Method::POST, &[("idempotency-key", "k1")]),
+            1024,
+            false,
+        );
         assert_eq!(keyed.check(), Ok(()));
         let mut marked = request(Method::PATCH, &[]);
         marked.extensions_mut().insert(Retryable);
-        assert_eq!(HttpAttempts::prepare(marked, 1024).1.check(), Ok(()));
+        assert_eq!(HttpAttempts::prepare(marked, 1024, false).1.check(), Ok(()));
+        let (_, grpc_call) = HttpAttempts::prepare(request(Method::POST, &[]), 1024, true);
+        assert_eq!(grpc_call.check(), Ok(()));
         for method in [
             Method::GET,
             Method::HEAD,
@@ -209,7 +220,7 @@ mod tests {
             Method::DELETE,
         ] {
             assert_eq!(
-                HttpAttempts::prepare(request(method.clone(), &[]), 1024)
+                HttpAttempts::prepare(request(method.clone(), &[]), 1024, false)
                     .1
                     .check(),
                 Ok(()),

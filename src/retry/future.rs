@@ -144,6 +144,9 @@ where
                     };
                     match next {
                         Err(reason) => {
+                            if let Some(metrics) = &this.config.metrics {
+                                metrics.gave_up(reason);
+                            }
                             emit(
                                 this.config.hook.as_ref(),
                                 &event(RetryAction::GiveUp(reason)),
@@ -157,6 +160,9 @@ where
                             ));
                         }
                         Ok(delay) => {
+                            if let Some(metrics) = &this.config.metrics {
+                                metrics.retried(classification);
+                            }
                             emit(
                                 this.config.hook.as_ref(),
                                 &event(RetryAction::Retry { delay }),

@@ -10,6 +10,7 @@ use super::budget::{PerDestination, RetryBudget};
 use super::classify::{GrpcClassifier, HttpClassifier};
 use super::events::{Hook, RetryEvent};
 use super::service::Retry;
+use crate::metrics::RetryMetrics;
 
 /// Retries what is safe to retry, within a budget, a deadline and the server's wishes. See the
 /// [module docs](super) for a tour.
@@ -23,9 +24,12 @@ pub struct RetryLayer<C = HttpClassifier, M = Http> {
     mode: M,
 }
 
-/// Requests are HTTP requests: recorded and replayed, retried only when idempotent.
+/// Requests are HTTP requests: recorded and replayed, retried only when idempotent (for
+/// [`RetryLayer::new`]), or whatever their method (gRPC calls, for [`RetryLayer::grpc`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Http;
+pub struct Http {
+    pub(crate) any_method: bool,
+}
 
 /// Requests of any type, cloned for each attempt (as `tower::retry` does).
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,6 +48,8 @@ pub(crate) struct Config<C> {
     pub(crate) body_cap: usize,
     pub(crate) hook: Option<Hook>,
     pub(crate) name: Arc<str>,
+    /// Registered when the layer makes a service.
+    pub(crate) metrics: Option<RetryMetrics>,
 }
 
 #[derive(Clone)]
@@ -100,6 +106,7 @@ impl<C: Clone> Clone for Config<C> {
             body_cap: self.body_cap,
             hook: self.hook.clone(),
             name: Arc::clone(&self.name),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -110,12 +117,18 @@ impl RetryLayer {
     /// second), no deadline, server delays up to [`DEFAULT_MAX_PUSHBACK`], bodies kept up to
     /// 64 KiB.
     pub fn new() -> Self {
-        Self::with(HttpClassifier, Http)
+        Self::with(HttpClassifier, Http::default())
     }
 
-    /// The same for gRPC clients: [`GrpcClassifier`].
+    /// The same for gRPC clients: [`GrpcClassifier`], and every call may be retried.
+    ///
+    /// gRPC calls are all `POST`s, so the HTTP rule (idempotent methods only) would retry
+    /// none. As with gRPC's own retry policy (gRFC A6), installing the layer is the opt-in,
+    /// and the classifier retries only what says the call was not run: `UNAVAILABLE`, and
+    /// `RESOURCE_EXHAUSTED` with pushback, both in a trailers-only response. Calls that must
+    /// never run twice belong on a channel without this layer.
     pub fn grpc() -> RetryLayer<GrpcClassifier> {
-        RetryLayer::with(GrpcClassifier, Http)
+        RetryLayer::with(GrpcClassifier, Http { any_method: true })
     }
 }
 
@@ -147,6 +160,7 @@ impl<C, M> RetryLayer<C, M> {
                 body_cap: DEFAULT_BODY_CAP,
                 hook: None,
                 name: Arc::from("retry"),
+                metrics: None,
             },
             mode,
         }
@@ -166,6 +180,7 @@ impl<C, M> RetryLayer<C, M> {
                 body_cap: config.body_cap,
                 hook: config.hook,
                 name: config.name,
+                metrics: config.metrics,
             },
             mode: self.mode,
         }
@@ -252,7 +267,9 @@ impl<S, C: Clone, M: Clone> Layer<S> for RetryLayer<C, M> {
     type Service = Retry<S, C, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::new(inner, Arc::new(self.config.clone()), self.mode.clone())
+        let mut config = self.config.clone();
+        config.metrics = Some(RetryMetrics::new(&config.name));
+        Retry::new(inner, Arc::new(config), self.mode.clone())
     }
 }
 

@@ -101,7 +101,8 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (first, attempts) = HttpAttempts::prepare(request, self.config.body_cap);
+        let (first, attempts) =
+            HttpAttempts::prepare(request, self.config.body_cap, self.mode.any_method);
         self.start(
             first,
             attempts,

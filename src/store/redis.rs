@@ -408,6 +408,7 @@ impl Inner {
         max_wait: Duration,
     ) -> Result<Decision, StoreError> {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::store_error("redis");
         let now = self.clock.now();
         let last = self.last_logged.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1_000_000_000

@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 
+pub mod upstream;
+
 /// An axum app served on 127.0.0.1 at a free port, with peer addresses as `ConnectInfo`.
 pub struct TestServer {
     pub addr: SocketAddr,

@@ -1,0 +1,186 @@
+//! Counters and histograms through the [`metrics`](https://docs.rs/metrics) facade, with the
+//! `metrics` feature; without it, these are empty and cost nothing.
+//!
+//! ```
+//! use tollgate::retry::RetryLayer;
+//! use tollgate::{Quota, RateLimitLayer};
+//!
+//! // Install the recorder first (`PrometheusBuilder::new().install_recorder()`, say), then
+//! // name the layers: the names are the labels.
+//! let api = RateLimitLayer::new(Quota::per_second(100)?).name("api");
+//! let outbound = RetryLayer::new().name("payments");
+//! # drop((api, outbound));
+//! # Ok::<(), tollgate::QuotaError>(())
+//! ```
+//!
+//! | metric | kind | labels |
+//! | --- | --- | --- |
+//! | `tollgate_rate_limit_allowed_total` | counter | `limiter` |
+//! | `tollgate_rate_limit_limited_total` | counter | `limiter` |
+//! | `tollgate_rate_limit_waited_total` | counter | `limiter` |
+//! | `tollgate_rate_limit_wait_seconds` | histogram | `limiter` |
+//! | `tollgate_retry_retries_total` | counter | `layer`, `reason` (`transient`, `throttled`, `server_delay`) |
+//! | `tollgate_retry_gave_up_total` | counter | `layer`, `reason` (`attempts`, `budget`, `deadline`, `body`, `pushback_too_long`, `not_idempotent`) |
+//! | `tollgate_retry_budget_spent_total` | counter | `layer` |
+//! | `tollgate_store_errors_total` | counter | `store` |
+//!
+//! Labels are the names given to layers and stores, never keys: the label sets stay small
+//! whatever the traffic. Handles are registered when a layer makes its service, so install the
+//! recorder (a Prometheus exporter, say) before building the stack.
+
+#[cfg(feature = "metrics")]
+mod enabled {
+    use std::time::Duration;
+
+    use metrics::{counter, histogram, Counter, Histogram};
+
+    use crate::retry::{Classification, GiveUp};
+
+    /// The metrics of one rate limiter.
+    #[derive(Clone)]
+    pub(crate) struct LimiterMetrics {
+        allowed: Counter,
+        limited: Counter,
+        waited: Counter,
+        wait_seconds: Histogram,
+    }
+
+    impl LimiterMetrics {
+        pub(crate) fn new(limiter: &str) -> Self {
+            let label = limiter.to_owned();
+            Self {
+                allowed: counter!("tollgate_rate_limit_allowed_total", "limiter" => label.clone()),
+                limited: counter!("tollgate_rate_limit_limited_total", "limiter" => label.clone()),
+                waited: counter!("tollgate_rate_limit_waited_total", "limiter" => label.clone()),
+                wait_seconds: histogram!("tollgate_rate_limit_wait_seconds", "limiter" => label),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn allowed(&self) {
+            self.allowed.increment(1);
+        }
+
+        pub(crate) fn limited(&self) {
+            self.limited.increment(1);
+        }
+
+        pub(crate) fn waited(&self, wait: Duration) {
+            self.waited.increment(1);
+            self.wait_seconds.record(wait.as_secs_f64());
+        }
+    }
+
+    /// The metrics of one retry layer.
+    #[derive(Clone)]
+    pub(crate) struct RetryMetrics {
+        retries: [Counter; 3],
+        gave_up: [Counter; 6],
+        budget_spent: Counter,
+    }
+
+    const RETRY_REASONS: [&str; 3] = ["transient", "throttled", "server_delay"];
+    const GIVE_UP_REASONS: [&str; 6] = [
+        "attempts",
+        "budget",
+        "deadline",
+        "body",
+        "pushback_too_long",
+        "not_idempotent",
+    ];
+
+    impl RetryMetrics {
+        pub(crate) fn new(layer: &str) -> Self {
+            let label = layer.to_owned();
+            Self {
+                retries: RETRY_REASONS.map(|reason| {
+                    counter!("tollgate_retry_retries_total", "layer" => label.clone(), "reason" => reason)
+                }),
+                gave_up: GIVE_UP_REASONS.map(|reason| {
+                    counter!("tollgate_retry_gave_up_total", "layer" => label.clone(), "reason" => reason)
+                }),
+                budget_spent: counter!("tollgate_retry_budget_spent_total", "layer" => label),
+            }
+        }
+
+        pub(crate) fn retried(&self, classification: Classification) {
+            let index = match classification {
+                Classification::Throttled => 1,
+                Classification::RetryAfter(_) => 2,
+                _ => 0,
+            };
+            self.retries[index].increment(1);
+        }
+
+        pub(crate) fn gave_up(&self, reason: GiveUp) {
+            let index = match reason {
+                GiveUp::Attempts => 0,
+                GiveUp::Budget => 1,
+                GiveUp::Deadline => 2,
+                GiveUp::Body => 3,
+                GiveUp::PushbackTooLong => 4,
+                GiveUp::NotIdempotent => 5,
+            };
+            self.gave_up[index].increment(1);
+            if reason == GiveUp::Budget {
+                self.budget_spent.increment(1);
+            }
+        }
+    }
+
+    /// Counts a store's failed calls.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn store_error(store: &'static str) {
+        counter!("tollgate_store_errors_total", "store" => store).increment(1);
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod disabled {
+    use std::time::Duration;
+
+    use crate::retry::{Classification, GiveUp};
+
+    #[derive(Clone)]
+    pub(crate) struct LimiterMetrics;
+
+    impl LimiterMetrics {
+        pub(crate) fn new(_: &str) -> Self {
+            Self
+        }
+
+        #[inline]
+        pub(crate) fn allowed(&self) {}
+
+        #[inline]
+        pub(crate) fn limited(&self) {}
+
+        #[inline]
+        pub(crate) fn waited(&self, _: Duration) {}
+    }
+
+    #[derive(Clone)]
+    pub(crate) struct RetryMetrics;
+
+    impl RetryMetrics {
+        pub(crate) fn new(_: &str) -> Self {
+            Self
+        }
+
+        #[inline]
+        pub(crate) fn retried(&self, _: Classification) {}
+
+        #[inline]
+        pub(crate) fn gave_up(&self, _: GiveUp) {}
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn store_error(_: &'static str) {}
+}
+
+#[cfg(feature = "metrics")]
+pub(crate) use enabled::*;
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) use disabled::*;

@@ -1,0 +1,371 @@
+//! LearnLayer against local servers that state their limits in each dialect, lie with hostile
+//! values, or storm with 429s, on tokio's paused clock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tollgate::learn::{Aimd, LearnLayer, ServerLimit};
+use tollgate::Quota;
+use tower::{Layer, ServiceExt};
+
+/// A server allowing `LIMIT` requests per `WINDOW` (fixed windows), saying so in the dialect
+/// of the path, and answering 429 beyond.
+const LIMIT: u64 = 5;
+const WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Upstream {
+    window_start: Mutex<Option<Instant>>,
+    used: AtomicU64,
+    hits: AtomicU64,
+    refused: AtomicU64,
+    arrivals: Mutex<Vec<Instant>>,
+}
+
+impl Upstream {
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+}
+
+async fn limited(State(upstream): State<Arc<Upstream>>, Path(dialect): Path<String>) -> Response {
+    let now = Instant::now();
+    upstream.hits.fetch_add(1, Ordering::SeqCst);
+    upstream.arrivals.lock().unwrap().push(now);
+    let start = {
+        let mut start = upstream.window_start.lock().unwrap();
+        let current = *start.get_or_insert(now);
+        if now >= current + WINDOW {
+            *start = Some(now);
+            upstream.used.store(0, Ordering::SeqCst);
+            now
+        } else {
+            current
+        }
+    };
+    let used = upstream.used.fetch_add(1, Ordering::SeqCst) + 1;
+    let over = used > LIMIT;
+    let remaining = LIMIT.saturating_sub(used);
+    let reset = (start + WINDOW - now).as_secs_f64().ceil() as u64;
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: String| {
+        headers.insert(name, HeaderValue::from_str(&value).unwrap());
+    };
+    match dialect.as_str() {
+        "ietf" => {
+            set("ratelimit", format!("\"w\";r={remaining};t={reset}"));
+            set("ratelimit-policy", format!("\"w\";q={LIMIT};w=10"));
+        }
+        "draft" => {
+            set("ratelimit-limit", LIMIT.to_string());
+            set("ratelimit-remaining", remaining.to_string());
+            set("ratelimit-reset", reset.to_string());
+        }
+        "x-delta" => {
+            set("x-ratelimit-limit", LIMIT.to_string());
+            set("x-ratelimit-remaining", remaining.to_string());
+            set("x-ratelimit-reset", reset.to_string());
+        }
+        "x-epoch" => {
+            // GitHub's style: the reset as Unix seconds, rounded up, as a server must so that a
+            // client waiting until then is never early.
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let epoch = (wall + (start + WINDOW - now)).as_secs_f64().ceil() as u64;
+            set("x-ratelimit-remaining", remaining.to_string());
+            set("x-ratelimit-reset", epoch.to_string());
+        }
+        "silent" => {}
+        _ => unreachable!(),
+    }
+    if over {
+        upstream.refused.fetch_add(1, Ordering::SeqCst);
+        set("retry-after", reset.to_string());
+        return (StatusCode::TOO_MANY_REQUESTS, headers).into_response();
+    }
+    (StatusCode::OK, headers, "ok").into_response()
+}
+
+/// Answers with the headers in the query of the path: `/say/NAME=VALUE;NAME=VALUE/STATUS`.
+async fn say(
+    Path((pairs, status)): Path<(String, u16)>,
+    State(upstream): State<Arc<Upstream>>,
+) -> Response {
+    upstream.hits.fetch_add(1, Ordering::SeqCst);
+    upstream.arrivals.lock().unwrap().push(Instant::now());
+    let mut headers = HeaderMap::new();
+    for pair in pairs.split(';').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    (StatusCode::from_u16(status).unwrap(), headers).into_response()
+}
+
+async fn start() -> (Arc<Upstream>, SocketAddr) {
+    let upstream = Arc::new(Upstream::default());
+    let app = Router::new()
+        .route("/limited/{dialect}", get(limited))
+        .route("/say/{pairs}/{status}", get(say))
+        .with_state(Arc::clone(&upstream));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (upstream, addr)
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn get_req(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_the_first_response_no_dialect_lets_the_client_exceed_the_server() {
+    for dialect in ["ietf", "draft", "x-delta", "x-epoch"] {
+        let (upstream, addr) = start().await;
+        let svc = LearnLayer::new().layer(client());
+        let path = format!("/limited/{dialect}");
+        for _ in 0..16 {
+            let response = svc.clone().oneshot(get_req(addr, &path)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{dialect}");
+        }
+        assert_eq!(
+            upstream.refused(),
+            0,
+            "{dialect}: the client waited instead"
+        );
+        assert_eq!(upstream.hits(), 16, "{dialect}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_count_what_is_in_flight() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().layer(client());
+    // One request to learn, then a burst of twenty at once.
+    svc.clone()
+        .oneshot(get_req(addr, "/limited/ietf"))
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get_req(addr, "/limited/ietf"))))
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(upstream.refused(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reject_mode_refuses_locally_instead_of_sending() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().reject().layer(client());
+    for _ in 0..5 {
+        assert_eq!(
+            svc.clone()
+                .oneshot(get_req(addr, "/limited/x-delta"))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let error = svc
+        .clone()
+        .oneshot(get_req(addr, "/limited/x-delta"))
+        .await
+        .unwrap_err();
+    let limit = error
+        .downcast_ref::<ServerLimit>()
+        .expect("refused locally");
+    assert_eq!(limit.retry_after, Duration::from_secs(10));
+    assert_eq!(upstream.hits(), 5, "the sixth request was never sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_with_retry_after_cools_the_host_down() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().layer(client());
+    let first = svc
+        .clone()
+        .oneshot(get_req(addr, "/say/retry-after=4/429"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    let sent = Instant::now();
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/200"))
+        .await
+        .unwrap();
+    assert_eq!(Instant::now() - sent, Duration::from_secs(4));
+    let arrivals = upstream.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals[1] - arrivals[0], Duration::from_secs(4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hostile_values_are_ignored_or_capped() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new()
+        .max_wait(Duration::from_secs(5))
+        .layer(client());
+    // Malformed: ignored, the next request goes at once.
+    for pairs in [
+        "x-ratelimit-remaining=-1;x-ratelimit-reset=5",
+        "x-ratelimit-remaining=none;x-ratelimit-reset=5",
+        "ratelimit=%22a%22%3Br%3D-3%3Bt%3D9",
+        "retry-after=soon",
+        "retry-after=-5",
+    ] {
+        svc.clone()
+            .oneshot(get_req(addr, &format!("/say/{pairs}/429")))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        svc.clone()
+            .oneshot(get_req(addr, "/say/x=1/200"))
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO, "{pairs}");
+    }
+    // Far in the future: capped at the maximum wait.
+    for pairs in [
+        "x-ratelimit-remaining=0;x-ratelimit-reset=99999999999",
+        "retry-after=Fri%2C%2031%20Dec%209999%2023:59:59%20GMT",
+        "retry-after=999999999",
+    ] {
+        let (_, addr) = start().await;
+        svc.clone()
+            .oneshot(get_req(addr, &format!("/say/{pairs}/429")))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        svc.clone()
+            .oneshot(get_req(addr, "/say/x=1/200"))
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(5), "{pairs}");
+    }
+    assert!(upstream.hits() >= 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_storm_is_met_with_patience() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().layer(client());
+    let start = Instant::now();
+    for _ in 0..10 {
+        let response = svc
+            .clone()
+            .oneshot(get_req(addr, "/say/retry-after=1/429"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // Ten 429s with Retry-After: 1 took nine seconds: one request a second, not a storm.
+    assert_eq!(start.elapsed(), Duration::from_secs(9));
+    assert_eq!(upstream.hits(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_hosts_get_the_default_quota() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new()
+        .default_quota(Quota::per_second(2).unwrap().with_burst(1).unwrap())
+        .layer(client());
+    let start = Instant::now();
+    for _ in 0..5 {
+        svc.clone()
+            .oneshot(get_req(addr, "/limited/silent"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "five at two per second"
+    );
+    assert_eq!(upstream.hits(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_mode_halves_on_throttling_and_grows_on_success() {
+    let (_, addr) = start().await;
+    let layer = LearnLayer::new().adaptive(Aimd {
+        start: 8.0,
+        floor: 1.0,
+        ceiling: 20.0,
+        step: 1.0,
+        decrease: 0.5,
+    });
+    let svc = layer.layer(client());
+    let host: http::uri::Authority = addr.to_string().parse().unwrap();
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/429"))
+        .await
+        .unwrap();
+    assert_eq!(layer.adaptive_rate(&host), Some(4.0));
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/503"))
+        .await
+        .unwrap();
+    assert_eq!(layer.adaptive_rate(&host), Some(2.0));
+    for _ in 0..3 {
+        svc.clone()
+            .oneshot(get_req(addr, "/say/x=1/200"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(layer.adaptive_rate(&host), Some(5.0));
+    for _ in 0..10 {
+        svc.clone()
+            .oneshot(get_req(addr, "/say/x=1/429"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        layer.adaptive_rate(&host),
+        Some(1.0),
+        "never below the floor"
+    );
+    // At one per second, two requests are a second apart.
+    let start = Instant::now();
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/200"))
+        .await
+        .unwrap();
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/200"))
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+}

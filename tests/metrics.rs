@@ -1,0 +1,148 @@
+//! The `metrics` feature, read back through a real Prometheus recorder: counters move, labels
+//! are the names given to layers and stores, never keys.
+//!
+//! A recorder is process-wide, so this file holds one test.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tollgate::clock::TokioClock;
+use tollgate::retry::{Backoff, RetryBudget, RetryLayer};
+use tollgate::store::{OnFailure, RedisStore};
+use tollgate::{key, MemoryStore, Quota, RateLimitLayer};
+use tower::{Layer, ServiceExt};
+
+use common::upstream::{reply, start_upstream};
+use common::{client, fetch, TestServer};
+
+/// The value of the sample `name{labels}` in Prometheus text, or 0 when it is absent.
+fn sample(rendered: &str, name_and_labels: &str) -> f64 {
+    rendered
+        .lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn counters_move_under_the_names_given_to_layers_and_stores() {
+    let prometheus = PrometheusBuilder::new().install_recorder().unwrap();
+    let paused = || MemoryStore::builder().clock(TokioClock::new()).build();
+
+    // A server limit per client IP, in reject mode: 2 allowed, then 1 limited.
+    let rejecting = RateLimitLayer::new(Quota::per_minute(2).unwrap())
+        .key(key::PeerIp::new())
+        .store(paused())
+        .name("api");
+    // A global limit in wait mode: the second request waits half a second.
+    let waiting = RateLimitLayer::new(Quota::per_second(2).unwrap().with_burst(1).unwrap())
+        .store(paused())
+        .wait(Duration::from_secs(5))
+        .name("queue");
+    // A store whose Redis is not there: answers from the fallback, counts the error.
+    let dead_redis = RedisStore::builder("redis://127.0.0.1:1/")
+        .on_failure(OnFailure::Allow)
+        .build()
+        .unwrap();
+    let unreachable = RateLimitLayer::new(Quota::per_second(10).unwrap())
+        .store(dead_redis)
+        .name("shared");
+    let app = Router::new()
+        .route("/api", get(|| async { "api" }).layer(rejecting))
+        .route("/queue", get(|| async { "queue" }).layer(waiting))
+        .route("/shared", get(|| async { "shared" }).layer(unreachable));
+    let server = TestServer::start(app).await;
+    let http = client();
+    let statuses: Vec<u16> = statuses_of(
+        &http,
+        &server,
+        &["/api", "/api", "/api", "/queue", "/queue", "/shared"],
+    )
+    .await;
+    assert_eq!(statuses, [200, 200, 429, 200, 200, 200]);
+
+    // A client retrying a server that always answers 503: 2 retries, then it gives up.
+    let (_upstream, addr) = start_upstream([reply(503)]).await;
+    let retrying = RetryLayer::new()
+        .backoff(Backoff::standard().with_max_attempts(3))
+        .budget(RetryBudget::default())
+        .name("outbound")
+        .layer(Client::builder(TokioExecutor::new()).build_http());
+    let request = Request::get(format!("http://{addr}/"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = retrying.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // And one whose budget holds nothing: it gives up at once, the budget spent.
+    let starved = RetryLayer::new()
+        .budget(RetryBudget::new(Duration::from_secs(10), 0.0, 0))
+        .name("starved")
+        .layer(Client::builder(TokioExecutor::new()).build_http());
+    let request = Request::get(format!("http://{addr}/"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(
+        starved.oneshot(request).await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let rendered = prometheus.render();
+    let expect = |name_and_labels: &str, value: f64| {
+        assert_eq!(
+            sample(&rendered, name_and_labels),
+            value,
+            "{name_and_labels} in\n{rendered}"
+        );
+    };
+    expect(r#"tollgate_rate_limit_allowed_total{limiter="api"}"#, 2.0);
+    expect(r#"tollgate_rate_limit_limited_total{limiter="api"}"#, 1.0);
+    expect(r#"tollgate_rate_limit_allowed_total{limiter="queue"}"#, 2.0);
+    expect(r#"tollgate_rate_limit_waited_total{limiter="queue"}"#, 1.0);
+    expect(
+        r#"tollgate_rate_limit_wait_seconds_count{limiter="queue"}"#,
+        1.0,
+    );
+    // Half a second, less what the paused clock auto-advanced while the first was on the wire.
+    let waited = sample(
+        &rendered,
+        r#"tollgate_rate_limit_wait_seconds_sum{limiter="queue"}"#,
+    );
+    assert!((0.45..=0.5).contains(&waited), "{waited}");
+    expect(r#"tollgate_store_errors_total{store="redis"}"#, 1.0);
+    expect(
+        r#"tollgate_retry_retries_total{layer="outbound",reason="transient"}"#,
+        2.0,
+    );
+    expect(
+        r#"tollgate_retry_gave_up_total{layer="outbound",reason="attempts"}"#,
+        1.0,
+    );
+    expect(
+        r#"tollgate_retry_gave_up_total{layer="starved",reason="budget"}"#,
+        1.0,
+    );
+    expect(r#"tollgate_retry_budget_spent_total{layer="starved"}"#, 1.0);
+    expect(
+        r#"tollgate_retry_budget_spent_total{layer="outbound"}"#,
+        0.0,
+    );
+    // No label carries a key: no client address appears anywhere.
+    assert!(!rendered.contains("127.0.0.1"), "{rendered}");
+}
+
+/// Fetches the paths one after another and returns their statuses.
+async fn statuses_of(http: &common::HttpClient, server: &TestServer, paths: &[&str]) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for path in paths {
+        statuses.push(fetch(http, &server.url(path), &[]).await.status().as_u16());
+    }
+    statuses
+}
