@@ -15,6 +15,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use tollgate::retry::{ReplayBody, RetryLayer};
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 use tower::{Layer, Service};
 
@@ -51,6 +52,34 @@ impl<E> Policy<Request<Full<Bytes>>, Response<()>, E> for Minimal {
         match result {
             Ok(response) if !response.status().is_server_error() => None,
             _ => Some(ready(())),
+        }
+    }
+
+    fn clone_request(&mut self, request: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        Some(request.clone())
+    }
+}
+
+/// The same, with tower's own budget (`TpsBudget`, 20% plus 10 per second over 10 s, the
+/// defaults tollgate's budget shares): a deposit per success, a withdrawal per retry. This is
+/// what a user writes to get what `RetryLayer::new()` gives.
+#[derive(Clone)]
+struct Budgeted(std::sync::Arc<TpsBudget>);
+
+impl<E> Policy<Request<Full<Bytes>>, Response<()>, E> for Budgeted {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<Full<Bytes>>,
+        result: &mut Result<Response<()>, E>,
+    ) -> Option<Ready<()>> {
+        match result {
+            Ok(response) if !response.status().is_server_error() => {
+                self.0.deposit();
+                None
+            }
+            _ => self.0.withdraw().then(|| ready(())),
         }
     }
 
@@ -121,6 +150,12 @@ fn retries(c: &mut Criterion) {
         &mut group,
         "tower::retry::Retry (minimal policy)",
         tower::retry::RetryLayer::new(Minimal).layer(NoOp),
+    );
+    let budget = std::sync::Arc::new(TpsBudget::new(std::time::Duration::from_secs(10), 10, 0.2));
+    bench(
+        &mut group,
+        "tower::retry::Retry (policy with TpsBudget)",
+        tower::retry::RetryLayer::new(Budgeted(budget)).layer(NoOp),
     );
     group.finish();
 }

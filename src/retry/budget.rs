@@ -35,14 +35,39 @@ pub struct RetryBudget {
 }
 
 const SLOTS: u64 = 10;
+
+/// Where a budget reads the time: the default clock is called directly (every request reads
+/// it), any other through a pointer.
+enum Now {
+    Monotonic(MonotonicClock),
+    Other(Box<dyn Fn() -> u64 + Send + Sync>),
+}
+
+impl Now {
+    fn of(clock: impl Clock) -> Self {
+        match (&clock as &dyn std::any::Any).downcast_ref::<MonotonicClock>() {
+            Some(monotonic) => Self::Monotonic(monotonic.clone()),
+            None => Self::Other(Box::new(move || clock.now())),
+        }
+    }
+
+    #[inline]
+    fn read(&self) -> u64 {
+        match self {
+            Self::Monotonic(clock) => clock.now(),
+            Self::Other(now) => now(),
+        }
+    }
+}
 const COUNT_BITS: u32 = 22;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const EPOCH_BITS: u32 = 64 - 2 * COUNT_BITS;
 const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
 
 struct Budget {
-    now: Box<dyn Fn() -> u64 + Send + Sync>,
-    slot_nanos: u64,
+    now: Now,
+    /// `2^64 / slot_nanos`, so that finding a slot is a multiplication, not a division.
+    slot_reciprocal: u64,
     ratio: f64,
     reserve: f64,
     /// Per slot: epoch (20 bits) | requests (22 bits) | retries (22 bits).
@@ -69,11 +94,13 @@ impl RetryBudget {
         } else {
             0.0
         };
+        let slot_nanos = u64::try_from(window.as_nanos() / u128::from(SLOTS))
+            .unwrap_or(u64::MAX)
+            .max(1);
         Self {
             inner: Arc::new(Budget {
-                now: Box::new(move || clock.now()),
-                slot_nanos: u64::try_from(window.as_nanos() / u128::from(SLOTS))
-                    .unwrap_or(u64::MAX),
+                now: Now::of(clock),
+                slot_reciprocal: u64::MAX / slot_nanos,
                 ratio,
                 reserve: f64::from(floor_per_second) * window.as_secs_f64(),
                 slots: Default::default(),
@@ -123,14 +150,29 @@ impl fmt::Debug for RetryBudget {
 }
 
 impl Budget {
+    /// The number of the current slot: now divided by the slot's length, or one less within a
+    /// few nanoseconds of a boundary, which moves the boundary, not the window.
+    #[inline]
     fn epoch(&self) -> u64 {
-        (self.now)() / self.slot_nanos.max(1)
+        ((u128::from(self.now.read()) * u128::from(self.slot_reciprocal)) >> 64) as u64
     }
 
+    #[inline]
     fn add(&self, requests: u64, retries: u64) {
         let epoch = self.epoch();
         let slot = &self.slots[(epoch % SLOTS) as usize];
         let tag = epoch & EPOCH_MASK;
+        // The common case, a request in a slot already of this epoch and far from full: one
+        // add. (Far from full: racing adders cannot carry into the epoch bits.)
+        let current = slot.load(Ordering::Acquire);
+        let (slot_epoch, old_requests, old_retries) = unpack(current);
+        if slot_epoch == tag
+            && old_requests + requests < COUNT_MAX / 2
+            && old_retries + retries < COUNT_MAX / 2
+        {
+            slot.fetch_add((requests << COUNT_BITS) | retries, Ordering::AcqRel);
+            return;
+        }
         let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
             let (slot_epoch, old_requests, old_retries) = unpack(packed);
             let (old_requests, old_retries) = if slot_epoch == tag {

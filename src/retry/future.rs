@@ -42,7 +42,9 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] future: F },
-        Sleeping { #[pin] sleep: Sleep },
+        // Boxed: a `Sleep` is several times the size of the rest, and moving a large future
+        // on every request costs more than one allocation on the rare retry.
+        Sleeping { sleep: Pin<Box<Sleep>> },
         Polling,
         Done,
     }
@@ -173,14 +175,14 @@ where
                                 this.state.set(State::Polling);
                             } else {
                                 this.state.set(State::Sleeping {
-                                    sleep: tokio::time::sleep(delay),
+                                    sleep: Box::pin(tokio::time::sleep(delay)),
                                 });
                             }
                         }
                     }
                 }
                 StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Polling);
                 }
                 StateProj::Polling => {
