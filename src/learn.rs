@@ -405,17 +405,17 @@ fn read_limits(headers: &HeaderMap) -> Option<Limits> {
     let now = SystemTime::now();
     let mut found: Vec<Limits> = Vec::new();
     // The IETF fields: the item with the fewest left.
-    let policies: Vec<(String, u64)> = headers
+    let policies: Vec<ietf::ServicePolicy> = headers
         .get_all(ietf::RATELIMIT_POLICY)
         .iter()
-        .flat_map(|v| parse_policies(v.as_bytes()))
+        .flat_map(|v| ietf::parse_policy(v.as_bytes()))
         .collect();
     for value in headers.get_all(ietf::RATELIMIT).iter() {
         for item in ietf::parse_ratelimit(value.as_bytes()) {
             let limit = policies
                 .iter()
-                .find(|(name, _)| *name == item.policy)
-                .map(|(_, q)| *q);
+                .find(|policy| policy.name == item.policy)
+                .map(|policy| policy.quota);
             found.push(Limits {
                 remaining: item.remaining,
                 reset: item.reset,
@@ -439,32 +439,6 @@ fn read_limits(headers: &HeaderMap) -> Option<Limits> {
     found
         .into_iter()
         .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))
-}
-
-/// `RateLimit-Policy` items: name and `q`.
-fn parse_policies(value: &[u8]) -> Vec<(String, u64)> {
-    let Ok(list) = sfv::Parser::new(value).parse::<sfv::List>() else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|entry| match entry {
-            sfv::ListEntry::Item(item) => Some(item),
-            sfv::ListEntry::InnerList(_) => None,
-        })
-        .filter_map(|item| {
-            let name = match &item.bare_item {
-                sfv::BareItem::String(s) => s.as_str().to_owned(),
-                sfv::BareItem::Token(t) => t.as_str().to_owned(),
-                _ => return None,
-            };
-            let q = item
-                .params
-                .get("q")?
-                .as_integer()
-                .and_then(|i| u64::try_from(i64::from(i)).ok())?;
-            Some((name, q))
-        })
-        .collect()
 }
 
 /// Gives the in-flight place back however the request ends.

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -22,7 +22,7 @@ use tollgate::concurrency::ConcurrencyLayer;
 use tollgate::retry::{Backoff, ReplayBody, RetryLayer};
 use tollgate::{key, BoxError, MemoryStore, Quota, RateLimitLayer};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_resilience::circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
+use tower_resilience::circuitbreaker::CircuitBreakerError;
 
 use common::upstream::{reply, start_upstream, Upstream};
 use common::TestServer;
@@ -157,17 +157,7 @@ async fn a_breaker_outside_the_retry_counts_calls_and_when_open_stops_them_befor
     // The opposite order, breaker inside the retry, is tests/retry.rs
     // `a_breaker_inside_the_retry_opens_and_retries_stop_hammering`.
     let (upstream, addr) = start_upstream([reply(503)]).await;
-    let breaker = CircuitBreakerLayer::builder()
-        .consecutive_failures(2)
-        .wait_duration_in_open(Duration::from_secs(300))
-        .failure_classifier(
-            |result: &Result<Response<hyper::body::Incoming>, BoxError>| match result {
-                Ok(response) => response.status().is_server_error(),
-                Err(_) => true,
-            },
-        )
-        .build()
-        .unwrap();
+    let breaker = common::breaker(2);
     let client = ServiceBuilder::new()
         .layer(breaker)
         .layer(

@@ -296,20 +296,8 @@ async fn a_timeout_inside_is_a_per_attempt_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_breaker_inside_the_retry_opens_and_retries_stop_hammering() {
-    use tower_resilience::circuitbreaker::CircuitBreakerLayer;
-
     let (upstream, addr) = start_upstream([reply(503)]).await;
-    let breaker = CircuitBreakerLayer::builder()
-        .consecutive_failures(5)
-        .wait_duration_in_open(Duration::from_secs(300))
-        .failure_classifier(
-            |result: &Result<Response<hyper::body::Incoming>, BoxError>| match result {
-                Ok(response) => response.status().is_server_error(),
-                Err(_) => true,
-            },
-        )
-        .build()
-        .unwrap();
+    let breaker = common::breaker(5);
     let svc = ServiceBuilder::new()
         .layer(retry().backoff(Backoff::standard().with_max_attempts(3)))
         .timeout(Duration::from_secs(1))

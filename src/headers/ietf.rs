@@ -32,6 +32,38 @@ pub struct ServiceLimit {
 /// missing or negative `r`, a non-integer `t`) are left out, and a value that is not a
 /// structured-field list yields none.
 pub fn parse_ratelimit(value: &[u8]) -> Vec<ServiceLimit> {
+    named_items(value, |policy, params| {
+        Some(ServiceLimit {
+            policy,
+            remaining: non_negative(params, "r")??,
+            reset: non_negative(params, "t")?.map(Duration::from_secs),
+        })
+    })
+}
+
+/// One item of a `RateLimit-Policy` field as a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePolicy {
+    /// The policy's name.
+    pub name: String,
+    /// The quota, in units (`q`).
+    pub quota: u64,
+}
+
+/// Reads a `RateLimit-Policy` field value: the items with a valid `q`, in order; the rest are
+/// left out, as in [`parse_ratelimit`].
+pub fn parse_policy(value: &[u8]) -> Vec<ServicePolicy> {
+    named_items(value, |name, params| {
+        Some(ServicePolicy {
+            name,
+            quota: non_negative(params, "q")??,
+        })
+    })
+}
+
+/// The items of a structured-field list that are named by a string or a token, read by `read`;
+/// inner lists, other items and a value that does not parse give nothing.
+fn named_items<T>(value: &[u8], read: impl Fn(String, &sfv::Parameters) -> Option<T>) -> Vec<T> {
     let Ok(list) = sfv::Parser::new(value).parse::<sfv::List>() else {
         return Vec::new();
     };
@@ -41,27 +73,25 @@ pub fn parse_ratelimit(value: &[u8]) -> Vec<ServiceLimit> {
             sfv::ListEntry::InnerList(_) => None,
         })
         .filter_map(|item| {
-            let policy = match &item.bare_item {
+            let name = match &item.bare_item {
                 sfv::BareItem::String(s) => s.as_str().to_owned(),
                 sfv::BareItem::Token(t) => t.as_str().to_owned(),
                 _ => return None,
             };
-            let integer = |key: &str| -> Option<Option<u64>> {
-                match item.params.get(key) {
-                    None => Some(None),
-                    Some(value) => value
-                        .as_integer()
-                        .and_then(|i| u64::try_from(i64::from(i)).ok())
-                        .map(Some),
-                }
-            };
-            Some(ServiceLimit {
-                policy,
-                remaining: integer("r")??,
-                reset: integer("t")?.map(Duration::from_secs),
-            })
+            read(name, &item.params)
         })
         .collect()
+}
+
+/// Parameter `key`: `Some(None)` when absent, `None` when not a non-negative integer.
+fn non_negative(params: &sfv::Parameters, key: &str) -> Option<Option<u64>> {
+    match params.get(key) {
+        None => Some(None),
+        Some(value) => value
+            .as_integer()
+            .and_then(|i| u64::try_from(i64::from(i)).ok())
+            .map(Some),
+    }
 }
 
 /// The `RateLimit-Policy` value of a set of quotas.
@@ -202,6 +232,15 @@ mod tests {
         assert!(parse_ratelimit(b"not a list ((").is_empty());
         assert!(parse_ratelimit(b"\"x\";r=999999999999999999999;t=1").is_empty());
         assert_eq!(parse_ratelimit(b"\"ok\";r=1, \"bad\";r=1.5").len(), 1);
+    }
+
+    #[test]
+    fn a_client_reads_the_policy_items_with_a_quota() {
+        let parsed =
+            parse_policy(b"\"burst\";q=20;w=2, hourly;q=1000;w=3600, \"bad\";q=-1, \"none\";w=1");
+        let read: Vec<(&str, u64)> = parsed.iter().map(|p| (p.name.as_str(), p.quota)).collect();
+        assert_eq!(read, [("burst", 20), ("hourly", 1000)]);
+        assert!(parse_policy(b"((").is_empty());
     }
 
     #[test]

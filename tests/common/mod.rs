@@ -15,6 +15,28 @@ use tokio::task::JoinHandle;
 
 pub mod upstream;
 
+/// What the breakers of the tests count as a failure: an error or a 5xx.
+pub type FailureRule = fn(&Result<Response<hyper::body::Incoming>, tollgate::BoxError>) -> bool;
+
+/// A circuit breaker (tower-resilience's) that opens after `failures` failures in a row and
+/// stays open for five minutes.
+pub fn breaker(
+    failures: usize,
+) -> tower_resilience::circuitbreaker::CircuitBreakerLayer<
+    tower_resilience::circuitbreaker::FnClassifier<FailureRule>,
+> {
+    let failed: FailureRule = |result| match result {
+        Ok(response) => response.status().is_server_error(),
+        Err(_) => true,
+    };
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .consecutive_failures(failures)
+        .wait_duration_in_open(std::time::Duration::from_secs(300))
+        .failure_classifier(failed)
+        .build()
+        .unwrap()
+}
+
 /// An axum app served on 127.0.0.1 at a free port, with peer addresses as `ConnectInfo`.
 pub struct TestServer {
     pub addr: SocketAddr,
