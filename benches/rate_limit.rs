@@ -7,17 +7,19 @@
 //! Absolute times on shared machines are noisy; the ratios between neighbours of one group,
 //! measured minutes apart, are what BENCHMARKS.md records.
 
+mod common;
+
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
+use std::future::{ready, Ready};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use common::once;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Request, Response};
 use tollgate::key::PeerIp;
@@ -115,22 +117,6 @@ fn request(peer: SocketAddr) -> Request<()> {
     let mut request = Request::new(());
     request.extensions_mut().insert(ConnectInfo(peer));
     request
-}
-
-/// One request through `svc`: ready, call, and the response future polled to completion.
-fn once<S>(svc: &mut S, request: Request<()>) -> S::Response
-where
-    S: Service<Request<()>>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    let mut future = pin!(svc.call(request));
-    loop {
-        if let Poll::Ready(response) = future.as_mut().poll(&mut cx) {
-            return response.unwrap();
-        }
-    }
 }
 
 fn bench_layer<S>(

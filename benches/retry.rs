@@ -5,12 +5,14 @@
 //! cargo bench --bench retry
 //! ```
 
+mod common;
+
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::future::{ready, Ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use common::once;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
@@ -95,21 +97,6 @@ fn request() -> Request<Full<Bytes>> {
         .header("user-agent", "tollgate-bench")
         .body(Full::default())
         .unwrap()
-}
-
-fn once<S>(svc: &mut S, request: Request<Full<Bytes>>) -> S::Response
-where
-    S: Service<Request<Full<Bytes>>>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    let mut future = pin!(svc.call(request));
-    loop {
-        if let Poll::Ready(response) = future.as_mut().poll(&mut cx) {
-            return response.unwrap();
-        }
-    }
 }
 
 fn bench<S>(

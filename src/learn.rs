@@ -397,7 +397,7 @@ struct Limits {
     limit: Option<u64>,
 }
 
-fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+fn number(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
@@ -424,15 +424,24 @@ fn read_limits(headers: &HeaderMap) -> Option<Limits> {
         }
     }
     // The older draft's three fields, and the X- ones.
-    for prefix in ["ratelimit", "x-ratelimit"] {
-        if let Some(remaining) = number(headers, &format!("{prefix}-remaining")) {
-            let reset = headers
-                .get(format!("{prefix}-reset"))
-                .and_then(|v| legacy::parse_reset(v, now));
+    let dialects = [
+        (
+            legacy::RATELIMIT_LIMIT,
+            legacy::RATELIMIT_REMAINING,
+            legacy::RATELIMIT_RESET,
+        ),
+        (
+            legacy::X_RATELIMIT_LIMIT,
+            legacy::X_RATELIMIT_REMAINING,
+            legacy::X_RATELIMIT_RESET,
+        ),
+    ];
+    for (limit, remaining, reset) in &dialects {
+        if let Some(remaining) = number(headers, remaining) {
             found.push(Limits {
                 remaining,
-                reset,
-                limit: number(headers, &format!("{prefix}-limit")),
+                reset: headers.get(reset).and_then(|v| legacy::parse_reset(v, now)),
+                limit: number(headers, limit),
             });
         }
     }

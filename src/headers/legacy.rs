@@ -18,6 +18,12 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `x-ratelimit-reset`.
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `ratelimit-limit`, of the IETF draft's earlier versions (read by clients, never sent).
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `ratelimit-remaining`, of the IETF draft's earlier versions.
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `ratelimit-reset`, of the IETF draft's earlier versions.
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// How `X-RateLimit-Reset` is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
