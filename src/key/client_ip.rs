@@ -4,40 +4,63 @@ use std::str::FromStr;
 
 use http::header::{HeaderName, FORWARDED};
 use http::{HeaderMap, Request};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::peer::{no_peer_address, peer_addr};
 use super::{IpPrefix, KeyError, KeyExtractor};
 
-/// The client's IP address, taken from forwarding headers only when a trusted proxy sent them.
+/// The client's IP address behind proxies you run, read from the **one** forwarding header
+/// your proxy writes, and only when a trusted proxy sent it.
 ///
-/// `X-Forwarded-For` and its kin are written by whoever sends the request: a client can put
-/// anything there. A proxy you run appends the address it saw. So:
+/// Forwarding headers are written by whoever sends the request. A proxy rewrites or appends
+/// to the one header it is configured to write and passes every other one through exactly as
+/// the client wrote it. So:
 ///
 /// - if the TCP peer is not one of the trusted proxies, the peer *is* the client, and every
 ///   forwarding header is ignored;
-/// - if it is, the forwarding chain is walked **from the right**, skipping trusted proxies, and
-///   the first address that is not a trusted proxy is the client. The left-most entry is never
-///   believed just for being first.
+/// - if it is, only the header named by [`header`](Self::header) is read (by default
+///   [`X-Forwarded-For`](Forwarding::XForwardedFor)); any other forwarding header is ignored,
+///   whatever it says;
+/// - a chain (`X-Forwarded-For`, `Forwarded`) is walked **from the right**, skipping trusted
+///   proxies; the first address that is not a trusted proxy is the client. The left-most
+///   entry is never believed just for being first. `X-Real-IP` is a single address.
 ///
-/// Forwarding headers are looked at in the order of [`headers`](Self::headers), by default
-/// `Forwarded` (RFC 7239), then `X-Forwarded-For`, then `X-Real-IP`; the first present is used.
-/// A trusted proxy that sends none of them is itself the client (health checks, say). A chain
-/// whose deciding entry is not an IP address (`unknown`, an obfuscated `_name`, garbage) is
-/// [invalid](super::KeyErrorKind::Invalid): answered with 400, never guessed around.
+/// Which header to name, for common proxies:
 ///
-/// Addresses are grouped like [`PeerIp`](super::PeerIp)'s: IPv4-mapped IPv6 as IPv4, IPv6 by
-/// prefix.
+/// | proxy | configuration | header |
+/// | --- | --- | --- |
+/// | nginx | `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;` | [`XForwardedFor`](Forwarding::XForwardedFor) |
+/// | nginx | `proxy_set_header X-Real-IP $remote_addr;` (and no `X-Forwarded-For`) | [`XRealIp`](Forwarding::XRealIp) |
+/// | HAProxy | `option forwardfor` | [`XForwardedFor`](Forwarding::XForwardedFor) |
+/// | HAProxy | `http-request set-header Forwarded for=%[src]` | [`Forwarded`](Forwarding::Forwarded) |
+/// | Envoy | `use_remote_address: true` (appends to `x-forwarded-for`) | [`XForwardedFor`](Forwarding::XForwardedFor) |
+/// | AWS ALB, Google Cloud LB, Azure Front Door | append the peer to `X-Forwarded-For` | [`XForwardedFor`](Forwarding::XForwardedFor) |
+///
+/// `X-Forwarded-For` is the default because nearly every proxy and load balancer appends to
+/// it, and the walk from the right is then correct whatever the client sent. Name another
+/// header only if your proxy writes that one: a header your proxy does not write is the
+/// client's to choose.
+///
+/// Every hop is normalised before the trust check: IPv4-mapped IPv6 addresses become IPv4,
+/// IPv6 zone ids (`fe80::1%eth0`) are dropped, ports (`192.0.2.1:8080`, `[2001:db8::1]:443`)
+/// must be 0 to 65535. A chain from a trusted proxy whose deciding entry is not an address
+/// (`unknown`, an obfuscated `_name`, garbage), that lists more than [`MAX_HOPS`] hops, or an
+/// `X-Real-IP` with more than one address, is [invalid](super::KeyErrorKind::Invalid): the
+/// layer answers 400 with the reason in its `tracing` event, never guessing around it. A
+/// trusted proxy that sends no forwarding header is itself the client (health checks, say).
+///
+/// Addresses are grouped like [`PeerIp`](super::PeerIp)'s: IPv6 by prefix (/64 by default).
 ///
 /// ```
 /// use std::net::SocketAddr;
 /// use http::Request;
-/// use tollgate::key::{ClientIp, KeyExtractor};
+/// use tollgate::key::{ClientIp, Forwarding, KeyExtractor};
 ///
-/// let client_ip = ClientIp::trusting(["10.0.0.0/8"]).unwrap();
+/// let client_ip = ClientIp::trusting(["10.0.0.0/8"]).unwrap(); // reads X-Forwarded-For
 /// let request = |peer: &str| {
 ///     let mut r = Request::get("/")
 ///         .header("x-forwarded-for", "6.6.6.6, 198.51.100.20, 10.0.0.9")
+///         .header("forwarded", "for=7.7.7.7") // not the header the proxy writes: ignored
 ///         .body(())
 ///         .unwrap();
 ///     r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
@@ -45,34 +68,42 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// };
 /// // Through the trusted proxy: the right-most untrusted hop, not the forged left-most.
 /// assert_eq!(client_ip.extract(&request("10.0.0.1:80")).unwrap().to_string(), "198.51.100.20");
-/// // Straight from the internet: the header is the client's own, and ignored.
+/// // Straight from the internet: the headers are the client's own, and ignored.
 /// assert_eq!(client_ip.extract(&request("203.0.113.5:80")).unwrap().to_string(), "203.0.113.5");
+/// // A deployment whose proxy writes `Forwarded` names it.
+/// let rfc7239 = ClientIp::trusting(["10.0.0.0/8"]).unwrap().header(Forwarding::Forwarded);
+/// assert_eq!(rfc7239.extract(&request("10.0.0.1:80")).unwrap().to_string(), "7.7.7.7");
 /// ```
 #[derive(Clone)]
 pub struct ClientIp {
     trusted: Vec<IpNet>,
-    sources: Vec<Forwarding>,
+    header: Forwarding,
     prefix: IpPrefix,
 }
 
-/// A header that carries the chain of addresses a request came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The forwarding header a deployment's proxy writes: the only one [`ClientIp`] reads.
+///
+/// Parses from its header name, case-insensitively (`"x-forwarded-for"`, `"forwarded"`,
+/// `"x-real-ip"`), for configuration read from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Forwarding {
-    /// `Forwarded: for=192.0.2.60, for="[2001:db8::17]:4711"` (RFC 7239).
-    Forwarded,
-    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    /// `X-Forwarded-For: client, proxy1, proxy2`, walked from the right. The default.
+    #[default]
     XForwardedFor,
-    /// `X-Real-IP: client` (one address, as nginx sets it).
+    /// `Forwarded: for=192.0.2.60, for="[2001:db8::17]:4711"` (RFC 7239), walked from the
+    /// right.
+    Forwarded,
+    /// `X-Real-IP: client`: one address, as nginx sets it with `$remote_addr`.
     XRealIp,
 }
 
-/// A hop limit: a chain longer than this is refused rather than walked.
-const MAX_HOPS: usize = 64;
+/// The longest forwarding chain read; a longer one is refused rather than walked.
+pub const MAX_HOPS: usize = 32;
 
 impl ClientIp {
     /// Trusts proxies in the given networks, written as CIDRs (`10.0.0.0/8`, `fd00::/8`) or
-    /// single addresses.
+    /// single addresses, and reads `X-Forwarded-For` from them (see [`header`](Self::header)).
     ///
     /// # Errors
     ///
@@ -86,30 +117,27 @@ impl ClientIp {
                 let entry = entry.as_ref().trim();
                 IpNet::from_str(entry)
                     .or_else(|_| IpAddr::from_str(entry).map(IpNet::from))
-                    .map(|net| net.trunc())
                     .map_err(|_| InvalidProxy(entry.to_owned()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self::new(trusted))
     }
 
-    /// Trusts proxies in `trusted`. With none, it is the same as [`PeerIp`](super::PeerIp).
+    /// Trusts proxies in `trusted` and reads `X-Forwarded-For` from them. With none, it is the
+    /// same as [`PeerIp`](super::PeerIp).
     pub fn new(trusted: Vec<IpNet>) -> Self {
         Self {
-            trusted,
-            sources: vec![
-                Forwarding::Forwarded,
-                Forwarding::XForwardedFor,
-                Forwarding::XRealIp,
-            ],
+            trusted: trusted.into_iter().map(canonical_net).collect(),
+            header: Forwarding::default(),
             prefix: IpPrefix::default(),
         }
     }
 
-    /// Which forwarding headers to read, in order of preference.
+    /// The forwarding header your proxy writes; no other is read. Default
+    /// [`Forwarding::XForwardedFor`].
     #[must_use]
-    pub fn headers(mut self, sources: impl IntoIterator<Item = Forwarding>) -> Self {
-        self.sources = sources.into_iter().collect();
+    pub fn header(mut self, header: Forwarding) -> Self {
+        self.header = header;
         self
     }
 
@@ -125,42 +153,80 @@ impl ClientIp {
         &self.trusted
     }
 
+    /// The forwarding header read from trusted proxies.
+    pub fn forwarding(&self) -> Forwarding {
+        self.header
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
     /// The client behind a trusted `peer`.
     fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, KeyError> {
-        for source in &self.sources {
-            let name = source.header_name();
-            let mut values = headers.get_all(&name).iter().peekable();
-            if values.peek().is_none() {
-                continue;
-            }
-            let mut hops = 0;
-            for value in values.rev() {
-                let value = value
-                    .to_str()
-                    .map_err(|_| KeyError::invalid(format!("{name} is not ASCII")))?;
-                for node in source.nodes(value).rev() {
-                    hops += 1;
-                    if hops > MAX_HOPS {
-                        return Err(KeyError::invalid(format!(
-                            "{name} lists more than {MAX_HOPS} hops"
-                        )));
-                    }
-                    let ip = parse_node(node).ok_or_else(|| {
-                        KeyError::invalid(format!("{name} names a hop that is not an IP address"))
-                    })?;
-                    if !self.is_trusted(ip) {
-                        return Ok(ip);
-                    }
+        let name = self.header.header_name();
+        let mut hops = Hops::default();
+        for value in headers.get_all(&name) {
+            let value = value
+                .to_str()
+                .map_err(|_| KeyError::invalid(format!("{name} is not visible ASCII")))?;
+            for node in self.header.nodes(value) {
+                if !hops.push(node) {
+                    return Err(KeyError::invalid(format!(
+                        "{name} lists more than {MAX_HOPS} hops"
+                    )));
                 }
             }
-            // Every hop is a trusted proxy: the request started at one of them.
+        }
+        let hops = hops.as_slice();
+        if hops.is_empty() {
+            // No forwarding header: the request began at the proxy.
             return Ok(peer);
         }
-        Ok(peer)
+        if self.header == Forwarding::XRealIp && hops.len() > 1 {
+            return Err(KeyError::invalid(format!(
+                "{name} carries {} addresses where the proxy sets one",
+                hops.len()
+            )));
+        }
+        let mut origin = peer;
+        for node in hops.iter().rev() {
+            let ip = parse_node(node).ok_or_else(|| {
+                KeyError::invalid(format!("{name} names a hop that is not an IP address"))
+            })?;
+            if !self.is_trusted(ip) {
+                return Ok(ip);
+            }
+            origin = ip;
+        }
+        // Every hop is a trusted proxy: the request began at the left-most of them.
+        Ok(origin)
+    }
+}
+
+/// The nodes of a forwarding chain, at most [`MAX_HOPS`]: no allocation however long the
+/// header a client sends.
+#[derive(Default)]
+struct Hops<'a> {
+    nodes: [&'a str; MAX_HOPS],
+    len: usize,
+}
+
+impl<'a> Hops<'a> {
+    /// Adds a node; `false` when the chain is too long.
+    fn push(&mut self, node: &'a str) -> bool {
+        match self.nodes.get_mut(self.len) {
+            Some(slot) => {
+                *slot = node;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.nodes[..self.len]
     }
 }
 
@@ -168,9 +234,11 @@ impl<B> KeyExtractor<Request<B>> for ClientIp {
     type Key = IpAddr;
 
     fn extract(&self, request: &Request<B>) -> Result<IpAddr, KeyError> {
-        let peer = canonical(peer_addr(request).ok_or_else(no_peer_address)?);
+        let peer = peer_addr(request)
+            .ok_or_else(no_peer_address)?
+            .to_canonical();
         let client = if self.is_trusted(peer) {
-            canonical(self.client(peer, request.headers())?)
+            self.client(peer, request.headers())?
         } else {
             peer
         };
@@ -189,14 +257,15 @@ impl fmt::Debug for ClientIp {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>(),
             )
-            .field("sources", &self.sources)
+            .field("header", &self.header)
             .field("prefix", &self.prefix)
             .finish()
     }
 }
 
 impl Forwarding {
-    fn header_name(self) -> HeaderName {
+    /// The header's name.
+    pub fn header_name(self) -> HeaderName {
         match self {
             Self::Forwarded => FORWARDED,
             Self::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
@@ -205,30 +274,50 @@ impl Forwarding {
     }
 
     /// The node names of one header value, in order.
-    fn nodes(self, value: &str) -> Box<dyn DoubleEndedIterator<Item = &str> + '_> {
-        match self {
-            Self::Forwarded => Box::new(forwarded_for(value).into_iter()),
-            Self::XForwardedFor => Box::new(value.split(',').map(str::trim)),
-            Self::XRealIp => Box::new(std::iter::once(value.trim())),
-        }
+    fn nodes(self, value: &str) -> impl Iterator<Item = &str> {
+        let (forwarded, plain) = match self {
+            Self::Forwarded => (Some(forwarded_for(value)), None),
+            Self::XForwardedFor | Self::XRealIp => (None, Some(value.split(',').map(str::trim))),
+        };
+        forwarded
+            .into_iter()
+            .flatten()
+            .chain(plain.into_iter().flatten())
+    }
+}
+
+impl FromStr for Forwarding {
+    type Err = UnknownForwarding;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let name = name.trim();
+        [Self::XForwardedFor, Self::Forwarded, Self::XRealIp]
+            .into_iter()
+            .find(|header| header.header_name().as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| UnknownForwarding(name.to_owned()))
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.header_name().as_str())
     }
 }
 
 /// The `for=` values of a `Forwarded` field value, one per element (an element without one
 /// yields `""`, which is not an address). Commas and semicolons inside quoted strings are
 /// data, not separators.
-fn forwarded_for(value: &str) -> Vec<&str> {
-    let mut fors = Vec::new();
-    for element in split_unquoted(value, b',') {
-        let found = split_unquoted(element, b';').find_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            name.trim()
-                .eq_ignore_ascii_case("for")
-                .then_some(value.trim())
-        });
-        fors.push(found.unwrap_or(""));
-    }
-    fors
+fn forwarded_for(value: &str) -> impl Iterator<Item = &str> {
+    split_unquoted(value, b',').map(|element| {
+        split_unquoted(element, b';')
+            .find_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then_some(value.trim())
+            })
+            .unwrap_or("")
+    })
 }
 
 fn split_unquoted(s: &str, separator: u8) -> impl Iterator<Item = &str> {
@@ -254,37 +343,61 @@ fn split_unquoted(s: &str, separator: u8) -> impl Iterator<Item = &str> {
     })
 }
 
-/// An address from a forwarding node: `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`,
-/// `[2001:db8::1]`, `[2001:db8::1]:80`, possibly quoted. `None` for anything else.
+/// An address from a forwarding node, normalised: `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`,
+/// `[2001:db8::1]`, `[2001:db8::1]:80`, `fe80::1%eth0`, possibly quoted. IPv4-mapped IPv6
+/// becomes IPv4; zone ids are dropped. `None` for anything else, a port above 65535 included.
 fn parse_node(node: &str) -> Option<IpAddr> {
     let node = node.trim();
     let node = node
         .strip_prefix('"')
         .and_then(|n| n.strip_suffix('"'))
         .unwrap_or(node);
-    if let Some(bracketed) = node.strip_prefix('[') {
+    let ip = if let Some(bracketed) = node.strip_prefix('[') {
         let (v6, port) = bracketed.split_once(']')?;
         if !(port.is_empty() || port.strip_prefix(':').is_some_and(is_port)) {
             return None;
         }
-        return Ipv6Addr::from_str(v6).ok().map(IpAddr::V6);
-    }
-    if let Ok(ip) = IpAddr::from_str(node) {
-        return Some(ip);
-    }
-    let (v4, port) = node.rsplit_once(':')?;
-    if !is_port(port) {
+        IpAddr::V6(parse_v6(v6)?)
+    } else if node.bytes().filter(|&b| b == b':').count() > 1 {
+        // Bare IPv6 has at least two colons; `v4:port` has one.
+        IpAddr::V6(parse_v6(node)?)
+    } else {
+        let (v4, port) = match node.split_once(':') {
+            Some((v4, port)) => (v4, Some(port)),
+            None => (node, None),
+        };
+        if port.is_some_and(|port| !is_port(port)) {
+            return None;
+        }
+        IpAddr::V4(Ipv4Addr::from_str(v4).ok()?)
+    };
+    Some(ip.to_canonical())
+}
+
+/// An IPv6 address without its zone id (`%eth0`, or `%25eth0` as in URIs).
+fn parse_v6(text: &str) -> Option<Ipv6Addr> {
+    let (address, zone) = text.split_once('%').unwrap_or((text, ""));
+    if text.contains('%') && zone.is_empty() {
         return None;
     }
-    Ipv4Addr::from_str(v4).ok().map(IpAddr::V4)
+    Ipv6Addr::from_str(address).ok()
 }
 
 fn is_port(port: &str) -> bool {
-    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+    port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
+/// IPv4-mapped IPv6 networks (`::ffff:10.0.0.0/104`) as the IPv4 networks they are, so that
+/// normalised hops match them.
+fn canonical_net(net: IpNet) -> IpNet {
+    let net = net.trunc();
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 /// A trusted-proxy entry that is neither a CIDR nor an address.
@@ -302,6 +415,22 @@ impl fmt::Display for InvalidProxy {
 }
 
 impl std::error::Error for InvalidProxy {}
+
+/// A forwarding header name that is none of `x-forwarded-for`, `forwarded`, `x-real-ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownForwarding(pub String);
+
+impl fmt::Display for UnknownForwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "forwarding header {:?} is none of x-forwarded-for, forwarded, x-real-ip",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownForwarding {}
 
 #[cfg(test)]
 mod tests {
@@ -334,17 +463,67 @@ mod tests {
 
     #[test]
     fn untrusted_peers_cannot_spoof() {
-        let ip = trusting_lan();
-        for header in ["x-forwarded-for", "x-real-ip"] {
+        for header in [
+            Forwarding::XForwardedFor,
+            Forwarding::XRealIp,
+            Forwarding::Forwarded,
+        ] {
+            let ip = trusting_lan().header(header);
+            let headers = [
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-real-ip", "1.1.1.1"),
+                ("forwarded", "for=1.1.1.1"),
+            ];
             assert_eq!(
-                client(&ip, "203.0.113.5:1", &[(header, "1.1.1.1")]),
+                client(&ip, "203.0.113.5:1", &headers),
                 Ok("203.0.113.5".into())
             );
         }
+    }
+
+    #[test]
+    fn only_the_named_header_is_read() {
+        // What a client behind nginx sends: nginx appends to X-Forwarded-For and passes the
+        // client's own Forwarded and X-Real-IP through untouched.
+        let through_nginx = [
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "7.7.7.7"),
+            ("x-forwarded-for", "8.8.8.8, 198.51.100.7"),
+        ];
+        let xff = trusting_lan();
+        assert_eq!(xff.forwarding(), Forwarding::XForwardedFor);
         assert_eq!(
-            client(&ip, "203.0.113.5:1", &[("forwarded", "for=1.1.1.1")]),
-            Ok("203.0.113.5".into())
+            client(&xff, "10.0.0.1:1", &through_nginx),
+            Ok("198.51.100.7".into())
         );
+        // A proxy that writes only X-Real-IP: the client's X-Forwarded-For is ignored.
+        let real_ip = trusting_lan().header(Forwarding::XRealIp);
+        let only_real_ip = [
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-for", "8.8.8.8"),
+            ("x-real-ip", "198.51.100.8"),
+        ];
+        assert_eq!(
+            client(&real_ip, "10.0.0.1:1", &only_real_ip),
+            Ok("198.51.100.8".into())
+        );
+        // The named header absent: the proxy itself, not another header's claim.
+        assert_eq!(
+            client(&real_ip, "10.0.0.1:1", &[("x-forwarded-for", "8.8.8.8")]),
+            Ok("10.0.0.1".into())
+        );
+    }
+
+    #[test]
+    fn header_names_parse() {
+        assert_eq!("X-Forwarded-For".parse(), Ok(Forwarding::XForwardedFor));
+        assert_eq!(" forwarded".parse(), Ok(Forwarding::Forwarded));
+        assert_eq!("x-real-ip".parse(), Ok(Forwarding::XRealIp));
+        assert_eq!(
+            "x-client-ip".parse::<Forwarding>(),
+            Err(UnknownForwarding("x-client-ip".into()))
+        );
+        assert_eq!(Forwarding::XRealIp.to_string(), "x-real-ip");
     }
 
     #[test]
@@ -361,18 +540,64 @@ mod tests {
             ("x-forwarded-for", "10.9.9.9"),
         ];
         assert_eq!(client(&ip, "10.0.0.1:1", &split), Ok("198.51.100.2".into()));
-        // All trusted: the request began at a proxy.
+        // All trusted: the request began at the left-most proxy.
         assert_eq!(
-            client(&ip, "10.0.0.1:1", &[("x-forwarded-for", "10.1.1.1")]),
-            Ok("10.0.0.1".into())
+            client(
+                &ip,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]
+            ),
+            Ok("10.1.1.1".into())
         );
         // No header from a trusted proxy: the proxy itself.
         assert_eq!(client(&ip, "10.0.0.1:1", &[]), Ok("10.0.0.1".into()));
     }
 
     #[test]
-    fn forwarded_header_forms() {
+    fn hops_are_normalised_before_the_trust_check() {
         let ip = trusting_lan();
+        // A trusted proxy written as IPv4-mapped IPv6, or with a port, is still trusted.
+        for proxy in ["::ffff:10.9.9.9", "10.9.9.9:8080", "[::ffff:10.9.9.9]:1"] {
+            let xff = format!("198.51.100.2, {proxy}");
+            assert_eq!(
+                client(&ip, "10.0.0.1:1", &[("x-forwarded-for", &xff)]),
+                Ok("198.51.100.2".into()),
+                "{proxy}"
+            );
+        }
+        // Zone ids are dropped, IPv6 grouped by /64.
+        assert_eq!(
+            client(
+                &ip,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "2001:db8::1%eth0")]
+            ),
+            Ok("2001:db8::".into())
+        );
+        assert_eq!(
+            client(
+                &ip,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "fd00::1%25eth0, 198.51.100.3")]
+            ),
+            Ok("198.51.100.3".into())
+        );
+        // Trusted networks written as mapped IPv6 match IPv4 hops.
+        let mapped = ClientIp::trusting(["::ffff:10.0.0.0/104"]).unwrap();
+        assert_eq!(mapped.trusted()[0].to_string(), "10.0.0.0/8");
+        assert_eq!(
+            client(
+                &mapped,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "198.51.100.4")]
+            ),
+            Ok("198.51.100.4".into())
+        );
+    }
+
+    #[test]
+    fn forwarded_header_forms() {
+        let ip = trusting_lan().header(Forwarding::Forwarded);
         let cases = [
             ("for=198.51.100.17", "198.51.100.17"),
             ("for=\"198.51.100.17:8080\";proto=https", "198.51.100.17"),
@@ -391,38 +616,45 @@ mod tests {
                 "{value}"
             );
         }
-        // Forwarded wins over X-Forwarded-For by default; the order can be changed.
-        let both = [
-            ("forwarded", "for=198.51.100.1"),
-            ("x-forwarded-for", "198.51.100.2"),
-        ];
-        assert_eq!(client(&ip, "10.0.0.1:1", &both), Ok("198.51.100.1".into()));
-        let xff_first = trusting_lan().headers([Forwarding::XForwardedFor, Forwarding::Forwarded]);
-        assert_eq!(
-            client(&xff_first, "10.0.0.1:1", &both),
-            Ok("198.51.100.2".into())
-        );
     }
 
     #[test]
     fn malformed_chains_are_invalid_never_guessed() {
-        let ip = trusting_lan();
         for (header, value) in [
-            ("x-forwarded-for", "1.1.1.1, garbage"),
-            ("x-forwarded-for", "unknown"),
-            ("forwarded", "for=_hidden"),
-            ("forwarded", "for=unknown, for=10.0.0.3"),
-            ("forwarded", "proto=https"),
-            ("x-real-ip", "1.1.1.1.1"),
-            ("x-forwarded-for", "[::1"),
-            ("x-forwarded-for", "1.1.1.1:99999999"),
+            (Forwarding::XForwardedFor, "1.1.1.1, garbage"),
+            (Forwarding::XForwardedFor, "unknown"),
+            (Forwarding::XForwardedFor, ""),
+            (Forwarding::XForwardedFor, "1.1.1.1,"),
+            (Forwarding::Forwarded, "for=_hidden"),
+            (Forwarding::Forwarded, "for=unknown, for=10.0.0.3"),
+            (Forwarding::Forwarded, "proto=https"),
+            (Forwarding::XRealIp, "1.1.1.1.1"),
+            (Forwarding::XRealIp, "1.1.1.1, 2.2.2.2"),
+            (Forwarding::XForwardedFor, "[::1"),
+            (Forwarding::XForwardedFor, "1.1.1.1:99999999"),
+            (Forwarding::XForwardedFor, "1.1.1.1:65536"),
+            (Forwarding::XForwardedFor, "[2001:db8::1]:70000"),
+            (Forwarding::XForwardedFor, "1.1.1.1:"),
+            (Forwarding::XForwardedFor, "1.1.1.1:-1"),
+            (Forwarding::XForwardedFor, "fe80::1%"),
         ] {
+            let ip = trusting_lan().header(header);
             assert_eq!(
-                client(&ip, "10.0.0.1:1", &[(header, value)]),
+                client(&ip, "10.0.0.1:1", &[(header.header_name().as_str(), value)]),
                 Err(KeyErrorKind::Invalid),
                 "{value}"
             );
         }
+        let ip = trusting_lan();
+        // Ports up to 65535 are fine.
+        assert_eq!(
+            client(
+                &ip,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "198.51.100.9:65535")]
+            ),
+            Ok("198.51.100.9".into())
+        );
         // Garbage left of the client does not matter.
         assert_eq!(
             client(
@@ -432,9 +664,40 @@ mod tests {
             ),
             Ok("198.51.100.9".into())
         );
-        let long = vec!["10.0.0.1"; 100].join(",");
+        // Two X-Real-IP lines: not what a proxy sends.
+        let real_ip = trusting_lan().header(Forwarding::XRealIp);
         assert_eq!(
-            client(&ip, "10.0.0.1:1", &[("x-forwarded-for", &long)]),
+            client(
+                &real_ip,
+                "10.0.0.1:1",
+                &[("x-real-ip", "1.1.1.1"), ("x-real-ip", "2.2.2.2")]
+            ),
+            Err(KeyErrorKind::Invalid)
+        );
+    }
+
+    #[test]
+    fn long_chains_are_refused() {
+        let ip = trusting_lan();
+        let fits = vec!["198.51.100.1"; MAX_HOPS].join(",");
+        assert_eq!(
+            client(&ip, "10.0.0.1:1", &[("x-forwarded-for", &fits)]),
+            Ok("198.51.100.1".into())
+        );
+        let long = vec!["198.51.100.1"; MAX_HOPS + 1].join(",");
+        let error = ip
+            .extract(&request("10.0.0.1:1", &[("x-forwarded-for", &long)]))
+            .unwrap_err();
+        assert_eq!(error.kind(), KeyErrorKind::Invalid);
+        assert!(error.detail().contains("more than 32 hops"), "{error}");
+        // Over several lines too.
+        let half = vec!["198.51.100.1"; MAX_HOPS / 2 + 1].join(",");
+        assert_eq!(
+            client(
+                &ip,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", &half), ("x-forwarded-for", &half)]
+            ),
             Err(KeyErrorKind::Invalid)
         );
     }
@@ -451,7 +714,7 @@ mod tests {
 
     #[test]
     fn mapped_peers_match_ipv4_proxies() {
-        let ip = trusting_lan();
+        let ip = trusting_lan().header(Forwarding::XRealIp);
         assert_eq!(
             client(&ip, "[::ffff:10.0.0.1]:1", &[("x-real-ip", "198.51.100.3")]),
             Ok("198.51.100.3".into())
