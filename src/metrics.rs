@@ -23,6 +23,8 @@
 //! | `tollgate_retry_gave_up_total` | counter | `layer`, `reason` (`attempts`, `budget`, `deadline`, `body`, `pushback_too_long`, `not_idempotent`) |
 //! | `tollgate_retry_budget_spent_total` | counter | `layer` |
 //! | `tollgate_store_errors_total` | counter | `store` |
+//! | `tollgate_store_cap_reached_total` | counter | `store` (`memory`): evictions run at the cap |
+//! | `tollgate_store_evicted_total` | counter | `store` (`memory`): live states they dropped |
 //!
 //! Labels are the names given to layers and stores, never keys: the label sets stay small
 //! whatever the traffic. Handles are registered when a layer makes its service, so install the
@@ -133,6 +135,12 @@ mod enabled {
     pub(crate) fn store_error(store: &'static str) {
         counter!("tollgate_store_errors_total", "store" => store).increment(1);
     }
+
+    /// Counts an eviction at the memory store's cap, and the states it dropped.
+    pub(crate) fn store_evicted(states: u64) {
+        counter!("tollgate_store_cap_reached_total", "store" => "memory").increment(1);
+        counter!("tollgate_store_evicted_total", "store" => "memory").increment(states);
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -177,6 +185,9 @@ mod disabled {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[inline]
     pub(crate) fn store_error(_: &'static str) {}
+
+    #[inline]
+    pub(crate) fn store_evicted(_: u64) {}
 }
 
 #[cfg(feature = "metrics")]

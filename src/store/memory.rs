@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::table::{self, Table};
+use super::table::{self, Evicted, Table};
 use super::{Decision, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::{Gcra, Step};
@@ -41,11 +41,27 @@ pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 /// # At the cap
 ///
 /// At most [`max_keys`](MemoryStoreBuilder::max_keys) states are tracked
-/// ([`DEFAULT_MAX_KEYS`] by default). A new key that arrives while its shard is full, after
-/// expired states are dropped, is decided against an *overflow* bucket, one per shard and
-/// quota, shared by every key that overflowed. Keys already tracked keep their own state, so
-/// an attacker rotating through millions of addresses is throttled as a handful of clients
-/// instead of evicting everyone else's state.
+/// ([`DEFAULT_MAX_KEYS`] by default). When a new key arrives at a full shard and dropping the
+/// expired states frees nothing, the store *evicts* an eighth of the shard's states, chosen so
+/// that a flood costs the flooder and not the other users:
+///
+/// - **Every new key gets its own fresh state.** There is no shared overflow bucket for a
+///   flood to exhaust: an honest client that arrives during a flood of a million invented keys
+///   is limited exactly as without it.
+/// - **The least debt goes first.** With GCRA a state holds nothing but its debt (`TAT − now`,
+///   what the key has spent and not yet earned back). The evicted states are those with the
+///   least debt, so forgetting them forgives the least: a flood of one-request keys evicts
+///   its own states, each worth at most one request's debt, before a key that has spent its
+///   burst. A key that spent its burst is evicted only once the flood's states carry more debt
+///   than it does: its owner regains at most what each invented key spent (see the test
+///   `a_flood_forgives_a_spent_key_at_most_what_each_flood_key_spent`).
+/// - **One limit's flood does not spend another's room.** States are counted per quota, and
+///   evictions level the quotas with the most states down first: limits sharing a store with a
+///   flooded one lose nothing while they hold fewer states than it.
+///
+/// Evictions are counted ([`evicted`](MemoryStore::evicted); with the `metrics` feature
+/// `tollgate_store_cap_reached_total` and `tollgate_store_evicted_total`) and logged at WARN
+/// (target `tollgate::store::memory`) at most once a minute.
 ///
 /// # Clone
 ///
@@ -59,6 +75,7 @@ struct Inner<C> {
     hasher: foldhash::quality::RandomState,
     table: Table,
     global: GlobalSlots,
+    pressure: Pressure,
 }
 
 impl MemoryStore {
@@ -141,11 +158,17 @@ impl<C: Clock> MemoryStore<C> {
         // The clock is read once the slot is found, so that its latency overlaps the slot's
         // cache miss.
         let now = || inner.clock.now();
-        inner
-            .table
-            .update_one(key_hash, key_hash ^ quota.id, now, |tat| {
-                decide_one(gcra, tat, now(), cost, max_wait)
-            })
+        inner.table.update_one(
+            key_hash,
+            table::entry_id(key_hash, quota.id),
+            now,
+            |evicted| {
+                inner
+                    .pressure
+                    .evicted(evicted, inner.table.capacity(), now())
+            },
+            |tat| decide_one(gcra, tat, now(), cost, max_wait),
+        )
     }
 
     /// Peeks, bad costs and sets of several quotas.
@@ -178,11 +201,13 @@ impl<C: Clock> MemoryStore<C> {
         let ids = entry_ids(key_hash, quotas);
         decide_all.now = inner.clock.now();
         let now = decide_all.now;
-        Ok(inner
-            .table
-            .update(key_hash, &ids[..quotas.len()], now, |tats| {
-                decide_all.run(tats)
-            }))
+        Ok(inner.table.update(
+            key_hash,
+            &ids[..quotas.len()],
+            now,
+            |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
+            |tats| decide_all.run(tats),
+        ))
     }
 
     /// The state of `key` under `quotas`, without consuming anything.
@@ -249,6 +274,12 @@ impl<C: Clock> MemoryStore<C> {
     /// How many states (keys × quotas) are tracked now, expired ones not yet dropped included.
     pub fn len(&self) -> usize {
         self.inner.table.len()
+    }
+
+    /// How many live states were dropped to make room for new keys at the cap (see [At the
+    /// cap](MemoryStore#at-the-cap)), since the store was built.
+    pub fn evicted(&self) -> u64 {
+        self.inner.table.evicted()
     }
 
     /// Whether no state is tracked.
@@ -352,7 +383,40 @@ impl<C: Clock> MemoryStoreBuilder<C> {
                 hasher: foldhash::quality::RandomState::default(),
                 table: Table::new(shards, self.max_keys),
                 global: GlobalSlots::default(),
+                pressure: Pressure::default(),
             }),
+        }
+    }
+}
+
+/// Reports evictions at the cap: counters on every one, a WARN at most once a minute.
+#[derive(Default)]
+struct Pressure {
+    /// When the last WARN was logged, in clock nanoseconds plus one (0: never).
+    last_warning: AtomicU64,
+}
+
+impl Pressure {
+    const WARN_EVERY_NANOS: u64 = 60_000_000_000;
+
+    #[cold]
+    fn evicted(&self, evicted: Evicted, capacity: usize, now: u64) {
+        crate::metrics::store_evicted(evicted.states as u64);
+        let last = self.last_warning.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last - 1) >= Self::WARN_EVERY_NANOS;
+        if due
+            && self
+                .last_warning
+                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                target: "tollgate::store::memory",
+                capacity,
+                evicted = evicted.states,
+                "memory store at its cap: evicting the states with the least debt, from the \
+                 quota with the most states (a flood of new keys?); logged at most once a minute"
+            );
         }
     }
 }
@@ -367,12 +431,11 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The ids of `key_hash`'s entries, one per quota. XOR keeps the hash's quality, and quota ids
-/// are odd, so two quotas of one key never share an entry.
+/// The ids of `key_hash`'s entries, one per quota (see [`table::entry_id`]).
 fn entry_ids(key_hash: u64, quotas: &Quotas) -> [u64; MAX_QUOTAS] {
     let mut ids = [0; MAX_QUOTAS];
     for (id, quota) in ids.iter_mut().zip(quotas) {
-        *id = key_hash ^ quota.id();
+        *id = table::entry_id(key_hash, quota.id());
     }
     ids
 }
@@ -624,26 +687,84 @@ mod tests {
         assert_eq!(store.len(), 0);
     }
 
-    #[test]
-    fn the_cap_holds_and_overflowing_keys_share_a_bucket() {
+    fn capped(max_keys: usize) -> (MemoryStore<ManualClock>, ManualClock) {
         let clock = ManualClock::new();
+        clock.advance(Duration::from_secs(1000));
         let store = MemoryStore::builder()
-            .clock(clock)
-            .max_keys(1000)
+            .clock(clock.clone())
+            .max_keys(max_keys)
             .shards(1)
             .build();
+        (store, clock)
+    }
+
+    #[test]
+    fn at_the_cap_every_new_key_still_gets_its_own_bucket() {
+        let (store, _) = capped(1000);
         let q = Quotas::from(Quota::per_hour(10).unwrap());
-        for ip in 0..1000u32 {
-            assert!(store.check(&ip, &q, 1).unwrap().is_allowed());
-        }
-        // A flood of new keys is limited as one client.
-        let flood = (1000..100_000u32)
+        // An honest client that has spent 3 of its 10.
+        assert_eq!(admitted(&store, &u32::MAX, &q, 3), 3);
+        // A flood of 100 times the cap in new keys: each is one fresh bucket, never a shared
+        // one, and the store stays within its cap.
+        let flood = (0..100_000u32)
             .filter(|ip| store.check(ip, &q, 1).unwrap().is_allowed())
             .count();
-        assert_eq!(flood, 10);
-        assert_eq!(store.len(), 1001);
-        // Tracked keys still have their own buckets.
-        assert_eq!(store.status(&5u32, &q).remaining(), 9);
+        assert_eq!(flood, 100_000);
+        assert!(store.len() <= 1000, "{} states", store.len());
+        assert!(store.evicted() >= 99_000, "{} evicted", store.evicted());
+        // New honest keys after the flood: their whole burst, as without it.
+        for honest in 1_000_000..1_000_100u32 {
+            assert_eq!(admitted(&store, &honest, &q, 20), 10);
+        }
+        // The spent client was not forgiven: it owes more than any flood key.
+        assert_eq!(store.status(&u32::MAX, &q).remaining(), 7);
+    }
+
+    #[test]
+    fn a_flood_forgives_a_spent_key_at_most_what_each_flood_key_spent() {
+        let (store, clock) = capped(1000);
+        let q = Quotas::from(Quota::per_second(1).unwrap().with_burst(10).unwrap());
+        let spent = u64::MAX;
+        assert_eq!(admitted(&store, &spent, &q, 20), 10);
+        // Ten thousand new one-request keys a (simulated) second for 12 s, ten times what the
+        // cap holds; each owes one request (1 s) when it arrives.
+        let mut most_forgiven = 0;
+        for step in 1..=1_200u64 {
+            for n in 0..100 {
+                assert!(store.check(&(step * 100 + n), &q, 1).unwrap().is_allowed());
+            }
+            clock.advance(Duration::from_millis(10));
+            // What the spent key has earned back by now, and what the store says it has.
+            let earned = (step / 100).min(10) as i64;
+            let remaining = i64::from(store.status(&spent, &q).remaining());
+            most_forgiven = most_forgiven.max(remaining - earned);
+        }
+        assert!(store.evicted() > 100_000);
+        assert!(
+            most_forgiven <= 1,
+            "evictions forgave the spent key {most_forgiven} requests, more than one flood key's"
+        );
+    }
+
+    #[test]
+    fn one_limits_flood_does_not_evict_another_limits_states() {
+        let (store, _) = capped(1000);
+        let honest = Quotas::from(Quota::per_second(10).unwrap().named("login").unwrap());
+        let flooded = Quotas::from(Quota::per_minute(1).unwrap().named("report").unwrap());
+        // A hundred clients have spent their login burst: each owes 1 s, less than any
+        // flood key (60 s), so least-debt alone would evict them first.
+        for user in 0..100u32 {
+            assert_eq!(admitted(&store, &user, &honest, 20), 10);
+        }
+        let flood = (1_000..200_000u32)
+            .filter(|key| store.check(key, &flooded, 1).unwrap().is_allowed())
+            .count();
+        assert_eq!(flood, 199_000);
+        assert!(store.len() <= 1000);
+        // Not one login state was evicted: none regained a request.
+        for user in 0..100u32 {
+            assert_eq!(store.status(&user, &honest).remaining(), 0, "user {user}");
+        }
     }
 
     #[test]

@@ -465,7 +465,8 @@ impl OverLimit {
         use std::hash::BuildHasher;
         let mut bytes = Vec::with_capacity(64);
         subject.write_key(&mut KeyWriter(&mut bytes));
-        self.hasher.hash_one((bytes, quotas.identity()))
+        // Never 0, the table's empty slot.
+        self.hasher.hash_one((bytes, quotas.identity())) | 1
     }
 
     /// A remembered denial, as a decision.
@@ -503,8 +504,13 @@ impl OverLimit {
         let wait = u64::try_from(decision.retry_after().as_nanos()).unwrap_or(u64::MAX);
         let until =
             (now.saturating_add(wait).saturating_add(7) & !0b111) | decision.quota_index() as u64;
-        self.table
-            .update_one(id, id, || now, |tat| tat.store(until, Ordering::Release));
+        self.table.update_one(
+            id,
+            id,
+            || now,
+            |_evicted| {},
+            |tat| tat.store(until, Ordering::Release),
+        );
     }
 
     fn forget<K: RedisKey + ?Sized>(&self, subject: &K, quotas: &Quotas) {

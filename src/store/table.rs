@@ -13,10 +13,14 @@
 //!   slot. Slots are never freed one by one: when a table is three-quarters full, a rebuild
 //!   copies the live slots into a fresh table, half full, growing, keeping or shrinking it.
 //!   Forgotten keys give their memory back without any background task.
-//! - **Bounded.** Each shard holds at most `max_entries / shards` keys' slots. A new key that
-//!   finds its shard full, even after a rebuild, is decided against the shard's *overflow*
-//!   slot for its quota, shared by every key that overflowed: a flood of rotating keys is
-//!   throttled as one client per shard, while keys already tracked keep their own state.
+//! - **Bounded, and fair when full.** Each shard holds at most `max_entries / shards` states.
+//!   When a new key finds its shard at that cap even after expired states are dropped, the
+//!   rebuild *evicts* an eighth of the shard: from the quota that holds the most states (so
+//!   that one limit's flood never spends another limit's room), the states with the least
+//!   debt (the earliest TAT). With GCRA a state's only content is its debt, `TAT − now`, so
+//!   evicting it forgives at most that debt, and the least-indebted states are the ones a
+//!   flood of one-request keys creates. Every new key gets a state of its own: a flood cannot
+//!   push honest clients into a shared bucket.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -25,16 +29,36 @@ use crate::quota::MAX_QUOTAS;
 
 /// The id of an unclaimed slot.
 const EMPTY: u64 = 0;
-/// Ids of overflow slots: the quota id with this tag, so that they never match a key's entry
-/// id (but by a 64-bit collision, which would only merge two buckets).
-const OVERFLOW_TAG: u64 = 0x6f76_6572_666c_6f77;
-/// A full shard looks for expired slots at most this often when few new keys arrive.
-const FULL_SHARD_REBUILD_NANOS: u64 = 1_000_000_000;
 /// The smallest table.
 const MIN_CAPACITY: usize = 16;
+/// The top bits of an entry id name its quota's partition (see [`entry_id`]).
+const PARTITION_SHIFT: u32 = 56;
+const PARTITIONS: usize = 1 << (64 - PARTITION_SHIFT);
+/// An eviction frees this fraction of a shard's cap, so that the next one is that many new
+/// keys away.
+const EVICT_DIVISOR: usize = 8;
 
 /// A TAT that is never stored: fills arrays of references before they are set.
 static UNUSED: AtomicU64 = AtomicU64::new(0);
+
+/// The id of `key_hash`'s state under the quota `quota_id`: the low bits mix both (XOR keeps
+/// the hash's quality; quota ids are odd, so two quotas of one key never share an entry), the
+/// top 8 bits are the quota's own, so that a rebuild can tell which quota a state belongs to.
+#[inline]
+pub(crate) fn entry_id(key_hash: u64, quota_id: u64) -> u64 {
+    const LOW: u64 = (1 << PARTITION_SHIFT) - 1;
+    let id = ((key_hash ^ quota_id) & LOW) | (quota_id & !LOW);
+    if id == EMPTY {
+        1
+    } else {
+        id
+    }
+}
+
+#[inline]
+fn partition(id: u64) -> usize {
+    (id >> PARTITION_SHIFT) as usize
+}
 
 #[repr(C, align(16))]
 struct Slot {
@@ -113,39 +137,35 @@ pub(crate) struct Table {
     shards: Box<[Shard]>,
     shard_mask: u64,
     max_per_shard: usize,
+    /// States evicted at the cap, and evictions run, since the table was made.
+    evicted: AtomicU64,
+    evictions: AtomicU64,
 }
 
 /// One shard, alone on its cache lines so that two cores on two shards do not contend.
 #[repr(align(128))]
 struct Shard {
     slots: RwLock<Slots>,
-    /// Slots claimed in the current table, overflow slots included.
+    /// Slots claimed in the current table.
     len: AtomicUsize,
-    /// New keys turned to the overflow slots since the last rebuild.
-    overflowed: AtomicUsize,
-    /// When the last rebuild ran.
-    last_rebuild: AtomicU64,
 }
 
 impl Shard {
-    /// Reserves room for `n` new slots, within the table's load limit and, unless they are
-    /// overflow slots, the shard's cap.
-    fn reserve(&self, n: usize, max_len: usize, cap: Option<usize>) -> bool {
-        let limit = cap.map_or(max_len, |cap| cap.min(max_len));
+    /// Reserves room for one new slot, within the table's load limit and the shard's cap.
+    fn reserve(&self, limit: usize) -> bool {
         self.len
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| {
-                (len + n <= limit).then_some(len + n)
+                (len < limit).then_some(len + 1)
             })
             .is_ok()
     }
 }
 
-/// Why a lock-free attempt gave way to the write lock.
-enum Full {
-    /// The table reached its load limit: rebuild it.
-    Table,
-    /// The shard reached its cap: rebuild if worth it, else use the overflow slots.
-    Cap,
+/// What a rebuild dropped under pressure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    /// Live states dropped.
+    pub(crate) states: usize,
 }
 
 impl Table {
@@ -158,12 +178,13 @@ impl Table {
                 .map(|_| Shard {
                     slots: RwLock::new(Slots::with_capacity(MIN_CAPACITY)),
                     len: AtomicUsize::new(0),
-                    overflowed: AtomicUsize::new(0),
-                    last_rebuild: AtomicU64::new(0),
                 })
                 .collect(),
             shard_mask: shards as u64 - 1,
-            max_per_shard: max_entries.div_ceil(shards).max(1),
+            // Room for one key's every quota, however small the cap.
+            max_per_shard: max_entries.div_ceil(shards).max(MAX_QUOTAS),
+            evicted: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -173,151 +194,158 @@ impl Table {
         &self.shards[((key_hash >> 32) & self.shard_mask) as usize]
     }
 
-    /// [`update`](Self::update) for a single id: the hot path of single-quota limits.
+    /// [`update`](Self::update) for a single entry: the hot path of single-quota limits.
+    /// `on_evict` is told when making room evicted live states.
     #[inline]
     pub(crate) fn update_one<R>(
         &self,
         key_hash: u64,
         id: u64,
         now: impl FnOnce() -> u64,
+        on_evict: impl FnOnce(Evicted),
         mut f: impl FnMut(&AtomicU64) -> R,
     ) -> R {
         let shard = self.shard(key_hash);
-        let id = entry_id(id);
         {
             let slots = read(shard);
             if let Some(slot) = slots.find(id) {
                 return f(&slot.tat);
             }
         }
-        self.update_new(shard, key_hash, &[id], now(), |tats| f(tats[0]))
+        self.update_new(shard, &[id], now(), on_evict, |tats| f(tats[0]))
     }
 
-    /// Runs `f` on the TATs of `ids` (all in the shard of `key_hash`), claiming slots for the
-    /// missing ones (TAT 0: a full bucket). `f` runs under the shard's read lock, so it must
-    /// change the TATs with atomic operations only.
+    /// Runs `f` on the TATs of the entries `ids` (all in the shard of `key_hash`), claiming
+    /// slots for the missing ones (TAT 0: a full bucket). `f` runs under the shard's read
+    /// lock, so it must change the TATs with atomic operations only.
     pub(crate) fn update<R>(
         &self,
         key_hash: u64,
         ids: &[u64],
         now: u64,
+        on_evict: impl FnOnce(Evicted),
         f: impl FnMut(&[&AtomicU64]) -> R,
     ) -> R {
-        let shard = self.shard(key_hash);
-        let mut entry_ids = [EMPTY; MAX_QUOTAS];
-        for (to, id) in entry_ids.iter_mut().zip(ids) {
-            *to = entry_id(*id);
-        }
-        self.update_new(shard, key_hash, &entry_ids[..ids.len()], now, f)
+        self.update_new(self.shard(key_hash), ids, now, on_evict, f)
     }
 
-    /// Claims what is missing under the read lock if the table has room; otherwise rebuilds
-    /// under the write lock first, or turns to the overflow slots when the shard is full.
+    /// Claims what is missing under the read lock if the shard has room; otherwise rebuilds
+    /// under the write lock first, evicting at the cap.
     #[cold]
     fn update_new<R>(
         &self,
         shard: &Shard,
-        key_hash: u64,
         ids: &[u64],
         now: u64,
+        on_evict: impl FnOnce(Evicted),
         mut f: impl FnMut(&[&AtomicU64]) -> R,
     ) -> R {
-        let mut overflow = false;
+        let mut on_evict = Some(on_evict);
         loop {
-            let outcome = {
+            {
                 let slots = read(shard);
-                match self.gather(shard, &slots, key_hash, ids, overflow) {
-                    Ok(tats) => return f(&tats[..ids.len()]),
-                    Err(full) => full,
+                if let Some(tats) = self.gather(shard, &slots, ids) {
+                    return f(&tats[..ids.len()]);
                 }
-            };
+            }
             let mut slots = write(shard);
-            let since = now.saturating_sub(shard.last_rebuild.load(Ordering::Relaxed));
+            // Another request may have made room while this one waited for the lock.
             let len = shard.len.load(Ordering::Relaxed);
-            match outcome {
-                Full::Table => self.rebuild(shard, &mut slots, ids.len(), now),
-                Full::Cap => {
-                    // A rebuild costs O(capacity): at the cap, run one when a quarter of the
-                    // shard's worth of keys has overflowed, or a second has passed.
-                    let overflowed = shard.overflowed.fetch_add(1, Ordering::Relaxed);
-                    if overflowed >= len / 4 || since >= FULL_SHARD_REBUILD_NANOS {
-                        self.rebuild(shard, &mut slots, 0, now);
-                    }
-                    if shard.len.load(Ordering::Relaxed) + ids.len() > self.max_per_shard {
-                        overflow = true;
-                    }
+            if len + ids.len() <= self.limit(&slots) {
+                continue;
+            }
+            let at_cap = len + ids.len() > self.max_per_shard;
+            let evicted = self.rebuild(shard, &mut slots, ids.len(), now, at_cap);
+            if evicted.states > 0 {
+                self.evicted
+                    .fetch_add(evicted.states as u64, Ordering::Relaxed);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                if let Some(on_evict) = on_evict.take() {
+                    on_evict(evicted);
                 }
             }
         }
     }
 
-    /// The TATs of `ids`, claiming slots for the missing ones (the overflow slots if
-    /// `overflow`), or why that needs the write lock.
+    /// The most slots `slots` may hold: its load limit, and the shard's cap.
+    fn limit(&self, slots: &Slots) -> usize {
+        slots.max_len().min(self.max_per_shard)
+    }
+
+    /// The TATs of `ids`, claiming slots for the missing ones; `None` if that needs the write
+    /// lock. Slots claimed before running out of room stay claimed (with TAT 0, a full
+    /// bucket): the next attempt finds them.
     fn gather<'s>(
         &self,
         shard: &Shard,
         slots: &'s Slots,
-        key_hash: u64,
         ids: &[u64],
-        overflow: bool,
-    ) -> Result<[&'s AtomicU64; MAX_QUOTAS], Full> {
+    ) -> Option<[&'s AtomicU64; MAX_QUOTAS]> {
         let mut tats = [&UNUSED; MAX_QUOTAS];
         for (id, tat) in ids.iter().zip(&mut tats) {
             if let Some(slot) = slots.find(*id) {
                 *tat = &slot.tat;
                 continue;
             }
-            let (id, cap) = if overflow {
-                (overflow_id(*id, key_hash), None)
-            } else {
-                (*id, Some(self.max_per_shard))
-            };
-            if let Some(slot) = slots.find(id) {
-                *tat = &slot.tat;
-                continue;
+            if !shard.reserve(self.limit(slots)) {
+                return None;
             }
-            if !shard.reserve(1, slots.max_len(), cap) {
-                let at_cap = cap.is_some_and(|cap| shard.len.load(Ordering::Relaxed) >= cap);
-                return Err(if at_cap { Full::Cap } else { Full::Table });
-            }
-            let (slot, claimed) = slots.find_or_claim(id);
+            let (slot, claimed) = slots.find_or_claim(*id);
             if !claimed {
                 // Another request claimed it first.
                 shard.len.fetch_sub(1, Ordering::AcqRel);
             }
             *tat = &slot.tat;
         }
-        Ok(tats)
+        Some(tats)
     }
 
-    /// Copies the live slots of `shard` into a fresh table, half full with room for `needed`
-    /// more, dropping the slots whose bucket is full at `now`.
-    fn rebuild(&self, shard: &Shard, slots: &mut Slots, needed: usize, now: u64) {
+    /// Copies the live slots of `shard` into a fresh table with room for `needed` more,
+    /// dropping the slots whose bucket is full at `now`; `at_cap`, also evicting enough to
+    /// leave an eighth of the cap free (see [`Evictions`]).
+    fn rebuild(
+        &self,
+        shard: &Shard,
+        slots: &mut Slots,
+        needed: usize,
+        now: u64,
+        at_cap: bool,
+    ) -> Evicted {
         let live = slots
             .slots
-            .iter_mut()
+            .iter()
             .filter(|s| {
                 s.id.load(Ordering::Relaxed) != EMPTY && s.tat.load(Ordering::Relaxed) > now
             })
             .count();
+        let mut evictions = Evictions::none();
+        if at_cap {
+            let room = (self.max_per_shard / EVICT_DIVISOR).max(needed);
+            let keep = self.max_per_shard.saturating_sub(room);
+            if live > keep {
+                evictions = Evictions::choose(slots, now, live - keep);
+            }
+        }
+        let kept = live - evictions.total;
         // Half full, so that the next rebuild is a quarter of the table away; but never bigger
         // than the cap needs (the cap is at most three-quarters of it).
         // Room for what must fit is guaranteed either way.
-        let wanted = (live + needed) * 2;
+        let wanted = (kept + needed) * 2;
         let enough_for_cap = self.max_per_shard + self.max_per_shard / 3 + 1;
-        let must_fit = (live + needed) + (live + needed) / 3 + 2;
+        let must_fit = (kept + needed) + (kept + needed) / 3 + 2;
         let fresh = Slots::with_capacity(wanted.min(enough_for_cap).max(must_fit));
         for slot in slots.slots.iter_mut() {
             let (id, tat) = (*slot.id.get_mut(), *slot.tat.get_mut());
-            if id != EMPTY && tat > now {
+            if id != EMPTY && tat > now && !evictions.evicts(id, tat) {
                 let (new, _) = fresh.find_or_claim(id);
                 new.tat.store(tat, Ordering::Relaxed);
             }
         }
         *slots = fresh;
-        shard.len.store(live, Ordering::Release);
-        shard.overflowed.store(0, Ordering::Relaxed);
-        shard.last_rebuild.store(now, Ordering::Relaxed);
+        shard.len.store(kept, Ordering::Release);
+        Evicted {
+            states: evictions.total,
+        }
     }
 
     /// The TATs of `ids` (0, a full bucket, for those not tracked), without claiming slots.
@@ -325,7 +353,7 @@ impl Table {
         let slots = read(self.shard(key_hash));
         let mut tats = [0; MAX_QUOTAS];
         for (id, tat) in ids.iter().zip(&mut tats) {
-            if let Some(slot) = slots.find(entry_id(*id)) {
+            if let Some(slot) = slots.find(*id) {
                 *tat = slot.tat.load(Ordering::Acquire);
             }
         }
@@ -336,7 +364,7 @@ impl Table {
     pub(crate) fn modify(&self, key_hash: u64, ids: &[u64], change: impl Fn(usize, u64) -> u64) {
         let slots = read(self.shard(key_hash));
         for (i, id) in ids.iter().enumerate() {
-            if let Some(slot) = slots.find(entry_id(*id)) {
+            if let Some(slot) = slots.find(*id) {
                 let _ = slot
                     .tat
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
@@ -352,8 +380,7 @@ impl Table {
         self.modify(key_hash, ids, |_, _| 0);
     }
 
-    /// How many slots are claimed (overflow slots included, expired ones until the next
-    /// rebuild).
+    /// How many slots are claimed (expired ones until the next rebuild).
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
@@ -361,27 +388,103 @@ impl Table {
             .sum()
     }
 
+    /// The most states the table holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.max_per_shard * self.shards.len()
+    }
+
+    /// Live states evicted at the cap since the table was made.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
     /// Rebuilds every shard, dropping the slots whose bucket is full at `now`.
     pub(crate) fn sweep(&self, now: u64) {
         for shard in self.shards.iter() {
-            self.rebuild(shard, &mut write(shard), 0, now);
+            self.rebuild(shard, &mut write(shard), 0, now, false);
         }
     }
 }
 
-/// Entry ids are never [`EMPTY`].
-#[inline]
-fn entry_id(id: u64) -> u64 {
-    if id == EMPTY {
-        1
-    } else {
-        id
-    }
+/// Which live states a rebuild at the cap drops.
+///
+/// *Fair between quotas*: the states are taken from the partitions (quotas) that hold the
+/// most, levelling them down (water-filling), so a quota with fewer states than the flooded
+/// one loses none. *Least debt first* within a partition: the states with the earliest TATs,
+/// which lose the least when forgotten.
+struct Evictions {
+    /// Per partition: evict states with a TAT below the threshold, and this many at it.
+    thresholds: Box<[(u64, usize)]>,
+    total: usize,
 }
 
-/// The overflow slot of a quota: recover the quota id from the entry id (`key_hash ^ quota`).
-fn overflow_id(entry_id: u64, key_hash: u64) -> u64 {
-    self::entry_id(entry_id ^ key_hash ^ OVERFLOW_TAG)
+impl Evictions {
+    fn none() -> Self {
+        Self {
+            thresholds: Box::new([]),
+            total: 0,
+        }
+    }
+
+    /// Chooses `count` live states of `slots` (or a few more, when partitions tie).
+    fn choose(slots: &Slots, now: u64, count: usize) -> Self {
+        let live = || {
+            slots
+                .slots
+                .iter()
+                .map(|s| (s.id.load(Ordering::Relaxed), s.tat.load(Ordering::Relaxed)))
+                .filter(move |&(id, tat)| id != EMPTY && tat > now)
+        };
+        let mut per_partition = vec![0usize; PARTITIONS];
+        for (id, _) in live() {
+            per_partition[partition(id)] += 1;
+        }
+        // The highest level such that trimming every partition down to it frees `count`.
+        let freed = |level: usize| -> usize {
+            per_partition.iter().map(|&n| n.saturating_sub(level)).sum()
+        };
+        let (mut low, mut high) = (0, per_partition.iter().copied().max().unwrap_or(0));
+        while low < high {
+            let mid = (low + high).div_ceil(2);
+            if freed(mid) >= count {
+                low = mid;
+            } else {
+                high = mid - 1;
+            }
+        }
+        let level = low;
+        let mut thresholds = vec![(0u64, 0usize); PARTITIONS].into_boxed_slice();
+        let mut total = 0;
+        let mut tats = Vec::new();
+        for (p, &n) in per_partition.iter().enumerate() {
+            let evict = n.saturating_sub(level);
+            if evict == 0 {
+                continue;
+            }
+            tats.clear();
+            tats.extend(live().filter(|&(id, _)| partition(id) == p).map(|(_, t)| t));
+            let (below, &mut at, _) = tats.select_nth_unstable(evict - 1);
+            let strictly_below = below.iter().filter(|&&t| t < at).count();
+            thresholds[p] = (at, evict - strictly_below);
+            total += evict;
+        }
+        Self { thresholds, total }
+    }
+
+    /// Whether the live state `(id, tat)` is evicted. Call once per live state.
+    fn evicts(&mut self, id: u64, tat: u64) -> bool {
+        let Some((threshold, at_threshold)) = self.thresholds.get_mut(partition(id)) else {
+            return false;
+        };
+        if tat < *threshold {
+            return true;
+        }
+        if tat == *threshold && *at_threshold > 0 {
+            *at_threshold -= 1;
+            return true;
+        }
+        false
+    }
 }
 
 // A poisoned lock only means that a thread panicked while holding it; the tables hold plain
@@ -423,17 +526,19 @@ mod tests {
         tat.store(to, Ordering::Release);
     }
 
-    fn slot_addr(table: &Table, key: u64, id: u64, now: u64) -> usize {
-        table.update_one(key, id, || now, |tat| tat as *const AtomicU64 as usize)
-    }
-
     #[test]
     fn entries_are_created_once_and_found_again() {
         let table = Table::new(4, 100);
-        table.update(7 << 32, &[11, 12], 0, |tats| {
-            set(tats[0], 5);
-            set(tats[1], 6);
-        });
+        table.update(
+            7 << 32,
+            &[11, 12],
+            0,
+            |_| {},
+            |tats| {
+                set(tats[0], 5);
+                set(tats[1], 6);
+            },
+        );
         assert_eq!(table.load(7 << 32, &[11, 12, 13])[..3], [5, 6, 0]);
         assert_eq!(table.len(), 2);
         table.modify(7 << 32, &[11, 12, 13], |_, tat| tat + 10);
@@ -444,12 +549,12 @@ mod tests {
     fn full_buckets_are_dropped_when_the_table_fills() {
         let table = Table::new(1, 1_000_000);
         for id in 1..=10_000u64 {
-            table.update_one(0, id, || 0, |tat| set(tat, 100));
+            table.update_one(0, id, || 0, |_| {}, |tat| set(tat, 100));
         }
         assert_eq!(table.len(), 10_000);
         // At time 200 every bucket is full again; new keys push the old ones out.
         for id in 10_001..=20_000u64 {
-            table.update_one(0, id, || 200, |tat| set(tat, 300));
+            table.update_one(0, id, || 200, |_| {}, |tat| set(tat, 300));
         }
         assert!(table.len() <= 10_000, "{} entries", table.len());
         // Live state survives a rebuild.
@@ -458,34 +563,79 @@ mod tests {
         assert_eq!(table.len(), 0);
     }
 
+    /// An entry id in partition `p`.
+    fn id_in(p: u64, n: u64) -> u64 {
+        (p << PARTITION_SHIFT) | n
+    }
+
     #[test]
-    fn a_full_shard_sends_new_keys_to_the_overflow_slot() {
-        const QUOTA: u64 = 0xabc1;
-        let table = Table::new(1, 3);
-        for key in 1..=3u64 {
-            table.update_one(key, key ^ QUOTA, || 0, |tat| set(tat, 1_000));
+    fn a_full_shard_evicts_the_least_indebted_states() {
+        let table = Table::new(1, 16);
+        for n in 1..=16u64 {
+            // Debts 1000 + n: key 1 owes the least.
+            table.update_one(0, id_in(1, n), || 0, |_| {}, |tat| set(tat, 1_000 + n));
         }
-        // Live entries are kept; keys 4 and 5 share one overflow slot.
-        let (a, b) = (
-            slot_addr(&table, 4, 4 ^ QUOTA, 10),
-            slot_addr(&table, 5, 5 ^ QUOTA, 10),
-        );
-        assert_eq!(a, b);
-        assert_eq!(table.len(), 4);
-        assert_ne!(
-            slot_addr(&table, 1, 1 ^ QUOTA, 10),
-            a,
-            "tracked keys keep their own slot"
-        );
-        // Once the live entries have expired, new keys get their own slots again.
-        let c = slot_addr(&table, 6, 6 ^ QUOTA, 2_000);
-        let d = slot_addr(&table, 7, 7 ^ QUOTA, 2_000);
-        assert_ne!(c, d);
+        assert_eq!(table.len(), 16);
+        let mut told = Evicted::default();
+        let new = table.update_one(0, id_in(1, 17), || 10, |e| told = e, load);
+        assert_eq!(new, 0, "a new key starts with a full bucket of its own");
+        // An eighth of the cap: the two least indebted.
+        assert_eq!(told, Evicted { states: 2 });
+        assert_eq!(table.evicted(), 2);
+        let ids: Vec<u64> = (1..=17).map(|n| id_in(1, n)).collect();
+        let tats: Vec<u64> = ids
+            .chunks(8)
+            .flat_map(|c| table.load(0, c)[..c.len()].to_vec())
+            .collect();
+        assert_eq!(tats[..2], [0, 0], "keys 1 and 2 were evicted");
+        assert!(tats[2..16].iter().zip(3..).all(|(&t, n)| t == 1_000 + n));
+        assert_eq!(table.len(), 15);
+        // The next new keys fit without another eviction.
+        table.update_one(0, id_in(1, 18), || 10, |_| panic!("no eviction"), |_| ());
+        assert_eq!(table.evicted(), 2);
+    }
+
+    #[test]
+    fn evictions_level_the_fullest_quota_first() {
+        let table = Table::new(1, 16);
+        // Quota 2's four states owe less than any of quota 1's twelve...
+        for n in 1..=12u64 {
+            table.update_one(0, id_in(1, n), || 0, |_| {}, |tat| set(tat, 5_000 + n));
+        }
+        for n in 1..=4u64 {
+            table.update_one(0, id_in(2, n), || 0, |_| {}, |tat| set(tat, 100 + n));
+        }
+        // ...but quota 1 holds the most, so its least indebted go.
+        table.update_one(0, id_in(1, 13), || 10, |_| {}, |_| ());
+        assert_eq!(table.evicted(), 2);
+        let quota_2: Vec<u64> = (1..=4).map(|n| id_in(2, n)).collect();
+        assert_eq!(table.load(0, &quota_2)[..4], [101, 102, 103, 104]);
+        let quota_1: Vec<u64> = (1..=3).map(|n| id_in(1, n)).collect();
+        assert_eq!(table.load(0, &quota_1)[..3], [0, 0, 5_003]);
+        // Equal shares: both lose.
+        let table = Table::new(1, 16);
+        for n in 1..=8u64 {
+            table.update_one(0, id_in(1, n), || 0, |_| {}, |tat| set(tat, 1_000 + n));
+            table.update_one(0, id_in(2, n), || 0, |_| {}, |tat| set(tat, 1_000 + n));
+        }
+        table.update_one(0, id_in(3, 1), || 10, |_| {}, |_| ());
         assert_eq!(
-            table.len(),
-            2,
-            "keys 6 and 7; the overflow slot's bucket was full"
+            table.load(0, &[id_in(1, 1), id_in(2, 1), id_in(1, 2)])[..3],
+            [0, 0, 1_002]
         );
+    }
+
+    #[test]
+    fn expired_states_are_dropped_before_any_eviction() {
+        let table = Table::new(1, 16);
+        for n in 1..=16u64 {
+            let tat = if n % 2 == 0 { 5 } else { 1_000 };
+            table.update_one(0, id_in(1, n), || 0, |_| {}, |tat_| set(tat_, tat));
+        }
+        // At time 10 half have expired: room without evicting.
+        table.update_one(0, id_in(1, 17), || 10, |_| panic!("no eviction"), |_| ());
+        assert_eq!(table.evicted(), 0);
+        assert_eq!(table.len(), 9);
     }
 
     #[test]
@@ -495,7 +645,13 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for id in 1..5_000u64 {
-                        table.update_one(0, id, || 0, |tat| tat.fetch_add(1, Ordering::AcqRel));
+                        table.update_one(
+                            0,
+                            id,
+                            || 0,
+                            |_| {},
+                            |tat| tat.fetch_add(1, Ordering::AcqRel),
+                        );
                     }
                 });
             }
