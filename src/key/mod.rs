@@ -23,6 +23,9 @@
 //! assert_eq!(extractor.extract(&request).unwrap().to_string(), "203.0.113.9");
 //! ```
 //!
+//! Keys may be secrets: logs and events show them as a short keyed hash unless a layer is
+//! told otherwise ([`LogKeys`]).
+//!
 //! When a key cannot be extracted (no peer address, a missing header, a malformed forwarded
 //! chain), the extractor returns a [`KeyError`]; the rate-limit layer answers it (HTTP 400 for
 //! the client's mistakes, 500 for the server's) and logs it, unless it is told to let such
@@ -31,6 +34,7 @@
 mod authority;
 mod client_ip;
 mod header;
+mod logged;
 mod peer;
 
 use std::borrow::Cow;
@@ -38,8 +42,9 @@ use std::fmt;
 use std::hash::Hash;
 
 pub use authority::Authority;
-pub use client_ip::{ClientIp, Forwarding, InvalidProxy};
+pub use client_ip::{ClientIp, Forwarding, InvalidProxy, UnknownForwarding, MAX_HOPS};
 pub use header::Header;
+pub use logged::{LogKeys, LoggedKey};
 pub use peer::{IpPrefix, PeerIp};
 
 /// Turns a request into the key it is counted under.

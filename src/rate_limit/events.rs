@@ -1,7 +1,7 @@
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::key::LoggedKey;
 use crate::{Decision, Quota};
 
 /// What the hook of [`RateLimitLayer::on_limit`](super::RateLimitLayer::on_limit) is told:
@@ -13,8 +13,9 @@ pub struct LimitEvent<'a> {
     pub kind: LimitEventKind,
     /// The limiter's name (see [`RateLimitLayer::name`](super::RateLimitLayer::name)).
     pub limiter: &'a str,
-    /// The request's key.
-    pub key: &'a dyn fmt::Debug,
+    /// The request's key, as logs may show it: a keyed hash unless the layer was told
+    /// [`LogKeys::Clear`](crate::key::LogKeys::Clear); [`LoggedKey::reveal`] gives the key.
+    pub key: LoggedKey<'a>,
     /// Denied: the retry-after. Waiting: how long the request waits.
     pub delay: Duration,
     /// The quota that decided.
@@ -41,7 +42,7 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
         LimitEventKind::Denied => tracing::debug!(
             target: "tollgate::rate_limit",
             limiter = event.limiter,
-            key = ?event.key,
+            key = %event.key,
             quota = event.quota.name(),
             retry_after_ms = event.delay.as_millis() as u64,
             "request denied"
@@ -49,7 +50,7 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
         LimitEventKind::Waiting => tracing::debug!(
             target: "tollgate::rate_limit",
             limiter = event.limiter,
-            key = ?event.key,
+            key = %event.key,
             quota = event.quota.name(),
             wait_ms = event.delay.as_millis() as u64,
             "request waits for its slot"

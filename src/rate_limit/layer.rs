@@ -9,7 +9,7 @@ use super::events::{Hook, LimitEvent};
 use super::policy::OnePerRequest;
 use super::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use super::service::{RateLimit, Shared};
-use crate::key::Global;
+use crate::key::{Global, LogKeys};
 use crate::metrics::LimiterMetrics;
 use crate::{MemoryStore, Quotas};
 
@@ -59,6 +59,7 @@ pub(crate) struct Options {
     pub(crate) missing_key: MissingKey,
     pub(crate) hook: Option<Hook>,
     pub(crate) name: Arc<str>,
+    pub(crate) log_keys: LogKeys,
 }
 
 impl RateLimitLayer {
@@ -76,6 +77,7 @@ impl RateLimitLayer {
                 missing_key: MissingKey::Reject,
                 hook: None,
                 name: Arc::from("rate_limit"),
+                log_keys: LogKeys::Hashed,
             },
         }
     }
@@ -171,11 +173,18 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
         self
     }
 
-    /// Calls `hook` for every denied request and every request made to wait, with its key and
-    /// delay. A `tracing` event (target `tollgate::rate_limit`, level DEBUG) is emitted either
-    /// way.
+    /// Calls `hook` for every denied request and every request made to wait, with its key
+    /// (shown as [`log_keys`](Self::log_keys) says) and delay. A `tracing` event (target
+    /// `tollgate::rate_limit`, level DEBUG) is emitted either way.
     pub fn on_limit(mut self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
         self.options.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// How keys are shown in `tracing` events and hook events: a short keyed hash by default,
+    /// since keys may be secrets; [`LogKeys::Clear`] for keys that are not (client IPs).
+    pub fn log_keys(mut self, shown: LogKeys) -> Self {
+        self.options.log_keys = shown;
         self
     }
 

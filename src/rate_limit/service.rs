@@ -1,6 +1,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
@@ -14,7 +15,7 @@ use super::future::ResponseFuture;
 use super::layer::{MissingKey, Mode, Options};
 use super::policy::{Cost, QuotaPolicy};
 use super::respond::{RateLimited, Refusal, Respond};
-use crate::key::KeyExtractor;
+use crate::key::{KeyExtractor, LoggedKey};
 use crate::metrics::LimiterMetrics;
 use crate::{Decision, Quotas, Store, StoreError};
 
@@ -292,10 +293,10 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         ResponseFuture::answered(self.respond.refuse(refusal))
     }
 
-    fn event(
+    fn event<Key: Hash + fmt::Debug>(
         &self,
         kind: LimitEventKind,
-        key: &dyn fmt::Debug,
+        key: &Key,
         quotas: &Quotas,
         decision: &Decision,
     ) {
@@ -314,7 +315,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
             &LimitEvent {
                 kind,
                 limiter: &self.options.name,
-                key,
+                key: LoggedKey::new(key, self.options.log_keys),
                 delay,
                 quota: &quotas.as_slice()[decision.quota_index()],
                 decision,
