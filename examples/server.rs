@@ -1,9 +1,9 @@
-//! A small axum API behind tollgate's rate limits.
+//! A small axum API behind tollgate's rate limits, served as a production server should be.
 //!
 //! ```text
 //! cargo run --example server            # 127.0.0.1:3000
 //! PORT=8080 cargo run --example server
-//! TRUSTED_PROXIES=10.0.0.0/8,127.0.0.1 cargo run --example server
+//! TRUSTED_PROXIES=127.0.0.1 CLIENT_IP_HEADER=x-real-ip cargo run --example server
 //! ```
 //!
 //! | route | limit |
@@ -11,29 +11,55 @@
 //! | `GET /` | none |
 //! | `GET /api/hello` | per client IP: 5 per second, burst 10 |
 //! | `POST /api/login` | per client IP: 3 per minute (its own limit) |
-//! | `GET /api/report` | per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
+//! | `GET /api/report` | per client IP: 20 per minute; then per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
 //! | `GET /metrics` | none: the counters of the limits above, in Prometheus text format |
 //!
-//! The client IP is the TCP peer. `X-Forwarded-For`, `Forwarded` and `X-Real-IP` count only
-//! when the peer is inside one of the CIDRs of `TRUSTED_PROXIES` (comma-separated).
+//! The client IP is the TCP peer. When the peer is inside one of the CIDRs of
+//! `TRUSTED_PROXIES` (comma-separated), the client is read from the one forwarding header
+//! named by `CLIENT_IP_HEADER`: `x-forwarded-for` (the default), `forwarded` or `x-real-ip`.
+//! Every other forwarding header is ignored: name the one your proxy writes.
 //!
 //! With `REDIS_URL` set (`redis://127.0.0.1:6379`), the limits live in Redis, so that several
 //! copies of the server share them: `PORT=3000 REDIS_URL=... cargo run --example server` and
 //! `PORT=3001 REDIS_URL=...` in another terminal let one burst through, across both.
+//!
+//! Against slow and idle clients: a request's headers must arrive within 10 s (an idle
+//! keep-alive connection is closed after as long), a request must be answered within 10 s
+//! (408 otherwise), at most 10,000 connections are served at once (further ones wait in the
+//! kernel's accept queue), and Ctrl-C stops accepting, then lets requests in flight finish
+//! for up to 10 s.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::HeaderValue;
-use axum::http::Response;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, Response, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tollgate::key::{ClientIp, Header};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tollgate::key::{ClientIp, Forwarding, Header, LogKeys};
 use tollgate::rate_limit::{RateLimitLayer, Refusal, Tiers};
 use tollgate::store::{OnFailure, RedisStore};
 use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::timeout::TimeoutLayer;
 use tracing_subscriber::EnvFilter;
+
+/// How long a client may take to send a request's headers, or stay idle between requests.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take, from its headers to the response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections served at once.
+const MAX_CONNECTIONS: usize = 10_000;
+/// How long Ctrl-C waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -50,8 +76,13 @@ async fn main() -> Result<(), BoxError> {
         Err(_) => 3000,
     };
     let trusted = std::env::var("TRUSTED_PROXIES").unwrap_or_default();
+    let header: Forwarding = match std::env::var("CLIENT_IP_HEADER") {
+        Ok(name) => name.parse()?,
+        Err(_) => Forwarding::XForwardedFor,
+    };
     let client_ip =
-        ClientIp::trusting(trusted.split(',').map(str::trim).filter(|s| !s.is_empty()))?;
+        ClientIp::trusting(trusted.split(',').map(str::trim).filter(|s| !s.is_empty()))?
+            .header(header);
 
     // The recorder goes in first: layers register their counters when they are built.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
@@ -68,34 +99,37 @@ async fn main() -> Result<(), BoxError> {
             "memory".to_owned(),
         ),
     };
-    let app = app.route("/metrics", get(move || render(prometheus.clone())));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let app = app
+        .route("/metrics", get(move || render(prometheus.clone())))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(
         address = %listener.local_addr()?,
         %store,
         trusted_proxies = ?client_ip.trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        client_ip_header = %client_ip.forwarding(),
         "serving: GET / (no limit), GET /api/hello (5/s, burst 10 per IP), \
-         POST /api/login (3/min per IP), GET /api/report (per x-api-key: 100/min premium-demo, 2/min others), \
-         GET /metrics"
+         POST /api/login (3/min per IP), GET /api/report (20/min per IP, then per x-api-key: \
+         100/min premium-demo, 2/min others), GET /metrics"
     );
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    serve(listener, app).await;
     Ok(())
 }
 
 /// The routes and their limits, with their state in `store`.
+///
+/// One store holds every limit's state: it counts states per quota, so that a flood on one
+/// route cannot evict another route's clients (see `MemoryStore`'s "At the cap").
 fn app<S>(client_ip: ClientIp, store: S) -> Result<Router, BoxError>
 where
     S: Store<IpAddr> + Store<HeaderValue>,
 {
     let hello = Quota::per_second(5)?.with_burst(10)?.named("hello")?;
     let login = Quota::per_minute(3)?.named("login")?;
+    let report_per_ip = Quota::per_minute(20)?.named("report-ip")?;
     let report_free = Quota::per_minute(2)?.named("report")?;
     let report_premium = Quota::per_minute(100)?.named("report-premium")?;
 
@@ -103,8 +137,13 @@ where
         RateLimitLayer::new(quota)
             .key(client_ip.clone())
             .store(store.clone())
+            // Client IPs are no secret here: log them in clear (API keys stay hashed).
+            .log_keys(LogKeys::Clear)
             .refuse_with(explain)
     };
+    // Any string is an API key here, so each invented key would get a bucket of its own: the
+    // per-IP limit in front makes every key a client invents cost it a request from its own
+    // IP's budget. (With a real key check, unknown keys would be refused before any bucket.)
     let per_api_key = RateLimitLayer::new(report_free.clone())
         .key(Header::new("x-api-key").or(""))
         .store(store.clone())
@@ -127,8 +166,61 @@ where
         )
         .route(
             "/api/report",
-            get(|| async { "report\n" }).layer(per_api_key),
+            // The per-IP limit first (outermost), then the per-key one.
+            get(|| async { "report\n" }).layer(
+                ServiceBuilder::new()
+                    .layer(per_ip(report_per_ip).name("report-ip"))
+                    .layer(per_api_key),
+            ),
         ))
+}
+
+/// Serves `app` on `listener` until Ctrl-C, with the timeouts and the connection bound above.
+async fn serve(listener: TcpListener, app: Router) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
+            _ = ctrl_c.as_mut() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: the next accept may succeed.
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            _ = ctrl_c.as_mut() => break,
+        };
+        // What `into_make_service_with_connect_info` would do: the peer for `ClientIp`.
+        let service = app.clone().map_request(move |mut request: Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: no new connections; waiting for requests in flight");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}: stopping anyway");
+    }
 }
 
 /// The `/metrics` page: every counter and histogram, in Prometheus text format.
