@@ -94,6 +94,14 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 
+    // A memory store at its cap: a flood of new keys makes it evict.
+    let small = MemoryStore::builder().max_keys(64).shards(1).build();
+    let per_hour = tollgate::Quotas::from(Quota::per_hour(1).unwrap());
+    for flood_key in 0..1_000u32 {
+        assert!(small.check(&flood_key, &per_hour, 1).unwrap().is_allowed());
+    }
+    assert!(small.evicted() > 900, "{}", small.evicted());
+
     let rendered = prometheus.render();
     let expect = |name_and_labels: &str, value: f64| {
         assert_eq!(
@@ -133,6 +141,16 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     expect(
         r#"tollgate_retry_budget_spent_total{layer="outbound"}"#,
         0.0,
+    );
+    expect(
+        r#"tollgate_store_evicted_total{store="memory"}"#,
+        small.evicted() as f64,
+    );
+    assert!(
+        sample(
+            &rendered,
+            r#"tollgate_store_cap_reached_total{store="memory"}"#
+        ) >= 100.0
     );
     // No label carries a key: no client address appears anywhere.
     assert!(!rendered.contains("127.0.0.1"), "{rendered}");
