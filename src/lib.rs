@@ -8,12 +8,14 @@ pub mod gcra;
 pub mod headers;
 pub mod key;
 pub mod learn;
+pub mod limiter;
 pub mod metrics;
 pub mod quota;
 pub mod rate_limit;
 pub mod retry;
 pub mod store;
 
+pub use limiter::RateLimiter;
 pub use quota::{Quota, QuotaError, Quotas};
 pub use rate_limit::{RateLimitLayer, RateLimited};
 pub use retry::RetryLayer;

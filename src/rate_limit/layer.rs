@@ -5,12 +5,11 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::events::{Hook, LimitEvent};
 use super::policy::OnePerRequest;
 use super::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use super::service::{RateLimit, Shared};
 use crate::key::{Global, LogKeys};
-use crate::metrics::LimiterMetrics;
+use crate::limiter::{Admission, Hook, LimitEvent};
 use crate::{MemoryStore, Quotas};
 
 /// Applies rate limits to a tower service. See the [module docs](super) for a tour.
@@ -278,11 +277,16 @@ where
             Arc::new(Shared {
                 key: self.key.clone(),
                 quotas: self.quotas.clone(),
-                store: self.store.clone(),
                 respond: self.respond.clone(),
                 cost: self.cost.clone(),
-                options: self.options.clone(),
-                metrics: LimiterMetrics::new(&self.options.name),
+                mode: self.options.mode,
+                missing_key: self.options.missing_key,
+                admission: Arc::new(Admission::new(
+                    self.store.clone(),
+                    Arc::clone(&self.options.name),
+                    self.options.hook.clone(),
+                    self.options.log_keys,
+                )),
             }),
         )
     }

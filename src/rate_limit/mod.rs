@@ -34,7 +34,9 @@
 //!    is refused (400 or 500) or let through ([`MissingKey`]).
 //! 2. The [quota policy](QuotaPolicy) picks the quotas, and the [cost](Cost) says how many
 //!    units the request takes (1 by default).
-//! 3. The [store](crate::Store) decides: allowed, allowed after a wait (wait mode), or denied.
+//! 3. The [store](crate::Store) decides, through the same admission path as a direct
+//!    [`RateLimiter`](crate::RateLimiter): allowed, allowed after a wait (wait mode), or
+//!    denied.
 //! 4. Allowed requests go to the inner service, and its response gets the rate-limit headers;
 //!    denied ones are answered by the layer: 429 with `Retry-After` for HTTP,
 //!    `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms` for gRPC ([`RateLimitLayer::grpc`]),
@@ -57,19 +59,17 @@
 //! layer answers refusals with responses, so no `HandleErrorLayer` is needed, and its state is
 //! shared by all clones, so no `BufferLayer` is needed either.
 
-mod events;
 mod future;
 mod layer;
 mod policy;
 mod respond;
 mod service;
 
-pub use events::{LimitEvent, LimitEventKind};
+pub use crate::limiter::{LimitEvent, LimitEventKind, RateLimited, Refusal};
 pub use future::ResponseFuture;
 pub use layer::{MissingKey, RateLimitLayer};
 pub use policy::{Cost, OnePerRequest, QuotaPolicy, Tiers};
 pub use respond::{
-    EmptyBody, Errors, Grpc, HeaderNote, HeaderOptions, Http, RateLimited, Refusal,
-    RefusalResponse, Respond,
+    EmptyBody, Errors, Grpc, HeaderNote, HeaderOptions, Http, RefusalResponse, Respond,
 };
 pub use service::RateLimit;

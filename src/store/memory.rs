@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::table::{self, Evicted, Table};
-use super::{Decision, Store, StoreError};
+use super::{Decision, ResetFuture, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::{Gcra, Step};
 use crate::quota::Single;
@@ -326,6 +326,11 @@ impl<C: Clock, K: Hash> Store<K> for MemoryStore<C> {
 
     fn refund(&self, key: &K, quotas: &Quotas, cost: u32) {
         MemoryStore::refund(self, key, quotas, cost);
+    }
+
+    fn reset(&self, key: &K, quotas: &Quotas) -> ResetFuture {
+        MemoryStore::reset(self, key, quotas);
+        Box::pin(ready(Ok(())))
     }
 }
 

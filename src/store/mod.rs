@@ -71,7 +71,18 @@ pub trait Store<K: ?Sized>: Clone + Send + Sync + 'static {
     /// Gives back the cost of an allowed request that never went ahead (a reservation that was
     /// dropped). Best effort: a network store may do it in the background.
     fn refund(&self, key: &K, quotas: &Quotas, cost: u32);
+
+    /// The state of `key` under `quotas`, without consuming anything: a decision of cost 0.
+    fn status(&self, key: &K, quotas: &Quotas) -> Self::Future {
+        self.decide(key, quotas, 0, Duration::ZERO)
+    }
+
+    /// Forgets `key`'s state under `quotas`: its buckets are full again.
+    fn reset(&self, key: &K, quotas: &Quotas) -> ResetFuture;
 }
+
+/// The answer to [`Store::reset`].
+pub type ResetFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
 /// Why a store could not decide.
 #[derive(Debug)]

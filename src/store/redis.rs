@@ -532,6 +532,10 @@ where
         cost: u32,
         _: Duration,
     ) -> Option<Result<Decision, StoreError>> {
+        // A peek (cost 0) reads Redis: status must not be a remembered denial.
+        if cost == 0 {
+            return None;
+        }
         let over_limit = self.inner.over_limit.as_ref()?;
         over_limit
             .check(key, quotas, cost, self.inner.clock.now())
@@ -557,7 +561,16 @@ where
         })
     }
 
+    fn reset(&self, key: &K, quotas: &Quotas) -> super::ResetFuture {
+        let (store, key, quotas) = (self.clone(), key.clone(), quotas.clone());
+        Box::pin(async move { RedisStore::reset(&store, &key, &quotas).await })
+    }
+
     fn refund(&self, key: &K, quotas: &Quotas, cost: u32) {
+        // A denial remembered before the refund may no longer hold.
+        if let Some(over_limit) = &self.inner.over_limit {
+            over_limit.forget(key, quotas);
+        }
         let inner = Arc::clone(&self.inner);
         let keys: Vec<Vec<u8>> = quotas
             .as_slice()

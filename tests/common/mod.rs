@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 
 pub mod nginx;
+pub mod redis;
 pub mod upstream;
 
 /// What the breakers of the tests count as a failure: an error or a 5xx.

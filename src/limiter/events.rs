@@ -1,17 +1,19 @@
+//! What hooks and `tracing` are told about denials and waits.
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::key::LoggedKey;
 use crate::{Decision, Quota};
 
-/// What the hook of [`RateLimitLayer::on_limit`](super::RateLimitLayer::on_limit) is told:
+/// What the hook of [`RateLimitLayer::on_limit`](crate::RateLimitLayer::on_limit) is told:
 /// a request was denied, or is waiting for its slot.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct LimitEvent<'a> {
     /// Denied or waiting.
     pub kind: LimitEventKind,
-    /// The limiter's name (see [`RateLimitLayer::name`](super::RateLimitLayer::name)).
+    /// The limiter's name (see [`RateLimitLayer::name`](crate::RateLimitLayer::name)).
     pub limiter: &'a str,
     /// The request's key, as logs may show it: a keyed hash unless the layer was told
     /// [`LogKeys::Clear`](crate::key::LogKeys::Clear); [`LoggedKey::reveal`] gives the key.

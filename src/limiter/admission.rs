@@ -1,0 +1,194 @@
+//! The one admission path: cost, decision, allow / wait / refuse, reports, slots.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::events::{emit, Hook, LimitEvent, LimitEventKind};
+use super::refusal::{RateLimited, Refusal};
+use crate::key::{LogKeys, LoggedKey};
+use crate::metrics::LimiterMetrics;
+use crate::store::StoreError;
+use crate::{Decision, Quotas, Store};
+
+/// What every decision of one limiter (or one layer) shares: the store, and how denials and
+/// waits are reported.
+pub(crate) struct Admission<S> {
+    pub(crate) store: S,
+    pub(crate) name: Arc<str>,
+    pub(crate) hook: Option<Hook>,
+    pub(crate) log_keys: LogKeys,
+    pub(crate) metrics: LimiterMetrics,
+}
+
+/// An admitted request: the store's decision, and the slot held until it is used.
+pub(crate) struct Admitted {
+    pub(crate) decision: Decision,
+    /// Gives the slot back unless [`Slot::used`] is called (waits, reservations).
+    pub(crate) slot: Option<Slot>,
+}
+
+/// The admission decided now, or a future deciding it (a network store).
+pub(crate) enum Admit {
+    Now(Result<Admitted, Refusal>),
+    Later(Pin<Box<dyn Future<Output = Result<Admitted, Refusal>> + Send>>),
+}
+
+impl<S> Admission<S> {
+    pub(crate) fn new(store: S, name: Arc<str>, hook: Option<Hook>, log_keys: LogKeys) -> Self {
+        let metrics = LimiterMetrics::new(&name);
+        Self {
+            store,
+            name,
+            hook,
+            log_keys,
+            metrics,
+        }
+    }
+
+    /// The one admission path: a request of `cost` for `key` under `quotas`, waiting at most
+    /// `max_wait` for its slot. With `hold`, the slot is held by a guard even when there is
+    /// nothing to wait for (a reservation made before its request exists).
+    #[inline]
+    pub(crate) fn admit<K>(
+        self: &Arc<Self>,
+        key: K,
+        quotas: &Quotas,
+        cost: u32,
+        max_wait: Duration,
+        hold: bool,
+    ) -> Admit
+    where
+        S: Store<K>,
+        K: Hash + fmt::Debug + Send + Sync + 'static,
+    {
+        if let Err(error) = quotas.check_cost(cost) {
+            return Admit::Now(Err(Refusal::TooCostly(error)));
+        }
+        match self.store.decide_now(&key, quotas, cost, max_wait) {
+            Some(decided) => Admit::Now(self.settle(key, quotas, cost, hold, decided)),
+            None => {
+                let deciding = self.store.decide(&key, quotas, cost, max_wait);
+                let (this, quotas) = (Arc::clone(self), quotas.clone());
+                Admit::Later(Box::pin(async move {
+                    let decided = deciding.await;
+                    this.settle(key, &quotas, cost, hold, decided)
+                }))
+            }
+        }
+    }
+
+    /// What the store's answer means for the request, reported once.
+    #[inline]
+    fn settle<K>(
+        &self,
+        key: K,
+        quotas: &Quotas,
+        cost: u32,
+        hold: bool,
+        decided: Result<Decision, StoreError>,
+    ) -> Result<Admitted, Refusal>
+    where
+        S: Store<K>,
+        K: Hash + fmt::Debug + Send + Sync + 'static,
+    {
+        let decision = match decided {
+            Ok(decision) => decision,
+            Err(StoreError::Quota(error)) => return Err(Refusal::TooCostly(error)),
+            Err(error) => return Err(Refusal::StoreFailed(error)),
+        };
+        if !decision.is_allowed() {
+            self.event(LimitEventKind::Denied, &key, quotas, &decision);
+            return Err(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
+        }
+        self.metrics.allowed();
+        let waits = !decision.wait().is_zero();
+        if waits {
+            self.event(LimitEventKind::Waiting, &key, quotas, &decision);
+        }
+        let slot = (waits || hold).then(|| Slot::new(&self.store, key, quotas, cost));
+        Ok(Admitted { decision, slot })
+    }
+
+    fn event<K: Hash + fmt::Debug>(
+        &self,
+        kind: LimitEventKind,
+        key: &K,
+        quotas: &Quotas,
+        decision: &Decision,
+    ) {
+        let delay = match kind {
+            LimitEventKind::Denied => {
+                self.metrics.limited();
+                decision.retry_after()
+            }
+            LimitEventKind::Waiting => {
+                self.metrics.waited(decision.wait());
+                decision.wait()
+            }
+        };
+        emit(
+            self.hook.as_ref(),
+            &LimitEvent {
+                kind,
+                limiter: &self.name,
+                key: LoggedKey::new(key, self.log_keys),
+                delay,
+                quota: &quotas.as_slice()[decision.quota_index()],
+                decision,
+            },
+        );
+    }
+}
+
+impl Admitted {
+    /// The slot has come: marks it used.
+    pub(crate) fn use_slot(self) -> Decision {
+        if let Some(slot) = self.slot {
+            slot.used();
+        }
+        self.decision
+    }
+
+    /// Sleeps until the slot, then marks it used.
+    pub(crate) async fn wait_for_slot(self) -> Decision {
+        let wait = self.decision.wait();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        if let Some(slot) = self.slot {
+            slot.used();
+        }
+        self.decision
+    }
+}
+
+/// A slot reserved in the store, given back when dropped unless it was used.
+pub(crate) struct Slot(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Slot {
+    fn new<K, S>(store: &S, key: K, quotas: &Quotas, cost: u32) -> Self
+    where
+        S: Store<K>,
+        K: Send + Sync + 'static,
+    {
+        let (store, quotas) = (store.clone(), quotas.clone());
+        Self(Some(Box::new(move || store.refund(&key, &quotas, cost))))
+    }
+
+    /// The slot was used: nothing to give back.
+    pub(crate) fn used(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(refund) = self.0.take() {
+            refund();
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! [`RateLimiter`]: the direct API.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::admission::{Admission, Admit};
+use super::events::LimitEvent;
+use super::refusal::Refusal;
+use crate::key::{Global, LogKeys};
+use crate::metrics::LimiterMetrics;
+use crate::store::StoreError;
+use crate::{Decision, MemoryStore, Quotas, Store};
+
+/// The longest wait [`RateLimiter::acquire`] accepts by default: in effect, none is too long
+/// (a network store's arithmetic stays exact below it).
+const FOREVER: Duration = Duration::from_secs(1 << 31);
+
+/// A rate limit used directly: `acquire().await` waits for a slot, `try_acquire().await`
+/// refuses at once. See the [module docs](self).
+///
+/// `K` is the key type ([`Global`] for one limit over everything), `S` the [`Store`].
+///
+/// # Clone
+///
+/// Clones share the store, so they share one limit, and the configuration.
+pub struct RateLimiter<K = Global, S = MemoryStore> {
+    admission: Arc<Admission<S>>,
+    quotas: Quotas,
+    max_wait: Duration,
+    _key: PhantomData<fn(K)>,
+}
+
+impl RateLimiter {
+    /// One limit of `quotas` (a [`Quota`](crate::Quota) or [`Quotas`]) over everything, in a
+    /// new [`MemoryStore`].
+    pub fn new(quotas: impl Into<Quotas>) -> Self {
+        RateLimiter::keyed(quotas)
+    }
+}
+
+impl<K> RateLimiter<K> {
+    /// A limit of `quotas` per key, in a new [`MemoryStore`]: [`key`](RateLimiter::key)
+    /// names the key of each call.
+    pub fn keyed(quotas: impl Into<Quotas>) -> Self {
+        Self {
+            admission: Arc::new(Admission::new(
+                MemoryStore::new(),
+                Arc::from("rate_limiter"),
+                None,
+                LogKeys::Hashed,
+            )),
+            quotas: quotas.into(),
+            max_wait: FOREVER,
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K, S> RateLimiter<K, S> {
+    /// The same limit over another store: a [`MemoryStore`] you configured or keep a clone
+    /// of, or a network store such as [`RedisStore`](crate::store::RedisStore).
+    #[must_use]
+    pub fn store<S2>(self, store: S2) -> RateLimiter<K, S2> {
+        let admission = &self.admission;
+        RateLimiter {
+            admission: Arc::new(Admission::new(
+                store,
+                Arc::clone(&admission.name),
+                admission.hook.clone(),
+                admission.log_keys,
+            )),
+            quotas: self.quotas,
+            max_wait: self.max_wait,
+            _key: PhantomData,
+        }
+    }
+
+    /// The longest [`acquire`](Self::acquire) waits; a slot further off is refused at once
+    /// with [`Refusal::Limited`]. Default: no limit.
+    #[must_use]
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait.min(FOREVER);
+        self
+    }
+
+    /// The quotas every call is decided against.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The store.
+    pub fn store_ref(&self) -> &S {
+        &self.admission.store
+    }
+}
+
+impl<K, S: Clone> RateLimiter<K, S> {
+    /// Names the limiter in events, logs and metrics (default `rate_limiter`).
+    #[must_use]
+    pub fn name(self, name: impl Into<Arc<str>>) -> Self {
+        let name = name.into();
+        self.reconfigure(|admission| {
+            admission.metrics = LimiterMetrics::new(&name);
+            admission.name = name;
+        })
+    }
+
+    /// Calls `hook` for every denial and every wait (see [`LimitEvent`]).
+    #[must_use]
+    pub fn on_limit(self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.reconfigure(|admission| admission.hook = Some(Arc::new(hook)))
+    }
+
+    /// How keys are shown in events and logs (default: a keyed hash, see [`LogKeys`]).
+    #[must_use]
+    pub fn log_keys(self, shown: LogKeys) -> Self {
+        self.reconfigure(|admission| admission.log_keys = shown)
+    }
+
+    fn reconfigure(mut self, change: impl FnOnce(&mut Admission<S>)) -> Self {
+        let admission = match Arc::get_mut(&mut self.admission) {
+            Some(admission) => admission,
+            None => {
+                let shared = &self.admission;
+                self.admission = Arc::new(Admission::new(
+                    shared.store.clone(),
+                    Arc::clone(&shared.name),
+                    shared.hook.clone(),
+                    shared.log_keys,
+                ));
+                Arc::get_mut(&mut self.admission).expect("just made")
+            }
+        };
+        change(admission);
+        self
+    }
+}
+
+impl<K, S> RateLimiter<K, S>
+where
+    S: Store<K>,
+    K: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+{
+    /// The calls for `key`.
+    pub fn key(&self, key: K) -> Keyed<'_, K, S> {
+        Keyed { limiter: self, key }
+    }
+}
+
+impl<S: Store<Global>> RateLimiter<Global, S> {
+    /// Takes one unit now, or is refused (with [`Refusal::retry_after`]) without waiting;
+    /// `.cost(n)` takes `n`.
+    pub fn try_acquire(&self) -> Acquire<'_, Global, S> {
+        self.key(Global).try_acquire()
+    }
+
+    /// Waits for a unit (in order with other waiters), then takes it; `.cost(n)` takes `n`.
+    /// Dropping the future before it completes gives the reserved slot back.
+    pub fn acquire(&self) -> Acquire<'_, Global, S> {
+        self.key(Global).acquire()
+    }
+
+    /// How many units could be taken now.
+    pub async fn available(&self) -> Result<u32, StoreError> {
+        self.key(Global).available().await
+    }
+
+    /// The limit's state now: remaining, reset, limit (nothing is taken).
+    pub async fn status(&self) -> Result<Decision, StoreError> {
+        self.key(Global).status().await
+    }
+
+    /// Fills the bucket again.
+    pub async fn reset(&self) -> Result<(), StoreError> {
+        self.key(Global).reset().await
+    }
+}
+
+impl<K, S: Clone> Clone for RateLimiter<K, S> {
+    fn clone(&self) -> Self {
+        Self {
+            admission: Arc::clone(&self.admission),
+            quotas: self.quotas.clone(),
+            max_wait: self.max_wait,
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K, S> fmt::Debug for RateLimiter<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("name", &self.admission.name)
+            .field("quotas", &self.quotas)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The calls of a [`RateLimiter`] for one key: [`RateLimiter::key`].
+pub struct Keyed<'a, K, S> {
+    limiter: &'a RateLimiter<K, S>,
+    key: K,
+}
+
+impl<'a, K, S> Keyed<'a, K, S>
+where
+    S: Store<K>,
+    K: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+{
+    /// Takes one unit now, or is refused without waiting; `.cost(n)` takes `n`.
+    pub fn try_acquire(self) -> Acquire<'a, K, S> {
+        Acquire {
+            limiter: self.limiter,
+            key: self.key,
+            cost: 1,
+            max_wait: Duration::ZERO,
+        }
+    }
+
+    /// Waits for a unit (up to [`RateLimiter::max_wait`]), then takes it; `.cost(n)` takes
+    /// `n`. Dropping the future before it completes gives the reserved slot back.
+    pub fn acquire(self) -> Acquire<'a, K, S> {
+        Acquire {
+            limiter: self.limiter,
+            key: self.key,
+            cost: 1,
+            max_wait: self.limiter.max_wait,
+        }
+    }
+
+    /// How many units could be taken now.
+    pub async fn available(self) -> Result<u32, StoreError> {
+        Ok(self.status().await?.remaining())
+    }
+
+    /// The key's state now: remaining, reset, limit (nothing is taken).
+    pub async fn status(self) -> Result<Decision, StoreError> {
+        let store = &self.limiter.admission.store;
+        store.status(&self.key, &self.limiter.quotas).await
+    }
+
+    /// Fills the key's bucket again.
+    pub async fn reset(self) -> Result<(), StoreError> {
+        let store = &self.limiter.admission.store;
+        store.reset(&self.key, &self.limiter.quotas).await
+    }
+}
+
+impl<K: fmt::Debug, S> fmt::Debug for Keyed<'_, K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed")
+            .field("limiter", &self.limiter.admission.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call to [`try_acquire`](Keyed::try_acquire) or [`acquire`](Keyed::acquire), to
+/// `.await`; [`cost`](Self::cost) sets how many units it takes.
+///
+/// It resolves to the store's [`Decision`] (what is left, when the bucket is full again), or
+/// to a [`Refusal`]: [`Limited`](Refusal::Limited) over the limit (with its `retry_after`),
+/// [`TooCostly`](Refusal::TooCostly) for a cost above a burst, which could never pass,
+/// [`StoreFailed`](Refusal::StoreFailed) when a network store failed and its policy denies.
+#[must_use = "does nothing until awaited"]
+pub struct Acquire<'a, K, S> {
+    limiter: &'a RateLimiter<K, S>,
+    key: K,
+    cost: u32,
+    max_wait: Duration,
+}
+
+impl<K, S> Acquire<'_, K, S> {
+    /// Takes `cost` units instead of one.
+    pub fn cost(mut self, cost: u32) -> Self {
+        self.cost = cost;
+        self
+    }
+}
+
+impl<'a, K, S> IntoFuture for Acquire<'a, K, S>
+where
+    S: Store<K>,
+    K: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+{
+    type Output = Result<Decision, Refusal>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let admitted = self.limiter.admission.admit(
+            self.key,
+            &self.limiter.quotas,
+            self.cost,
+            self.max_wait,
+            false,
+        );
+        Box::pin(async move {
+            let admitted = match admitted {
+                Admit::Now(admitted) => admitted?,
+                Admit::Later(deciding) => deciding.await?,
+            };
+            Ok(admitted.wait_for_slot().await)
+        })
+    }
+}
+
+impl<K: fmt::Debug, S> fmt::Debug for Acquire<'_, K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("cost", &self.cost)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,129 @@
+//! Why a request was refused: over the limit, an impossible cost, a failed store, no key.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::key::KeyError;
+use crate::{BoxError, Decision, Quota, QuotaError, Quotas, StoreError};
+
+/// Why a request was refused: by a [`RateLimiter`](crate::RateLimiter), or by the layer,
+/// which then answers it itself instead of passing it on.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Over the limit.
+    Limited(RateLimited),
+    /// The request has no key, and [`MissingKey::Reject`](crate::rate_limit::MissingKey::Reject) applies.
+    NoKey(KeyError),
+    /// The request costs more than a quota's burst: it could never pass.
+    TooCostly(QuotaError),
+    /// The store could not decide (a network store down or slow).
+    StoreFailed(StoreError),
+}
+
+impl Refusal {
+    /// When the request would pass, where that is known: over the limit, its retry-after.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Limited(limited) => Some(limited.retry_after()),
+            _ => None,
+        }
+    }
+
+    /// The status the built-in HTTP answer uses: 429 over the limit, 400 for a missing or
+    /// malformed key or an impossible cost, 500 when the server cannot see the key (a setup
+    /// mistake), 503 when the store failed.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoKey(e) if e.is_client_error() => StatusCode::BAD_REQUEST,
+            Self::NoKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TooCostly(_) => StatusCode::BAD_REQUEST,
+            Self::StoreFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The refusal as an error, for services that answer with errors.
+    pub fn into_error(self) -> BoxError {
+        match self {
+            Self::Limited(e) => Box::new(e),
+            Self::NoKey(e) => Box::new(e),
+            Self::TooCostly(e) => Box::new(e),
+            Self::StoreFailed(e) => Box::new(e),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Limited(e) => e.fmt(f),
+            Self::NoKey(e) => e.fmt(f),
+            Self::TooCostly(e) => e.fmt(f),
+            Self::StoreFailed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Limited(e) => Some(e),
+            Self::NoKey(e) => Some(e),
+            Self::TooCostly(e) => Some(e),
+            Self::StoreFailed(e) => Some(e),
+        }
+    }
+}
+
+/// The error of a request refused for being over the limit: [`retry_after`](Self::retry_after)
+/// says when it would pass.
+///
+/// Services that answer with errors ([`RateLimitLayer::errors`](crate::RateLimitLayer::errors))
+/// return it boxed; downcast to find it.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    decision: Decision,
+    quotas: Quotas,
+}
+
+impl RateLimited {
+    pub(crate) fn new(decision: Decision, quotas: Quotas) -> Self {
+        Self { decision, quotas }
+    }
+
+    /// How long until the request would pass.
+    pub fn retry_after(&self) -> Duration {
+        self.decision.retry_after()
+    }
+
+    /// The quota that refused.
+    pub fn quota(&self) -> &Quota {
+        &self.quotas.as_slice()[self.decision.quota_index()]
+    }
+
+    /// All the quotas that applied.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The store's decision.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limited by quota {:?}; retry after {:?}",
+            self.quota().name(),
+            self.retry_after()
+        )
+    }
+}
+
+impl std::error::Error for RateLimited {}
