@@ -57,7 +57,8 @@ use tower_service::Service;
 use crate::clock::TokioClock;
 use crate::headers::{ietf, legacy, retry_after};
 use crate::key::{Authority as AuthorityKey, KeyExtractor};
-use crate::{BoxError, MemoryStore, Quotas};
+use crate::limiter::Refusal;
+use crate::{BoxError, MemoryStore, Quotas, RateLimiter};
 
 /// The most destinations remembered; past it, hosts whose state has lapsed are forgotten.
 const MAX_HOSTS: usize = 4096;
@@ -107,8 +108,8 @@ impl Default for Aimd {
 struct Shared {
     hosts: Mutex<HashMap<Authority, Host>>,
     settings: Settings,
-    /// The state of hosts under the default quota.
-    default_store: MemoryStore<TokioClock>,
+    /// Hosts that said nothing, under the default quota: the crate's one admission path.
+    default_limiter: Option<RateLimiter<Authority, MemoryStore<TokioClock>>>,
 }
 
 /// What the builder methods set.
@@ -175,11 +176,22 @@ impl LearnLayer {
     }
 
     fn with_settings(settings: Settings) -> Self {
+        let default_limiter = settings.default_quota.clone().map(|quotas| {
+            let max_wait = if settings.wait {
+                settings.max_wait
+            } else {
+                Duration::ZERO
+            };
+            RateLimiter::keyed(quotas)
+                .store(MemoryStore::builder().clock(TokioClock::new()).build())
+                .max_wait(max_wait)
+                .name("learn_default")
+        });
         Self {
             shared: Arc::new(Shared {
                 hosts: Mutex::new(HashMap::new()),
                 settings,
-                default_store: MemoryStore::builder().clock(TokioClock::new()).build(),
+                default_limiter,
             }),
         }
     }
@@ -267,9 +279,44 @@ impl<S> fmt::Debug for Learn<S> {
 
 /// What admission decided.
 enum Admit {
-    Now,
-    After(Duration),
+    /// Go now, holding this place.
+    Now(Place),
+    /// Go after this wait: the place (an adaptive slot) is booked.
+    After(Duration, Place),
+    /// Not before this wait; nothing was taken.
     Refuse(Duration),
+}
+
+/// A request's place with its host: counted in flight, and, in adaptive mode, the slot booked
+/// for it. Dropping it gives back the count, and the booked slot if the request was never sent
+/// (a request dropped while it waited).
+struct Place {
+    shared: Arc<Shared>,
+    host: Authority,
+    /// The booked adaptive slot: when, and the interval it took.
+    booked: Option<(Instant, Duration)>,
+}
+
+impl Place {
+    /// The request is sent: its slot is spent, whatever happens next.
+    fn sent(&mut self) {
+        self.booked = None;
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut hosts = self.shared.lock();
+        if let Some(state) = hosts.get_mut(&self.host) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if let Some((slot, interval)) = self.booked {
+                // Only the last slot booked can be given back without moving another's.
+                if state.next_slot == Some(slot + interval) {
+                    state.next_slot = Some(slot);
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -277,8 +324,9 @@ impl Shared {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a place for one request to `host`, or says how long until there is one.
-    fn admit(&self, host: &Authority, now: Instant) -> Admit {
+    /// Takes a place for one request to `host`, or says how long until there is one (taking
+    /// nothing then).
+    fn admit(self: &Arc<Self>, host: &Authority, now: Instant) -> Admit {
         let mut hosts = self.lock();
         if hosts.len() >= MAX_HOSTS && !hosts.contains_key(host) {
             hosts.retain(|_, h| {
@@ -311,33 +359,43 @@ impl Shared {
             None if state.remaining == Some(0) && state.in_flight > 0 => wait = wait.max(NEWS_POLL),
             _ => {}
         }
-        if wait.is_zero() && !state.told {
+        if !wait.is_zero() {
+            return Admit::Refuse(wait);
+        }
+        let place = |booked| Place {
+            shared: Arc::clone(self),
+            host: host.clone(),
+            booked,
+        };
+        let mut booked = None;
+        if !state.told {
             if let Some(aimd) = self.settings.aimd {
                 let slot = state.next_slot.map_or(now, |s| s.max(now));
                 let rate = state
                     .rate
                     .clamp(aimd.floor.max(1e-3), aimd.ceiling.max(aimd.floor.max(1e-3)));
-                state.next_slot = Some(slot + Duration::from_secs_f64(1.0 / rate));
-                wait = slot - now;
+                let interval = Duration::from_secs_f64(1.0 / rate);
+                let wait = slot - now;
+                let may_wait = self.settings.wait && wait <= self.settings.max_wait;
+                if !(wait.is_zero() || may_wait) {
+                    return Admit::Refuse(wait);
+                }
+                // The slot is taken: this request goes at `slot`.
+                state.next_slot = Some(slot + interval);
+                state.in_flight += 1;
+                booked = Some((slot, interval));
                 if !wait.is_zero() {
-                    // The slot is taken: this request goes at `slot`, whatever happens.
-                    state.in_flight += 1;
-                    return if self.settings.wait && wait <= self.settings.max_wait {
-                        Admit::After(wait)
-                    } else {
-                        Admit::Refuse(wait)
-                    };
+                    return Admit::After(wait, place(booked));
                 }
             }
-        }
-        if !wait.is_zero() {
-            return Admit::Refuse(wait);
         }
         if let Some(remaining) = &mut state.remaining {
             *remaining = remaining.saturating_sub(1);
         }
-        state.in_flight += 1;
-        Admit::Now
+        if booked.is_none() {
+            state.in_flight += 1;
+        }
+        Admit::Now(place(booked))
     }
 
     /// Records what a response says of its host.
@@ -379,12 +437,6 @@ impl Shared {
             if let Some(aimd) = self.settings.aimd {
                 state.rate = (state.rate + aimd.step).min(aimd.ceiling);
             }
-        }
-    }
-
-    fn done(&self, host: &Authority) {
-        if let Some(state) = self.lock().get_mut(host) {
-            state.in_flight = state.in_flight.saturating_sub(1);
         }
     }
 }
@@ -450,18 +502,6 @@ fn read_limits(headers: &HeaderMap) -> Option<Limits> {
         .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))
 }
 
-/// Gives the in-flight place back however the request ends.
-struct InFlight {
-    shared: Arc<Shared>,
-    host: Authority,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.shared.done(&self.host);
-    }
-}
-
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Learn<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -489,18 +529,14 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let start = Instant::now();
-            loop {
+            let mut place = loop {
                 let now = Instant::now();
                 match shared.admit(&host, now) {
-                    Admit::Now => break,
-                    Admit::After(wait) => {
-                        let guard = InFlight {
-                            shared: Arc::clone(&shared),
-                            host: host.clone(),
-                        };
+                    Admit::Now(place) => break place,
+                    Admit::After(wait, place) => {
+                        // Dropped while waiting, the place and its slot are given back.
                         tokio::time::sleep(wait).await;
-                        // The slot was taken with the decision: go.
-                        return send(&shared, &mut inner, request, host, guard).await;
+                        break place;
                     }
                     Admit::Refuse(wait) => {
                         let waited = now - start;
@@ -513,39 +549,29 @@ where
                         tokio::time::sleep(wait).await;
                     }
                 }
-            }
+            };
             // Hosts that said nothing, under the default quota.
-            if let Some(quotas) = &shared.settings.default_quota {
+            if let Some(limiter) = &shared.default_limiter {
                 let told = shared.lock().get(&host).is_some_and(|h| h.told);
                 if !told {
-                    let max = if shared.settings.wait {
-                        shared.settings.max_wait
-                    } else {
-                        Duration::ZERO
+                    let admitted = match shared.settings.wait {
+                        true => limiter.key(host.clone()).acquire().await,
+                        false => limiter.key(host.clone()).try_acquire().await,
                     };
-                    match shared.default_store.check_or_wait(&host, quotas, 1, max) {
-                        Ok(decision) if decision.is_allowed() => {
-                            tokio::time::sleep(decision.wait()).await
-                        }
-                        Ok(decision) => {
-                            shared.done(&host);
+                    match admitted {
+                        Ok(_) => {}
+                        Err(Refusal::Limited(limited)) => {
                             return Err(Box::new(ServerLimit {
                                 host: host.to_string(),
-                                retry_after: decision.retry_after(),
+                                retry_after: limited.retry_after(),
                             }) as BoxError);
                         }
-                        Err(error) => {
-                            shared.done(&host);
-                            return Err(Box::new(error) as BoxError);
-                        }
+                        Err(refusal) => return Err(Box::new(refusal) as BoxError),
                     }
                 }
             }
-            let guard = InFlight {
-                shared: Arc::clone(&shared),
-                host: host.clone(),
-            };
-            send(&shared, &mut inner, request, host, guard).await
+            place.sent();
+            send(&shared, &mut inner, request, host, place).await
         })
     }
 }
@@ -555,7 +581,7 @@ async fn send<S, ReqB, ResB>(
     inner: &mut S,
     request: Request<ReqB>,
     host: Authority,
-    guard: InFlight,
+    place: Place,
 ) -> Result<Response<ResB>, BoxError>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -566,7 +592,7 @@ where
         .map_err(Into::into)?;
     let response = inner.call(request).await.map_err(Into::into)?;
     shared.learn(&host, response.status(), response.headers(), Instant::now());
-    drop(guard);
+    drop(place);
     Ok(response)
 }
 

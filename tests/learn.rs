@@ -369,3 +369,68 @@ async fn adaptive_mode_halves_on_throttling_and_grows_on_success() {
         start.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn refusals_in_adaptive_reject_mode_give_back_what_they_took() {
+    let (_, addr) = start().await;
+    let layer = LearnLayer::new().reject().adaptive(Aimd {
+        start: 1.0,
+        floor: 1.0,
+        ceiling: 1.0,
+        step: 1.0,
+        decrease: 0.5,
+    });
+    let svc = layer.layer(client());
+    // One a second: the first goes, the next three are refused at once.
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/200"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let refused = svc
+            .clone()
+            .oneshot(get_req(addr, "/say/x=1/200"))
+            .await
+            .unwrap_err();
+        assert!(refused.downcast_ref::<ServerLimit>().is_some(), "{refused}");
+    }
+    // The refused ones booked nothing: 1.5 s later the host's next slot is free.
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    let after = svc.clone().oneshot(get_req(addr, "/say/x=1/200")).await;
+    assert!(after.is_ok(), "{:?}", after.err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_waiting_frees_its_place() {
+    let (_, addr) = start().await;
+    let layer = LearnLayer::new().adaptive(Aimd {
+        start: 1.0,
+        floor: 1.0,
+        ceiling: 1.0,
+        step: 1.0,
+        decrease: 0.5,
+    });
+    let svc = layer.layer(client());
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/200"))
+        .await
+        .unwrap();
+    // Waits for the slot a second away; given up after 100 ms.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        svc.clone().oneshot(get_req(addr, "/say/x=1/200")),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    // Its slot was given back: the next request waits 0.9 s, not 1.9 s.
+    let start = Instant::now();
+    svc.clone()
+        .oneshot(get_req(addr, "/say/x=1/200"))
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+}
