@@ -25,9 +25,11 @@
 //!
 //! Against slow and idle clients: a request's headers must arrive within 10 s (an idle
 //! keep-alive connection is closed after as long), a request must be answered within 10 s
-//! (408 otherwise), at most 10,000 connections are served at once (further ones wait in the
-//! kernel's accept queue), and Ctrl-C stops accepting, then lets requests in flight finish
-//! for up to 10 s.
+//! (408 otherwise), a client that stops reading its responses is dropped when a write has
+//! waited 10 s, at most 10,000 connections are served at once (further ones wait in the
+//! kernel's accept queue; keep the process's file-descriptor limit above that), an accept
+//! error pauses accepting for a second, and Ctrl-C closes the listener, then lets requests in
+//! flight finish for up to 10 s (a second Ctrl-C stops at once).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,6 +58,11 @@ use tracing_subscriber::EnvFilter;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request may take, from its headers to the response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write may wait for a client that does not read its responses.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to pause accepting after an error (out of file descriptors, say), so that the
+/// loop neither spins nor floods the log while connections drain.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// The most connections served at once.
 const MAX_CONNECTIONS: usize = 10_000;
 /// How long Ctrl-C waits for requests in flight.
@@ -192,13 +199,20 @@ async fn serve(listener: TcpListener, app: Router) {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors, say: the next accept may succeed.
-                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors, say: pause (a spinning loop would take the core
+                    // and flood the log) while connections close.
+                    tracing::warn!(%error, "accept failed; pausing {ACCEPT_ERROR_PAUSE:?}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
             _ = ctrl_c.as_mut() => break,
         };
+        // A client that never reads its responses would hold the connection (and the kernel's
+        // buffers) forever: a write that cannot go on for WRITE_TIMEOUT ends it.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let stream = Box::pin(stream);
         // What `into_make_service_with_connect_info` would do: the peer for `ClientIp`.
         let service = app.clone().map_request(move |mut request: Request<_>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -214,12 +228,16 @@ async fn serve(listener: TcpListener, app: Router) {
             drop(permit);
         });
     }
+    // New connections are refused from now on, not left waiting.
+    drop(listener);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}: stopping anyway");
+    tokio::select! {
+        drained = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()) => {
+            if drained.is_err() {
+                tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}: stopping anyway");
+            }
+        }
+        _ = tokio::signal::ctrl_c() => tracing::warn!("second Ctrl-C: stopping at once"),
     }
 }
 

@@ -45,9 +45,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::header::RETRY_AFTER;
 use http::uri::Authority;
 use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::time::Instant;
@@ -55,7 +54,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::clock::TokioClock;
-use crate::headers::{ietf, legacy, retry_after};
+use crate::headers::server;
 use crate::key::{Authority as AuthorityKey, KeyExtractor};
 use crate::limiter::Refusal;
 use crate::{BoxError, MemoryStore, Quotas, RateLimiter};
@@ -407,7 +406,8 @@ impl Shared {
         let throttled =
             status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
         let cap = |d: Duration| d.min(self.settings.max_wait);
-        if let Some(limits) = read_limits(headers) {
+        let said = server::read(headers);
+        if let Some(limits) = said.limits {
             state.told = true;
             // Other requests still in flight will spend from what is left.
             let others = state.in_flight.saturating_sub(1);
@@ -418,15 +418,8 @@ impl Shared {
             }
         }
         if throttled {
-            let date = headers
-                .get(http::header::DATE)
-                .and_then(|d| d.to_str().ok())
-                .and_then(|d| httpdate::parse_http_date(d).ok())
-                .unwrap_or_else(SystemTime::now);
-            if let Some(delay) = headers
-                .get(RETRY_AFTER)
-                .and_then(|v| retry_after::parse(v, date))
-            {
+            // The same delay the retry layer reads: the later of every field.
+            if let Some(delay) = said.delay {
                 let until = now + cap(delay);
                 state.cooled_until = Some(state.cooled_until.map_or(until, |t| t.max(until)));
             }
@@ -439,67 +432,6 @@ impl Shared {
             }
         }
     }
-}
-
-/// What one response says of the limits: the most constraining of its dialects.
-#[derive(Debug, Default)]
-struct Limits {
-    remaining: u64,
-    reset: Option<Duration>,
-    limit: Option<u64>,
-}
-
-fn number(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-fn read_limits(headers: &HeaderMap) -> Option<Limits> {
-    let now = SystemTime::now();
-    let mut found: Vec<Limits> = Vec::new();
-    // The IETF fields: the item with the fewest left.
-    let policies: Vec<ietf::ServicePolicy> = headers
-        .get_all(ietf::RATELIMIT_POLICY)
-        .iter()
-        .flat_map(|v| ietf::parse_policy(v.as_bytes()))
-        .collect();
-    for value in headers.get_all(ietf::RATELIMIT).iter() {
-        for item in ietf::parse_ratelimit(value.as_bytes()) {
-            let limit = policies
-                .iter()
-                .find(|policy| policy.name == item.policy)
-                .map(|policy| policy.quota);
-            found.push(Limits {
-                remaining: item.remaining,
-                reset: item.reset,
-                limit,
-            });
-        }
-    }
-    // The older draft's three fields, and the X- ones.
-    let dialects = [
-        (
-            legacy::RATELIMIT_LIMIT,
-            legacy::RATELIMIT_REMAINING,
-            legacy::RATELIMIT_RESET,
-        ),
-        (
-            legacy::X_RATELIMIT_LIMIT,
-            legacy::X_RATELIMIT_REMAINING,
-            legacy::X_RATELIMIT_RESET,
-        ),
-    ];
-    for (limit, remaining, reset) in &dialects {
-        if let Some(remaining) = number(headers, remaining) {
-            found.push(Limits {
-                remaining,
-                reset: headers.get(reset).and_then(|v| legacy::parse_reset(v, now)),
-                limit: number(headers, limit),
-            });
-        }
-    }
-    found
-        .into_iter()
-        .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Learn<S>
@@ -599,6 +531,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_limits(headers: &HeaderMap) -> Option<server::Limits> {
+        server::read(headers).limits
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

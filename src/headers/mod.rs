@@ -3,6 +3,7 @@
 //! - [`ietf`]: `RateLimit-Policy` and `RateLimit`, draft-ietf-httpapi-ratelimit-headers-10.
 //! - [`legacy`]: `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
 //! - [`retry_after`]: `Retry-After`, always in whole seconds, rounded up.
+//! - [`server`]: the one reader of what a server says, every dialect at once, for clients.
 //!
 //! What the fields say for a token bucket (the numbers of the [binding
 //! quota](crate::Decision)):
@@ -30,6 +31,7 @@
 pub mod ietf;
 pub mod legacy;
 pub mod retry_after;
+pub mod server;
 
 use std::time::Duration;
 

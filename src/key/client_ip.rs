@@ -41,6 +41,15 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// header only if your proxy writes that one: a header your proxy does not write is the
 /// client's to choose.
 ///
+/// List only the proxies themselves in the trusted networks. Any connection from a trusted
+/// address is taken for a proxy, so a client that can connect *from* a trusted address (a
+/// process on the proxy's own host, or anything inside a trusted CIDR wider than the proxies)
+/// is believed when it writes the chain: behind nginx on 127.0.0.1 with
+/// `TRUSTED_PROXIES=127.0.0.1`, a local process that sends `X-Forwarded-For: 6.6.6.6` to nginx
+/// is counted as 6.6.6.6. Where local clients are a concern, have the proxy *replace* the
+/// header (`X-Real-IP $remote_addr`, read with [`Forwarding::XRealIp`]) rather than append to
+/// it.
+///
 /// Every hop is normalised before the trust check: IPv4-mapped IPv6 addresses become IPv4,
 /// IPv6 zone ids (`fe80::1%eth0`) are dropped, ports (`192.0.2.1:8080`, `[2001:db8::1]:443`)
 /// must be 0 to 65535. A chain from a trusted proxy whose deciding entry is not an address

@@ -1,10 +1,9 @@
 use std::error::Error;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::header::{DATE, RETRY_AFTER};
 use http::{HeaderMap, Response};
 
-use crate::headers::{ietf, legacy, retry_after};
+use crate::headers::server::{self, grpc_pushback_of_grpc, GrpcPushback};
 
 /// What an attempt's outcome calls for. Typed, not a bool: the kind of failure decides the
 /// backoff, and the server's own delay wins over it.
@@ -136,7 +135,7 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
                 other => classify_status(other, headers),
             };
         };
-        let pushback = grpc_pushback(headers);
+        let pushback = grpc_pushback_of_grpc(headers);
         match (status.trim(), pushback) {
             (_, Some(GrpcPushback::Stop)) => Classification::Final,
             ("0", _) => Classification::Success,
@@ -150,64 +149,17 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
     }
 }
 
-enum GrpcPushback {
-    After(Duration),
-    Stop,
-}
-
-fn grpc_pushback(headers: &HeaderMap) -> Option<GrpcPushback> {
-    let text = headers.get("grpc-retry-pushback-ms")?.to_str().ok()?.trim();
-    match text.parse::<i64>() {
-        Ok(ms) if ms < 0 => Some(GrpcPushback::Stop),
-        Ok(ms) => Some(GrpcPushback::After(Duration::from_millis(
-            ms.unsigned_abs(),
-        ))),
-        Err(_) => None,
-    }
-}
-
-/// The delay a server asked for, if it asked: the longest of `Retry-After` (seconds, or a date
-/// measured against the response's own `Date`), the reset of an exhausted `RateLimit` item,
-/// `X-RateLimit-Reset` when `X-RateLimit-Remaining` is 0 (epoch or delta, told apart), and
-/// `grpc-retry-pushback-ms`. Malformed values are ignored.
+/// The delay a server asked for, if it asked, as [`server::read`] reads it (the one reader
+/// `LearnLayer` uses too): the later of `Retry-After` (a date in the past is no delay), the
+/// reset of an exhausted `RateLimit` item, of exhausted `RateLimit-*` and `X-RateLimit-*`
+/// fields, and, on gRPC responses, `grpc-retry-pushback-ms` (negative: do not retry).
+/// Malformed values are ignored.
 pub fn pushback(headers: &HeaderMap) -> Option<Classification> {
-    let now = headers
-        .get(DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .unwrap_or_else(SystemTime::now);
-    let mut delays = Vec::new();
-    delays.extend(
-        headers
-            .get_all(RETRY_AFTER)
-            .iter()
-            .filter_map(|v| retry_after::parse(v, now)),
-    );
-    for value in headers.get_all(ietf::RATELIMIT).iter() {
-        delays.extend(
-            ietf::parse_ratelimit(value.as_bytes())
-                .into_iter()
-                .filter(|limit| limit.remaining == 0)
-                .filter_map(|limit| limit.reset),
-        );
+    let said = server::read(headers);
+    if said.stop {
+        return Some(Classification::Final);
     }
-    let exhausted = headers
-        .get(legacy::X_RATELIMIT_REMAINING)
-        .and_then(|r| r.to_str().ok())
-        .is_some_and(|r| r.trim() == "0");
-    if exhausted {
-        delays.extend(
-            headers
-                .get(legacy::X_RATELIMIT_RESET)
-                .and_then(|r| legacy::parse_reset(r, now)),
-        );
-    }
-    match grpc_pushback(headers) {
-        Some(GrpcPushback::Stop) => return Some(Classification::Final),
-        Some(GrpcPushback::After(delay)) => delays.push(delay),
-        None => {}
-    }
-    delays.into_iter().max().map(Classification::RetryAfter)
+    said.delay.map(Classification::RetryAfter)
 }
 
 /// Transient when some error of the chain is a connection failure or a timeout.
