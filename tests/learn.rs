@@ -19,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollgate::learn::{Aimd, LearnLayer, ServerLimit};
+use tollgate::retry::{ReplayBody, RetryAction, RetryLayer};
 use tollgate::Quota;
 use tower::{Layer, ServiceExt};
 
@@ -123,11 +124,24 @@ async fn say(
     (StatusCode::from_u16(status).unwrap(), headers).into_response()
 }
 
+/// Like `say` on the first request; every later one is a plain 200.
+async fn once(
+    Path((pairs, status)): Path<(String, u16)>,
+    State(upstream): State<Arc<Upstream>>,
+) -> Response {
+    if upstream.hits() == 0 {
+        return say(Path((pairs, status)), State(upstream)).await;
+    }
+    upstream.hits.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::OK, "ok").into_response()
+}
+
 async fn start() -> (Arc<Upstream>, SocketAddr) {
     let upstream = Arc::new(Upstream::default());
     let app = Router::new()
         .route("/limited/{dialect}", get(limited))
         .route("/say/{pairs}/{status}", get(say))
+        .route("/once/{pairs}/{status}", get(once))
         .with_state(Arc::clone(&upstream));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -433,4 +447,72 @@ async fn a_request_dropped_while_waiting_frees_its_place() {
         "{:?}",
         start.elapsed()
     );
+}
+
+/// RetryLayer → LearnLayer → client, as the example client stacks them.
+fn retry_over_learn() -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = http::Response<hyper::body::Incoming>,
+    Error = tollgate::BoxError,
+    Future = impl Send,
+> + Clone {
+    tower::ServiceBuilder::new()
+        .layer(RetryLayer::new()) // max_pushback 30 s
+        .layer(LearnLayer::new()) // max_wait 60 s
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>())
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_and_learn_agree_on_the_servers_delay() {
+    // 503 with Retry-After: 4 and "0 left, reset in 10 s" (the older draft's fields, which the
+    // retry layer once ignored): both layers read 10 s. The retry says and waits 10 s, and the
+    // learned limit has lapsed by then, so the learn layer adds nothing.
+    let (upstream, addr) = start().await;
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&said);
+    let stack = tower::ServiceBuilder::new()
+        .layer(RetryLayer::new().on_event(move |event| {
+            if let RetryAction::Retry { delay } = event.action {
+                log.lock().unwrap().push(delay);
+            }
+        }))
+        .layer(LearnLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    let start = Instant::now();
+    let response = stack
+        .oneshot(get_req(
+            addr,
+            "/once/retry-after=4;ratelimit-remaining=0;ratelimit-reset=10/503",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.hits(), 2);
+    assert_eq!(
+        *said.lock().unwrap(),
+        [Duration::from_secs(10)],
+        "the delay the retry reports"
+    );
+    assert_eq!(start.elapsed().as_secs(), 10, "and the delay waited in all");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_past_the_retrys_maximum_is_not_waited_by_learn_either() {
+    // The report's case: Retry-After 1 but reset in 40 s. The retry layer reads 40 s, past its
+    // 30 s max_pushback, and returns the 503 at once; before, it slept 1 s and the learn layer
+    // then waited 39 s more. And Retry-After 30 with reset 60, which took 120 s.
+    for pairs in [
+        "retry-after=1;ratelimit-remaining=0;ratelimit-reset=40",
+        "retry-after=30;x-ratelimit-remaining=0;x-ratelimit-reset=60",
+    ] {
+        let (upstream, addr) = start().await;
+        let start = Instant::now();
+        let response = retry_over_learn()
+            .oneshot(get_req(addr, &format!("/once/{pairs}/503")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{pairs}");
+        assert_eq!(upstream.hits(), 1, "{pairs}");
+        assert_eq!(start.elapsed(), Duration::ZERO, "{pairs}");
+    }
 }
