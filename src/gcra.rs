@@ -63,6 +63,12 @@ impl Gcra {
         }
     }
 
+    /// From the interval and the window (`interval × burst`), in nanoseconds.
+    #[inline]
+    pub(crate) fn from_nanos(interval: u64, window: u64) -> Self {
+        Self { interval, window }
+    }
+
     /// The interval, in nanoseconds.
     #[inline]
     pub fn interval_nanos(&self) -> u64 {

@@ -30,13 +30,27 @@
 //! whatever the traffic. Handles are registered when a layer makes its service, so install the
 //! recorder (a Prometheus exporter, say) before building the stack.
 
+/// The `reason` labels of `tollgate_retry_retries_total`, in the order of their counters.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) const RETRY_REASONS: [&str; 3] = ["transient", "throttled", "server_delay"];
+/// The `reason` labels of `tollgate_retry_gave_up_total`, in the order of their counters.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) const GIVE_UP_REASONS: [&str; 6] = [
+    "attempts",
+    "budget",
+    "deadline",
+    "body",
+    "pushback_too_long",
+    "not_idempotent",
+];
+
 #[cfg(feature = "metrics")]
 mod enabled {
     use std::time::Duration;
 
     use metrics::{counter, histogram, Counter, Histogram};
 
-    use crate::retry::{Classification, GiveUp};
+    use super::{GIVE_UP_REASONS, RETRY_REASONS};
 
     /// The metrics of one rate limiter.
     #[derive(Clone)]
@@ -81,16 +95,6 @@ mod enabled {
         budget_spent: Counter,
     }
 
-    const RETRY_REASONS: [&str; 3] = ["transient", "throttled", "server_delay"];
-    const GIVE_UP_REASONS: [&str; 6] = [
-        "attempts",
-        "budget",
-        "deadline",
-        "body",
-        "pushback_too_long",
-        "not_idempotent",
-    ];
-
     impl RetryMetrics {
         pub(crate) fn new(layer: &str) -> Self {
             let label = layer.to_owned();
@@ -105,26 +109,15 @@ mod enabled {
             }
         }
 
-        pub(crate) fn retried(&self, classification: Classification) {
-            let index = match classification {
-                Classification::Throttled => 1,
-                Classification::RetryAfter(_) => 2,
-                _ => 0,
-            };
+        /// A retry, for the reason at `index` of [`RETRY_REASONS`].
+        pub(crate) fn retried(&self, index: usize) {
             self.retries[index].increment(1);
         }
 
-        pub(crate) fn gave_up(&self, reason: GiveUp) {
-            let index = match reason {
-                GiveUp::Attempts => 0,
-                GiveUp::Budget => 1,
-                GiveUp::Deadline => 2,
-                GiveUp::Body => 3,
-                GiveUp::PushbackTooLong => 4,
-                GiveUp::NotIdempotent => 5,
-            };
+        /// A give-up, for the reason at `index` of [`GIVE_UP_REASONS`].
+        pub(crate) fn gave_up(&self, index: usize) {
             self.gave_up[index].increment(1);
-            if reason == GiveUp::Budget {
+            if GIVE_UP_REASONS[index] == "budget" {
                 self.budget_spent.increment(1);
             }
         }
@@ -146,8 +139,6 @@ mod enabled {
 #[cfg(not(feature = "metrics"))]
 mod disabled {
     use std::time::Duration;
-
-    use crate::retry::{Classification, GiveUp};
 
     #[derive(Clone)]
     pub(crate) struct LimiterMetrics;
@@ -176,10 +167,10 @@ mod disabled {
         }
 
         #[inline]
-        pub(crate) fn retried(&self, _: Classification) {}
+        pub(crate) fn retried(&self, _: usize) {}
 
         #[inline]
-        pub(crate) fn gave_up(&self, _: GiveUp) {}
+        pub(crate) fn gave_up(&self, _: usize) {}
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]

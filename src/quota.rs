@@ -34,8 +34,6 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gcra::Gcra;
-
 /// The longest window a quota may have: `interval × burst` stays below 2⁶² ns (about 146
 /// years), which leaves headroom for the sums of the algorithm without overflow.
 const MAX_WINDOW_NANOS: u64 = 1 << 62;
@@ -237,10 +235,12 @@ pub struct Quotas {
     inner: Arc<QuotasInner>,
 }
 
-/// What a decision needs of a lone quota.
+/// What a decision needs of a lone quota, copied out of it once (the GCRA's two numbers are
+/// built from `interval` and `window` by the store, which knows the algorithm).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Single {
-    pub(crate) gcra: Gcra,
+    pub(crate) interval: u64,
+    pub(crate) window: u64,
     pub(crate) id: u64,
     pub(crate) burst: u32,
 }
@@ -248,7 +248,8 @@ pub(crate) struct Single {
 impl Single {
     fn of(quota: &Quota) -> Self {
         Self {
-            gcra: Gcra::new(quota),
+            interval: quota.interval_nanos(),
+            window: quota.window_nanos(),
             id: quota.id,
             burst: quota.burst,
         }

@@ -27,6 +27,15 @@ pub enum Classification {
 }
 
 impl Classification {
+    /// Its place in the metrics' `reason` labels of retries.
+    pub(crate) fn metric_index(&self) -> usize {
+        match self {
+            Self::Throttled => 1,
+            Self::RetryAfter(_) => 2,
+            _ => 0,
+        }
+    }
+
     /// Whether this outcome asks for a retry.
     pub fn is_retryable(&self) -> bool {
         matches!(

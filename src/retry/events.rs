@@ -23,6 +23,20 @@ pub enum GiveUp {
     NotIdempotent,
 }
 
+impl GiveUp {
+    /// Its place in the metrics' `reason` labels.
+    pub(crate) fn metric_index(self) -> usize {
+        match self {
+            Self::Attempts => 0,
+            Self::Budget => 1,
+            Self::Deadline => 2,
+            Self::Body => 3,
+            Self::PushbackTooLong => 4,
+            Self::NotIdempotent => 5,
+        }
+    }
+}
+
 impl fmt::Display for GiveUp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

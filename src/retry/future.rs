@@ -147,7 +147,7 @@ where
                     match next {
                         Err(reason) => {
                             if let Some(metrics) = &this.config.metrics {
-                                metrics.gave_up(reason);
+                                metrics.gave_up(reason.metric_index());
                             }
                             emit(
                                 this.config.hook.as_ref(),
@@ -163,7 +163,7 @@ where
                         }
                         Ok(delay) => {
                             if let Some(metrics) = &this.config.metrics {
-                                metrics.retried(classification);
+                                metrics.retried(classification.metric_index());
                             }
                             emit(
                                 this.config.hook.as_ref(),

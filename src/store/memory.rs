@@ -148,7 +148,7 @@ impl<C: Clock> MemoryStore<C> {
     #[inline]
     fn decide_single<K: Hash>(&self, key: &K, quota: Single, cost: u32, max_wait: u64) -> Decision {
         let inner = &*self.inner;
-        let gcra = quota.gcra;
+        let gcra = Gcra::from_nanos(quota.interval, quota.window);
         if std::mem::size_of::<K>() == 0 {
             if let Some(tat) = inner.global.find(quota.id) {
                 return decide_one(gcra, tat, inner.clock.now(), cost, max_wait);
