@@ -10,6 +10,7 @@ pub mod key;
 pub mod learn;
 pub mod limiter;
 pub mod metrics;
+pub mod observe;
 pub mod quota;
 pub mod rate_limit;
 pub mod retry;

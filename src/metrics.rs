@@ -15,10 +15,10 @@
 //!
 //! | metric | kind | labels |
 //! | --- | --- | --- |
-//! | `tollgate_rate_limit_allowed_total` | counter | `limiter` |
-//! | `tollgate_rate_limit_limited_total` | counter | `limiter` |
-//! | `tollgate_rate_limit_waited_total` | counter | `limiter` |
-//! | `tollgate_rate_limit_wait_seconds` | histogram | `limiter` |
+//! | `tollgate_rate_limit_allowed_total` | counter | `layer` |
+//! | `tollgate_rate_limit_limited_total` | counter | `layer` |
+//! | `tollgate_rate_limit_waited_total` | counter | `layer` |
+//! | `tollgate_rate_limit_wait_seconds` | histogram | `layer` |
 //! | `tollgate_retry_retries_total` | counter | `layer`, `reason` (`transient`, `throttled`, `server_delay`) |
 //! | `tollgate_retry_gave_up_total` | counter | `layer`, `reason` (`attempts`, `budget`, `deadline`, `body`, `pushback_too_long`, `not_idempotent`) |
 //! | `tollgate_retry_budget_spent_total` | counter | `layer` |
@@ -62,13 +62,13 @@ mod enabled {
     }
 
     impl LimiterMetrics {
-        pub(crate) fn new(limiter: &str) -> Self {
-            let label = limiter.to_owned();
+        pub(crate) fn new(layer: &str) -> Self {
+            let label = layer.to_owned();
             Self {
-                allowed: counter!("tollgate_rate_limit_allowed_total", "limiter" => label.clone()),
-                limited: counter!("tollgate_rate_limit_limited_total", "limiter" => label.clone()),
-                waited: counter!("tollgate_rate_limit_waited_total", "limiter" => label.clone()),
-                wait_seconds: histogram!("tollgate_rate_limit_wait_seconds", "limiter" => label),
+                allowed: counter!("tollgate_rate_limit_allowed_total", "layer" => label.clone()),
+                limited: counter!("tollgate_rate_limit_limited_total", "layer" => label.clone()),
+                waited: counter!("tollgate_rate_limit_waited_total", "layer" => label.clone()),
+                wait_seconds: histogram!("tollgate_rate_limit_wait_seconds", "layer" => label),
             }
         }
 

@@ -396,7 +396,7 @@ async fn waiting_requests_fire_the_hook() {
         .store(paused_store())
         .key(Header::new("x-key"))
         .wait(Duration::from_millis(1500))
-        .on_limit(move |e| log.lock().unwrap().push((e.kind, e.delay)))
+        .on_event(move |e| log.lock().unwrap().push((e.kind, e.delay)))
         .layer(hello());
     for _ in 0..3 {
         let _ = svc.clone().oneshot(request("k")).await.unwrap();

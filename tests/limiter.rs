@@ -117,10 +117,10 @@ async fn denials_and_waits_reach_the_hook() {
     let limiter = RateLimiter::new(Quota::per_second(1).unwrap())
         .store(paused_store())
         .name("jobs")
-        .on_limit(move |event| {
+        .on_event(move |event| {
             log.lock()
                 .unwrap()
-                .push((event.limiter.to_owned(), event.kind))
+                .push((event.layer.to_owned(), event.kind))
         });
     limiter.acquire().await.unwrap();
     limiter.acquire().await.unwrap();

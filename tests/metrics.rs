@@ -110,18 +110,18 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
             "{name_and_labels} in\n{rendered}"
         );
     };
-    expect(r#"tollgate_rate_limit_allowed_total{limiter="api"}"#, 2.0);
-    expect(r#"tollgate_rate_limit_limited_total{limiter="api"}"#, 1.0);
-    expect(r#"tollgate_rate_limit_allowed_total{limiter="queue"}"#, 2.0);
-    expect(r#"tollgate_rate_limit_waited_total{limiter="queue"}"#, 1.0);
+    expect(r#"tollgate_rate_limit_allowed_total{layer="api"}"#, 2.0);
+    expect(r#"tollgate_rate_limit_limited_total{layer="api"}"#, 1.0);
+    expect(r#"tollgate_rate_limit_allowed_total{layer="queue"}"#, 2.0);
+    expect(r#"tollgate_rate_limit_waited_total{layer="queue"}"#, 1.0);
     expect(
-        r#"tollgate_rate_limit_wait_seconds_count{limiter="queue"}"#,
+        r#"tollgate_rate_limit_wait_seconds_count{layer="queue"}"#,
         1.0,
     );
     // Half a second, less what the paused clock auto-advanced while the first was on the wire.
     let waited = sample(
         &rendered,
-        r#"tollgate_rate_limit_wait_seconds_sum{limiter="queue"}"#,
+        r#"tollgate_rate_limit_wait_seconds_sum{layer="queue"}"#,
     );
     assert!((0.45..=0.5).contains(&waited), "{waited}");
     expect(r#"tollgate_store_errors_total{store="redis"}"#, 1.0);

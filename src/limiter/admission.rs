@@ -134,7 +134,7 @@ impl<S> Admission<S> {
             self.hook.as_ref(),
             &LimitEvent {
                 kind,
-                limiter: &self.name,
+                layer: &self.name,
                 key: LoggedKey::new(key, self.log_keys),
                 delay,
                 quota: &quotas.as_slice()[decision.quota_index()],

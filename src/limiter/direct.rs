@@ -112,7 +112,7 @@ impl<K, S: Clone> RateLimiter<K, S> {
 
     /// Calls `hook` for every denial and every wait (see [`LimitEvent`]).
     #[must_use]
-    pub fn on_limit(self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
+    pub fn on_event(self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
         self.reconfigure(|admission| admission.hook = Some(Arc::new(hook)))
     }
 

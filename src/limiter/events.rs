@@ -1,20 +1,20 @@
 //! What hooks and `tracing` are told about denials and waits.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::key::LoggedKey;
 use crate::{Decision, Quota};
 
-/// What the hook of [`RateLimitLayer::on_limit`](crate::RateLimitLayer::on_limit) is told:
-/// a request was denied, or is waiting for its slot.
+/// What the hook of [`RateLimitLayer::on_event`](crate::RateLimitLayer::on_event) (or
+/// [`RateLimiter::on_event`](crate::RateLimiter::on_event)) is told: a request was denied, or
+/// is waiting for its slot.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct LimitEvent<'a> {
     /// Denied or waiting.
     pub kind: LimitEventKind,
-    /// The limiter's name (see [`RateLimitLayer::name`](crate::RateLimitLayer::name)).
-    pub limiter: &'a str,
+    /// The layer's name (see [`RateLimitLayer::name`](crate::RateLimitLayer::name)).
+    pub layer: &'a str,
     /// The request's key, as logs may show it: a keyed hash unless the layer was told
     /// [`LogKeys::Clear`](crate::key::LogKeys::Clear); [`LoggedKey::reveal`] gives the key.
     pub key: LoggedKey<'a>,
@@ -36,14 +36,27 @@ pub enum LimitEventKind {
     Waiting,
 }
 
-pub(crate) type Hook = Arc<dyn Fn(&LimitEvent<'_>) + Send + Sync>;
+impl crate::observe::Event for LimitEvent<'_> {
+    fn layer(&self) -> &str {
+        self.layer
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.kind {
+            LimitEventKind::Denied => "denied",
+            LimitEventKind::Waiting => "waiting",
+        }
+    }
+}
+
+pub(crate) type Hook = std::sync::Arc<dyn Fn(&LimitEvent<'_>) + Send + Sync>;
 
 /// Calls the hook and emits the `tracing` event.
 pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
     match event.kind {
         LimitEventKind::Denied => tracing::debug!(
             target: "tollgate::rate_limit",
-            limiter = event.limiter,
+            layer = event.layer,
             key = %event.key,
             quota = event.quota.name(),
             retry_after_ms = event.delay.as_millis() as u64,
@@ -51,7 +64,7 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
         ),
         LimitEventKind::Waiting => tracing::debug!(
             target: "tollgate::rate_limit",
-            limiter = event.limiter,
+            layer = event.layer,
             key = %event.key,
             quota = event.quota.name(),
             wait_ms = event.delay.as_millis() as u64,

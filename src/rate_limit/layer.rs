@@ -175,7 +175,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// Calls `hook` for every denied request and every request made to wait, with its key
     /// (shown as [`log_keys`](Self::log_keys) says) and delay. A `tracing` event (target
     /// `tollgate::rate_limit`, level DEBUG) is emitted either way.
-    pub fn on_limit(mut self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
+    pub fn on_event(mut self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
         self.options.hook = Some(Arc::new(hook));
         self
     }

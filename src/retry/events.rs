@@ -84,6 +84,19 @@ pub enum RetryAction {
     GiveUp(GiveUp),
 }
 
+impl crate::observe::Event for RetryEvent<'_> {
+    fn layer(&self) -> &str {
+        self.layer
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.action {
+            RetryAction::Retry { .. } => "retry",
+            RetryAction::GiveUp(_) => "gave_up",
+        }
+    }
+}
+
 pub(crate) type Hook = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 
 pub(crate) fn emit(hook: Option<&Hook>, event: &RetryEvent<'_>) {
