@@ -22,6 +22,13 @@
 //! | `tollgate_retry_retries_total` | counter | `layer`, `reason` (`transient`, `throttled`, `server_delay`) |
 //! | `tollgate_retry_gave_up_total` | counter | `layer`, `reason` (`attempts`, `budget`, `deadline`, `body`, `pushback_too_long`, `not_idempotent`) |
 //! | `tollgate_retry_budget_spent_total` | counter | `layer` |
+//! | `tollgate_learn_waited_total` | counter | `layer` |
+//! | `tollgate_learn_wait_seconds` | histogram | `layer` |
+//! | `tollgate_learn_refused_total` | counter | `layer` |
+//! | `tollgate_learn_limits_learned_total` | counter | `layer`: responses that stated limits |
+//! | `tollgate_concurrency_waited_total` | counter | `layer` |
+//! | `tollgate_concurrency_refused_total` | counter | `layer` |
+//! | `tollgate_concurrency_in_flight` | gauge | `layer` |
 //! | `tollgate_store_errors_total` | counter | `store` |
 //! | `tollgate_store_cap_reached_total` | counter | `store` (`memory`): evictions run at the cap |
 //! | `tollgate_store_evicted_total` | counter | `store` (`memory`): live states they dropped |
@@ -84,6 +91,77 @@ mod enabled {
         pub(crate) fn waited(&self, wait: Duration) {
             self.waited.increment(1);
             self.wait_seconds.record(wait.as_secs_f64());
+        }
+    }
+
+    /// The metrics of one concurrency layer.
+    #[derive(Clone)]
+    pub(crate) struct ConcurrencyMetrics {
+        waited: Counter,
+        refused: Counter,
+        in_flight: metrics::Gauge,
+    }
+
+    impl ConcurrencyMetrics {
+        pub(crate) fn new(layer: &str) -> Self {
+            let label = layer.to_owned();
+            Self {
+                waited: counter!("tollgate_concurrency_waited_total", "layer" => label.clone()),
+                refused: counter!("tollgate_concurrency_refused_total", "layer" => label.clone()),
+                in_flight: metrics::gauge!("tollgate_concurrency_in_flight", "layer" => label),
+            }
+        }
+
+        pub(crate) fn waited(&self) {
+            self.waited.increment(1);
+        }
+
+        pub(crate) fn refused(&self) {
+            self.refused.increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn entered(&self) {
+            self.in_flight.increment(1.0);
+        }
+
+        #[inline]
+        pub(crate) fn left(&self) {
+            self.in_flight.decrement(1.0);
+        }
+    }
+
+    /// The metrics of one learn layer.
+    #[derive(Clone)]
+    pub(crate) struct LearnMetrics {
+        waited: Counter,
+        wait_seconds: Histogram,
+        refused: Counter,
+        learned: Counter,
+    }
+
+    impl LearnMetrics {
+        pub(crate) fn new(layer: &str) -> Self {
+            let label = layer.to_owned();
+            Self {
+                waited: counter!("tollgate_learn_waited_total", "layer" => label.clone()),
+                wait_seconds: histogram!("tollgate_learn_wait_seconds", "layer" => label.clone()),
+                refused: counter!("tollgate_learn_refused_total", "layer" => label.clone()),
+                learned: counter!("tollgate_learn_limits_learned_total", "layer" => label),
+            }
+        }
+
+        pub(crate) fn waited(&self, wait: Duration) {
+            self.waited.increment(1);
+            self.wait_seconds.record(wait.as_secs_f64());
+        }
+
+        pub(crate) fn refused(&self) {
+            self.refused.increment(1);
+        }
+
+        pub(crate) fn learned(&self) {
+            self.learned.increment(1);
         }
     }
 
@@ -156,6 +234,45 @@ mod disabled {
 
         #[inline]
         pub(crate) fn waited(&self, _: Duration) {}
+    }
+
+    #[derive(Clone)]
+    pub(crate) struct ConcurrencyMetrics;
+
+    impl ConcurrencyMetrics {
+        pub(crate) fn new(_: &str) -> Self {
+            Self
+        }
+
+        #[inline]
+        pub(crate) fn waited(&self) {}
+
+        #[inline]
+        pub(crate) fn refused(&self) {}
+
+        #[inline]
+        pub(crate) fn entered(&self) {}
+
+        #[inline]
+        pub(crate) fn left(&self) {}
+    }
+
+    #[derive(Clone)]
+    pub(crate) struct LearnMetrics;
+
+    impl LearnMetrics {
+        pub(crate) fn new(_: &str) -> Self {
+            Self
+        }
+
+        #[inline]
+        pub(crate) fn waited(&self, _: Duration) {}
+
+        #[inline]
+        pub(crate) fn refused(&self) {}
+
+        #[inline]
+        pub(crate) fn learned(&self) {}
     }
 
     #[derive(Clone)]

@@ -279,7 +279,7 @@ fn with_token(url: String, token: &'static str) -> Request<Full<Bytes>> {
 async fn at_most_three_in_flight_per_token_under_load_within_the_rate() {
     let (server, in_flight) = slow_server(Duration::from_secs(1)).await;
     let client = ServiceBuilder::new()
-        .layer(ConcurrencyLayer::new(3, key::Header::new("authorization")))
+        .layer(ConcurrencyLayer::new(3, key::Header::new("authorization")).errors())
         .layer(
             RateLimitLayer::new(Quota::per_second(100).unwrap())
                 .key(key::Header::new("authorization"))
@@ -311,7 +311,8 @@ async fn a_cancelled_call_gives_its_slot_back() {
     let client = ServiceBuilder::new()
         .layer(
             ConcurrencyLayer::new(2, key::Header::new("authorization"))
-                .max_wait(Duration::from_secs(1)),
+                .max_wait(Duration::from_secs(1))
+                .errors(),
         )
         .service(hyper_client::<Full<Bytes>>());
     let call = || {

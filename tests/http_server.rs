@@ -289,3 +289,36 @@ async fn the_store_answers_status_queries_and_resets() {
         [200, 200, 429]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_layer_answers_on_a_router_without_handle_error_layer() {
+    use std::time::Duration;
+    use tollgate::concurrency::ConcurrencyLayer;
+    // One request in flight per API key; a second waits 100 ms at most, then gets 503.
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "done"
+            }),
+        )
+        .layer(
+            ConcurrencyLayer::new(1, Header::new("x-api-key")).max_wait(Duration::from_millis(100)),
+        );
+    let server = TestServer::start(app).await;
+    let url = server.url("/slow");
+    let hung = {
+        let url = url.clone();
+        tokio::spawn(async move { fetch(&client(), &url, &[("x-api-key", "k")]).await })
+    };
+    // Let the first request reach the handler and take the slot.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let busy = fetch(&client(), &url, &[("x-api-key", "k")]).await;
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let no_key = fetch(&client(), &url, &[]).await;
+    assert_eq!(no_key.status(), StatusCode::BAD_REQUEST);
+    hung.abort();
+}

@@ -94,6 +94,39 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 
+    // A client learning from a server that says "0 left, reset in 30 s": learned once, and a
+    // reject-mode learn layer then refuses the next request locally.
+    let (_told, told_addr) = start_upstream([reply(200)
+        .header("x-ratelimit-remaining", "0")
+        .header("x-ratelimit-reset", "30")])
+    .await;
+    let learning = tollgate::learn::LearnLayer::new()
+        .reject()
+        .name("partner")
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let get = || {
+        Request::get(format!("http://{told_addr}/"))
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    assert!(learning.clone().oneshot(get()).await.is_ok());
+    assert!(learning.clone().oneshot(get()).await.is_err());
+
+    // One slot per key: a second request waits, then is refused.
+    let slot_held = tollgate::concurrency::ConcurrencyLayer::new(1, |_: &u32| Some(()))
+        .max_wait(Duration::from_millis(10))
+        .name("one-at-a-time")
+        .errors()
+        .layer(tower::service_fn(|_: u32| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, std::convert::Infallible>(())
+        }));
+    let first = tokio::spawn(slot_held.clone().oneshot(1));
+    tokio::task::yield_now().await;
+    assert!(slot_held.clone().oneshot(2).await.is_err());
+    let in_flight_while_held = prometheus.render();
+    first.abort();
+
     // A memory store at its cap: a flood of new keys makes it evict.
     let small = MemoryStore::builder().max_keys(64).shards(1).build();
     let per_hour = tollgate::Quotas::from(Quota::per_hour(1).unwrap());
@@ -141,6 +174,26 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     expect(
         r#"tollgate_retry_budget_spent_total{layer="outbound"}"#,
         0.0,
+    );
+    expect(
+        r#"tollgate_learn_limits_learned_total{layer="partner"}"#,
+        1.0,
+    );
+    expect(r#"tollgate_learn_refused_total{layer="partner"}"#, 1.0);
+    expect(
+        r#"tollgate_concurrency_waited_total{layer="one-at-a-time"}"#,
+        1.0,
+    );
+    expect(
+        r#"tollgate_concurrency_refused_total{layer="one-at-a-time"}"#,
+        1.0,
+    );
+    assert_eq!(
+        sample(
+            &in_flight_while_held,
+            r#"tollgate_concurrency_in_flight{layer="one-at-a-time"}"#
+        ),
+        1.0
     );
     expect(
         r#"tollgate_store_evicted_total{store="memory"}"#,

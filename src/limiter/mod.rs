@@ -57,4 +57,4 @@ pub(crate) use admission::{Admission, Admit, Admitted};
 pub use direct::{Acquire, Keyed, RateLimiter};
 pub(crate) use events::Hook;
 pub use events::{LimitEvent, LimitEventKind};
-pub use refusal::{RateLimited, Refusal};
+pub use refusal::{NoSlot, RateLimited, Refusal};

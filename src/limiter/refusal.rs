@@ -21,7 +21,33 @@ pub enum Refusal {
     TooCostly(QuotaError),
     /// The store could not decide (a network store down or slow).
     StoreFailed(StoreError),
+    /// No slot of a [`ConcurrencyLayer`](crate::concurrency::ConcurrencyLayer) came free in
+    /// time.
+    Busy(NoSlot),
 }
+
+/// No slot came free within the maximum wait of a
+/// [`ConcurrencyLayer`](crate::concurrency::ConcurrencyLayer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NoSlot {
+    /// The limit per key.
+    pub limit: usize,
+    /// How long the request waited.
+    pub waited: Duration,
+}
+
+impl fmt::Display for NoSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no slot among {} came free in {:?}",
+            self.limit, self.waited
+        )
+    }
+}
+
+impl std::error::Error for NoSlot {}
 
 impl Refusal {
     /// When the request would pass, where that is known: over the limit, its retry-after.
@@ -34,14 +60,14 @@ impl Refusal {
 
     /// The status the built-in HTTP answer uses: 429 over the limit, 400 for a missing or
     /// malformed key or an impossible cost, 500 when the server cannot see the key (a setup
-    /// mistake), 503 when the store failed.
+    /// mistake), 503 when the store failed or no concurrency slot came free.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NoKey(e) if e.is_client_error() => StatusCode::BAD_REQUEST,
             Self::NoKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TooCostly(_) => StatusCode::BAD_REQUEST,
-            Self::StoreFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreFailed(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -52,6 +78,7 @@ impl Refusal {
             Self::NoKey(e) => Box::new(e),
             Self::TooCostly(e) => Box::new(e),
             Self::StoreFailed(e) => Box::new(e),
+            Self::Busy(e) => Box::new(e),
         }
     }
 }
@@ -63,6 +90,7 @@ impl fmt::Display for Refusal {
             Self::NoKey(e) => e.fmt(f),
             Self::TooCostly(e) => e.fmt(f),
             Self::StoreFailed(e) => e.fmt(f),
+            Self::Busy(e) => e.fmt(f),
         }
     }
 }
@@ -74,6 +102,7 @@ impl std::error::Error for Refusal {
             Self::NoKey(e) => Some(e),
             Self::TooCostly(e) => Some(e),
             Self::StoreFailed(e) => Some(e),
+            Self::Busy(e) => Some(e),
         }
     }
 }

@@ -18,6 +18,37 @@ use crate::{MemoryStore, Quotas};
 /// layer: [`key`](Self::key), [`quotas`](Self::quotas), [`store`](Self::store),
 /// [`cost`](Self::cost), [`wait`](Self::wait), [`headers`](Self::headers), ...
 ///
+/// # On clients, and services that are not HTTP
+///
+/// By default the layer answers refused requests itself with an HTTP response (429), which
+/// it can only build for `http::Response<B>` with `B: Default` (axum's, tonic's and
+/// tower-http's bodies). A hyper or reqwest client's response body has no `Default`, so on a
+/// client call [`errors`](Self::errors): a refusal then fails the call with a
+/// [`RateLimited`](super::RateLimited) error. Without it, the stack does not compile
+/// ("`RateLimit<…>: Service<_>` is not satisfied"). Other non-HTTP services need it too.
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use tollgate::key::Authority;
+/// use tollgate::{Quota, RateLimitLayer};
+/// use tower::ServiceBuilder;
+///
+/// let client = ServiceBuilder::new()
+///     .layer(
+///         RateLimitLayer::new(Quota::per_second(10)?)
+///             .key(Authority) // one limit per destination host
+///             .wait(Duration::from_secs(5))
+///             .errors(), // a client: refusals are errors
+///     )
+///     .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+/// # drop(client);
+/// # Ok::<(), tollgate::QuotaError>(())
+/// ```
+///
 /// # Clone
 ///
 /// Cheap (a few `Arc`s). Every clone of the layer, and every service it makes, shares one

@@ -15,6 +15,10 @@ use crate::{BoxError, Decision, Quotas};
 /// Two families are built in: [`Http`] answers HTTP requests with a response (429 and
 /// rate-limit headers), [`Errors`] answers any service with an error. This trait is public so
 /// that the layer's types can be named; use those two rather than implementing it.
+#[diagnostic::on_unimplemented(
+    message = "the layer cannot answer `{T}` itself",
+    note = "the layer's default answers HTTP: `http::Response<B>` with `B: Default`; for other services (a hyper or reqwest client, tonic's channel, anything not HTTP) call `.errors()` on the layer"
+)]
 pub trait Respond<T, E>: Clone + Send + Sync + 'static {
     /// The error type of the wrapped service.
     type Error: Send + 'static;
@@ -191,6 +195,12 @@ impl HeaderNote {
 
 /// Builds the response to a refusal. Implemented by [`EmptyBody`] and by closures
 /// `Fn(&Refusal) -> Response<B>`.
+#[diagnostic::on_unimplemented(
+    message = "the layer cannot build a refusal response with a body of type `{B}`",
+    label = "refusals would be `Response<{B}>`, and `{B}` has no `Default`",
+    note = "on a client (hyper, reqwest), or any service whose responses the layer cannot build, call `.errors()` on the layer: refusals then fail the call with an error",
+    note = "on a server, give `.refuse_with(|refusal| ...)` a closure that builds the response"
+)]
 pub trait RefusalResponse<B>: Clone + Send + Sync + 'static {
     /// The response; `status` is the one the layer would use.
     fn response(&self, refusal: &Refusal, status: StatusCode) -> Response<B>;
@@ -268,7 +278,7 @@ where
 /// | no key, the client's mistake | 3, `INVALID_ARGUMENT` |
 /// | no key, the server's mistake | 13, `INTERNAL` |
 /// | a cost above the burst | 3, `INVALID_ARGUMENT` |
-/// | the store failed | 14, `UNAVAILABLE` |
+/// | the store failed, or no concurrency slot came free | 14, `UNAVAILABLE` |
 ///
 /// The rate-limit fields go along as metadata, as [`Http`] sends them.
 #[derive(Clone, Debug)]
@@ -289,7 +299,7 @@ fn grpc_status(refusal: &Refusal) -> (u8, String) {
         Refusal::NoKey(e) if e.is_client_error() => 3,
         Refusal::NoKey(_) => 13,
         Refusal::TooCostly(_) => 3,
-        Refusal::StoreFailed(_) => 14,
+        Refusal::StoreFailed(_) | Refusal::Busy(_) => 14,
     };
     // Percent-encoded as gRPC asks: only printable ASCII other than '%' goes as it is.
     let mut message = String::new();

@@ -1,0 +1,40 @@
+//! A limit on requests in flight per key: at most `n` at once for each API token, host or
+//! client, the others waiting their turn in arrival order.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use tollgate::concurrency::ConcurrencyLayer;
+//! use tollgate::key::Header;
+//!
+//! // At most 3 calls in flight per API token (as the Autotask API demands); a call waits at
+//! // most 30 s for its turn, then gets 503. No `HandleErrorLayer` needed.
+//! let app: Router = Router::new().route("/", get(|| async { "ok" })).layer(
+//!     ConcurrencyLayer::new(3, Header::new("authorization")).max_wait(Duration::from_secs(30)),
+//! );
+//! ```
+//!
+//! A slot is taken before the call and given back when the response future completes or is
+//! dropped (a cancelled request frees its slot at once). For HTTP, that is when the response
+//! head arrives, not when its body ends. It composes with [`RateLimitLayer`](crate::RateLimitLayer)
+//! (a rate and a concurrency on the same key), in either order.
+//!
+//! Like the rate-limit layer, it answers HTTP requests itself (503 when no slot came free in
+//! time, 400 or 500 without a key), so it works on an axum `Router` as it is;
+//! [`errors`](ConcurrencyLayer::errors) makes it fail with a [`NoSlot`] or
+//! [`KeyError`](crate::key::KeyError) instead, for clients (hyper, reqwest) and services that
+//! are not HTTP, and [`grpc`](ConcurrencyLayer::grpc) answers gRPC statuses.
+//!
+//! Keys with nothing in flight are forgotten, so the map holds only busy keys. As in the
+//! memory store, a key is held as a 64-bit keyed hash: two keys would share their slots only
+//! on a hash collision, which makes them stricter, never looser.
+
+mod events;
+mod layer;
+mod service;
+mod slots;
+
+pub use crate::limiter::NoSlot;
+pub use events::{ConcurrencyEvent, ConcurrencyEventKind};
+pub use layer::ConcurrencyLayer;
+pub use service::Concurrency;

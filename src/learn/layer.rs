@@ -1,0 +1,221 @@
+//! The layer and its settings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::uri::Authority;
+use tower_layer::Layer;
+
+use super::events::{Hook, LearnEvent};
+use super::service::Learn;
+use super::state::Shared;
+use crate::clock::TokioClock;
+use crate::metrics::LearnMetrics;
+use crate::{MemoryStore, Quotas, RateLimiter};
+
+/// Keeps an outbound client to the limits its servers state. See the [module docs](self).
+///
+/// # Clone
+///
+/// Clones, and the services they make, share what was learned.
+#[derive(Clone)]
+#[must_use]
+pub struct LearnLayer {
+    shared: Arc<Shared>,
+}
+
+/// Additive increase, multiplicative decrease of a host's rate, in requests per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aimd {
+    /// The rate to start at.
+    pub start: f64,
+    /// Never slower than this.
+    pub floor: f64,
+    /// Never faster than this.
+    pub ceiling: f64,
+    /// Added after each success.
+    pub step: f64,
+    /// Multiplied in after each 429 or 503 (0.5: halved).
+    pub decrease: f64,
+}
+
+impl Default for Aimd {
+    /// From 10 per second, between 1 and 100, +1 per success, halved on throttling.
+    fn default() -> Self {
+        Self {
+            start: 10.0,
+            floor: 1.0,
+            ceiling: 100.0,
+            step: 1.0,
+            decrease: 0.5,
+        }
+    }
+}
+
+/// What the builder methods set.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) wait: bool,
+    pub(crate) max_wait: Duration,
+    pub(crate) default_quota: Option<Quotas>,
+    pub(crate) aimd: Option<Aimd>,
+    pub(crate) name: Arc<str>,
+    pub(crate) hook: Option<Hook>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("name", &self.name)
+            .field("wait", &self.wait)
+            .field("max_wait", &self.max_wait)
+            .field("default_quota", &self.default_quota)
+            .field("aimd", &self.aimd)
+            .finish_non_exhaustive()
+    }
+}
+/// A request refused locally because its host said to wait, and the wait is not allowed
+/// (reject mode, or longer than the maximum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimit {
+    /// The host.
+    pub host: String,
+    /// How long until the host would accept it.
+    pub retry_after: Duration,
+}
+
+impl fmt::Display for ServerLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} asked to wait {:?} before the next request",
+            self.host, self.retry_after
+        )
+    }
+}
+
+impl std::error::Error for ServerLimit {}
+
+impl ServerLimit {
+    /// How long until the host would accept the request.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl LearnLayer {
+    /// Learns from responses, waits up to 60 s when told to, and leaves hosts that say nothing
+    /// unlimited.
+    pub fn new() -> Self {
+        Self::with_settings(Settings {
+            wait: true,
+            max_wait: Duration::from_secs(60),
+            default_quota: None,
+            aimd: None,
+            name: Arc::from("learn"),
+            hook: None,
+        })
+    }
+
+    fn with_settings(settings: Settings) -> Self {
+        let default_limiter = settings.default_quota.clone().map(|quotas| {
+            let max_wait = if settings.wait {
+                settings.max_wait
+            } else {
+                Duration::ZERO
+            };
+            RateLimiter::keyed(quotas)
+                .store(MemoryStore::builder().clock(TokioClock::new()).build())
+                .max_wait(max_wait)
+                .name("learn_default")
+        });
+        let metrics = LearnMetrics::new(&settings.name);
+        Self {
+            shared: Arc::new(Shared {
+                hosts: Mutex::new(HashMap::new()),
+                settings,
+                default_limiter,
+                metrics,
+            }),
+        }
+    }
+
+    /// A layer with changed settings (and nothing learned yet).
+    fn change(self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.shared.settings.clone();
+        change(&mut settings);
+        Self::with_settings(settings)
+    }
+
+    /// The longest a request may wait for its host (default 60 s); beyond, it is refused with
+    /// [`ServerLimit`]. It also caps what a hostile header can ask for.
+    pub fn max_wait(self, max_wait: Duration) -> Self {
+        self.change(|s| s.max_wait = max_wait)
+    }
+
+    /// Refuses at once, with [`ServerLimit`], instead of waiting.
+    pub fn reject(self) -> Self {
+        self.change(|s| s.wait = false)
+    }
+
+    /// Limits hosts that send no rate-limit headers to `quota`, until they do.
+    pub fn default_quota(self, quota: impl Into<Quotas>) -> Self {
+        let quotas = quota.into();
+        self.change(|s| s.default_quota = Some(quotas))
+    }
+
+    /// Paces hosts that send no rate-limit headers with an adaptive rate (see [`Aimd`]).
+    pub fn adaptive(self, aimd: Aimd) -> Self {
+        self.change(|s| s.aimd = Some(aimd))
+    }
+
+    /// Names the layer in events, logs and metrics (default `learn`).
+    pub fn name(self, name: impl Into<Arc<str>>) -> Self {
+        let name = name.into();
+        self.change(|s| s.name = name)
+    }
+
+    /// Calls `hook` when a request waits for its host, is refused locally, or a response
+    /// states limits.
+    pub fn on_event(self, hook: impl Fn(&LearnEvent<'_>) + Send + Sync + 'static) -> Self {
+        let hook: Hook = Arc::new(hook);
+        self.change(|s| s.hook = Some(hook))
+    }
+
+    /// The rate adaptive mode has settled on for `host`, if it paces it.
+    pub fn adaptive_rate(&self, host: &Authority) -> Option<f64> {
+        let hosts = self
+            .shared
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        hosts
+            .get(host)
+            .filter(|h| !h.told && self.shared.settings.aimd.is_some())
+            .map(|h| h.rate)
+    }
+}
+
+impl Default for LearnLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for LearnLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LearnLayer")
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for LearnLayer {
+    type Service = Learn<S>;
+
+    fn layer(&self, inner: S) -> Learn<S> {
+        Learn::new(inner, Arc::clone(&self.shared))
+    }
+}
