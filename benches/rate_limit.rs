@@ -187,5 +187,21 @@ fn layers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, layers);
+/// What one read of each candidate clock costs: the default clock reads the TSC through
+/// quanta; `std::time::Instant` is the OS's monotonic clock (vDSO `clock_gettime`).
+fn clocks(c: &mut Criterion) {
+    use tollgate::clock::{Clock, MonotonicClock};
+    let mut group = c.benchmark_group("clock read");
+    let tsc = MonotonicClock::new();
+    group.bench_function("tollgate MonotonicClock (quanta TSC)", |b| {
+        b.iter(|| black_box(tsc.now()))
+    });
+    let start = std::time::Instant::now();
+    group.bench_function("std::time::Instant::now", |b| {
+        b.iter(|| black_box(start.elapsed()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, layers, clocks);
 criterion_main!(benches);

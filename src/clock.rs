@@ -1,7 +1,7 @@
 //! Where "now" comes from: one clock per store, read once per decision.
 //!
-//! - [`MonotonicClock`], the default: the CPU's time-stamp counter through `quanta`, a few
-//!   nanoseconds a read, never going backwards.
+//! - [`MonotonicClock`], the default: the CPU's time-stamp counter through `quanta` where it is
+//!   invariant across cores, the OS's monotonic clock elsewhere (see [its docs](MonotonicClock#across-cores)).
 //! - [`TokioClock`]: tokio's clock, which `tokio::time::pause` and `advance` control. Use it in
 //!   tests, so that waits and refills are exact and take no wall time.
 //! - [`ManualClock`]: a number you move by hand, for tests without a runtime.
@@ -35,6 +35,18 @@ pub trait Clock: Clone + Send + Sync + 'static {
 ///
 /// It follows real time, not tokio's paused clock: tests that pause time should give the store
 /// a [`TokioClock`].
+///
+/// # Across cores
+///
+/// governor's users saw its TSC clock go backwards between cores (governor issue 299). quanta
+/// reads the TSC only where the processor has an *invariant* TSC and `rdtscp` (synchronised
+/// across cores, constant rate through power states; checked with `cpuid` once), and reads the
+/// OS's monotonic clock otherwise. Where it does read the TSC, what skew remains between cores
+/// is nanoseconds, and it can only make a decision stricter: a reading that is a little early
+/// sees a little more debt (`TAT − now`), never less. The OS clock (`std::time::Instant`)
+/// would remove even that, at a measured cost: 26.3 ns a read against 10.1 ns here (`cargo
+/// bench --bench rate_limit -- "clock read"`, BENCHMARKS.md), which would more than double an
+/// unkeyed decision. A store can be given any other [`Clock`].
 #[derive(Clone)]
 pub struct MonotonicClock {
     clock: quanta::Clock,
