@@ -51,8 +51,32 @@ impl Decision {
         }
     }
 
-    /// Combines the steps of every quota of a set, decided at `now`.
-    pub(crate) fn from_steps(quotas: &Quotas, steps: &[Step], now: u64) -> Self {
+    /// Combines the steps of every quota of a set, each decided at `now` with
+    /// [`Gcra::step`](crate::gcra::Gcra::step): the decision a [`Store`](crate::Store) returns.
+    /// This is how a store outside this crate answers; `steps` holds one step per quota, in
+    /// the set's order (a request is allowed only if every step allows it, and a store must
+    /// then commit every step's TAT, or none).
+    ///
+    /// ```
+    /// use tollgate::gcra::Gcra;
+    /// use tollgate::{Decision, Quota, Quotas};
+    ///
+    /// let quotas = Quotas::from(Quota::per_second(2).unwrap());
+    /// let (tat, now) = (0, 1_000_000_000);
+    /// let step = Gcra::new(&quotas.as_slice()[0]).step(tat, now, 1, 0);
+    /// let decision = Decision::from_steps(&quotas, &[step], now);
+    /// assert!(decision.is_allowed());
+    /// assert_eq!(decision.remaining(), 1);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `steps` is empty or longer than `quotas`.
+    pub fn from_steps(quotas: &Quotas, steps: &[Step], now: u64) -> Self {
+        assert!(
+            !steps.is_empty() && steps.len() <= quotas.len(),
+            "one step per quota of the set"
+        );
         let gcra = |i: usize| Gcra::new(&quotas.as_slice()[i]);
         let denied = steps
             .iter()
