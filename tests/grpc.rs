@@ -302,3 +302,37 @@ async fn pushback_beyond_the_maximum_returns_the_refusal_at_once() {
     );
     assert_eq!(seen.arrived.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn peer_ip_finds_the_peer_of_a_tonic_server() {
+    // The `tonic` feature: PeerIp reads the TcpConnectInfo tonic's server records, so a
+    // per-peer limit works as it is (without it, every call failed with INTERNAL).
+    let (reporter, health) = health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limit = RateLimitLayer::new(Quota::per_minute(2).unwrap())
+        .key(key::PeerIp::new())
+        .store(MemoryStore::builder().clock(TokioClock::new()).build())
+        .grpc();
+    let server = Server::builder().layer(limit).add_service(health);
+    tokio::spawn(async move {
+        let _keep_reporting = reporter;
+        server
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    let mut client = HealthClient::new(channel(addr).await);
+    let request = || {
+        tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        })
+    };
+    client.check(request()).await.expect("within the quota");
+    client.check(request()).await.expect("within the quota");
+    let status = client.check(request()).await.expect_err("over the quota");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}

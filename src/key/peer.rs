@@ -7,8 +7,9 @@ use super::{KeyError, KeyExtractor};
 /// The TCP peer's IP address, for servers that clients reach directly.
 ///
 /// The address is read from the request's extensions, where servers put it: axum's
-/// `ConnectInfo<SocketAddr>` (with the `axum` feature; serve with
-/// `into_make_service_with_connect_info::<SocketAddr>()`), or a plain `SocketAddr` (insert it
+/// `ConnectInfo<SocketAddr>` (with the `axum` feature, on by default; serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`), tonic's `TcpConnectInfo` (with the
+/// `tonic` feature; tonic's server records it by itself), or a plain `SocketAddr` (insert it
 /// in a hyper `service_fn`, as the tests do). IPv4-mapped IPv6 addresses count as IPv4, and
 /// IPv6 addresses are grouped by their [`IpPrefix`] (a /64 by default), since one subscriber
 /// is given at least a /64 and could otherwise rotate through 2⁶⁴ addresses.
@@ -57,16 +58,36 @@ pub(crate) fn peer_addr<B>(request: &Request<B>) -> Option<IpAddr> {
     {
         return Some(addr.ip());
     }
+    #[cfg(feature = "tonic")]
+    if let Some(addr) = extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+    {
+        return Some(addr.ip());
+    }
     extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
 pub(crate) fn no_peer_address() -> KeyError {
-    KeyError::unavailable(if cfg!(feature = "axum") {
-        "the request carries no peer address: serve with \
-         into_make_service_with_connect_info::<SocketAddr>(), or insert a SocketAddr extension"
-    } else {
-        "the request carries no peer address: insert a SocketAddr extension \
-         (or enable tollgate's `axum` feature for ConnectInfo)"
+    KeyError::unavailable(match (cfg!(feature = "axum"), cfg!(feature = "tonic")) {
+        (true, true) => {
+            "the request carries no peer address: on axum, serve with \
+             into_make_service_with_connect_info::<SocketAddr>(); on tonic, serve over TCP; \
+             elsewhere, insert a SocketAddr extension"
+        }
+        (true, false) => {
+            "the request carries no peer address: on axum, serve with \
+             into_make_service_with_connect_info::<SocketAddr>(); on tonic, enable tollgate's \
+             `tonic` feature; elsewhere, insert a SocketAddr extension"
+        }
+        (false, true) => {
+            "the request carries no peer address: on tonic, serve over TCP; on axum, enable \
+             tollgate's `axum` feature; elsewhere, insert a SocketAddr extension"
+        }
+        (false, false) => {
+            "the request carries no peer address: insert a SocketAddr extension, or enable \
+             tollgate's `axum` or `tonic` feature to read theirs"
+        }
     })
 }
 
@@ -141,6 +162,20 @@ mod tests {
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(addr));
+        assert_eq!(PeerIp::new().extract(&request).unwrap(), addr.ip());
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn reads_tonic_connect_info() {
+        let mut request = Request::new(());
+        let addr: SocketAddr = "198.51.100.2:80".parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(addr),
+            });
         assert_eq!(PeerIp::new().extract(&request).unwrap(), addr.ip());
     }
 

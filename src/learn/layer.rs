@@ -15,7 +15,7 @@ use crate::clock::TokioClock;
 use crate::metrics::LearnMetrics;
 use crate::{MemoryStore, Quotas, RateLimiter};
 
-/// Keeps an outbound client to the limits its servers state. See the [module docs](self).
+/// Keeps an outbound client to the limits its servers state. See the [module docs](super).
 ///
 /// # Clone
 ///

@@ -20,7 +20,7 @@ use crate::key::{Authority as AuthorityKey, KeyExtractor};
 use crate::limiter::Refusal;
 use crate::BoxError;
 
-/// The service made by [`LearnLayer`].
+/// The service made by [`LearnLayer`](super::LearnLayer).
 #[derive(Clone)]
 pub struct Learn<S> {
     inner: S,

@@ -21,7 +21,7 @@ use crate::{Decision, MemoryStore, Quotas, Store};
 const FOREVER: Duration = Duration::from_secs(1 << 31);
 
 /// A rate limit used directly: `acquire().await` waits for a slot, `try_acquire().await`
-/// refuses at once. See the [module docs](self).
+/// refuses at once. See the [module docs](super).
 ///
 /// `K` is the key type ([`Global`] for one limit over everything), `S` the [`Store`].
 ///
@@ -63,7 +63,7 @@ impl<K> RateLimiter<K> {
 
 impl<K, S> RateLimiter<K, S> {
     /// The same limit over another store: a [`MemoryStore`] you configured or keep a clone
-    /// of, or a network store such as [`RedisStore`](crate::store::RedisStore).
+    /// of, or a network store such as `RedisStore` (the `redis` feature).
     #[must_use]
     pub fn store<S2>(self, store: S2) -> RateLimiter<K, S2> {
         let admission = &self.admission;

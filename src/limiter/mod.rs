@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Per key, and over any [`Store`] (a [`RedisStore`](crate::store::RedisStore) shares the
+//! Per key, and over any [`Store`](crate::Store) (a `RedisStore`, with the `redis` feature, shares the
 //! limit with every instance):
 //!
 //! ```

@@ -363,8 +363,10 @@ where
     }
 }
 
-/// Answers any service with errors: a refused request fails with a boxed [`RateLimited`] (or
-/// [`KeyError`], [`QuotaError`], [`StoreError`]); the inner service's errors are boxed too.
+/// Answers any service with errors: a refused request fails with a boxed
+/// [`RateLimited`](crate::rate_limit::RateLimited) (or [`KeyError`](crate::key::KeyError),
+/// [`QuotaError`](crate::QuotaError), [`StoreError`](crate::StoreError)); the inner service's
+/// errors are boxed too.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Errors;
 
