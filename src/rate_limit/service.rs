@@ -124,10 +124,14 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
+        // Borrowed, not cloned: an `Arc` clone and drop per request were half of this
+        // function's time (two locked instructions).
+        let (shared, inner) = (&self.shared, &mut self.inner);
         if !matches!(self.reservation, Reservation::None) {
             match std::mem::take(&mut self.reservation) {
-                Reservation::Ready(reserved) => return self.call_reserved(request, reserved),
+                Reservation::Ready(reserved) => {
+                    return call_reserved(inner, shared, request, reserved)
+                }
                 Reservation::Refused(refusal) => return shared.refuse::<Svc, Req>(refusal),
                 // `call` without a ready `poll_ready`: decide now (the reservation, dropped,
                 // is given back).
@@ -144,7 +148,7 @@ where
                     tracing::warn!(target: "tollgate::rate_limit", limiter, %error, "request without a key");
                 }
                 return match shared.missing_key {
-                    MissingKey::Allow => ResponseFuture::calling(self.inner.call(request), None),
+                    MissingKey::Allow => ResponseFuture::calling(inner.call(request), None),
                     MissingKey::Reject => shared.refuse::<Svc, Req>(Refusal::NoKey(error)),
                 };
             }
@@ -155,114 +159,114 @@ where
         let admit = shared
             .admission
             .admit(key, quotas, cost, shared.max_wait(), false);
-        self.proceed(request, quotas, admit, None)
+        proceed(inner, shared, request, quotas, admit, None)
     }
 }
 
-impl<Svc, K, Q, S, R, C> RateLimit<Svc, K, Q, S, R, C> {
-    /// A call whose first unit was reserved in `poll_ready` (global key, fixed quotas).
-    fn call_reserved<Req>(&mut self, request: Req, reserved: Admitted) -> CallFuture<Svc, R, Req>
-    where
-        Svc: Service<Req> + Clone + Send + 'static,
-        Svc::Future: Send + 'static,
-        Svc::Response: Send + 'static,
-        Req: Send + 'static,
-        K: KeyExtractor<Req>,
-        Q: QuotaPolicy<K::Key, Req>,
-        S: Store<K::Key>,
-        R: Respond<Svc::Response, Svc::Error>,
-        C: Cost<Req>,
-    {
-        let shared = Arc::clone(&self.shared);
-        let (Some(key), Some(quotas)) = (shared.key.global_key(), shared.quotas.fixed()) else {
-            // Reservations are made only for a global key and fixed quotas.
-            return ResponseFuture::calling(self.inner.call(request), None);
-        };
-        match shared.cost.cost(&request) {
-            1 => {
-                let decision = reserved.use_slot();
-                let note = shared.respond.note(quotas, &decision);
-                ResponseFuture::calling(self.inner.call(request), note)
-            }
-            // Free: the reserved unit is given back.
-            0 => {
-                drop(reserved);
-                ResponseFuture::calling(self.inner.call(request), None)
-            }
-            // The reservation covers one unit; the rest is decided like any request, and the
-            // reserved unit is given back if the rest is refused.
-            cost => {
-                let admit = shared
-                    .admission
-                    .admit(key, quotas, cost - 1, shared.max_wait(), false);
-                self.proceed(request, quotas, admit, Some(reserved))
-            }
+/// A call whose first unit was reserved in `poll_ready` (global key, fixed quotas).
+fn call_reserved<Svc, Req, K, Q, S, R, C>(
+    inner: &mut Svc,
+    shared: &Arc<Shared<K, Q, S, R, C>>,
+    request: Req,
+    reserved: Admitted,
+) -> CallFuture<Svc, R, Req>
+where
+    Svc: Service<Req> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Response: Send + 'static,
+    Req: Send + 'static,
+    K: KeyExtractor<Req>,
+    Q: QuotaPolicy<K::Key, Req>,
+    S: Store<K::Key>,
+    R: Respond<Svc::Response, Svc::Error>,
+    C: Cost<Req>,
+{
+    let (Some(key), Some(quotas)) = (shared.key.global_key(), shared.quotas.fixed()) else {
+        // Reservations are made only for a global key and fixed quotas.
+        return ResponseFuture::calling(inner.call(request), None);
+    };
+    match shared.cost.cost(&request) {
+        1 => {
+            let decision = reserved.use_slot();
+            let note = shared.respond.note(quotas, &decision);
+            ResponseFuture::calling(inner.call(request), note)
+        }
+        // Free: the reserved unit is given back.
+        0 => {
+            drop(reserved);
+            ResponseFuture::calling(inner.call(request), None)
+        }
+        // The reservation covers one unit; the rest is decided like any request, and the
+        // reserved unit is given back if the rest is refused.
+        cost => {
+            let admit = shared
+                .admission
+                .admit(key, quotas, cost - 1, shared.max_wait(), false);
+            proceed(inner, shared, request, quotas, admit, Some(reserved))
         }
     }
+}
 
-    /// Calls the inner service for an admitted request (after its wait), or answers a refused
-    /// one; `reserved`, a unit reserved earlier, is used or given back with it.
-    #[inline]
-    fn proceed<Req>(
-        &mut self,
-        request: Req,
-        quotas: &Quotas,
-        admit: Admit,
-        reserved: Option<Admitted>,
-    ) -> CallFuture<Svc, R, Req>
-    where
-        Svc: Service<Req> + Clone + Send + 'static,
-        Svc::Future: Send + 'static,
-        Svc::Response: Send + 'static,
-        Req: Send + 'static,
-        K: KeyExtractor<Req>,
-        Q: QuotaPolicy<K::Key, Req>,
-        S: Store<K::Key>,
-        R: Respond<Svc::Response, Svc::Error>,
-        C: Cost<Req>,
-    {
-        let shared = &self.shared;
-        match admit {
-            Admit::Now(Ok(admitted)) if admitted.decision.wait().is_zero() => {
-                if let Some(reserved) = reserved {
-                    reserved.use_slot();
-                }
-                let note = shared.respond.note(quotas, &admitted.decision);
-                ResponseFuture::calling(self.inner.call(request), note)
+/// Calls the inner service for an admitted request (after its wait), or answers a refused
+/// one; `reserved`, a unit reserved earlier, is used or given back with it.
+#[inline]
+fn proceed<Svc, Req, K, Q, S, R, C>(
+    inner: &mut Svc,
+    shared: &Arc<Shared<K, Q, S, R, C>>,
+    request: Req,
+    quotas: &Quotas,
+    admit: Admit,
+    reserved: Option<Admitted>,
+) -> CallFuture<Svc, R, Req>
+where
+    Svc: Service<Req> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Response: Send + 'static,
+    Req: Send + 'static,
+    K: KeyExtractor<Req>,
+    Q: QuotaPolicy<K::Key, Req>,
+    S: Store<K::Key>,
+    R: Respond<Svc::Response, Svc::Error>,
+    C: Cost<Req>,
+{
+    match admit {
+        Admit::Now(Ok(admitted)) if admitted.decision.wait().is_zero() => {
+            if let Some(reserved) = reserved {
+                reserved.use_slot();
             }
-            Admit::Now(Ok(admitted)) => {
-                if let Some(reserved) = reserved {
-                    reserved.use_slot();
-                }
-                let note = shared.respond.note(quotas, &admitted.decision);
-                let inner = take_ready(&mut self.inner);
-                ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(
-                    inner, request, admitted, note,
-                )))
+            let note = shared.respond.note(quotas, &admitted.decision);
+            ResponseFuture::calling(inner.call(request), note)
+        }
+        Admit::Now(Ok(admitted)) => {
+            if let Some(reserved) = reserved {
+                reserved.use_slot();
             }
-            Admit::Now(Err(refusal)) => {
-                drop(reserved);
-                shared.refuse::<Svc, Req>(refusal)
-            }
-            Admit::Later(deciding) => {
-                // A network store: the rest happens in a boxed future.
-                let (shared, quotas) = (Arc::clone(shared), quotas.clone());
-                let inner = take_ready(&mut self.inner);
-                ResponseFuture::waiting(Box::pin(async move {
-                    let admitted = match deciding.await {
-                        Ok(admitted) => admitted,
-                        Err(refusal) => {
-                            drop(reserved);
-                            return shared.respond.refuse(refusal);
-                        }
-                    };
-                    if let Some(reserved) = reserved {
-                        reserved.use_slot();
+            let note = shared.respond.note(quotas, &admitted.decision);
+            let inner = take_ready(inner);
+            ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(inner, request, admitted, note)))
+        }
+        Admit::Now(Err(refusal)) => {
+            drop(reserved);
+            shared.refuse::<Svc, Req>(refusal)
+        }
+        Admit::Later(deciding) => {
+            // A network store: the rest happens in a boxed future.
+            let (shared, quotas) = (Arc::clone(shared), quotas.clone());
+            let inner = take_ready(inner);
+            ResponseFuture::waiting(Box::pin(async move {
+                let admitted = match deciding.await {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        drop(reserved);
+                        return shared.respond.refuse(refusal);
                     }
-                    let note = shared.respond.note(&quotas, &admitted.decision);
-                    call_at::<_, _, R>(inner, request, admitted, note).await
-                }))
-            }
+                };
+                if let Some(reserved) = reserved {
+                    reserved.use_slot();
+                }
+                let note = shared.respond.note(&quotas, &admitted.decision);
+                call_at::<_, _, R>(inner, request, admitted, note).await
+            }))
         }
     }
 }
