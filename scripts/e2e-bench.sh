@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# End-to-end throughput: an axum hello-world on loopback under wrk, bare vs behind tollgate's
-# RateLimitLayer (per IP, never refusing, headers on) vs behind tower_governor (same, with
-# use_headers), runs alternated so that drifts of a shared machine hit all alike. A control,
-# bare_with_headers, writes tollgate's two header fields as constants without any limiter:
-# what the extra bytes alone cost on the wire; tollgate_quiet is tollgate without headers on
-# allowed responses.
+# End to end: an axum hello-world on loopback under wrk, measured as the server's CPU time per
+# request (utime + stime from /proc, server pinned to core 0 with taskset, wrk to core 1),
+# which varies by about ±2% where requests/s swings by ±15% on these shared machines.
 #
-#   scripts/e2e-bench.sh            # ROUNDS=5 DURATION=10s CONNECTIONS=32 by default
+# Variants, alternated round by round so that drifts of the machine hit all alike:
+#   bare               axum hello-world
+#   bare_with_headers  the control: no limiter, tollgate's two header fields written as
+#                      constants (what the bytes alone cost)
+#   tollgate           a per-IP limit that never refuses, headers on
+#   tollgate_quiet     the same, no headers on allowed responses
+#   tower_governor     tower_governor's per-IP limit with use_headers
 #
-# Prints each run, then the median requests/s per variant and its ratio to bare.
+#   scripts/e2e-bench.sh            # ROUNDS=5 DURATION=8s CONNECTIONS=32 by default
+#
+# Prints each run, then per variant the median CPU µs per request and its ratios to bare and
+# to the control, and the median requests/s for reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-5}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-3100}
 MODES=(bare bare_with_headers tollgate tollgate_quiet tower_governor)
+TICK=$(getconf CLK_TCK)
 
 if ! command -v wrk >/dev/null; then
   apt-get update && apt-get install -y wrk
@@ -27,32 +34,42 @@ server=target/release/examples/e2e_server
 results=$(mktemp)
 trap 'rm -f "$results"; kill "${pid:-}" 2>/dev/null || true' EXIT
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 for round in $(seq "$ROUNDS"); do
   for mode in "${MODES[@]}"; do
-    "$server" "$mode" "$PORT" &
+    taskset -c 0 "$server" "$mode" "$PORT" &
     pid=$!
     for _ in $(seq 100); do
       curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break
       sleep 0.05
     done
     # Warm up, then measure.
-    wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT/" >/dev/null
-    rps=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$PORT/" | awk '/Requests\/sec/ {print $2}')
+    taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT/" >/dev/null
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$PORT/")
+    after=$(cpu_ticks "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    echo "round $round  $mode  $rps req/s"
-    echo "$mode $rps" >> "$results"
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    us=$(python3 -c "print(($after - $before) / $TICK * 1e6 / $requests)")
+    printf 'round %s  %-17s %8.3f µs CPU/request  %9.0f req/s\n' "$round" "$mode" "$us" "$rps"
+    echo "$mode $us $rps" >> "$results"
   done
 done
 
 echo
 python3 - "$results" <<'PY'
 import statistics, sys
-runs = {}
+cpu, rps = {}, {}
 for line in open(sys.argv[1]):
-    mode, rps = line.split()
-    runs.setdefault(mode, []).append(float(rps))
-bare = statistics.median(runs["bare"])
-for mode, values in runs.items():
-    median = statistics.median(values)
-    print(f"{mode:15} median {median:10.0f} req/s   {median / bare:5.3f} x bare   runs {', '.join(f'{v:.0f}' for v in values)}")
+    mode, us, r = line.split()
+    cpu.setdefault(mode, []).append(float(us))
+    rps.setdefault(mode, []).append(float(r))
+bare = statistics.median(cpu["bare"])
+control = statistics.median(cpu["bare_with_headers"])
+for mode in cpu:
+    m = statistics.median(cpu[mode])
+    print(f"{mode:17} median {m:6.3f} µs CPU/request  {m / bare:5.3f} x bare  {m / control:5.3f} x control"
+          f"  ({statistics.median(rps[mode]):8.0f} req/s)  runs {', '.join(f'{v:.3f}' for v in cpu[mode])}")
 PY

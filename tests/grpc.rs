@@ -336,3 +336,35 @@ async fn peer_ip_finds_the_peer_of_a_tonic_server() {
     let status = client.check(request()).await.expect_err("over the quota");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_not_told_grpc_still_answers_grpc_calls_in_grpc() {
+    // No `.grpc()`: the HTTP answer sees `content-type: application/grpc` and answers
+    // RESOURCE_EXHAUSTED, where clients once saw `Unavailable` mapped from HTTP 429.
+    let (reporter, health) = health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limit = RateLimitLayer::new(Quota::per_minute(1).unwrap())
+        .store(MemoryStore::builder().clock(TokioClock::new()).build());
+    let server = Server::builder().layer(limit).add_service(health);
+    tokio::spawn(async move {
+        let _keep_reporting = reporter;
+        server
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    let mut client = HealthClient::new(channel(addr).await);
+    let request = || {
+        tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        })
+    };
+    client.check(request()).await.expect("within the quota");
+    let status = client.check(request()).await.expect_err("over the quota");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+}

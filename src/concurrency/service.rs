@@ -15,7 +15,7 @@ use super::slots::{Held, Slots};
 use crate::key::{KeyExtractor, LogKeys, LoggedKey};
 use crate::limiter::{NoSlot, Refusal};
 use crate::metrics::ConcurrencyMetrics;
-use crate::rate_limit::Respond;
+use crate::rate_limit::Refuse;
 
 /// The service made by [`ConcurrencyLayer`](super::ConcurrencyLayer).
 ///
@@ -105,7 +105,7 @@ where
     S::Response: Send + 'static,
     Req: Send + 'static,
     K: KeyExtractor<Req>,
-    R: Respond<S::Response, S::Error>,
+    R: Refuse<Req, S::Response, S::Error>,
 {
     type Response = S::Response;
     type Error = R::Error;
@@ -121,7 +121,7 @@ where
             Ok(key) => key,
             Err(error) => {
                 tracing::debug!(target: "tollgate::concurrency", layer = &*shared.name, %error, "request without a key");
-                let answer = shared.respond.refuse(Refusal::NoKey(error));
+                let answer = shared.respond.refuse(Refusal::NoKey(error), &request);
                 return Box::pin(std::future::ready(answer));
             }
         };
@@ -165,7 +165,7 @@ where
                             limit: shared.limit,
                             waited,
                         };
-                        return shared.respond.refuse(Refusal::Busy(busy));
+                        return shared.respond.refuse(Refusal::Busy(busy), &request);
                     }
                 },
             };

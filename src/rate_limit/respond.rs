@@ -12,8 +12,9 @@ use crate::{BoxError, Decision, Quotas};
 /// How the layer answers: what it adds to responses it lets through, and what it returns for
 /// requests it refuses.
 ///
-/// Two families are built in: [`Http`] answers HTTP requests with a response (429 and
-/// rate-limit headers), [`Errors`] answers any service with an error. This trait is public so
+/// Three are built in: [`Http`] answers HTTP requests with a response (429 and rate-limit
+/// headers; a gRPC call, told by its `content-type`, with a gRPC status), [`Grpc`] answers
+/// gRPC calls, [`Errors`] answers any service with an error. This trait is public so
 /// that the layer's types can be named; use those two rather than implementing it.
 #[diagnostic::on_unimplemented(
     message = "the layer cannot answer `{T}` itself",
@@ -31,11 +32,19 @@ pub trait Respond<T, E>: Clone + Send + Sync + 'static {
     /// Applies a note to the response.
     fn annotate(note: Self::Note, response: &mut T);
 
-    /// The answer to a refused request.
-    fn refuse(&self, refusal: Refusal) -> Result<T, Self::Error>;
-
     /// Converts the inner service's error.
     fn inner_error(error: E) -> Self::Error;
+}
+
+/// How the layer answers a refused request of type `Req`, which it may look at: the HTTP
+/// answer answers a gRPC call (told by its `content-type`) in gRPC.
+#[diagnostic::on_unimplemented(
+    message = "the layer cannot answer `{T}` itself",
+    note = "the layer's default answers HTTP: `http::Request<_>` with `http::Response<B>`, `B: Default`; for other services (a hyper or reqwest client, tonic's channel, anything not HTTP) call `.errors()` on the layer"
+)]
+pub trait Refuse<Req, T, E>: Respond<T, E> {
+    /// The answer to a refused request.
+    fn refuse(&self, refusal: Refusal, request: &Req) -> Result<T, Self::Error>;
 }
 
 /// Which rate-limit headers the HTTP answer carries.
@@ -204,6 +213,12 @@ impl HeaderNote {
 pub trait RefusalResponse<B>: Clone + Send + Sync + 'static {
     /// The response; `status` is the one the layer would use.
     fn response(&self, refusal: &Refusal, status: StatusCode) -> Response<B>;
+
+    /// The empty body of a gRPC trailers-only answer, when this builder answers gRPC calls
+    /// in gRPC (the empty-body default does; a closure of yours answers them itself).
+    fn grpc_body(&self) -> Option<B> {
+        None
+    }
 }
 
 /// Refusals with an empty body.
@@ -215,6 +230,10 @@ impl<B: Default> RefusalResponse<B> for EmptyBody {
         let mut response = Response::new(B::default());
         *response.status_mut() = status;
         response
+    }
+
+    fn grpc_body(&self) -> Option<B> {
+        Some(B::default())
     }
 }
 
@@ -246,7 +265,25 @@ where
         note.apply(response);
     }
 
-    fn refuse(&self, refusal: Refusal) -> Result<Response<B>, E> {
+    fn inner_error(error: E) -> E {
+        error
+    }
+}
+
+impl<ReqB, B, E, F> Refuse<http::Request<ReqB>, Response<B>, E> for Http<F>
+where
+    B: 'static,
+    E: Send + 'static,
+    F: RefusalResponse<B>,
+{
+    fn refuse(&self, refusal: Refusal, request: &http::Request<ReqB>) -> Result<Response<B>, E> {
+        // A gRPC client would report an HTTP 429 as a transport failure: answer it in gRPC,
+        // as `.grpc()` would, even when the layer was not told.
+        if is_grpc(request.headers()) {
+            if let Some(body) = self.body.grpc_body() {
+                return Ok(grpc_refusal(self, &refusal, body));
+            }
+        }
         let status = match refusal {
             Refusal::Limited(_) => self.status,
             ref other => other.status(),
@@ -261,10 +298,6 @@ where
                 .apply(&mut response);
         }
         Ok(response)
-    }
-
-    fn inner_error(error: E) -> E {
-        error
     }
 }
 
@@ -313,6 +346,41 @@ fn grpc_status(refusal: &Refusal) -> (u8, String) {
     (code, message)
 }
 
+/// Whether a request is a gRPC call: its `content-type` is `application/grpc`, with or without
+/// a `+format` suffix.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A gRPC trailers-only refusal, with `body` (empty).
+fn grpc_refusal<F, B>(http: &Http<F>, refusal: &Refusal, body: B) -> Response<B> {
+    let (code, message) = grpc_status(refusal);
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", message);
+    }
+    if let Refusal::Limited(limited) = refusal {
+        let wait = limited.retry_after();
+        let millis = wait.as_millis() + u128::from(wait.as_nanos() % 1_000_000 > 0);
+        headers.insert(
+            "grpc-retry-pushback-ms",
+            HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)),
+        );
+        headers.insert(RETRY_AFTER, retry_after::value(wait));
+        http.fields(limited.quotas(), limited.decision())
+            .apply(&mut response);
+    }
+    response
+}
+
 impl<B, E> Respond<Response<B>, E> for Grpc
 where
     B: Default + 'static,
@@ -331,35 +399,18 @@ where
         note.apply(response);
     }
 
-    fn refuse(&self, refusal: Refusal) -> Result<Response<B>, E> {
-        let (code, message) = grpc_status(&refusal);
-        let mut response = Response::new(B::default());
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
-        if let Ok(message) = HeaderValue::from_str(&message) {
-            headers.insert("grpc-message", message);
-        }
-        if let Refusal::Limited(limited) = &refusal {
-            let wait = limited.retry_after();
-            let millis = wait.as_millis() + u128::from(wait.as_nanos() % 1_000_000 > 0);
-            headers.insert(
-                "grpc-retry-pushback-ms",
-                HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)),
-            );
-            headers.insert(RETRY_AFTER, retry_after::value(wait));
-            self.http
-                .fields(limited.quotas(), limited.decision())
-                .apply(&mut response);
-        }
-        Ok(response)
-    }
-
     fn inner_error(error: E) -> E {
         error
+    }
+}
+
+impl<ReqB, B, E> Refuse<http::Request<ReqB>, Response<B>, E> for Grpc
+where
+    B: Default + 'static,
+    E: Send + 'static,
+{
+    fn refuse(&self, refusal: Refusal, _: &http::Request<ReqB>) -> Result<Response<B>, E> {
+        Ok(grpc_refusal(&self.http, &refusal, B::default()))
     }
 }
 
@@ -384,11 +435,16 @@ where
 
     fn annotate((): (), _: &mut T) {}
 
-    fn refuse(&self, refusal: Refusal) -> Result<T, BoxError> {
-        Err(refusal.into_error())
-    }
-
     fn inner_error(error: E) -> BoxError {
         error.into()
+    }
+}
+
+impl<Req, T, E> Refuse<Req, T, E> for Errors
+where
+    E: Into<BoxError>,
+{
+    fn refuse(&self, refusal: Refusal, _: &Req) -> Result<T, BoxError> {
+        Err(refusal.into_error())
     }
 }

@@ -12,7 +12,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::{MissingKey, Mode};
 use super::policy::{Cost, QuotaPolicy};
-use super::respond::Respond;
+use super::respond::Refuse;
 use crate::key::KeyExtractor;
 use crate::limiter::{Admission, Admit, Admitted, Refusal};
 use crate::{Quotas, Store};
@@ -105,7 +105,7 @@ where
     K: KeyExtractor<Req>,
     Q: QuotaPolicy<K::Key, Req>,
     S: Store<K::Key>,
-    R: Respond<Svc::Response, Svc::Error>,
+    R: Refuse<Req, Svc::Response, Svc::Error>,
     C: Cost<Req>,
 {
     type Response = Svc::Response;
@@ -132,7 +132,9 @@ where
                 Reservation::Ready(reserved) => {
                     return call_reserved(inner, shared, request, reserved)
                 }
-                Reservation::Refused(refusal) => return shared.refuse::<Svc, Req>(refusal),
+                Reservation::Refused(refusal) => {
+                    return shared.refuse::<Svc, Req>(refusal, &request)
+                }
                 // `call` without a ready `poll_ready`: decide now (the reservation, dropped,
                 // is given back).
                 Reservation::None | Reservation::Deciding(_) | Reservation::Waiting(_) => {}
@@ -149,7 +151,9 @@ where
                 }
                 return match shared.missing_key {
                     MissingKey::Allow => ResponseFuture::calling(inner.call(request), None),
-                    MissingKey::Reject => shared.refuse::<Svc, Req>(Refusal::NoKey(error)),
+                    MissingKey::Reject => {
+                        shared.refuse::<Svc, Req>(Refusal::NoKey(error), &request)
+                    }
                 };
             }
         };
@@ -178,7 +182,7 @@ where
     K: KeyExtractor<Req>,
     Q: QuotaPolicy<K::Key, Req>,
     S: Store<K::Key>,
-    R: Respond<Svc::Response, Svc::Error>,
+    R: Refuse<Req, Svc::Response, Svc::Error>,
     C: Cost<Req>,
 {
     let (Some(key), Some(quotas)) = (shared.key.global_key(), shared.quotas.fixed()) else {
@@ -226,7 +230,7 @@ where
     K: KeyExtractor<Req>,
     Q: QuotaPolicy<K::Key, Req>,
     S: Store<K::Key>,
-    R: Respond<Svc::Response, Svc::Error>,
+    R: Refuse<Req, Svc::Response, Svc::Error>,
     C: Cost<Req>,
 {
     match admit {
@@ -247,7 +251,7 @@ where
         }
         Admit::Now(Err(refusal)) => {
             drop(reserved);
-            shared.refuse::<Svc, Req>(refusal)
+            shared.refuse::<Svc, Req>(refusal, &request)
         }
         Admit::Later(deciding) => {
             // A network store: the rest happens in a boxed future.
@@ -258,7 +262,7 @@ where
                     Ok(admitted) => admitted,
                     Err(refusal) => {
                         drop(reserved);
-                        return shared.respond.refuse(refusal);
+                        return shared.respond.refuse(refusal, &request);
                     }
                 };
                 if let Some(reserved) = reserved {
@@ -344,12 +348,12 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         }
     }
 
-    fn refuse<Svc, Req>(&self, refusal: Refusal) -> CallFuture<Svc, R, Req>
+    fn refuse<Svc, Req>(&self, refusal: Refusal, request: &Req) -> CallFuture<Svc, R, Req>
     where
         Svc: Service<Req>,
-        R: Respond<Svc::Response, Svc::Error>,
+        R: Refuse<Req, Svc::Response, Svc::Error>,
     {
-        ResponseFuture::answered(self.respond.refuse(refusal))
+        ResponseFuture::answered(self.respond.refuse(refusal, request))
     }
 }
 
@@ -369,7 +373,7 @@ async fn call_at<Svc, Req, R>(
 ) -> Result<Svc::Response, R::Error>
 where
     Svc: Service<Req>,
-    R: Respond<Svc::Response, Svc::Error>,
+    R: Refuse<Req, Svc::Response, Svc::Error>,
 {
     admitted.wait_for_slot().await;
     poll_fn(|cx| inner.poll_ready(cx))
