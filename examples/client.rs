@@ -43,7 +43,7 @@ use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tollgate::key::Authority;
+use tollgate::key::Destination;
 use tollgate::learn::LearnLayer;
 use tollgate::retry::{Attempts, RetryAction, RetryBudget, RetryError, RetryEvent, RetryLayer};
 use tollgate::{BoxError, Quota, RateLimitLayer};
@@ -128,7 +128,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .budget(RetryBudget::new(Duration::from_secs(10), 0.2, 1))
         .on_event(move |event| log.lock().unwrap().push(describe(event)));
     let per_host = RateLimitLayer::new(Quota::per_second(args.rps.max(1))?.with_burst(1)?)
-        .key(Authority)
+        .key(Destination)
         .wait(Duration::from_secs(60))
         .errors();
     let learn = args

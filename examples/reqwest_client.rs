@@ -22,7 +22,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::Full;
-use tollgate::key::{Authority, PeerIp};
+use tollgate::key::{Destination, PeerIp};
 use tollgate::learn::LearnLayer;
 use tollgate::retry::{Attempts, ReplayBody, RetryLayer};
 use tollgate::{BoxError, Quota, RateLimitLayer};
@@ -55,7 +55,7 @@ async fn main() -> Result<(), BoxError> {
         .layer(LearnLayer::new().max_wait(Duration::from_secs(5)))
         .layer(
             RateLimitLayer::new(Quota::per_second(20)?)
-                .key(Authority)
+                .key(Destination)
                 .wait(Duration::from_secs(5))
                 .errors(),
         )

@@ -46,13 +46,13 @@ fn get_request(url: String) -> Request<Full<Bytes>> {
 
 /// One request per second per host, waiting (up to 10 s) for the slot: a polite client.
 fn per_host_limit() -> RateLimitLayer<
-    key::Authority,
+    key::Destination,
     tollgate::Quotas,
     MemoryStore<TokioClock>,
     tollgate::rate_limit::Errors,
 > {
     RateLimitLayer::new(Quota::per_second(1).unwrap())
-        .key(key::Authority)
+        .key(key::Destination)
         .store(paused_store())
         .wait(Duration::from_secs(10))
         .errors()

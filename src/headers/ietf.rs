@@ -13,25 +13,25 @@ use super::{ceil_seconds, FieldBuf};
 use crate::{Decision, Quotas};
 
 /// `ratelimit-policy`.
-pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 /// `ratelimit`.
-pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 /// One item of a `RateLimit` field as a client reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceLimit {
+pub(crate) struct ServiceLimit {
     /// The policy's name.
-    pub policy: String,
+    pub(crate) policy: String,
     /// Quota units left (`r`).
-    pub remaining: u64,
+    pub(crate) remaining: u64,
     /// Seconds until more quota is available (`t`), if sent.
-    pub reset: Option<Duration>,
+    pub(crate) reset: Option<Duration>,
 }
 
 /// Reads a `RateLimit` field value: the items that parse, in order; malformed items (a
 /// missing or negative `r`, a non-integer `t`) are left out, and a value that is not a
 /// structured-field list yields none.
-pub fn parse_ratelimit(value: &[u8]) -> Vec<ServiceLimit> {
+pub(crate) fn parse_ratelimit(value: &[u8]) -> Vec<ServiceLimit> {
     named_items(value, |policy, params| {
         Some(ServiceLimit {
             policy,
@@ -43,16 +43,16 @@ pub fn parse_ratelimit(value: &[u8]) -> Vec<ServiceLimit> {
 
 /// One item of a `RateLimit-Policy` field as a client reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePolicy {
+pub(crate) struct ServicePolicy {
     /// The policy's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The quota, in units (`q`).
-    pub quota: u64,
+    pub(crate) quota: u64,
 }
 
 /// Reads a `RateLimit-Policy` field value: the items with a valid `q`, in order; the rest are
 /// left out, as in [`parse_ratelimit`].
-pub fn parse_policy(value: &[u8]) -> Vec<ServicePolicy> {
+pub(crate) fn parse_policy(value: &[u8]) -> Vec<ServicePolicy> {
     named_items(value, |name, params| {
         Some(ServicePolicy {
             name,

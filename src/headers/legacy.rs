@@ -13,17 +13,17 @@ use super::ceil_seconds;
 use crate::Decision;
 
 /// `x-ratelimit-limit`.
-pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `x-ratelimit-remaining`.
-pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub(crate) const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `x-ratelimit-reset`.
-pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// `ratelimit-limit`, of the IETF draft's earlier versions (read by clients, never sent).
-pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub(crate) const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 /// `ratelimit-remaining`, of the IETF draft's earlier versions.
-pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub(crate) const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 /// `ratelimit-reset`, of the IETF draft's earlier versions.
-pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub(crate) const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// How `X-RateLimit-Reset` is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,7 +51,7 @@ impl Reset {
 /// The wait an `X-RateLimit-Reset` value means, read either way: a number above 10¹² is Unix
 /// time in milliseconds, above 10⁹ (September 2001) Unix time in seconds, anything smaller a
 /// delay in seconds. `None` for anything that is not a non-negative integer or decimal.
-pub fn parse_reset(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_reset(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     let number: f64 = text
         .parse()

@@ -1,16 +1,17 @@
-//! `Retry-After` (RFC 9110 §10.2.3): written as delay-seconds, rounded up; read in both forms.
+//! `Retry-After` (RFC 9110 §10.2.3): written as delay-seconds, rounded up; read in both forms
+//! (seconds, HTTP-date).
 //!
 //! ```
-//! use std::time::{Duration, UNIX_EPOCH};
-//! use http::HeaderValue;
+//! use std::time::Duration;
 //! use tollgate::headers::retry_after;
 //!
-//! let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
-//! assert_eq!(retry_after::parse(&HeaderValue::from_static("120"), now), Some(Duration::from_secs(120)));
-//! let date = HeaderValue::from_static("Wed, 21 Oct 2015 07:30:00 GMT");
-//! assert_eq!(retry_after::parse(&date, now), Some(Duration::from_secs(120)));
-//! assert_eq!(retry_after::parse(&HeaderValue::from_static("soon"), now), None);
+//! // What the layer writes: whole seconds, rounded up, never 0 when a wait is needed.
+//! assert_eq!(retry_after::seconds(Duration::from_millis(1)), 1);
+//! assert_eq!(retry_after::seconds(Duration::from_millis(1500)), 2);
+//! assert_eq!(retry_after::seconds(Duration::ZERO), 0);
 //! ```
+//!
+//! Clients read it, with every other dialect, through [`server::read`](super::server::read).
 
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +23,7 @@ use super::ceil_seconds;
 /// response's `Date` when it has one, so that clock skew between the two hosts does not
 /// count). A date in the past is no wait. `None` for anything malformed: negative, fractional,
 /// too large for a `u64`, not a date.
-pub fn parse(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse::<u64>().ok().map(Duration::from_secs);

@@ -9,7 +9,7 @@
 //! | [`PeerIp`] | the TCP peer's address | servers reached directly |
 //! | [`ClientIp`] | the client's address behind trusted proxies | servers behind load balancers |
 //! | [`Header`] | a request header's value | API keys, tokens |
-//! | [`Authority`] | the URI's `host:port` | outbound clients, one limit per destination |
+//! | [`Destination`] | the URI's `host:port` | outbound clients, one limit per destination |
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -31,8 +31,8 @@
 //! the client's mistakes, 500 for the server's) and logs it, unless it is told to let such
 //! requests through. It never panics.
 
-mod authority;
 mod client_ip;
+mod destination;
 mod header;
 mod logged;
 mod peer;
@@ -41,8 +41,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
 
-pub use authority::Authority;
 pub use client_ip::{ClientIp, Forwarding, InvalidProxy, UnknownForwarding, MAX_HOPS};
+pub use destination::Destination;
 pub use header::Header;
 pub use logged::{LogKeys, LoggedKey};
 pub use peer::{IpPrefix, PeerIp};

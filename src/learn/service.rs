@@ -16,7 +16,7 @@ use tower_service::Service;
 use super::events::LearnEventKind;
 use super::layer::ServerLimit;
 use super::state::{Admit, Place, Shared};
-use crate::key::{Authority as AuthorityKey, KeyExtractor};
+use crate::key::{Destination, KeyExtractor};
 use crate::limiter::Refusal;
 use crate::BoxError;
 
@@ -57,7 +57,7 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        let Ok(host) = AuthorityKey.extract(&request) else {
+        let Ok(host) = Destination.extract(&request) else {
             // No destination to learn about: pass it on.
             let future = self.inner.call(request);
             return Box::pin(async move { future.await.map_err(Into::into) });

@@ -33,14 +33,14 @@ use crate::{MemoryStore, Quotas};
 /// use http_body_util::Full;
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
-/// use tollgate::key::Authority;
+/// use tollgate::key::Destination;
 /// use tollgate::{Quota, RateLimitLayer};
 /// use tower::ServiceBuilder;
 ///
 /// let client = ServiceBuilder::new()
 ///     .layer(
 ///         RateLimitLayer::new(Quota::per_second(10)?)
-///             .key(Authority) // one limit per destination host
+///             .key(Destination) // one limit per destination host
 ///             .wait(Duration::from_secs(5))
 ///             .errors(), // a client: refusals are errors
 ///     )

@@ -8,7 +8,7 @@ use super::body::{Replay, ReplayBody};
 use super::events::{GiveUp, Retryable};
 
 /// The requests of one call's retries (the first attempt's request is made beside it).
-pub trait AttemptSource: Send + 'static {
+pub trait RequestSource: Send + 'static {
     /// What the inner service receives.
     type Request;
 
@@ -23,14 +23,14 @@ pub trait AttemptSource: Send + 'static {
 }
 
 /// The retries of an HTTP request: copies of the original with the recorded body.
-pub struct HttpAttempts<B> {
+pub struct ReplayedRequest<B> {
     template: Option<Template>,
     replay: Option<Replay<B>>,
 }
 
-impl<B> std::fmt::Debug for HttpAttempts<B> {
+impl<B> std::fmt::Debug for ReplayedRequest<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpAttempts")
+        f.debug_struct("ReplayedRequest")
             .field("retryable", &self.template.is_some())
             .finish_non_exhaustive()
     }
@@ -56,7 +56,7 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-impl<B: Body + Send + 'static> HttpAttempts<B> {
+impl<B: Body + Send + 'static> ReplayedRequest<B> {
     /// The first attempt's request, and what the retries need: a copy of the request and its
     /// recorded body, if it may be retried (idempotent by method, or marked with an
     /// `Idempotency-Key` header or a [`Retryable`] extension), or whatever its method when
@@ -100,7 +100,7 @@ impl<B: Body + Send + 'static> HttpAttempts<B> {
     }
 }
 
-impl<B: Body + Send + 'static> AttemptSource for HttpAttempts<B> {
+impl<B: Body + Send + 'static> RequestSource for ReplayedRequest<B> {
     type Request = Request<ReplayBody<B>>;
 
     fn next(&mut self) -> Result<Self::Request, GiveUp> {
@@ -131,11 +131,11 @@ impl<B: Body + Send + 'static> AttemptSource for HttpAttempts<B> {
 
 /// The attempts of a request that is cloned for each one, as `tower::retry` does.
 #[derive(Debug)]
-pub struct Cloned<Req> {
+pub struct ClonedRequest<Req> {
     request: Req,
 }
 
-impl<Req: Clone> Cloned<Req> {
+impl<Req: Clone> ClonedRequest<Req> {
     /// The first attempt's request (a clone), and the original kept for the retries.
     #[inline]
     pub(crate) fn prepare(request: Req) -> (Req, Self) {
@@ -143,7 +143,7 @@ impl<Req: Clone> Cloned<Req> {
     }
 }
 
-impl<Req: Clone + Send + 'static> AttemptSource for Cloned<Req> {
+impl<Req: Clone + Send + 'static> RequestSource for ClonedRequest<Req> {
     type Request = Req;
 
     fn next(&mut self) -> Result<Req, GiveUp> {
@@ -182,7 +182,7 @@ mod tests {
     async fn retries_carry_the_same_method_uri_headers_extensions_and_body() {
         let mut original = request(Method::PUT, &[("x-trace", "abc")]);
         original.extensions_mut().insert(42u32);
-        let (first, mut attempts) = HttpAttempts::prepare(original, 1024, false);
+        let (first, mut attempts) = ReplayedRequest::prepare(original, 1024, false);
         let first_body = first.into_body().collect().await.unwrap().to_bytes();
         let second = attempts.next().unwrap();
         assert_eq!(second.method(), Method::PUT);
@@ -198,9 +198,9 @@ mod tests {
 
     #[test]
     fn only_idempotent_or_marked_requests_are_retried() {
-        let (_, post) = HttpAttempts::prepare(request(Method::POST, &[]), 1024, false);
+        let (_, post) = ReplayedRequest::prepare(request(Method::POST, &[]), 1024, false);
         assert_eq!(post.check(), Err(GiveUp::NotIdempotent));
-        let (_, keyed) = HttpAttempts::prepare(
+        let (_, keyed) = ReplayedRequest::prepare(
             request(Method::POST, &[("idempotency-key", "k1")]),
             1024,
             false,
@@ -208,8 +208,11 @@ mod tests {
         assert_eq!(keyed.check(), Ok(()));
         let mut marked = request(Method::PATCH, &[]);
         marked.extensions_mut().insert(Retryable);
-        assert_eq!(HttpAttempts::prepare(marked, 1024, false).1.check(), Ok(()));
-        let (_, grpc_call) = HttpAttempts::prepare(request(Method::POST, &[]), 1024, true);
+        assert_eq!(
+            ReplayedRequest::prepare(marked, 1024, false).1.check(),
+            Ok(())
+        );
+        let (_, grpc_call) = ReplayedRequest::prepare(request(Method::POST, &[]), 1024, true);
         assert_eq!(grpc_call.check(), Ok(()));
         for method in [
             Method::GET,
@@ -220,7 +223,7 @@ mod tests {
             Method::DELETE,
         ] {
             assert_eq!(
-                HttpAttempts::prepare(request(method.clone(), &[]), 1024, false)
+                ReplayedRequest::prepare(request(method.clone(), &[]), 1024, false)
                     .1
                     .check(),
                 Ok(()),

@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::attempts::AttemptSource;
+use super::attempts::RequestSource;
 use super::budget::RetryBudget;
 use super::classify::{Classification, Classify, Outcome};
 use super::events::{emit, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent};
@@ -22,7 +22,7 @@ pin_project! {
     pub struct ResponseFuture<S, P, C>
     where
         S: Service<P::Request>,
-        P: AttemptSource,
+        P: RequestSource,
     {
         #[pin]
         state: State<S::Future>,
@@ -53,7 +53,7 @@ pin_project! {
 impl<S, P, C> ResponseFuture<S, P, C>
 where
     S: Service<P::Request>,
-    P: AttemptSource,
+    P: RequestSource,
 {
     /// Starts the first attempt on `service`, which the caller has polled ready.
     #[inline]
@@ -90,7 +90,7 @@ impl<S, P, C> Future for ResponseFuture<S, P, C>
 where
     S: Service<P::Request>,
     S::Error: Into<BoxError>,
-    P: AttemptSource,
+    P: RequestSource,
     C: Classify<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
@@ -221,7 +221,7 @@ where
 /// The wait before the next attempt, or why there is none. Checks in order: attempts left,
 /// the request can be made again, the server's delay is acceptable, the deadline leaves
 /// time, and last (so that giving up spends nothing) the budget.
-fn next_delay<P: AttemptSource, C>(
+fn next_delay<P: RequestSource, C>(
     classification: Classification,
     made: u32,
     attempts: &P,
@@ -272,7 +272,7 @@ fn finish<T>(
 impl<S, P, C> std::fmt::Debug for ResponseFuture<S, P, C>
 where
     S: Service<P::Request>,
-    P: AttemptSource,
+    P: RequestSource,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")

@@ -19,7 +19,7 @@ use crate::metrics::RetryMetrics;
 ///
 /// Clones, and every service they make, share the retry budget and the hooks.
 #[must_use]
-pub struct RetryLayer<C = HttpClassifier, M = Http> {
+pub struct RetryLayer<C = HttpClassifier, M = Replaying> {
     config: Config<C>,
     mode: M,
 }
@@ -27,7 +27,7 @@ pub struct RetryLayer<C = HttpClassifier, M = Http> {
 /// Requests are HTTP requests: recorded and replayed, retried only when idempotent (for
 /// [`RetryLayer::new`]), or whatever their method (gRPC calls, for [`RetryLayer::grpc`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Http {
+pub struct Replaying {
     pub(crate) any_method: bool,
 }
 
@@ -117,7 +117,7 @@ impl RetryLayer {
     /// second), no deadline, server delays up to [`DEFAULT_MAX_PUSHBACK`], bodies kept up to
     /// 64 KiB.
     pub fn new() -> Self {
-        Self::with(HttpClassifier, Http::default())
+        Self::with(HttpClassifier, Replaying::default())
     }
 
     /// The same for gRPC clients: [`GrpcClassifier`], and every call may be retried.
@@ -128,7 +128,7 @@ impl RetryLayer {
     /// `RESOURCE_EXHAUSTED` with pushback, both in a trailers-only response. Calls that must
     /// never run twice belong on a channel without this layer.
     pub fn grpc() -> RetryLayer<GrpcClassifier> {
-        RetryLayer::with(GrpcClassifier, Http { any_method: true })
+        RetryLayer::with(GrpcClassifier, Replaying { any_method: true })
     }
 }
 

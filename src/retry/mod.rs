@@ -73,7 +73,7 @@ mod future;
 mod layer;
 mod service;
 
-pub use attempts::{AttemptSource, Cloned, HttpAttempts};
+pub use attempts::{ClonedRequest, ReplayedRequest, RequestSource};
 pub use backoff::{Backoff, Jitter, RandomJitter};
 pub use body::{NotReplayable, ReplayBody, DEFAULT_BODY_CAP};
 pub use budget::RetryBudget;
@@ -84,5 +84,5 @@ pub use events::{
     Attempts, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent, Retryable,
 };
 pub use future::ResponseFuture;
-pub use layer::{Cloning, Http, RetryLayer, DEFAULT_MAX_PUSHBACK};
+pub use layer::{Cloning, Replaying, RetryLayer, DEFAULT_MAX_PUSHBACK};
 pub use service::Retry;

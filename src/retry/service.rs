@@ -6,12 +6,12 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::attempts::{AttemptSource, Cloned, HttpAttempts};
+use super::attempts::{ClonedRequest, ReplayedRequest, RequestSource};
 use super::body::ReplayBody;
 use super::classify::Classify;
 use super::events::Attempts as AttemptCount;
 use super::future::ResponseFuture;
-use super::layer::{Cloning, Config, Http};
+use super::layer::{Cloning, Config, Replaying};
 use crate::BoxError;
 
 /// The service made by [`RetryLayer`](super::RetryLayer).
@@ -40,7 +40,7 @@ impl<S, C, M> Retry<S, C, M> {
     }
 
     #[inline]
-    fn start<P: AttemptSource>(
+    fn start<P: RequestSource>(
         &mut self,
         first: P::Request,
         attempts: P,
@@ -84,7 +84,7 @@ impl<S, C, M> fmt::Debug for Retry<S, C, M> {
     }
 }
 
-impl<S, C, B, ResB> Service<Request<B>> for Retry<S, C, Http>
+impl<S, C, B, ResB> Service<Request<B>> for Retry<S, C, Replaying>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
@@ -93,7 +93,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, HttpAttempts<B>, C>;
+    type Future = ResponseFuture<S, ReplayedRequest<B>, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -102,7 +102,7 @@ where
     #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (first, attempts) =
-            HttpAttempts::prepare(request, self.config.body_cap, self.mode.any_method);
+            ReplayedRequest::prepare(request, self.config.body_cap, self.mode.any_method);
         self.start(
             first,
             attempts,
@@ -125,14 +125,14 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, Cloned<Req>, C>;
+    type Future = ResponseFuture<S, ClonedRequest<Req>, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let (first, attempts) = Cloned::prepare(request);
+        let (first, attempts) = ClonedRequest::prepare(request);
         self.start(first, attempts, |_, _| {}, |_| None)
     }
 }

@@ -2,7 +2,8 @@ use http::Request;
 
 use super::{KeyError, KeyExtractor};
 
-/// The request URI's authority, `host:port`: one limit per destination, for outbound clients.
+/// The request's destination, its URI's authority `host:port`: one limit per destination, for
+/// outbound clients. (Named so as not to shadow `http::uri::Authority`, which is its key.)
 ///
 /// Case-insensitive, as hosts are. A request with a relative URI falls back to its `Host`
 /// header (as a server sees requests); with neither, the key is
@@ -10,15 +11,15 @@ use super::{KeyError, KeyExtractor};
 ///
 /// ```
 /// use http::Request;
-/// use tollgate::key::{Authority, KeyExtractor};
+/// use tollgate::key::{Destination, KeyExtractor};
 ///
 /// let request = Request::get("https://API.example.com:8443/v1/items").body(()).unwrap();
-/// assert_eq!(Authority.extract(&request).unwrap(), "api.example.com:8443");
+/// assert_eq!(Destination.extract(&request).unwrap(), "api.example.com:8443");
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Authority;
+pub struct Destination;
 
-impl<B> KeyExtractor<Request<B>> for Authority {
+impl<B> KeyExtractor<Request<B>> for Destination {
     type Key = http::uri::Authority;
 
     fn extract(&self, request: &Request<B>) -> Result<http::uri::Authority, KeyError> {
@@ -40,7 +41,7 @@ mod tests {
 
     #[test]
     fn absolute_uri_then_host_header() {
-        let key = |r: Request<()>| Authority.extract(&r).map_err(|e| e.kind());
+        let key = |r: Request<()>| Destination.extract(&r).map_err(|e| e.kind());
         let relative = Request::get("/x")
             .header("host", "Example.org")
             .body(())
@@ -52,10 +53,10 @@ mod tests {
         );
         let bad = Request::get("/x").header("host", "a b").body(()).unwrap();
         assert_eq!(key(bad), Err(KeyErrorKind::Invalid));
-        let upper = Authority
+        let upper = Destination
             .extract(&Request::get("http://A.example/").body(()).unwrap())
             .unwrap();
-        let lower = Authority
+        let lower = Destination
             .extract(&Request::get("http://a.example/").body(()).unwrap())
             .unwrap();
         use std::hash::BuildHasher;
