@@ -13,8 +13,8 @@
 #
 #   scripts/e2e-bench.sh            # ROUNDS=5 DURATION=8s CONNECTIONS=32 by default
 #
-# Prints each run, then per variant the median CPU µs per request and its ratios to bare and
-# to the control, and the median requests/s for reference.
+# Prints each run, then per variant the median CPU µs per request, the medians of its per-round
+# ratios to bare and to the control, and the median requests/s for reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,15 +61,19 @@ done
 echo
 python3 - "$results" <<'PY'
 import statistics, sys
-cpu, rps = {}, {}
+cpu, rps, rounds = {}, {}, []
 for line in open(sys.argv[1]):
     mode, us, r = line.split()
     cpu.setdefault(mode, []).append(float(us))
     rps.setdefault(mode, []).append(float(r))
-bare = statistics.median(cpu["bare"])
-control = statistics.median(cpu["bare_with_headers"])
+# Ratios within each round (the variants of one round ran seconds apart, so a drift of the
+# machine hits them alike), then their median over the rounds.
+n = len(cpu["bare"])
+def paired(mode, reference):
+    return statistics.median(cpu[mode][i] / cpu[reference][i] for i in range(n))
 for mode in cpu:
     m = statistics.median(cpu[mode])
-    print(f"{mode:17} median {m:6.3f} µs CPU/request  {m / bare:5.3f} x bare  {m / control:5.3f} x control"
+    print(f"{mode:17} median {m:6.3f} µs CPU/request  {paired(mode, 'bare'):5.3f} x bare"
+          f"  {paired(mode, 'bare_with_headers'):5.3f} x control (medians of per-round ratios)"
           f"  ({statistics.median(rps[mode]):8.0f} req/s)  runs {', '.join(f'{v:.3f}' for v in cpu[mode])}")
 PY

@@ -42,9 +42,11 @@ pub trait Clock: Clone + Send + Sync + 'static {
 /// reads the TSC only where the processor has an *invariant* TSC and `rdtscp` (synchronised
 /// across cores, constant rate through power states; checked with `cpuid` once), and reads the
 /// OS's monotonic clock otherwise. Where it does read the TSC, what skew remains between cores
-/// is nanoseconds, and it can only make a decision stricter: a reading that is a little early
-/// sees a little more debt (`TAT − now`), never less. The OS clock (`std::time::Instant`)
-/// would remove even that, at a measured cost: 26.3 ns a read against 10.1 ns here (`cargo
+/// is small (nanoseconds to a microsecond), and it moves a decision by no more than itself: a
+/// reading behind the others sees that much more debt (`TAT − now`) and is stricter by it, a
+/// reading ahead sees that much less and may admit that much early. The OS clock
+/// (`std::time::Instant`) would remove even that, at a measured cost: 26.3 ns a read against
+/// 10.1 ns here (`cargo
 /// bench --bench rate_limit -- "clock read"`, BENCHMARKS.md), which would more than double an
 /// unkeyed decision. A store can be given any other [`Clock`].
 #[derive(Clone)]

@@ -516,3 +516,33 @@ async fn a_delay_past_the_retrys_maximum_is_not_waited_by_learn_either() {
         assert_eq!(start.elapsed(), Duration::ZERO, "{pairs}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_wait_of_a_request_comes_out_of_one_max_wait() {
+    // The host cools down for 1 s (a 429 with Retry-After: 1), then its default quota (one
+    // per 2 s) has its next slot 1 s later: 2 s in all, past the 1.5 s allowed. Each wait
+    // alone fits; together they must not.
+    let (_, addr) = start().await;
+    let layer = LearnLayer::new()
+        .max_wait(Duration::from_millis(1500))
+        .default_quota(Quota::per(Duration::from_secs(2), 1).unwrap());
+    let svc = layer.layer(client());
+    let throttled = svc
+        .clone()
+        .oneshot(get_req(addr, "/say/retry-after=1/429"))
+        .await
+        .unwrap();
+    assert_eq!(throttled.status(), 429);
+    let start = Instant::now();
+    let refused = svc
+        .clone()
+        .oneshot(get_req(addr, "/say/x=1/200"))
+        .await
+        .unwrap_err();
+    assert!(refused.downcast_ref::<ServerLimit>().is_some(), "{refused}");
+    assert!(
+        start.elapsed() <= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -203,3 +203,23 @@ async fn a_cost_is_charged_in_full_on_a_network_store_in_wait_mode() {
         (vec![true, true, false], 0)
     );
 }
+
+#[tokio::test]
+async fn a_cost_above_the_burst_is_refused_in_wait_mode_too() {
+    // The global limit in wait mode reserves one unit in poll_ready; a request that costs
+    // more than the burst must still be refused as impossible, not charged the rest.
+    let layer = RateLimitLayer::new(Quota::per_minute(10).unwrap())
+        .wait(Duration::from_secs(1))
+        .cost(|_: &http::Request<()>| 11)
+        .errors();
+    let mut service = tower::Layer::layer(
+        &layer,
+        service_fn(|_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) }),
+    );
+    let ready = service.ready().await.unwrap();
+    let error = ready.call(http::Request::new(())).await.unwrap_err();
+    assert!(
+        error.downcast_ref::<tollgate::QuotaError>().is_some(),
+        "{error}"
+    );
+}

@@ -277,7 +277,7 @@ async fn connection_errors_are_retried_then_reported_with_the_attempt_count() {
         .unwrap_err();
     let error = error.downcast_ref::<RetryError>().expect("a RetryError");
     assert_eq!(error.attempts(), 3);
-    assert_eq!(error.gave_up(), Some(GiveUp::Attempts));
+    assert_eq!(error.gave_up(), Some(GiveUp::MaxAttempts));
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,7 +13,8 @@ use super::{ceil_seconds, FieldBuf};
 use crate::{Decision, Quotas};
 
 /// `ratelimit-policy`.
-pub(crate) const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_POLICY: http::HeaderName =
+    http::HeaderName::from_static("ratelimit-policy");
 /// `ratelimit`.
 pub(crate) const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 

@@ -35,7 +35,8 @@ use http::{HeaderMap, HeaderName};
 use super::{ietf, legacy, retry_after};
 
 /// The header of gRPC's server pushback (gRFC A6).
-pub(crate) const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+pub(crate) const GRPC_RETRY_PUSHBACK_MS: HeaderName =
+    HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// What a response says about the server's limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

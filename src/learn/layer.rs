@@ -129,7 +129,7 @@ impl LearnLayer {
             RateLimiter::keyed(quotas)
                 .store(MemoryStore::builder().clock(TokioClock::new()).build())
                 .max_wait(max_wait)
-                .name("learn_default")
+                .name(format!("{}/default_quota", settings.name))
         });
         let metrics = LearnMetrics::new(&settings.name);
         Self {

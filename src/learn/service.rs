@@ -65,10 +65,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            // One budget for every wait of this request: the host's, its adaptive slot, the
+            // default quota's.
             let start = Instant::now();
+            let max_wait = shared.settings.max_wait;
             let mut place = loop {
                 let now = Instant::now();
-                match shared.admit(&host, now) {
+                let budget = max_wait.saturating_sub(now - start);
+                match shared.admit(&host, now, budget) {
                     Admit::Now(place) => break place,
                     Admit::After(wait, place) => {
                         // Dropped while waiting, the place and its slot are given back.
@@ -78,7 +82,7 @@ where
                     }
                     Admit::Refuse(wait) => {
                         let waited = now - start;
-                        if !shared.settings.wait || waited + wait > shared.settings.max_wait {
+                        if !shared.settings.wait || waited + wait > max_wait {
                             return Err(shared.refused(&host, wait));
                         }
                         shared.waiting(&host, wait);
@@ -90,11 +94,15 @@ where
             if let Some(limiter) = &shared.default_limiter {
                 let told = shared.lock().get(&host).is_some_and(|h| h.told);
                 if !told {
+                    let budget = max_wait.saturating_sub(start.elapsed());
                     let admitted = match shared.settings.wait {
-                        true => limiter.key(host.clone()).acquire().await,
+                        true => limiter.key(host.clone()).acquire().max_wait(budget).await,
                         false => limiter.key(host.clone()).try_acquire().await,
                     };
                     match admitted {
+                        Ok(decision) if !decision.wait().is_zero() => {
+                            shared.waited_for_default(&host, decision.wait());
+                        }
                         Ok(_) => {}
                         Err(Refusal::Limited(limited)) => {
                             return Err(shared.refused(&host, limited.retry_after()));
@@ -133,6 +141,12 @@ impl Shared {
     fn waiting(&self, host: &Authority, wait: Duration) {
         self.metrics.waited(wait);
         self.event(LearnEventKind::Waiting, host, wait, None);
+    }
+
+    /// A wait under the default quota, reported once it is over (the limiter decides and
+    /// waits in one call).
+    fn waited_for_default(&self, host: &Authority, wait: Duration) {
+        self.waiting(host, wait);
     }
 
     /// The error of a request refused locally, reported.

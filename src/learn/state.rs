@@ -59,33 +59,46 @@ pub(crate) enum Admit {
     Refuse(Duration),
 }
 
-/// A request's place with its host: counted in flight, and, in adaptive mode, the slot booked
-/// for it. Dropping it gives back the count, and the booked slot if the request was never sent
-/// (a request dropped while it waited).
+/// A request's place with its host: counted in flight, one of what the server said is left,
+/// and, in adaptive mode, the slot booked for it. Dropping it gives back the count, and, if
+/// the request was never sent (dropped while it waited, or its service failed before sending
+/// it), the one it took of what is left and its booked slot.
 pub(crate) struct Place {
     shared: Arc<Shared>,
     host: Authority,
     /// The booked adaptive slot: when, and the interval it took.
     booked: Option<(Instant, Duration)>,
+    /// It took one of the requests the server said are left.
+    took_remaining: bool,
+    sent: bool,
 }
 
 impl Place {
-    /// The request is sent: its slot is spent, whatever happens next.
+    /// The request is sent: what it took is spent, whatever happens next.
     pub(crate) fn sent(&mut self) {
-        self.booked = None;
+        self.sent = true;
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
         let mut hosts = self.shared.lock();
-        if let Some(state) = hosts.get_mut(&self.host) {
-            state.in_flight = state.in_flight.saturating_sub(1);
-            if let Some((slot, interval)) = self.booked {
-                // Only the last slot booked can be given back without moving another's.
-                if state.next_slot == Some(slot + interval) {
-                    state.next_slot = Some(slot);
-                }
+        let Some(state) = hosts.get_mut(&self.host) else {
+            return;
+        };
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if self.sent {
+            return;
+        }
+        if self.took_remaining {
+            if let Some(remaining) = &mut state.remaining {
+                *remaining += 1;
+            }
+        }
+        if let Some((slot, interval)) = self.booked {
+            // Only the last slot booked can be given back without moving another's.
+            if state.next_slot == Some(slot + interval) {
+                state.next_slot = Some(slot);
             }
         }
     }
@@ -118,7 +131,13 @@ impl Shared {
 
     /// Takes a place for one request to `host`, or says how long until there is one (taking
     /// nothing then).
-    pub(crate) fn admit(self: &Arc<Self>, host: &Authority, now: Instant) -> Admit {
+    /// `budget` is what is left of the request's maximum wait.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        host: &Authority,
+        now: Instant,
+        budget: Duration,
+    ) -> Admit {
         let mut hosts = self.lock();
         if hosts.len() >= MAX_HOSTS && !hosts.contains_key(host) {
             hosts.retain(|_, h| {
@@ -154,10 +173,12 @@ impl Shared {
         if !wait.is_zero() {
             return Admit::Refuse(wait);
         }
-        let place = |booked| Place {
+        let place = |booked, took_remaining| Place {
             shared: Arc::clone(self),
             host: host.clone(),
             booked,
+            took_remaining,
+            sent: false,
         };
         let mut booked = None;
         if !state.told {
@@ -168,7 +189,7 @@ impl Shared {
                     .clamp(aimd.floor.max(1e-3), aimd.ceiling.max(aimd.floor.max(1e-3)));
                 let interval = Duration::from_secs_f64(1.0 / rate);
                 let wait = slot - now;
-                let may_wait = self.settings.wait && wait <= self.settings.max_wait;
+                let may_wait = self.settings.wait && wait <= budget;
                 if !(wait.is_zero() || may_wait) {
                     return Admit::Refuse(wait);
                 }
@@ -177,17 +198,21 @@ impl Shared {
                 state.in_flight += 1;
                 booked = Some((slot, interval));
                 if !wait.is_zero() {
-                    return Admit::After(wait, place(booked));
+                    return Admit::After(wait, place(booked, false));
                 }
             }
         }
-        if let Some(remaining) = &mut state.remaining {
-            *remaining = remaining.saturating_sub(1);
-        }
+        let took_remaining = match &mut state.remaining {
+            Some(remaining) if *remaining > 0 => {
+                *remaining -= 1;
+                true
+            }
+            _ => false,
+        };
         if booked.is_none() {
             state.in_flight += 1;
         }
-        Admit::Now(place(booked))
+        Admit::Now(place(booked, took_remaining))
     }
 
     /// Records what a response says of its host.

@@ -281,6 +281,13 @@ impl<K, S> Acquire<'_, K, S> {
         self.cost = cost;
         self
     }
+
+    /// Waits at most `max_wait` for this call, if that is shorter than the limiter's
+    /// [`max_wait`](RateLimiter::max_wait) (for a caller with a deadline of its own).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = self.max_wait.min(max_wait);
+        self
+    }
 }
 
 impl<'a, K, S> IntoFuture for Acquire<'a, K, S>

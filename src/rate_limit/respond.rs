@@ -15,7 +15,7 @@ use crate::{BoxError, Decision, Quotas};
 /// Three are built in: [`Http`] answers HTTP requests with a response (429 and rate-limit
 /// headers; a gRPC call, told by its `content-type`, with a gRPC status), [`Grpc`] answers
 /// gRPC calls, [`Errors`] answers any service with an error. This trait is public so
-/// that the layer's types can be named; use those two rather than implementing it.
+/// that the layer's types can be named; use those three rather than implementing it.
 #[diagnostic::on_unimplemented(
     message = "the layer cannot answer `{T}` itself",
     note = "the layer's default answers HTTP: `http::Response<B>` with `B: Default`; for other services (a hyper or reqwest client, tonic's channel, anything not HTTP) call `.errors()` on the layer"
@@ -346,12 +346,14 @@ fn grpc_status(refusal: &Refusal) -> (u8, String) {
     (code, message)
 }
 
-/// Whether a request is a gRPC call: its `content-type` is `application/grpc`, with or without
-/// a `+format` suffix.
+/// Whether a request is a gRPC call: its `content-type` is `application/grpc`, alone or with a
+/// `+format` suffix or parameters. Not gRPC-web (`application/grpc-web…`), whose trailers
+/// travel in the body.
 fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
 /// A gRPC trailers-only refusal, with `body` (empty).

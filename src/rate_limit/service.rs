@@ -143,11 +143,11 @@ where
         let key = match shared.key.extract(&request) {
             Ok(key) => key,
             Err(error) => {
-                let limiter = &*shared.admission.name;
+                let layer = &*shared.admission.name;
                 if error.is_client_error() {
-                    tracing::debug!(target: "tollgate::rate_limit", limiter, %error, "request without a key");
+                    tracing::debug!(target: "tollgate::rate_limit", layer, %error, "request without a key");
                 } else {
-                    tracing::warn!(target: "tollgate::rate_limit", limiter, %error, "request without a key");
+                    tracing::warn!(target: "tollgate::rate_limit", layer, %error, "request without a key");
                 }
                 return match shared.missing_key {
                     MissingKey::Allow => ResponseFuture::calling(inner.call(request), None),
@@ -203,6 +203,11 @@ where
         // The reservation covers one unit; the rest is decided like any request, and the
         // reserved unit is given back if the rest is refused.
         cost => {
+            if let Err(error) = quotas.check_cost(cost) {
+                // Never passable, whatever was reserved (which is given back).
+                drop(reserved);
+                return shared.refuse::<Svc, Req>(Refusal::TooCostly(error), &request);
+            }
             let admit = shared
                 .admission
                 .admit(key, quotas, cost - 1, shared.max_wait(), false);

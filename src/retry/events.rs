@@ -10,7 +10,7 @@ use crate::BoxError;
 #[non_exhaustive]
 pub enum GiveUp {
     /// The attempts allowed were all made.
-    Attempts,
+    MaxAttempts,
     /// The retry budget was spent: the upstream fails too often for retries to help.
     Budget,
     /// The overall deadline leaves no time for the wait and another attempt.
@@ -27,7 +27,7 @@ impl GiveUp {
     /// Its place in the metrics' `reason` labels.
     pub(crate) fn metric_index(self) -> usize {
         match self {
-            Self::Attempts => 0,
+            Self::MaxAttempts => 0,
             Self::Budget => 1,
             Self::Deadline => 2,
             Self::Body => 3,
@@ -40,7 +40,7 @@ impl GiveUp {
 impl fmt::Display for GiveUp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Attempts => "all attempts made",
+            Self::MaxAttempts => "all attempts made",
             Self::Budget => "retry budget spent",
             Self::Deadline => "deadline too close",
             Self::Body => "request body cannot be sent again",

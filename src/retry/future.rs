@@ -230,7 +230,7 @@ fn next_delay<P: RequestSource, C>(
     deadline: Option<Instant>,
 ) -> Result<Duration, GiveUp> {
     if made >= config.backoff.max_attempts() {
-        return Err(GiveUp::Attempts);
+        return Err(GiveUp::MaxAttempts);
     }
     attempts.check()?;
     let delay = match classification {

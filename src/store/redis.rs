@@ -530,10 +530,12 @@ where
         key: &K,
         quotas: &Quotas,
         cost: u32,
-        _: Duration,
+        max_wait: Duration,
     ) -> Option<Result<Decision, StoreError>> {
-        // A peek (cost 0) reads Redis: status must not be a remembered denial.
-        if cost == 0 {
+        // The cache remembers denials of single requests in reject mode: a peek (cost 0) must
+        // read Redis, a larger cost may be denied where a single one passes, and a request
+        // that may wait could be given a slot where one that may not was denied.
+        if cost != 1 || !max_wait.is_zero() {
             return None;
         }
         let over_limit = self.inner.over_limit.as_ref()?;
@@ -549,7 +551,7 @@ where
             let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
             match inner.decide(&key, &quotas, cost, max_wait_us).await {
                 Ok(decision) => {
-                    if !decision.is_allowed() && cost > 0 {
+                    if !decision.is_allowed() && cost == 1 && max_wait.is_zero() {
                         if let Some(over_limit) = &inner.over_limit {
                             over_limit.remember(&key, &quotas, &decision, inner.clock.now());
                         }

@@ -1,10 +1,10 @@
-//! The README's first example, served on loopback and asked 12 times: 10 × 200, then 429.
+//! The README's axum example (its first tower one), served on loopback and asked 12 times: 10 × 200, then 429.
 
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-// --- the README's first example, as a newcomer pastes it ---
+// --- the README's axum example, as a newcomer pastes it ---
 use axum::{routing::get, Router};
 use tollgate::key::PeerIp;
 use tollgate::{Quota, RateLimitLayer};
@@ -34,12 +34,12 @@ async fn main() {
     for _ in 0..12 {
         statuses.push(status(addr).await);
     }
-    println!("README example with default features: {statuses:?}");
+    println!("README axum example with default features: {statuses:?}");
     let mut expected = vec![200; 10];
     expected.extend([429, 429]);
     assert_eq!(
         statuses, expected,
-        "the README's first example must limit, not fail"
+        "the README's axum example must limit, not fail"
     );
 }
 
