@@ -303,21 +303,27 @@ async fn pushback_beyond_the_maximum_returns_the_refusal_at_once() {
     assert_eq!(seen.arrived.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn peer_ip_finds_the_peer_of_a_tonic_server() {
-    // The `tonic` feature: PeerIp reads the TcpConnectInfo tonic's server records, so a
-    // per-peer limit works as it is (without it, every call failed with INTERNAL).
+/// The health service behind `layer` alone, on a loopback port.
+async fn serve_behind<L>(layer: L) -> SocketAddr
+where
+    L: tower::Layer<tonic::service::Routes> + Clone + Send + Sync + 'static,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+{
     let (reporter, health) = health_reporter();
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let limit = RateLimitLayer::new(Quota::per_minute(2).unwrap())
-        .key(key::PeerIp::new())
-        .store(MemoryStore::builder().clock(TokioClock::new()).build())
-        .grpc();
-    let server = Server::builder().layer(limit).add_service(health);
+    let server = Server::builder().layer(layer).add_service(health);
     tokio::spawn(async move {
         let _keep_reporting = reporter;
         server
@@ -325,15 +331,39 @@ async fn peer_ip_finds_the_peer_of_a_tonic_server() {
             .await
             .unwrap();
     });
+    addr
+}
+
+fn health_check() -> tonic::Request<HealthCheckRequest> {
+    tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_ip_finds_the_peer_of_a_tonic_server() {
+    // The `tonic` feature: PeerIp reads the TcpConnectInfo tonic's server records, so a
+    // per-peer limit works as it is (without it, every call failed with INTERNAL).
+    let addr = serve_behind(
+        RateLimitLayer::new(Quota::per_minute(2).unwrap())
+            .key(key::PeerIp::new())
+            .store(MemoryStore::builder().clock(TokioClock::new()).build())
+            .grpc(),
+    )
+    .await;
     let mut client = HealthClient::new(channel(addr).await);
-    let request = || {
-        tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
-        })
-    };
-    client.check(request()).await.expect("within the quota");
-    client.check(request()).await.expect("within the quota");
-    let status = client.check(request()).await.expect_err("over the quota");
+    client
+        .check(health_check())
+        .await
+        .expect("within the quota");
+    client
+        .check(health_check())
+        .await
+        .expect("within the quota");
+    let status = client
+        .check(health_check())
+        .await
+        .expect_err("over the quota");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 }
 
@@ -341,30 +371,20 @@ async fn peer_ip_finds_the_peer_of_a_tonic_server() {
 async fn a_layer_not_told_grpc_still_answers_grpc_calls_in_grpc() {
     // No `.grpc()`: the HTTP answer sees `content-type: application/grpc` and answers
     // RESOURCE_EXHAUSTED, where clients once saw `Unavailable` mapped from HTTP 429.
-    let (reporter, health) = health_reporter();
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let limit = RateLimitLayer::new(Quota::per_minute(1).unwrap())
-        .store(MemoryStore::builder().clock(TokioClock::new()).build());
-    let server = Server::builder().layer(limit).add_service(health);
-    tokio::spawn(async move {
-        let _keep_reporting = reporter;
-        server
-            .serve_with_incoming(TcpIncoming::from(listener))
-            .await
-            .unwrap();
-    });
+    let addr = serve_behind(
+        RateLimitLayer::new(Quota::per_minute(1).unwrap())
+            .store(MemoryStore::builder().clock(TokioClock::new()).build()),
+    )
+    .await;
     let mut client = HealthClient::new(channel(addr).await);
-    let request = || {
-        tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
-        })
-    };
-    client.check(request()).await.expect("within the quota");
-    let status = client.check(request()).await.expect_err("over the quota");
+    client
+        .check(health_check())
+        .await
+        .expect("within the quota");
+    let status = client
+        .check(health_check())
+        .await
+        .expect_err("over the quota");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::{get, post};
 use axum::Router;
-use common::{client, fetch, header, TestServer};
+use common::{client, fetch, header, statuses, TestServer};
 use http::StatusCode;
 use tollgate::key::{ClientIp, Header, LogKeys, PeerIp};
 use tollgate::rate_limit::{LimitEventKind, RateLimitLayer, Tiers};
@@ -18,19 +18,6 @@ use tollgate::{MemoryStore, Quota, Quotas};
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(n).unwrap()
-}
-
-async fn statuses(
-    client: &common::HttpClient,
-    url: &str,
-    headers: &[(&str, &str)],
-    n: usize,
-) -> Vec<u16> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(fetch(client, url, headers).await.status().as_u16());
-    }
-    out
 }
 
 #[tokio::test]

@@ -10,26 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::get;
 use axum::Router;
-use common::{client, fetch, TestServer};
+use common::{client, statuses, TestServer};
 use tollgate::key::Header;
 use tollgate::rate_limit::RateLimitLayer;
 use tollgate::Quota;
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(n).unwrap()
-}
-
-async fn statuses(
-    client: &common::HttpClient,
-    url: &str,
-    headers: &[(&str, &str)],
-    n: usize,
-) -> Vec<u16> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(fetch(client, url, headers).await.status().as_u16());
-    }
-    out
 }
 
 /// A `tracing` writer that keeps everything written, for the test to read.

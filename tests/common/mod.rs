@@ -93,6 +93,20 @@ pub async fn fetch(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> 
     send(client, builder.body(Full::default()).unwrap()).await
 }
 
+/// The statuses of `n` requests to `url` with `headers`, one after another.
+pub async fn statuses(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(fetch(client, url, headers).await.status().as_u16());
+    }
+    out
+}
+
 pub fn header<'a, B>(response: &'a Response<B>, name: &str) -> Option<&'a str> {
     response.headers().get(name).map(|v| v.to_str().unwrap())
 }
