@@ -96,10 +96,13 @@ async fn main() -> Result<(), BoxError> {
     let (app, store) = match std::env::var("REDIS_URL") {
         Ok(url) => {
             // Should Redis fail, each copy goes on limiting with its own memory.
+            // Checked now: a wrong URL, password or a cluster node stops the server here.
             let redis = RedisStore::builder(url.as_str())
                 .on_failure(OnFailure::Local(MemoryStore::new()))
-                .build()?;
-            (app(client_ip.clone(), redis)?, format!("redis at {url}"))
+                .connect()
+                .await
+                .map_err(|error| error.to_string())?;
+            (app(client_ip.clone(), redis)?, "redis".to_owned())
         }
         Err(_) => (
             app(client_ip.clone(), MemoryStore::new())?,

@@ -16,6 +16,8 @@ use tollgate::{Decision, MemoryStore, Quota, Quotas, RateLimitLayer, Store, Stor
 
 mod common;
 
+use common::redis::Redis;
+
 /// What conformance compares of a decision; waits to the second, since the two stores run
 /// moments apart on different clocks.
 #[derive(Debug, PartialEq)]
@@ -445,4 +447,48 @@ async fn the_layer_behaves_the_same_on_redis() {
         stored.contains("tollgate:{h:k%7B1%7D}:report:30000000:2"),
         "{stored}"
     );
+}
+
+#[tokio::test]
+async fn connect_fails_at_start_up_and_says_why() {
+    use tollgate::store::RedisStore;
+    let unusable = |result: Result<RedisStore, StoreError>| match result {
+        Err(StoreError::Unusable(what)) => what,
+        Err(other) => panic!("not Unusable: {other}"),
+        Ok(_) => panic!("connected"),
+    };
+    // Not a URL; nothing listening.
+    let what = unusable(RedisStore::builder("http://nope").connect().await);
+    assert!(what.contains("not a Redis URL"), "{what}");
+    let what = unusable(RedisStore::builder("redis://127.0.0.1:1/").connect().await);
+    assert!(what.contains("cannot connect"), "{what}");
+
+    // A server with a password: none given, a wrong one (never repeated in the message),
+    // the right one.
+    let redis = match Redis::start_with(&["--requirepass", "s3cret-pw"]) {
+        Some(redis) => redis,
+        None => return,
+    };
+    let what = unusable(RedisStore::builder(redis.url()).connect().await);
+    assert!(what.contains("asks for a password"), "{what}");
+    let wrong = format!("{}?pass=not-it-9f8e", redis.url());
+    let what = unusable(RedisStore::builder(wrong).connect().await);
+    assert!(what.contains("refused"), "{what}");
+    assert!(!what.contains("not-it-9f8e"), "the password leaked: {what}");
+    let right = format!("{}?pass=s3cret-pw", redis.url());
+    let store = RedisStore::builder(right).connect().await.unwrap();
+    let quotas = Quotas::from(Quota::per_minute(1).unwrap());
+    assert!(store
+        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_allowed());
+
+    // A cluster node: refused at start-up, not silently decided by MOVED fallbacks.
+    let cluster = match Redis::start_with(&["--cluster-enabled", "yes"]) {
+        Some(redis) => redis,
+        None => return,
+    };
+    let what = unusable(RedisStore::builder(cluster.url()).connect().await);
+    assert!(what.contains("Cluster"), "{what}");
 }

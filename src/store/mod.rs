@@ -94,6 +94,8 @@ pub enum StoreError {
     Timeout(Duration),
     /// The store failed: a network or protocol error.
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The store cannot be used as configured (found at start-up): what is wrong.
+    Unusable(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -102,6 +104,7 @@ impl std::fmt::Display for StoreError {
             Self::Quota(e) => e.fmt(f),
             Self::Timeout(after) => write!(f, "the rate-limit store did not answer in {after:?}"),
             Self::Backend(e) => write!(f, "the rate-limit store failed: {e}"),
+            Self::Unusable(what) => write!(f, "the rate-limit store cannot be used: {what}"),
         }
     }
 }
@@ -110,7 +113,7 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Quota(e) => Some(e),
-            Self::Timeout(_) => None,
+            Self::Timeout(_) | Self::Unusable(_) => None,
             Self::Backend(e) => Some(&**e),
         }
     }

@@ -288,8 +288,68 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The store, checked at start-up: connects, authenticates, makes sure the server is not
+    /// a Redis Cluster node (this store talks to one node; a cluster node would answer most
+    /// keys with `MOVED`), and loads the scripts. A wrong URL, an unreachable server, a wrong
+    /// password or ACL user, or a cluster node is an error here, with a message that says
+    /// which (and no password in it), instead of a server that starts and then decides every
+    /// request by its failure policy.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tollgate::StoreError> {
+    /// use tollgate::store::RedisStore;
+    /// let store = RedisStore::builder("redis://:s3cret@127.0.0.1:6379").connect().await?;
+    /// # drop(store); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unusable`] saying what is wrong.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let shown = redacted(&self.url);
+        let unusable = |what: String| StoreError::Unusable(format!("Redis at {shown}: {what}"));
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| unusable(format!("not a Redis URL ({e})")))?;
+        let patience = self.timeout.max(Duration::from_secs(2));
+        let mut connection =
+            tokio::time::timeout(patience, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| unusable(format!("no answer in {patience:?}")))?
+                .map_err(|e| unusable(describe(&e)))?;
+        let info: String = tokio::time::timeout(
+            patience,
+            redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| unusable(format!("no answer in {patience:?}")))?
+        .map_err(|e| unusable(describe(&e)))?;
+        if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+            return Err(unusable(
+                "it is a Redis Cluster node; this store talks to a single Redis (or a primary \
+                 behind a proxy), and a cluster node would answer most keys with MOVED"
+                    .to_owned(),
+            ));
+        }
+        for script in [DECIDE, REFUND] {
+            let loaded: Result<String, _> = tokio::time::timeout(
+                patience,
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(script)
+                    .query_async(&mut connection),
+            )
+            .await
+            .map_err(|_| unusable(format!("no answer in {patience:?}")))?;
+            loaded.map_err(|e| unusable(format!("cannot load the script: {}", describe(&e))))?;
+        }
+        self.build()
+    }
+
     /// The store. Connects lazily, in the background: Redis need not be up yet (until it is,
-    /// the failure policy applies). Must be called inside a tokio runtime.
+    /// the failure policy applies); [`connect`](Self::connect) checks it at start-up instead.
+    /// Must be called inside a tokio runtime.
     ///
     /// # Errors
     ///
@@ -321,6 +381,51 @@ impl RedisStoreBuilder {
                 hook: self.hook,
             }),
         })
+    }
+}
+
+/// A Redis URL with its password, if any, replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut shown = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => format!("{scheme}://{authority}{path}"),
+    };
+    // `redis+unix:///path?pass=…` carries it in the query.
+    if let Some(at) = shown.find("pass=") {
+        let end = shown[at..].find('&').map_or(shown.len(), |e| at + e);
+        shown.replace_range(at + 5..end, "***");
+    }
+    shown
+}
+
+/// What a connection error means, in words an operator can act on.
+fn describe(error: &redis::RedisError) -> String {
+    let text = error.to_string();
+    let upper = text.to_ascii_uppercase();
+    if upper.contains("WRONGPASS")
+        || upper.contains("INVALID PASSWORD")
+        || upper.contains("AUTHENTICATION FAILED")
+        || upper.contains("AUTHENTICATIONFAILED")
+    {
+        format!("the password or ACL user was refused ({text})")
+    } else if upper.contains("NOAUTH") {
+        format!("it asks for a password, and the URL gives none ({text})")
+    } else if error.is_connection_refusal() || error.is_io_error() {
+        format!("cannot connect ({text})")
+    } else {
+        text
     }
 }
 
@@ -728,6 +833,20 @@ mod tests {
         assert_eq!(key("a}b"), "s:a%7Db");
         assert_eq!(key(&42u64), "n:42");
         assert_eq!(key(""), "s:", "never an empty hash tag");
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redacted("redis://user:hunter2@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redacted("redis://:hunter2@host"), "redis://:***@host");
+        assert_eq!(redacted("rediss://host:6380"), "rediss://host:6380");
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=hunter2&user=u"),
+            "redis+unix:///run/redis.sock?db=1&pass=***&user=u"
+        );
     }
 
     #[test]

@@ -13,12 +13,19 @@ use tollgate::store::RedisStore;
 pub struct Redis {
     dir: PathBuf,
     child: Option<Child>,
+    /// Arguments for `redis-server` beyond the defaults (`--requirepass …`, say).
+    extra: Vec<String>,
 }
 
 static SERVERS: AtomicU64 = AtomicU64::new(0);
 
 impl Redis {
     pub fn start() -> Option<Redis> {
+        Self::start_with(&[])
+    }
+
+    /// A private Redis started with `extra` arguments too.
+    pub fn start_with(extra: &[&str]) -> Option<Redis> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -35,7 +42,11 @@ impl Redis {
         let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis { dir, child: None };
+        let mut redis = Redis {
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         redis.spawn();
         Some(redis)
     }
@@ -63,6 +74,7 @@ impl Redis {
                 "--dir",
             ])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -84,8 +96,18 @@ impl Redis {
         }
     }
 
+    /// The password the server was started with, if any.
+    pub fn password(&self) -> Option<&str> {
+        let at = self.extra.iter().position(|a| a == "--requirepass")?;
+        self.extra.get(at + 1).map(String::as_str)
+    }
+
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
+        let mut command = Command::new("redis-cli");
+        if let Some(password) = self.password() {
+            command.args(["--no-auth-warning", "-a", password]);
+        }
+        let out = command
             .arg("-s")
             .arg(self.socket())
             .args(args)
