@@ -288,8 +288,10 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
         results.iter().all(Result::is_err),
         "fail closed: {results:?}"
     );
-    assert!(errors.load(Ordering::SeqCst) >= 5);
-    assert!(deny.errors() >= 5);
+    // Three calls fail (and are counted); from then on Redis counts as down and the policy
+    // decides without a call, until a background probe reaches it.
+    assert!(errors.load(Ordering::SeqCst) >= 3);
+    assert!(deny.errors() >= 3);
 
     let (slowest, results) = slowest_of(&allow, 5, &quotas).await;
     assert!(slowest <= timeout + margin, "waited {slowest:?}");
@@ -491,4 +493,56 @@ async fn connect_fails_at_start_up_and_says_why() {
     };
     let what = unusable(RedisStore::builder(cluster.url()).connect().await);
     assert!(what.contains("Cluster"), "{what}");
+}
+
+#[tokio::test]
+async fn a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_answers() {
+    let redis = redis_or_skip!();
+    let quotas = Quotas::from(Quota::per_minute(1).unwrap());
+    let timeout = Duration::from_millis(50);
+    let store = RedisStore::builder(redis.url())
+        .timeout(timeout)
+        .on_failure(OnFailure::Deny)
+        .build()
+        .unwrap();
+    assert!(store
+        .decide(&"warm".to_owned(), &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_allowed());
+    // Every client of Redis paused for 1.5 s: calls hang until their timeout.
+    let socket = redis.socket();
+    let paused = std::thread::spawn(move || {
+        let _ = Command::new("redis-cli")
+            .arg("-s")
+            .arg(socket)
+            .args(["CLIENT", "PAUSE", "1500", "ALL"])
+            .output();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (slowest, results) = slowest_of(&store, 3, &quotas).await;
+    assert!(
+        slowest >= timeout,
+        "the first failures pay the timeout: {slowest:?}"
+    );
+    assert!(results.iter().all(Result::is_err));
+    // Then the policy answers at once.
+    let (slowest, results) = slowest_of(&store, 50, &quotas).await;
+    eprintln!("slowest of 50 decisions while Redis is down: {slowest:?}");
+    assert!(slowest < Duration::from_millis(5), "{slowest:?}");
+    assert!(results.iter().all(Result::is_err), "fail closed");
+    paused.join().unwrap();
+    // The probe finds Redis again: decisions come from it.
+    let mut resumed = None;
+    for _ in 0..100 {
+        if let Ok(decision) = store
+            .decide(&"after".to_owned(), &quotas, 1, Duration::ZERO)
+            .await
+        {
+            resumed = Some(decision);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed.expect("Redis answers again").is_allowed());
 }
