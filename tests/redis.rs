@@ -546,3 +546,38 @@ async fn a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_ans
     }
     assert!(resumed.expect("Redis answers again").is_allowed());
 }
+
+#[tokio::test]
+async fn while_redis_is_down_a_dropped_wait_is_given_back_to_the_local_store() {
+    let mut redis = redis_or_skip!();
+    let local = MemoryStore::new();
+    let store = RedisStore::builder(redis.url())
+        .timeout(Duration::from_millis(50))
+        .on_failure(OnFailure::Local(local.clone()))
+        .build()
+        .unwrap();
+    let quotas = Quotas::from(Quota::per_minute(1).unwrap());
+    redis.kill();
+    // Three failures: Redis counts as down, and the local store decides.
+    for i in 0..3 {
+        let _ = store
+            .decide(&format!("trip-{i}"), &quotas, 1, Duration::ZERO)
+            .await;
+    }
+    let limiter = tollgate::RateLimiter::keyed(Quota::per_minute(1).unwrap()).store(store);
+    let key = "k".to_owned();
+    limiter.key(key.clone()).try_acquire().await.unwrap();
+    // A wait for the next slot (60 s away), given up: the slot goes back to the local store.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        limiter.key(key.clone()).acquire(),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let after = local.status(&key, &quotas);
+    assert!(
+        after.reset_after() <= Duration::from_secs(60),
+        "one minute of debt, not two: {:?}",
+        after.reset_after()
+    );
+}

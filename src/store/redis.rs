@@ -764,6 +764,14 @@ where
     }
 
     fn refund(&self, key: &K, quotas: &Quotas, cost: u32) {
+        // While Redis is down, what is given back was decided by the failure policy: by the
+        // local store (give it back there), or by no store at all (nothing to give back).
+        if self.inner.is_down() {
+            if let OnFailure::Local(store) = &self.inner.on_failure {
+                store.refund(key, quotas, cost);
+            }
+            return;
+        }
         // A denial remembered before the refund may no longer hold.
         if let Some(over_limit) = &self.inner.over_limit {
             over_limit.forget(key, quotas);
