@@ -170,7 +170,10 @@ impl<S: Store<Global>> RateLimiter<Global, S> {
         self.key(Global).available().await
     }
 
-    /// The limit's state now: remaining, reset, limit (nothing is taken).
+    /// The limit's state now (nothing is taken): read [`remaining`](Decision::remaining),
+    /// [`reset_after`](Decision::reset_after) and [`limit`](Decision::limit). (A status is a
+    /// request of cost 0, so its `is_allowed()` is always true: `remaining()` says whether a
+    /// unit could be taken.)
     pub async fn status(&self) -> Result<Decision, StoreError> {
         self.key(Global).status().await
     }

@@ -11,7 +11,7 @@ use crate::Quotas;
 ///
 /// A `Decision` keeps the raw state and computes the numbers when asked, so a caller that
 /// only wants to know "allowed?" pays for no division.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     allowed: bool,
     quota: u8,
@@ -174,5 +174,20 @@ impl Decision {
     #[inline]
     pub fn status(&self) -> Status {
         self.gcra.status(self.debt, 0)
+    }
+}
+
+impl std::fmt::Debug for Decision {
+    /// The numbers callers read, not the raw state.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decision")
+            .field("allowed", &self.allowed)
+            .field("limit", &self.limit())
+            .field("remaining", &self.remaining())
+            .field("reset_after", &self.reset_after())
+            .field("retry_after", &self.retry_after())
+            .field("wait", &self.wait())
+            .field("quota_index", &self.quota_index())
+            .finish()
     }
 }
