@@ -3,7 +3,8 @@
 //! Alone in its file, so that no other test hits the same `tracing` call site on another
 //! thread while this one listens.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use tollgate::clock::ManualClock;
@@ -11,30 +12,8 @@ use tollgate::{MemoryStore, Quota, Quotas};
 
 #[test]
 fn evictions_warn_at_most_once_a_minute() {
-    #[derive(Clone, Default)]
-    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let warnings = || {
-        String::from_utf8(lines.0.lock().unwrap().clone())
-            .unwrap()
-            .matches("memory store at its cap")
-            .count()
-    };
+    let (logs, _guard) = common::logs::capture(tracing::Level::INFO);
+    let warnings = || logs.text().matches("memory store at its cap").count();
 
     let clock = ManualClock::new();
     clock.advance(Duration::from_secs(1000));

@@ -384,16 +384,19 @@ async fn adaptive_mode_halves_on_throttling_and_grows_on_success() {
     );
 }
 
+/// An adaptive pace held at one request per second.
+const ONE_PER_SECOND: Aimd = Aimd {
+    start: 1.0,
+    floor: 1.0,
+    ceiling: 1.0,
+    step: 1.0,
+    decrease: 0.5,
+};
+
 #[tokio::test(start_paused = true)]
 async fn refusals_in_adaptive_reject_mode_give_back_what_they_took() {
     let (_, addr) = start().await;
-    let layer = LearnLayer::new().reject().adaptive(Aimd {
-        start: 1.0,
-        floor: 1.0,
-        ceiling: 1.0,
-        step: 1.0,
-        decrease: 0.5,
-    });
+    let layer = LearnLayer::new().reject().adaptive(ONE_PER_SECOND);
     let svc = layer.layer(client());
     // One a second: the first goes, the next three are refused at once.
     svc.clone()
@@ -417,13 +420,7 @@ async fn refusals_in_adaptive_reject_mode_give_back_what_they_took() {
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_while_waiting_frees_its_place() {
     let (_, addr) = start().await;
-    let layer = LearnLayer::new().adaptive(Aimd {
-        start: 1.0,
-        floor: 1.0,
-        ceiling: 1.0,
-        step: 1.0,
-        decrease: 0.5,
-    });
+    let layer = LearnLayer::new().adaptive(ONE_PER_SECOND);
     let svc = layer.layer(client());
     svc.clone()
         .oneshot(get_req(addr, "/say/x=1/200"))

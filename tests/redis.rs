@@ -247,6 +247,20 @@ async fn slowest_of<S: Store<String>>(
     (slowest, results)
 }
 
+/// The first decision Redis itself makes for `key` within 5 s, retried every 50 ms.
+async fn once_redis_answers(store: &RedisStore, key: &str, quotas: &Quotas) -> Option<Decision> {
+    for _ in 0..100 {
+        if let Ok(decision) = store
+            .decide(&key.to_owned(), quotas, 1, Duration::ZERO)
+            .await
+        {
+            return Some(decision);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
 #[tokio::test]
 async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() {
     let mut redis = redis_or_skip!();
@@ -346,17 +360,7 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
     blocked.join().unwrap();
 
     // Back: decisions come from Redis again, without anyone restarting the store.
-    let mut resumed = None;
-    for _ in 0..100 {
-        if let Ok(decision) = deny
-            .decide(&"again".to_owned(), &quotas, 1, Duration::ZERO)
-            .await
-        {
-            resumed = Some(decision);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let resumed = once_redis_answers(&deny, "again", &quotas).await;
     assert!(resumed.expect("Redis answers again").is_allowed());
     let denied = deny
         .decide(&"again".to_owned(), &quotas, 1, Duration::ZERO)
@@ -533,17 +537,7 @@ async fn a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_ans
     assert!(results.iter().all(Result::is_err), "fail closed");
     paused.join().unwrap();
     // The probe finds Redis again: decisions come from it.
-    let mut resumed = None;
-    for _ in 0..100 {
-        if let Ok(decision) = store
-            .decide(&"after".to_owned(), &quotas, 1, Duration::ZERO)
-            .await
-        {
-            resumed = Some(decision);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let resumed = once_redis_answers(&store, "after", &quotas).await;
     assert!(resumed.expect("Redis answers again").is_allowed());
 }
 

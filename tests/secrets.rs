@@ -19,33 +19,11 @@ fn per_minute(n: u32) -> Quota {
     Quota::per_minute(n).unwrap()
 }
 
-/// A `tracing` writer that keeps everything written, for the test to read.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_token_used_as_a_key_never_reaches_the_logs() {
     const TOKEN: &str = "s3cr3t-token-9f8e7d";
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // A current-thread runtime: the server's tasks run on this thread, under this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::logs::capture(tracing::Level::TRACE);
 
     let hook_lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let hook_log = Arc::clone(&hook_lines);
@@ -87,7 +65,7 @@ async fn a_token_used_as_a_key_never_reaches_the_logs() {
         [400]
     );
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("request denied"),
         "denials were logged: {logs}"

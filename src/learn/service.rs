@@ -101,7 +101,8 @@ where
                     };
                     match admitted {
                         Ok(decision) if !decision.wait().is_zero() => {
-                            shared.waited_for_default(&host, decision.wait());
+                            // Reported once over: the limiter decides and waits in one call.
+                            shared.waiting(&host, decision.wait());
                         }
                         Ok(_) => {}
                         Err(Refusal::Limited(limited)) => {
@@ -141,12 +142,6 @@ impl Shared {
     fn waiting(&self, host: &Authority, wait: Duration) {
         self.metrics.waited(wait);
         self.event(LearnEventKind::Waiting, host, wait, None);
-    }
-
-    /// A wait under the default quota, reported once it is over (the limiter decides and
-    /// waits in one call).
-    fn waited_for_default(&self, host: &Authority, wait: Duration) {
-        self.waiting(host, wait);
     }
 
     /// The error of a request refused locally, reported.
