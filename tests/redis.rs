@@ -16,70 +16,8 @@ use tollgate::{Decision, MemoryStore, Quota, Quotas, RateLimitLayer, Store, Stor
 
 mod common;
 
+use common::conformance::scenario;
 use common::redis::Redis;
-
-/// What conformance compares of a decision; waits to the second, since the two stores run
-/// moments apart on different clocks.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    allowed: bool,
-    quota: usize,
-    remaining: u32,
-    limit: u32,
-    retry_after_s: u64,
-    wait_s: u64,
-}
-
-fn seen(decision: &Decision) -> Seen {
-    let round = |d: Duration| (d.as_secs_f64() + 0.5) as u64;
-    Seen {
-        allowed: decision.is_allowed(),
-        quota: decision.quota_index(),
-        remaining: decision.remaining(),
-        limit: decision.limit(),
-        retry_after_s: round(decision.retry_after()),
-        wait_s: round(decision.wait()),
-    }
-}
-
-/// The same sequence of requests, through any store.
-async fn scenario<S: Store<String>>(store: &S) -> Vec<Seen> {
-    let single = Quotas::from(Quota::per_hour(5).unwrap().named("hourly").unwrap());
-    let both = Quotas::new([
-        Quota::per_minute(60)
-            .unwrap()
-            .with_burst(3)
-            .unwrap()
-            .named("burst")
-            .unwrap(),
-        Quota::per_day(5).unwrap().named("daily").unwrap(),
-    ])
-    .unwrap();
-    let mut out = Vec::new();
-    let decide = |key: &str, quotas: &Quotas, cost: u32, max_wait: Duration| {
-        let future = store.decide(&key.to_owned(), quotas, cost, max_wait);
-        async move { future.await.unwrap() }
-    };
-    for _ in 0..7 {
-        out.push(seen(&decide("alice", &single, 1, Duration::ZERO).await));
-    }
-    out.push(seen(&decide("bob", &single, 3, Duration::ZERO).await));
-    out.push(seen(&decide("bob", &single, 3, Duration::ZERO).await));
-    out.push(seen(&decide("bob", &single, 0, Duration::ZERO).await));
-    for _ in 0..6 {
-        out.push(seen(&decide("carol", &both, 1, Duration::ZERO).await));
-    }
-    // Wait mode: reserve slots up to 25 minutes ahead.
-    for _ in 0..4 {
-        out.push(seen(
-            &decide("dave", &single, 1, Duration::from_secs(1500)).await,
-        ));
-    }
-    out.push(seen(
-        &decide("dave", &single, 1, Duration::from_secs(1500)).await,
-    ));
-    out
-}
 
 #[tokio::test]
 async fn the_same_requests_get_the_same_answers_as_from_the_memory_store() {
@@ -496,7 +434,7 @@ async fn connect_fails_at_start_up_and_says_why() {
         None => return,
     };
     let what = unusable(RedisStore::builder(cluster.url()).connect().await);
-    assert!(what.contains("Cluster"), "{what}");
+    assert!(what.contains("RedisStore::cluster"), "{what}");
 }
 
 #[tokio::test]

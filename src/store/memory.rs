@@ -271,6 +271,55 @@ impl<C: Clock> MemoryStore<C> {
         inner.table.reset(key_hash, &ids[..quotas.len()]);
     }
 
+    /// The TATs of `key` under each quota of `quotas` (0: a full bucket), without claiming.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn tats<K: Hash>(&self, key: &K, quotas: &Quotas) -> [u64; MAX_QUOTAS] {
+        let inner = &*self.inner;
+        if std::mem::size_of::<K>() == 0 {
+            if let Some(global) = inner.global.find_all(quotas) {
+                let mut tats = [0; MAX_QUOTAS];
+                for (tat, global) in tats.iter_mut().zip(&global[..quotas.len()]) {
+                    *tat = global.load(Ordering::Acquire);
+                }
+                return tats;
+            }
+        }
+        let key_hash = inner.hasher.hash_one(key);
+        inner
+            .table
+            .load(key_hash, &entry_ids(key_hash, quotas)[..quotas.len()])
+    }
+
+    /// Sets the TATs of `key` under each quota of `quotas` to `tats` (in this store's clock),
+    /// claiming states as needed: how a network store's answers are mirrored here, so that
+    /// this store can take over where the network store left off.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_tats<K: Hash>(&self, key: &K, quotas: &Quotas, tats: &[u64]) {
+        let inner = &*self.inner;
+        if std::mem::size_of::<K>() == 0 {
+            if let Some(global) = inner.global.find_all(quotas) {
+                for (slot, tat) in global[..quotas.len()].iter().zip(tats) {
+                    slot.store(*tat, Ordering::Release);
+                }
+                return;
+            }
+        }
+        let key_hash = inner.hasher.hash_one(key);
+        let ids = entry_ids(key_hash, quotas);
+        let now = inner.clock.now();
+        inner.table.update(
+            key_hash,
+            &ids[..quotas.len()],
+            now,
+            |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
+            |slots| {
+                for (slot, tat) in slots.iter().zip(tats) {
+                    slot.store(*tat, Ordering::Release);
+                }
+            },
+        );
+    }
+
     /// How many states (keys × quotas) are tracked now, expired ones not yet dropped included.
     pub fn len(&self) -> usize {
         self.inner.table.len()

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 
+pub mod conformance;
 pub mod logs;
 pub mod nginx;
 pub mod redis;

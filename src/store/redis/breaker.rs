@@ -1,0 +1,102 @@
+//! When to stop asking Redis: after [`TRIP_AFTER`] failed calls in a row, requests are decided
+//! by the failure policy at once, without paying the timeout, until a background probe gets
+//! an answer.
+//!
+//! On a cluster, one node failing must not send the keys of the healthy nodes to the policy:
+//! the breaker is kept per group of 64 consecutive hash slots (256 groups), and each group's
+//! probe asks the node that serves its slots now, so it answers once a replica has taken
+//! over. On a single Redis there is one group.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// Failed calls in a row after which requests stop paying the timeout.
+pub(super) const TRIP_AFTER: u32 = 3;
+
+/// Redis Cluster's hash slots.
+const SLOTS: u16 = 16384;
+/// Groups of consecutive slots with a breaker each, on a cluster.
+const GROUPS: usize = 256;
+
+pub(super) struct Breaker {
+    groups: Box<[Group]>,
+}
+
+#[derive(Default)]
+struct Group {
+    failures_in_a_row: AtomicU32,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    pub(super) fn new(cluster: bool) -> Self {
+        let groups = if cluster { GROUPS } else { 1 };
+        Self {
+            groups: (0..groups).map(|_| Group::default()).collect(),
+        }
+    }
+
+    /// The group of a key whose hash tag (the text between its first `{` and `}`) is `tag`.
+    pub(super) fn group_of(&self, tag: impl FnOnce() -> Vec<u8>) -> usize {
+        if self.groups.len() == 1 {
+            return 0;
+        }
+        let slot = crc16::State::<crc16::XMODEM>::calculate(&tag()) % SLOTS;
+        usize::from(slot) * GROUPS / usize::from(SLOTS)
+    }
+
+    /// Whether the group counts as down: its requests are decided by the policy at once.
+    pub(super) fn is_down(&self, group: usize) -> bool {
+        self.groups[group].failures_in_a_row.load(Ordering::Acquire) >= TRIP_AFTER
+    }
+
+    /// A failed call; `true` when this one tripped the group (the caller starts a probe).
+    pub(super) fn failed(&self, group: usize) -> bool {
+        self.groups[group]
+            .failures_in_a_row
+            .fetch_add(1, Ordering::AcqRel)
+            + 1
+            == TRIP_AFTER
+    }
+
+    /// A call Redis answered: the group is up.
+    pub(super) fn answered(&self, group: usize) {
+        let failures = &self.groups[group].failures_in_a_row;
+        if failures.load(Ordering::Relaxed) != 0 {
+            failures.store(0, Ordering::Release);
+        }
+    }
+
+    /// Claims the group's probe; `false` if one runs already.
+    pub(super) fn start_probe(&self, group: usize) -> bool {
+        !self.groups[group].probing.swap(true, Ordering::AcqRel)
+    }
+
+    pub(super) fn end_probe(&self, group: usize) {
+        self.groups[group].probing.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_follow_the_hash_slot_of_the_tag() {
+        let breaker = Breaker::new(true);
+        // CLUSTER KEYSLOT foo = 12182, bar = 5061, "" = 0.
+        assert_eq!(breaker.group_of(|| b"foo".to_vec()), 12182 * 256 / 16384);
+        assert_eq!(breaker.group_of(|| b"bar".to_vec()), 5061 * 256 / 16384);
+        assert_eq!(Breaker::new(false).group_of(|| unreachable!()), 0);
+    }
+
+    #[test]
+    fn a_group_trips_after_three_failures_and_alone() {
+        let breaker = Breaker::new(true);
+        assert!(!breaker.failed(7) && !breaker.failed(7));
+        assert!(breaker.failed(7), "the third trips it");
+        assert!(!breaker.failed(7), "once");
+        assert!(breaker.is_down(7) && !breaker.is_down(8));
+        breaker.answered(7);
+        assert!(!breaker.is_down(7));
+    }
+}

@@ -1,0 +1,386 @@
+//! Configuring a [`RedisStore`], and checking at start-up that it can work.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+
+use super::connection::{self, Connection, Target, Tls};
+use super::{ErrorHook, OnFailure, RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
+use crate::store::StoreError;
+
+/// Configures a [`RedisStore`]: made by [`RedisStore::builder`] (one Redis) or
+/// [`RedisStore::cluster`] (a Redis Cluster).
+#[must_use]
+pub struct RedisStoreBuilder {
+    pub(super) target: Target,
+    pub(super) tls: Tls,
+    pub(super) prefix: String,
+    pub(super) timeout: Duration,
+    pub(super) on_failure: OnFailure,
+    pub(super) fleet_size: u32,
+    pub(super) over_limit_cache: bool,
+    pub(super) batching: bool,
+    pub(super) hook: Option<ErrorHook>,
+}
+
+impl RedisStoreBuilder {
+    pub(super) fn new(target: Target) -> Self {
+        Self {
+            target,
+            tls: Tls::default(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            on_failure: OnFailure::Deny,
+            fleet_size: 1,
+            over_limit_cache: true,
+            batching: true,
+            hook: None,
+        }
+    }
+
+    /// The first part of every key (default [`DEFAULT_PREFIX`]).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a call to Redis may take before the failure policy applies (default
+    /// [`DEFAULT_TIMEOUT`], 50 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What to do when Redis fails or is too slow (default [`OnFailure::Deny`]).
+    pub fn on_failure(mut self, policy: OnFailure) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// How many instances share this limit (default 1). With [`OnFailure::Local`], each
+    /// instance then decides with 1/`instances` of every quota while Redis is away (the rate
+    /// divided, the burst divided, at least 1), so that the fleet together stays near one
+    /// limit instead of admitting one limit per instance. Set it to the number of instances
+    /// that run (or a little above: fewer than that only makes the outage stricter).
+    pub fn fleet_size(mut self, instances: u32) -> Self {
+        self.fleet_size = instances.max(1);
+        self
+    }
+
+    /// Whether to answer keys that were just denied locally, until their retry-after (default
+    /// on).
+    pub fn over_limit_cache(mut self, on: bool) -> Self {
+        self.over_limit_cache = on;
+        self
+    }
+
+    /// Whether decisions queued on the connection go to Redis together, in one script call
+    /// (default on; see [Throughput](super#throughput)). A single Redis only: on a cluster
+    /// each decision has its own call.
+    pub fn batching(mut self, on: bool) -> Self {
+        self.batching = on;
+        self
+    }
+
+    /// Trusts these certificate authorities (PEM) for `rediss://`, beyond the system's
+    /// roots: for a Redis whose certificate a private CA signed.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM) for `rediss://`, to a Redis that asks
+    /// for one (`tls-auth-clients yes`).
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Calls `hook` on every failed call to Redis.
+    pub fn on_error(mut self, hook: impl Fn(&StoreError) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// The store, checked at start-up: connects, authenticates, makes sure the server is what
+    /// the builder says (one Redis, or a Redis Cluster whose slots are all served), and loads
+    /// the scripts. A wrong URL, an unreachable server, a wrong password or ACL user, a TLS
+    /// failure, a cluster node given as one Redis, or a lone Redis given as a cluster is an
+    /// error here, with a message that says which (and no password in it), instead of a
+    /// server that starts and then decides every request by its failure policy.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tollgate::StoreError> {
+    /// use tollgate::store::RedisStore;
+    /// let store = RedisStore::builder("redis://:s3cret@127.0.0.1:6379").connect().await?;
+    /// let cluster = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .connect()
+    ///     .await?;
+    /// # drop((store, cluster)); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unusable`] saying what is wrong.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let shown = match &self.target {
+            Target::Single(url) => format!("Redis at {}", redacted(url)),
+            Target::Cluster(seeds) => format!(
+                "Redis Cluster at {}",
+                seeds
+                    .iter()
+                    .map(|s| redacted(s))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        let unusable = |what: String| StoreError::Unusable(format!("{shown}: {what}"));
+        let patience = self.timeout.max(Duration::from_secs(2));
+        let in_time = |what: &'static str| {
+            let shown = shown.clone();
+            move |_| StoreError::Unusable(format!("{shown}: no answer in {patience:?} ({what})"))
+        };
+        let mut connection = match &self.target {
+            Target::Single(url) => {
+                let client = connection::client(url, &self.tls)
+                    .map_err(|e| unusable(format!("not a Redis URL ({e})")))?;
+                let connection =
+                    tokio::time::timeout(patience, client.get_multiplexed_async_connection())
+                        .await
+                        .map_err(in_time("connecting"))?
+                        .map_err(|e| unusable(describe(&e)))?;
+                CheckConnection::Single(connection)
+            }
+            Target::Cluster(seeds) => {
+                let client = connection::cluster_client(seeds, &self.tls, patience, patience)
+                    .map_err(|e| unusable(format!("not Redis URLs ({e})")))?;
+                let connection = tokio::time::timeout(patience, client.get_async_connection())
+                    .await
+                    .map_err(in_time("connecting"))?
+                    .map_err(|e| unusable(describe(&e)))?;
+                CheckConnection::Cluster(Connection::Cluster(connection))
+            }
+        };
+        // A cluster connection asks every primary and answers with a map of their texts.
+        let info: redis::Value = tokio::time::timeout(
+            patience,
+            redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(in_time("INFO"))?
+        .map_err(|e| unusable(describe(&e)))?;
+        let is_cluster_node = has_line(&info, "cluster_enabled:1");
+        match (&self.target, is_cluster_node) {
+            (Target::Single(_), true) => {
+                return Err(unusable(
+                    "it is a Redis Cluster node, and a cluster node answers most keys with \
+                     MOVED: use RedisStore::cluster with the cluster's nodes"
+                        .to_owned(),
+                ))
+            }
+            (Target::Cluster(_), false) => {
+                return Err(unusable(
+                    "it is not a Redis Cluster (cluster_enabled:0): use RedisStore::builder"
+                        .to_owned(),
+                ))
+            }
+            _ => {}
+        }
+        if let Target::Cluster(_) = &self.target {
+            let state: redis::Value = tokio::time::timeout(
+                patience,
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut connection),
+            )
+            .await
+            .map_err(in_time("CLUSTER INFO"))?
+            .map_err(|e| unusable(describe(&e)))?;
+            if !has_line(&state, "cluster_state:ok") {
+                return Err(unusable(
+                    "the cluster is not serving every slot (cluster_state is not ok)".to_owned(),
+                ));
+            }
+        }
+        for script in [
+            super::script::DECIDE,
+            super::script::REFUND,
+            super::script::WRITE_BACK,
+        ] {
+            let loaded: Result<redis::Value, _> = tokio::time::timeout(
+                patience,
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(script)
+                    .query_async(&mut connection),
+            )
+            .await
+            .map_err(in_time("SCRIPT LOAD"))?;
+            loaded.map_err(|e| unusable(format!("cannot load the script: {}", describe(&e))))?;
+        }
+        match connection {
+            CheckConnection::Cluster(connection) => Ok(RedisStore::assemble(self, connection)),
+            CheckConnection::Single(_) => self.build(),
+        }
+    }
+
+    /// The store. Connects lazily, in the background: Redis need not be up yet (until it is,
+    /// the failure policy applies); [`connect`](Self::connect) checks it at start-up instead.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the URL is not a Redis URL.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        let connection = Connection::lazy(&self.target, &self.tls, self.timeout)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(RedisStore::assemble(self, connection))
+    }
+}
+
+/// The connection [`RedisStoreBuilder::connect`] checks through.
+enum CheckConnection {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(Connection),
+}
+
+impl ConnectionLike for CheckConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Whether a text in `value` (a text, or a map or array of them) has the line `wanted`.
+fn has_line(value: &redis::Value, wanted: &str) -> bool {
+    use redis::Value;
+    match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes)
+            .lines()
+            .any(|line| line.trim() == wanted),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => {
+            text.lines().any(|line| line.trim() == wanted)
+        }
+        Value::Array(values) | Value::Set(values) => values.iter().any(|v| has_line(v, wanted)),
+        Value::Map(pairs) => pairs.iter().any(|(_, v)| has_line(v, wanted)),
+        _ => false,
+    }
+}
+
+/// A Redis URL with its password, if any, replaced by `***`.
+pub(super) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut shown = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => format!("{scheme}://{authority}{path}"),
+    };
+    // `redis+unix:///path?pass=…` carries it in the query.
+    if let Some(at) = shown.find("pass=") {
+        let end = shown[at..].find('&').map_or(shown.len(), |e| at + e);
+        shown.replace_range(at + 5..end, "***");
+    }
+    shown
+}
+
+/// What a connection error means, in words an operator can act on.
+fn describe(error: &redis::RedisError) -> String {
+    let text = error.to_string();
+    let upper = text.to_ascii_uppercase();
+    if upper.contains("WRONGPASS")
+        || upper.contains("INVALID PASSWORD")
+        || upper.contains("AUTHENTICATION FAILED")
+        || upper.contains("AUTHENTICATIONFAILED")
+    {
+        format!("the password or ACL user was refused ({text})")
+    } else if upper.contains("NOAUTH") {
+        format!("it asks for a password, and the URL gives none ({text})")
+    } else if upper.contains("CERTIFICATE") || upper.contains("TLS") || upper.contains("HANDSHAKE")
+    {
+        format!("the TLS handshake failed ({text})")
+    } else if upper.contains("CLUSTER SUPPORT DISABLED") {
+        "it is not a Redis Cluster (cluster support disabled): use RedisStore::builder".to_owned()
+    } else if error.is_connection_refusal() || error.is_io_error() {
+        format!("cannot connect ({text})")
+    } else {
+        text
+    }
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_failure", &self.on_failure)
+            .field("fleet_size", &self.fleet_size)
+            .field("over_limit_cache", &self.over_limit_cache)
+            .field("batching", &self.batching)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redacted("redis://user:hunter2@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redacted("redis://:hunter2@host"), "redis://:***@host");
+        assert_eq!(redacted("rediss://host:6380"), "rediss://host:6380");
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=hunter2&user=u"),
+            "redis+unix:///run/redis.sock?db=1&pass=***&user=u"
+        );
+    }
+}

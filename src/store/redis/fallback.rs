@@ -1,0 +1,280 @@
+//! Deciding locally while Redis is away ([`OnFailure::Local`](super::OnFailure::Local)),
+//! without letting the fleet admit more than one limit.
+//!
+//! Three things keep N instances near one limit through an outage:
+//!
+//! - **A share, not the whole.** With [`fleet_size`](super::RedisStoreBuilder::fleet_size)
+//!   N, each instance decides with 1/N of every quota: its rate divided by N, its burst
+//!   divided by N (at least 1). Together they admit about one limit.
+//! - **A warm start.** Every answer from Redis is mirrored into the local store (one local
+//!   write beside a network round trip), so an outage starts from the debt Redis knew, not
+//!   from full buckets: a hot key does not get a fresh burst because Redis went away.
+//! - **A write-back.** Keys decided locally are remembered (up to [`MAX_OWED`] of them), and
+//!   when Redis answers again their local debt is written back, one script call per key, as a
+//!   max-merge of TATs: the return brings no fresh burst either.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use super::script::Answer;
+use crate::clock::Clock;
+use crate::quota::MAX_QUOTAS;
+use crate::store::{Decision, MemoryStore, StoreError};
+use crate::{Quota, Quotas};
+
+/// The most keys remembered for the write-back; beyond it, keys decided locally are not
+/// written back (counted in [`Local::unrecorded`]).
+pub(super) const MAX_OWED: usize = 100_000;
+
+/// Quota sets remembered with their share; beyond it shares are computed per call.
+const MAX_SHARES: usize = 1024;
+
+/// The local store and what it owes Redis.
+pub(super) struct Local {
+    store: MemoryStore,
+    fleet: u32,
+    /// Quota set identity → (the set, kept alive so its identity is not reused; its share).
+    shares: RwLock<HashMap<usize, (Quotas, Quotas)>>,
+    /// First Redis key of a subject → what it owes.
+    owed: Mutex<HashMap<Vec<u8>, Owed>>,
+    unrecorded: AtomicU64,
+}
+
+/// A key decided locally: its Redis keys, and its local TATs per quota with each quota's
+/// global and local windows.
+struct Owed {
+    keys: Vec<Vec<u8>>,
+    tats: [u64; MAX_QUOTAS],
+    windows: [(u64, u64); MAX_QUOTAS],
+}
+
+/// What to write back for one key: its Redis keys and the debt of each, in microseconds.
+pub(super) struct Debt {
+    pub(super) keys: Vec<Vec<u8>>,
+    pub(super) debts_us: Vec<u64>,
+}
+
+impl Local {
+    pub(super) fn new(store: MemoryStore, fleet: u32) -> Self {
+        Self {
+            store,
+            fleet: fleet.max(1),
+            shares: RwLock::new(HashMap::new()),
+            owed: Mutex::new(HashMap::new()),
+            unrecorded: AtomicU64::new(0),
+        }
+    }
+
+    /// This instance's share of `quotas`.
+    pub(super) fn share(&self, quotas: &Quotas) -> Quotas {
+        if self.fleet == 1 {
+            return quotas.clone();
+        }
+        let identity = quotas.identity();
+        if let Some((_, share)) = read(&self.shares).get(&identity) {
+            return share.clone();
+        }
+        let share = share_of(quotas, self.fleet);
+        let mut shares = write(&self.shares);
+        if shares.len() < MAX_SHARES {
+            shares.insert(identity, (quotas.clone(), share.clone()));
+        }
+        share
+    }
+
+    /// Decides locally with this instance's share, and remembers the key for the write-back.
+    pub(super) fn decide<K: Hash>(
+        &self,
+        key: &K,
+        redis_keys: impl FnOnce() -> Vec<Vec<u8>>,
+        quotas: &Quotas,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Decision, StoreError> {
+        let share = self.share(quotas);
+        let decision = self.store.check_or_wait(key, &share, cost, max_wait)?;
+        if decision.is_allowed() && cost > 0 {
+            self.remember(key, redis_keys(), quotas, &share);
+        }
+        Ok(decision)
+    }
+
+    fn remember<K: Hash>(
+        &self,
+        key: &K,
+        redis_keys: Vec<Vec<u8>>,
+        quotas: &Quotas,
+        share: &Quotas,
+    ) {
+        let tats = self.store.tats(key, share);
+        let mut windows = [(0, 0); MAX_QUOTAS];
+        for (window, (global, local)) in windows
+            .iter_mut()
+            .zip(quotas.as_slice().iter().zip(share.as_slice()))
+        {
+            *window = (global.window_nanos(), local.window_nanos());
+        }
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        let room = owed.len() < MAX_OWED;
+        match owed.get_mut(&redis_keys[0]) {
+            Some(entry) => entry.tats = tats,
+            None if room => {
+                let first = redis_keys[0].clone();
+                owed.insert(
+                    first,
+                    Owed {
+                        keys: redis_keys,
+                        tats,
+                        windows,
+                    },
+                );
+            }
+            None => {
+                self.unrecorded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Mirrors Redis's answer for `key` into the local store, rescaled to the share.
+    pub(super) fn mirror<K: Hash>(&self, key: &K, quotas: &Quotas, answer: &Answer) {
+        let share = self.share(quotas);
+        let now = self.store.clock().now();
+        let mut tats = [0; MAX_QUOTAS];
+        for (i, (tat, (global, local))) in tats
+            .iter_mut()
+            .zip(quotas.as_slice().iter().zip(share.as_slice()))
+            .enumerate()
+        {
+            let debt_ns = answer
+                .tat_us(i)
+                .saturating_sub(answer.now_us)
+                .saturating_mul(1000);
+            if debt_ns > 0 {
+                *tat = now.saturating_add(rescale(
+                    debt_ns,
+                    global.window_nanos(),
+                    local.window_nanos(),
+                ));
+            }
+        }
+        self.store.set_tats(key, &share, &tats[..quotas.len()]);
+    }
+
+    pub(super) fn refund<K: Hash>(&self, key: &K, quotas: &Quotas, cost: u32) {
+        self.store.refund(key, &self.share(quotas), cost);
+    }
+
+    pub(super) fn reset<K: Hash>(&self, key: &K, quotas: &Quotas) {
+        self.store.reset(key, &self.share(quotas));
+    }
+
+    /// Takes what the keys decided locally owe Redis now: each one's remaining local debt,
+    /// rescaled from the share to the whole quota.
+    /// Only the keys whose first Redis key passes `which` are taken.
+    pub(super) fn take_debts(&self, which: impl Fn(&[u8]) -> bool) -> Vec<Debt> {
+        let taken: Vec<Owed> = {
+            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<Vec<u8>> = owed.keys().filter(|k| which(k)).cloned().collect();
+            keys.iter().filter_map(|k| owed.remove(k)).collect()
+        };
+        let now = self.store.clock().now();
+        taken
+            .into_iter()
+            .filter_map(|owed| {
+                let debts_us: Vec<u64> = owed
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| {
+                        let (global, local) = owed.windows[i];
+                        rescale(owed.tats[i].saturating_sub(now), local, global) / 1000
+                    })
+                    .collect();
+                debts_us.iter().any(|&d| d > 0).then_some(Debt {
+                    keys: owed.keys,
+                    debts_us,
+                })
+            })
+            .collect()
+    }
+
+    /// Keys decided locally that could not be remembered for the write-back ([`MAX_OWED`]).
+    pub(super) fn unrecorded(&self) -> u64 {
+        self.unrecorded.load(Ordering::Relaxed)
+    }
+}
+
+/// `debt` in a window of `from` nanoseconds, as the same fraction of a window of `to`.
+fn rescale(debt: u64, from: u64, to: u64) -> u64 {
+    if from == to || from == 0 {
+        return debt;
+    }
+    u64::try_from(u128::from(debt) * u128::from(to) / u128::from(from)).unwrap_or(u64::MAX)
+}
+
+/// `1/fleet` of each quota: the interval times `fleet`, the burst divided by it (at least 1).
+/// A quota that cannot be divided (an interval that would overflow) is kept whole.
+fn share_of(quotas: &Quotas, fleet: u32) -> Quotas {
+    let shared = quotas.as_slice().iter().map(|quota| {
+        quota
+            .interval()
+            .checked_mul(fleet)
+            .and_then(|interval| Quota::every(interval).ok())
+            .and_then(|q| q.with_burst((quota.burst() / fleet).max(1)).ok())
+            .and_then(|q| q.named(quota.name()).ok())
+            .unwrap_or_else(|| quota.clone())
+    });
+    Quotas::new(shared).unwrap_or_else(|_| quotas.clone())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_instance_gets_its_share_of_every_quota() {
+        let quotas = Quotas::new([
+            Quota::per_second(10)
+                .unwrap()
+                .with_burst(10)
+                .unwrap()
+                .named("a")
+                .unwrap(),
+            Quota::per_minute(3).unwrap().named("b").unwrap(),
+        ])
+        .unwrap();
+        let local = Local::new(MemoryStore::new(), 4);
+        let share = local.share(&quotas);
+        let [a, b] = share.as_slice() else { panic!() };
+        assert_eq!(
+            (a.interval(), a.burst(), a.name()),
+            (Duration::from_millis(400), 2, "a")
+        );
+        assert_eq!(
+            (b.interval(), b.burst(), b.name()),
+            (Duration::from_secs(80), 1, "b")
+        );
+        assert!(local.share(&quotas).same_set(&share), "remembered");
+        assert!(Local::new(MemoryStore::new(), 1)
+            .share(&quotas)
+            .same_set(&quotas));
+    }
+
+    #[test]
+    fn debts_keep_their_fraction_of_the_window() {
+        assert_eq!(rescale(500, 1000, 4000), 2000);
+        assert_eq!(rescale(500, 1000, 1000), 500);
+        assert_eq!(rescale(u64::MAX, 1, u64::MAX), u64::MAX);
+    }
+}

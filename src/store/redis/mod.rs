@@ -1,0 +1,647 @@
+//! A store on Redis (or Valkey): one limit shared by every instance of a service, on one
+//! Redis or a Redis Cluster, plain or over TLS.
+//!
+//! ```no_run
+//! use tollgate::key::PeerIp;
+//! use tollgate::store::{OnFailure, RedisStore};
+//! use tollgate::{Quota, RateLimitLayer};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One Redis (`rediss://` with the `redis-tls` feature); checked now, not at the first request.
+//! let store = RedisStore::builder("redis://127.0.0.1:6379")
+//!     .prefix("myapp")
+//!     .on_failure(OnFailure::Local(tollgate::MemoryStore::new()))
+//!     .fleet_size(4)
+//!     .connect()
+//!     .await?;
+//! let layer = RateLimitLayer::new(Quota::per_second(5)?).key(PeerIp::new()).store(store);
+//!
+//! // A Redis Cluster, found from any of its nodes.
+//! let cluster = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+//!     .connect()
+//!     .await?;
+//! # drop((layer, cluster)); Ok(()) }
+//! ```
+//!
+//! # How a decision is made
+//!
+//! One round trip: a Lua script, loaded once and then called by its SHA1 (and loaded again
+//! when Redis answers `NOSCRIPT`), runs the same GCRA as the memory store ([`crate::gcra`]) on
+//! every quota of the key at once. It reads the time from Redis `TIME`, so that the instances'
+//! clocks never disagree; keeps one value per key and quota, the TAT in integer microseconds,
+//! expiring when the bucket is full again; charges all the quotas or none; and writes nothing
+//! on a denial.
+//!
+//! Keys read `PREFIX:{SUBJECT}:QUOTA:INTERVAL_US:BURST`, for example
+//! `tollgate:{ip:203.0.113.7}:hello:200000:10`: the braces are a Redis Cluster hash tag, so
+//! that the quotas of one subject share a slot and one script can touch them all, on a
+//! cluster as on one node. Braces and `%` inside a subject are percent-escaped.
+//!
+//! Microseconds are Redis's unit: intervals are rounded down to a whole microsecond (at least
+//! one), so quotas faster than a million per second are not expressible here.
+//!
+//! # Redis Cluster
+//!
+//! [`RedisStore::cluster`] takes seed nodes and finds the rest. Each decision goes to the node
+//! of its subject's slot; `MOVED` and `ASK` are followed, and the slot map is refreshed when
+//! a node fails over. A subject's keys share a slot, so its decision stays one atomic script
+//! call. [`connect`](RedisStoreBuilder::connect) refuses a cluster node given to
+//! [`RedisStore::builder`] (a single-node client would get `MOVED` for most keys) and a lone
+//! Redis given to [`RedisStore::cluster`].
+//!
+//! # Throughput
+//!
+//! On one Redis, decisions queued on the connection are *batched*: while calls are out, the
+//! decisions that arrive wait for the next call, and all of them go in it, one `EVALSHA` and
+//! one `TIME` for many (see `BENCHMARKS.md` for the figures). Nothing waits to fill a batch:
+//! under light load each decision has its own call. [`RedisStoreBuilder::batching`] turns it
+//! off. On a cluster each decision has its own call (one script may only touch one slot),
+//! and throughput grows with the nodes instead.
+//!
+//! # When Redis fails
+//!
+//! Every call has a timeout ([`DEFAULT_TIMEOUT`], 50 ms, by default). When Redis is down, slow
+//! or in error, [`OnFailure`] decides: allow, deny (HTTP 503 from the layer, or a
+//! [`StoreError`] to other callers), or decide with a local [`MemoryStore`] until Redis is
+//! back. No request waits longer than the timeout, and after three failed calls in a row none
+//! waits at all: Redis counts as down, the policy decides at once (13.9 µs for the slowest of
+//! 50 decisions in `a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_answers`),
+//! and a background probe `PING`s it with backoff (50 ms doubling to 1 s) until it answers.
+//! Failed calls are counted ([`RedisStore::errors`]), reported to a hook, and logged, the
+//! first at once and then at most once a second; the connection is re-established in the
+//! background, and decisions go back to Redis as soon as the probe reaches it.
+//!
+//! With [`OnFailure::Local`], the fleet stays near one limit through an outage:
+//!
+//! - each instance decides with its share of every quota, 1/[`fleet_size`](RedisStoreBuilder::fleet_size);
+//! - the local store starts where Redis left off: every answer from Redis is mirrored into it
+//!   (one local write beside the round trip), so a hot key gets no fresh burst when Redis goes
+//!   away;
+//! - when Redis answers again, the debt of every key decided locally is written back to it as
+//!   a max-merge of TATs, so the return brings no fresh burst either.
+//!
+//! While Redis is away, the headers describe the instance's share (a limit of 2 where the
+//! whole is 10 on 5 instances): the limit this instance keeps.
+//!
+//! # Fewer round trips
+//!
+//! A key that was just denied is answered locally until its retry-after, without asking Redis
+//! (the over-limit cache of Envoy's rate-limit service): a client hammering a denied key costs
+//! Redis nothing. It is on by default ([`RedisStoreBuilder::over_limit_cache`]).
+
+mod batch;
+mod breaker;
+mod builder;
+mod connection;
+mod fallback;
+mod key;
+mod over_limit;
+mod script;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use builder::RedisStoreBuilder;
+pub use key::{KeyWriter, RedisKey};
+
+use self::batch::Batcher;
+use self::breaker::{Breaker, TRIP_AFTER};
+use self::connection::{Connection, Target};
+use self::fallback::Local;
+use self::over_limit::OverLimit;
+use self::script::{decision_args, interval_us, Answer, DECIDE, FULL, REFUND, WRITE_BACK};
+use super::{Decision, MemoryStore, Store, StoreError};
+use crate::clock::{Clock, MonotonicClock};
+use crate::gcra::Gcra;
+use crate::quota::MAX_QUOTAS;
+use crate::Quotas;
+
+/// The default timeout of a call to Redis.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "tollgate";
+
+/// What a [`RedisStore`] does when Redis cannot answer in time.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum OnFailure {
+    /// Fail open: allow the request. The headers then describe a full bucket.
+    Allow,
+    /// Fail closed: refuse it (HTTP 503 from the layer, [`StoreError`] elsewhere).
+    Deny,
+    /// Decide with this local store, per instance, until Redis answers again: with the
+    /// instance's share of each quota ([`RedisStoreBuilder::fleet_size`]), starting from the
+    /// state Redis last gave, and writing the local debt back when Redis returns.
+    Local(MemoryStore),
+}
+
+/// Called on every failed call to Redis.
+type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
+
+/// A store on Redis: see the [module docs](self).
+///
+/// # Clone
+///
+/// Clones share the connection (one multiplexed connection, re-established when lost; on a
+/// cluster, one per node), the over-limit cache and the error count.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Connection,
+    /// Natural batching of decisions, on a single Redis.
+    batcher: Option<Batcher>,
+    prefix: String,
+    timeout: Duration,
+    on_failure: OnFailure,
+    /// The local store of [`OnFailure::Local`], with its share and what it owes Redis.
+    local: Option<Local>,
+    decide: redis::Script,
+    refund: redis::Script,
+    write_back: redis::Script,
+    over_limit: Option<OverLimit>,
+    errors: AtomicU64,
+    /// When the last failure was logged, in clock nanoseconds plus one (0: never).
+    last_logged: AtomicU64,
+    clock: MonotonicClock,
+    hook: Option<ErrorHook>,
+    /// Which groups of keys count as down (one group on a single Redis).
+    breaker: Breaker,
+}
+
+/// The probe's first pause, doubled after each failure up to [`PROBE_MAX_PAUSE`].
+const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(50);
+const PROBE_MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Write-back calls out at once after an outage.
+const WRITE_BACK_CONCURRENCY: usize = 64;
+
+impl RedisStore {
+    /// Configures a store for the Redis at `url`: `redis://[user:password@]host:port/db`,
+    /// `redis+unix:///path/to/socket`, or `rediss://` (TLS, with the `redis-tls` feature).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Target::Single(url.into()))
+    }
+
+    /// Configures a store for a Redis Cluster, found from these seed nodes
+    /// (`redis://[user:password@]host:port` or `rediss://` URLs; one reachable node is
+    /// enough, and the others are learned from it).
+    pub fn cluster<I, S>(seeds: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisStoreBuilder::new(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
+    }
+
+    fn assemble(builder: RedisStoreBuilder, connection: Connection) -> Self {
+        let decide = redis::Script::new(DECIDE);
+        let connection_is_cluster = connection.is_cluster();
+        let batcher = (builder.batching && !connection.is_cluster())
+            .then(|| Batcher::start(connection.clone(), decide.clone(), builder.timeout));
+        let local = match &builder.on_failure {
+            OnFailure::Local(store) => Some(Local::new(store.clone(), builder.fleet_size)),
+            _ => None,
+        };
+        RedisStore {
+            inner: Arc::new(Inner {
+                connection,
+                batcher,
+                prefix: builder.prefix,
+                timeout: builder.timeout,
+                on_failure: builder.on_failure,
+                local,
+                decide,
+                refund: redis::Script::new(REFUND),
+                write_back: redis::Script::new(WRITE_BACK),
+                over_limit: builder.over_limit_cache.then(OverLimit::new),
+                errors: AtomicU64::new(0),
+                last_logged: AtomicU64::new(0),
+                breaker: Breaker::new(connection_is_cluster),
+                clock: MonotonicClock::new(),
+                hook: builder.hook,
+            }),
+        }
+    }
+
+    /// The Lua source of the decision script (for tools such as `redis-benchmark`). Its
+    /// arguments: the number of decisions, then for each its number of quotas, cost, most
+    /// microseconds it may wait, and each quota's interval and window in microseconds.
+    pub fn decision_script() -> &'static str {
+        DECIDE
+    }
+
+    /// The SHA1 the decision script is called by (`EVALSHA`).
+    pub fn decision_script_sha(&self) -> &str {
+        self.inner.decide.get_hash()
+    }
+
+    /// Calls to Redis that failed or timed out since the store was built.
+    pub fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// Keys decided locally during outages that could not be remembered for the write-back
+    /// (more than 100,000 in one outage): their local debt is not written back to Redis.
+    pub fn unrecorded_local_decisions(&self) -> u64 {
+        self.inner.local.as_ref().map_or(0, Local::unrecorded)
+    }
+
+    /// The key of `subject`'s state under `quota` (for inspection with `redis-cli`).
+    pub fn key_of<K: RedisKey + ?Sized>(&self, subject: &K, quota: &crate::Quota) -> String {
+        String::from_utf8_lossy(&self.inner.key(subject, quota)).into_owned()
+    }
+
+    /// The state of `key` under `quotas`, without consuming anything.
+    pub async fn status<K: RedisKey + ?Sized>(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+    ) -> Result<Decision, StoreError> {
+        let answer = self.inner.call(key, quotas, 0, 0).await?;
+        answer_decision(quotas, &answer)
+    }
+
+    /// Forgets `key`'s state under `quotas`: its buckets are full again.
+    pub async fn reset<K: RedisKey + std::hash::Hash>(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+    ) -> Result<(), StoreError> {
+        let keys = self.inner.keys(key, quotas);
+        let mut connection = self.inner.connection.clone();
+        // One DEL per key: a subject's keys share a slot, but a DEL of several keys is still
+        // refused by some cluster proxies.
+        let deleted: redis::RedisResult<()> = tokio::time::timeout(self.inner.timeout, async {
+            for key in &keys {
+                redis::cmd("DEL")
+                    .arg(key)
+                    .query_async::<i64>(&mut connection)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "timed out").into()));
+        if let Some(over_limit) = &self.inner.over_limit {
+            over_limit.forget(key, quotas);
+        }
+        if let Some(local) = &self.inner.local {
+            local.reset(key, quotas);
+        }
+        deleted.map_err(|e| StoreError::Backend(Box::new(e)))
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &self.inner.connection.is_cluster())
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("batching", &self.inner.batcher.is_some())
+            .field("errors", &self.errors())
+            .finish_non_exhaustive()
+    }
+}
+
+fn answer_decision(quotas: &Quotas, answer: &Answer) -> Result<Decision, StoreError> {
+    answer.decision(quotas).ok_or_else(|| {
+        StoreError::Backend("the decision script answered in an unexpected shape".into())
+    })
+}
+
+impl Inner {
+    fn key<K: RedisKey + ?Sized>(&self, subject: &K, quota: &crate::Quota) -> Vec<u8> {
+        let gcra = Gcra::new(quota);
+        let mut key = Vec::with_capacity(self.prefix.len() + 64);
+        key.extend_from_slice(self.prefix.as_bytes());
+        key.extend_from_slice(b":{");
+        subject.write_key(&mut KeyWriter(&mut key));
+        key.extend_from_slice(b"}:");
+        key.extend_from_slice(quota.name().as_bytes());
+        key.extend_from_slice(format!(":{}:{}", interval_us(&gcra), quota.burst()).as_bytes());
+        key
+    }
+
+    /// The breaker group of `subject`'s keys (their hash slot's, on a cluster).
+    fn group<K: RedisKey + ?Sized>(&self, subject: &K) -> usize {
+        self.breaker.group_of(|| {
+            let mut tag = Vec::with_capacity(32);
+            subject.write_key(&mut KeyWriter(&mut tag));
+            tag
+        })
+    }
+
+    fn keys<K: RedisKey + ?Sized>(&self, subject: &K, quotas: &Quotas) -> Vec<Vec<u8>> {
+        quotas
+            .as_slice()
+            .iter()
+            .map(|q| self.key(subject, q))
+            .collect()
+    }
+
+    /// One decision by Redis: through the batcher on a single Redis, in its own call on a
+    /// cluster (or with batching off).
+    async fn call<K: RedisKey + ?Sized>(
+        &self,
+        subject: &K,
+        quotas: &Quotas,
+        cost: u32,
+        max_wait_us: u64,
+    ) -> Result<Answer, StoreError> {
+        let keys = self.keys(subject, quotas);
+        let args = decision_args(quotas, cost, max_wait_us);
+        if let Some(batcher) = &self.batcher {
+            let answer = batcher.submit(keys, args);
+            return match tokio::time::timeout(self.timeout, answer).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(StoreError::Backend("the batching task ended".into())),
+                Err(_) => Err(StoreError::Timeout(self.timeout)),
+            };
+        }
+        let mut invocation = self.decide.prepare_invoke();
+        invocation.arg(1);
+        for key in &keys {
+            invocation.key(key);
+        }
+        for arg in &args {
+            invocation.arg(arg);
+        }
+        let mut connection = self.connection.clone();
+        let raw: Vec<u64> = match tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(error)) => return Err(StoreError::Backend(Box::new(error))),
+            Err(_) => return Err(StoreError::Timeout(self.timeout)),
+        };
+        Answer::split(&raw, &[quotas.len()])
+            .and_then(|mut answers| answers.pop())
+            .ok_or_else(|| {
+                StoreError::Backend("the decision script answered in an unexpected shape".into())
+            })
+    }
+
+    /// Counts a failed call (logged at once the first time, then at most once a second), and
+    /// applies the failure policy to it.
+    #[allow(clippy::too_many_arguments)]
+    fn failed<K: RedisKey + std::hash::Hash>(
+        self: &Arc<Self>,
+        error: StoreError,
+        group: usize,
+        subject: &K,
+        quotas: &Quotas,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Decision, StoreError> {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::store_error("redis");
+        let now = self.clock.now();
+        let last = self.last_logged.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last - 1) >= 1_000_000_000;
+        if due
+            && self
+                .last_logged
+                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(target: "tollgate::store::redis", %error, errors = self.errors.load(Ordering::Relaxed), policy = ?self.on_failure, "Redis did not decide");
+        }
+        if let Some(hook) = &self.hook {
+            hook(&error);
+        }
+        if self.breaker.failed(group) {
+            tracing::warn!(target: "tollgate::store::redis", failures = TRIP_AFTER, group, policy = ?self.on_failure, "Redis is down: deciding by the failure policy at once, probing in the background");
+            self.probe(group, self.key(subject, &quotas.as_slice()[0]));
+        }
+        self.policy(error, subject, quotas, cost, max_wait)
+    }
+
+    /// Starts a background probe of `group`, unless one runs: `EXISTS probe_key` (which goes
+    /// to the node serving the group's slot now) with backoff until Redis answers; then the
+    /// local debt of the group's keys is written back, and its requests go to Redis again.
+    /// The probe holds the store weakly: it ends with it.
+    fn probe(self: &Arc<Self>, group: usize, probe_key: Vec<u8>) {
+        if !self.breaker.start_probe(group) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.breaker.end_probe(group);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut pause = PROBE_FIRST_PAUSE;
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mut connection = inner.connection.clone();
+                let mut exists = redis::cmd("EXISTS");
+                let answer = exists.arg(&probe_key).query_async::<i64>(&mut connection);
+                if let Ok(Ok(_)) = tokio::time::timeout(inner.timeout, answer).await {
+                    // Write back what was decided locally before Redis decides again, then
+                    // once more for the decisions made while the first write-back ran.
+                    let written = inner.write_back(group).await;
+                    inner.breaker.answered(group);
+                    let written = written + inner.write_back(group).await;
+                    inner.breaker.end_probe(group);
+                    tracing::info!(target: "tollgate::store::redis", group, keys_written_back = written, "Redis answers again");
+                    return;
+                }
+                pause = (pause * 2).min(PROBE_MAX_PAUSE);
+            }
+        });
+    }
+
+    /// Writes the debt of the keys decided locally back to Redis (a max-merge of TATs, one
+    /// script call per key, many at once); returns how many keys were written.
+    async fn write_back(&self, group: usize) -> usize {
+        use futures_util::stream::{self, StreamExt};
+        let Some(local) = &self.local else { return 0 };
+        let debts =
+            local.take_debts(|first_key| self.breaker.group_of(|| tag_of(first_key)) == group);
+        if debts.is_empty() {
+            return 0;
+        }
+        let calls = debts.into_iter().map(|debt| {
+            let mut connection = self.connection.clone();
+            let script = &self.write_back;
+            async move {
+                let mut invocation = script.prepare_invoke();
+                for (key, owed) in debt.keys.iter().zip(&debt.debts_us) {
+                    invocation.key(key).arg(owed);
+                }
+                matches!(
+                    tokio::time::timeout(
+                        self.timeout,
+                        invocation.invoke_async::<i64>(&mut connection)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+        });
+        let results: Vec<bool> = stream::iter(calls)
+            .buffer_unordered(WRITE_BACK_CONCURRENCY)
+            .collect()
+            .await;
+        let failed = results.iter().filter(|ok| !**ok).count();
+        if failed > 0 {
+            tracing::warn!(target: "tollgate::store::redis", failed, "the local debt of some keys could not be written back to Redis");
+        }
+        results.len() - failed
+    }
+
+    /// The failure policy's decision.
+    fn policy<K: RedisKey + std::hash::Hash>(
+        &self,
+        error: StoreError,
+        subject: &K,
+        quotas: &Quotas,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<Decision, StoreError> {
+        match (&self.on_failure, &self.local) {
+            (OnFailure::Allow, _) => {
+                let steps = [FULL; MAX_QUOTAS];
+                Ok(Decision::from_steps(quotas, &steps[..quotas.len()], 0))
+            }
+            (OnFailure::Local(_), Some(local)) => local.decide(
+                subject,
+                || self.keys(subject, quotas),
+                quotas,
+                cost,
+                max_wait,
+            ),
+            _ => Err(error),
+        }
+    }
+}
+
+/// The hash tag of a key: what its first `{…}` holds.
+fn tag_of(key: &[u8]) -> Vec<u8> {
+    let open = key.iter().position(|&b| b == b'{');
+    let tag = open.and_then(|open| {
+        let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+        Some(&key[open + 1..open + 1 + close])
+    });
+    tag.unwrap_or(key).to_vec()
+}
+
+/// The error of a request decided while Redis is down.
+fn down() -> StoreError {
+    StoreError::Backend("Redis is down; the failure policy decides until a probe reaches it".into())
+}
+
+impl<K> Store<K> for RedisStore
+where
+    K: RedisKey + std::hash::Hash + Clone + Send + Sync + 'static,
+{
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+    fn decide_now(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+        cost: u32,
+        max_wait: Duration,
+    ) -> Option<Result<Decision, StoreError>> {
+        if self.inner.breaker.is_down(self.inner.group(key)) {
+            // No call, no timeout to pay: the policy decides at once.
+            return Some(self.inner.policy(down(), key, quotas, cost, max_wait));
+        }
+        // The cache remembers denials of single requests in reject mode: a peek (cost 0) must
+        // read Redis, a larger cost may be denied where a single one passes, and a request
+        // that may wait could be given a slot where one that may not was denied.
+        if cost != 1 || !max_wait.is_zero() {
+            return None;
+        }
+        let over_limit = self.inner.over_limit.as_ref()?;
+        over_limit
+            .check(key, quotas, cost, self.inner.clock.now())
+            .map(Ok)
+    }
+
+    fn decide(&self, key: &K, quotas: &Quotas, cost: u32, max_wait: Duration) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        let (key, quotas) = (key.clone(), quotas.clone());
+        Box::pin(async move {
+            let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
+            let group = inner.group(&key);
+            if inner.breaker.is_down(group) {
+                return inner.policy(down(), &key, &quotas, cost, max_wait);
+            }
+            let answer = match inner.call(&key, &quotas, cost, max_wait_us).await {
+                Ok(answer) => answer,
+                Err(error) => return inner.failed(error, group, &key, &quotas, cost, max_wait),
+            };
+            inner.breaker.answered(group);
+            let decision = answer_decision(&quotas, &answer)?;
+            if let Some(local) = &inner.local {
+                local.mirror(&key, &quotas, &answer);
+            }
+            if !decision.is_allowed() && cost == 1 && max_wait.is_zero() {
+                if let Some(over_limit) = &inner.over_limit {
+                    over_limit.remember(&key, &quotas, &decision, inner.clock.now());
+                }
+            }
+            Ok(decision)
+        })
+    }
+
+    fn reset(&self, key: &K, quotas: &Quotas) -> super::ResetFuture {
+        let (store, key, quotas) = (self.clone(), key.clone(), quotas.clone());
+        Box::pin(async move { RedisStore::reset(&store, &key, &quotas).await })
+    }
+
+    fn refund(&self, key: &K, quotas: &Quotas, cost: u32) {
+        // While Redis is down, what is given back was decided by the failure policy: by the
+        // local store (give it back there), or by no store at all (nothing to give back).
+        if self.inner.breaker.is_down(self.inner.group(key)) {
+            if let Some(local) = &self.inner.local {
+                local.refund(key, quotas, cost);
+            }
+            return;
+        }
+        // A denial remembered before the refund may no longer hold.
+        if let Some(over_limit) = &self.inner.over_limit {
+            over_limit.forget(key, quotas);
+        }
+        let inner = Arc::clone(&self.inner);
+        let keys = inner.keys(key, quotas);
+        let charges: Vec<u64> = quotas
+            .as_slice()
+            .iter()
+            .map(|q| interval_us(&Gcra::new(q)).saturating_mul(u64::from(cost)))
+            .collect();
+        let refund = async move {
+            let mut invocation = inner.refund.prepare_invoke();
+            for (key, charge) in keys.iter().zip(&charges) {
+                invocation.key(key).arg(charge);
+            }
+            let mut connection = inner.connection.clone();
+            let done = tokio::time::timeout(
+                inner.timeout,
+                invocation.invoke_async::<i64>(&mut connection),
+            )
+            .await;
+            if !matches!(done, Ok(Ok(_))) {
+                tracing::debug!(target: "tollgate::store::redis", "a reserved slot could not be given back");
+            }
+        };
+        // Best effort, in the background: refunds happen in `Drop`, which cannot wait.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(refund);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The Lua scripts the store runs, and how their answers become [`Decision`]s.
+//!
+//! Every number a script reads or returns is an integer below 2⁵³ (microseconds), which Lua's
+//! doubles and Redis's integer replies keep exact; values written to keys go through
+//! `string.format('%d')`, since Lua's own number-to-string conversion would round them.
+
+use crate::gcra::{Gcra, Step};
+use crate::quota::MAX_QUOTAS;
+use crate::store::Decision;
+use crate::Quotas;
+
+/// The decision script: any number of decisions in one call (a batch), each charging every
+/// quota of its key together or not at all.
+///
+/// Lean on purpose, since on a busy node its cost is the store's throughput: one `TIME` per
+/// call however many decisions it carries, each argument converted once, integer arithmetic,
+/// and nothing written on a denial or a peek.
+pub(super) const DECIDE: &str = r#"
+-- ARGV: the number of decisions, then for each: its number of quotas n, cost, max_wait_us,
+-- then interval_us and window_us of each quota. KEYS: the n TAT keys of each decision, in order.
+-- Returns now_us, then for each quota of each decision: allowed (0/1), TAT_us (the new one
+-- if allowed), wait_us.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local out = { now }
+local a, k = 2, 0
+for _ = 1, tonumber(ARGV[1]) do
+  local n, cost, max_wait = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local first, all = #out, true
+  for i = 1, n do
+    local interval, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    a = a + 2
+    local tat = tonumber(redis.call('GET', KEYS[k + i])) or 0
+    local new = (tat > now and tat or now) + interval * cost
+    local wait = new - window - now
+    if wait < 0 then wait = 0 end
+    if wait <= max_wait then
+      out[#out + 1] = 1
+      out[#out + 1] = new
+    else
+      all = false
+      out[#out + 1] = 0
+      out[#out + 1] = tat
+    end
+    out[#out + 1] = wait
+  end
+  if all and cost > 0 then
+    for i = 1, n do
+      local new = out[first + 3 * i - 1]
+      redis.call('SET', KEYS[k + i], string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
+    end
+  end
+  k = k + n
+end
+return out
+"#;
+
+/// The refund script: gives back `charge_us` on each quota of one key.
+pub(super) const REFUND: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    local new = tat - tonumber(ARGV[i])
+    if new <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
+    end
+  end
+end
+return 1
+"#;
+
+/// The write-back script: after an outage, each quota of one key owes at least `debt_us` from
+/// now (what the local decisions spent): a max-merge, so that a TAT Redis already has beyond
+/// it (the other instances' write-backs, say) is kept.
+pub(super) const WRITE_BACK: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+for i = 1, #KEYS do
+  local debt = tonumber(ARGV[i])
+  local new = now + debt
+  local tat = tonumber(redis.call('GET', KEYS[i])) or 0
+  if debt > 0 and new > tat then
+    redis.call('SET', KEYS[i], string.format('%d', new), 'PX', math.floor((debt + 999) / 1000))
+  end
+end
+return 1
+"#;
+
+/// A decision's arguments for [`DECIDE`]: `n`, cost, max wait, then interval and window per
+/// quota (microseconds).
+pub(super) fn decision_args(quotas: &Quotas, cost: u32, max_wait_us: u64) -> Vec<u64> {
+    let mut args = Vec::with_capacity(3 + 2 * quotas.len());
+    args.extend([quotas.len() as u64, u64::from(cost), max_wait_us]);
+    for quota in quotas {
+        let interval = interval_us(&Gcra::new(quota));
+        args.extend([interval, interval.saturating_mul(u64::from(quota.burst()))]);
+    }
+    args
+}
+
+/// The microsecond interval Redis works with: at least 1.
+pub(super) fn interval_us(gcra: &Gcra) -> u64 {
+    (gcra.interval_nanos() / 1000).max(1)
+}
+
+/// One decision's share of a script's answer: Redis's time, then allowed, TAT and wait of
+/// each quota, all in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Answer {
+    pub(super) now_us: u64,
+    pub(super) steps: Vec<u64>,
+}
+
+impl Answer {
+    /// Splits a batch's answer, `[now, steps of the first decision…, steps of the next…]`,
+    /// into one answer per decision; `None` if its length does not match.
+    pub(super) fn split(raw: &[u64], quota_counts: &[usize]) -> Option<Vec<Answer>> {
+        let (&now_us, mut rest) = raw.split_first()?;
+        let mut answers = Vec::with_capacity(quota_counts.len());
+        for &n in quota_counts {
+            if rest.len() < 3 * n {
+                return None;
+            }
+            let (steps, tail) = rest.split_at(3 * n);
+            answers.push(Answer {
+                now_us,
+                steps: steps.to_vec(),
+            });
+            rest = tail;
+        }
+        rest.is_empty().then_some(answers)
+    }
+
+    /// The TAT Redis holds for quota `i` after this decision, in microseconds.
+    pub(super) fn tat_us(&self, i: usize) -> u64 {
+        self.steps[3 * i + 1]
+    }
+
+    /// The decision, in the memory store's terms.
+    pub(super) fn decision(&self, quotas: &Quotas) -> Option<Decision> {
+        if self.steps.len() != 3 * quotas.len() {
+            return None;
+        }
+        let nanos = |us: u64| us.saturating_mul(1000);
+        let mut steps = [FULL; MAX_QUOTAS];
+        for (i, step) in steps.iter_mut().enumerate().take(quotas.len()) {
+            *step = Step {
+                allowed: self.steps[3 * i] == 1,
+                tat: nanos(self.steps[3 * i + 1]),
+                wait: nanos(self.steps[3 * i + 2]),
+            };
+        }
+        Some(Decision::from_steps(
+            quotas,
+            &steps[..quotas.len()],
+            nanos(self.now_us),
+        ))
+    }
+}
+
+/// The step of a full bucket.
+pub(super) const FULL: Step = Step {
+    allowed: true,
+    tat: 0,
+    wait: 0,
+};
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Quota;
+
+    #[test]
+    fn answers_become_the_memory_stores_decisions() {
+        let quotas = Quotas::from(Quota::per_second(2).unwrap());
+        let answers = Answer::split(
+            &[1_000_000, 1, 1_500_000, 0, 0, 2_000_000, 500_000],
+            &[1, 1],
+        )
+        .unwrap();
+        let allowed = answers[0].decision(&quotas).unwrap();
+        assert!(allowed.is_allowed());
+        assert_eq!(allowed.remaining(), 1);
+        let denied = answers[1].decision(&quotas).unwrap();
+        assert!(!denied.is_allowed());
+        assert_eq!(denied.retry_after(), Duration::from_millis(500));
+        assert_eq!(answers[1].tat_us(0), 2_000_000);
+        for bad in [&[][..], &[1], &[1, 1, 1], &[1, 1, 1, 1, 1]] {
+            assert!(Answer::split(bad, &[1]).is_none(), "{bad:?}");
+        }
+    }
+}

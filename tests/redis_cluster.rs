@@ -1,0 +1,306 @@
+//! RedisStore on a real Redis Cluster started by the test (`redis-server --cluster-enabled yes`
+//! on loopback ports, joined with `redis-cli --cluster create`), and over real TLS. Without
+//! `redis-server` the tests say they were skipped, unless `TOLLGATE_REQUIRE_REDIS=1` (as in
+//! CI), which makes that a failure.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::store::{OnFailure, RedisStore};
+use tollgate::{MemoryStore, Quota, Quotas, Store, StoreError};
+
+mod common;
+
+use common::conformance::scenario;
+use common::redis::{Cluster, Redis};
+
+macro_rules! cluster_or_skip {
+    ($masters:expr, $replicas:expr) => {
+        match Cluster::start($masters, $replicas) {
+            Some(cluster) => cluster,
+            None => return,
+        }
+    };
+}
+
+async fn cluster_store(cluster: &Cluster) -> RedisStore {
+    RedisStore::cluster(cluster.seeds())
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_cluster_gives_the_same_answers_as_the_memory_store() {
+    let cluster = cluster_or_skip!(3, 0);
+    let memory = scenario(&MemoryStore::new()).await;
+    let remote = scenario(&cluster_store(&cluster).await).await;
+    assert_eq!(memory.len(), remote.len());
+    for (i, (m, r)) in memory.iter().zip(&remote).enumerate() {
+        assert_eq!(m, r, "request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_cluster_keep_one_limit_per_client_with_keys_spread_over_the_nodes() {
+    let cluster = cluster_or_skip!(3, 0);
+    // Two stores with their own connections to every node, as two processes would have.
+    let (a, b) = (cluster_store(&cluster).await, cluster_store(&cluster).await);
+    let quotas = Quotas::from(Quota::per_minute(60).unwrap().with_burst(5).unwrap());
+    let clients: Vec<String> = (0..40).map(|i| format!("client-{i}")).collect();
+    let admitted: Arc<Vec<AtomicUsize>> =
+        Arc::new(clients.iter().map(|_| AtomicUsize::new(0)).collect());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (t, store) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let (quotas, clients, admitted) = (quotas.clone(), clients.clone(), Arc::clone(&admitted));
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10 {
+                for (i, client) in clients.iter().enumerate().skip((t + round) % 3) {
+                    let decision = store.decide(client, &quotas, 1, Duration::ZERO).await;
+                    if decision.unwrap().is_allowed() {
+                        admitted[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // burst + rate × t, plus at most one for a slot that came due during the run.
+    let bound = 5 + start.elapsed().as_secs() as usize + 1;
+    for (client, admitted) in clients.iter().zip(admitted.iter()) {
+        let admitted = admitted.load(Ordering::Relaxed);
+        assert!(
+            (5..=bound).contains(&admitted),
+            "{client}: {admitted}, bound {bound}"
+        );
+    }
+    assert_eq!(a.errors() + b.errors(), 0, "every decision was Redis's");
+    // The keys live on every primary, not on one.
+    for node in cluster.primaries() {
+        let keys: u64 = node.cli(&["DBSIZE"]).unwrap().trim().parse().unwrap();
+        assert!(keys >= 3, "a primary holds {keys} of the 40 clients' keys");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_fails_over_and_its_keys_stay_limited() {
+    let mut cluster = cluster_or_skip!(3, 1);
+    let store = RedisStore::cluster(cluster.seeds())
+        .timeout(Duration::from_millis(200))
+        .on_failure(OnFailure::Deny)
+        .connect()
+        .await
+        .unwrap();
+    let quotas = Quotas::from(Quota::per_hour(3).unwrap());
+    let clients: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+    for client in &clients {
+        for _ in 0..3 {
+            assert!(store
+                .decide(client, &quotas, 1, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_allowed());
+        }
+        assert!(!store
+            .decide(client, &quotas, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_allowed());
+    }
+    // Let the replicas catch up, then kill a primary; its replica takes over after the
+    // node timeout (1 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.cli(&["ROLE"]).is_some_and(|r| r.starts_with("master")))
+        .unwrap();
+    cluster.nodes[victim].kill();
+    let killed_at = Instant::now();
+    // Every client's state survives: no client passes again, whichever node holds it now.
+    let mut pending: Vec<&String> = clients.iter().collect();
+    while !pending.is_empty() {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(20),
+            "no failover in 20 s"
+        );
+        let mut still = Vec::new();
+        for client in pending {
+            match store.decide(client, &quotas, 1, Duration::ZERO).await {
+                Ok(decision) => assert!(!decision.is_allowed(), "{client} passed after failover"),
+                Err(error) => {
+                    if std::env::var("DEBUG_FAILOVER").is_ok() {
+                        eprintln!("{:?} {client}: {error}", killed_at.elapsed());
+                    }
+                    still.push(client)
+                }
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New clients are decided by Redis again, on every slot.
+    let fresh = Quotas::from(Quota::per_hour(1).unwrap());
+    for i in 0..30 {
+        let decision = store
+            .decide(&format!("new{i}"), &fresh, 1, Duration::ZERO)
+            .await;
+        assert!(decision.unwrap().is_allowed());
+    }
+}
+
+#[tokio::test]
+async fn a_lone_redis_is_not_taken_for_a_cluster_nor_a_cluster_node_for_a_lone_redis() {
+    let cluster = cluster_or_skip!(3, 0);
+    let unusable = |result: Result<RedisStore, StoreError>| match result {
+        Err(StoreError::Unusable(what)) => what,
+        Err(other) => panic!("not Unusable: {other}"),
+        Ok(_) => panic!("connected"),
+    };
+    let node = cluster.seeds().remove(0);
+    let what = unusable(RedisStore::builder(node).connect().await);
+    assert!(what.contains("RedisStore::cluster"), "{what}");
+    let lone = Redis::start_tcp(&[]).unwrap();
+    let what = unusable(
+        RedisStore::cluster([lone.tcp_url().unwrap()])
+            .connect()
+            .await,
+    );
+    assert!(what.contains("not a Redis Cluster"), "{what}");
+}
+
+/// A CA, and a certificate for 127.0.0.1 it signed, made with `openssl` in `dir`.
+fn certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS test");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tollgate test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+#[tokio::test]
+async fn rediss_works_against_a_real_tls_redis_and_refuses_an_unknown_certificate() {
+    let dir = std::env::temp_dir().join(format!("tollgate-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let path = |f: &str| dir.join(f).display().to_string();
+    let port = common::redis::free_port().to_string();
+    let Some(redis) = Redis::start_with(&[
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "tls-pw",
+    ]) else {
+        return;
+    };
+    let url = format!("rediss://:tls-pw@127.0.0.1:{port}");
+    // The system's roots do not know the test CA: refused at start-up, saying why.
+    match RedisStore::builder(url.clone()).connect().await {
+        Err(StoreError::Unusable(what)) => {
+            assert!(
+                what.contains("TLS") || what.contains("certificate"),
+                "{what}"
+            );
+            assert!(!what.contains("tls-pw"), "the password leaked: {what}");
+        }
+        other => panic!("connected without trusting the CA: {other:?}"),
+    }
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    let store = RedisStore::builder(url)
+        .tls_root_certificates(ca)
+        .connect()
+        .await
+        .unwrap();
+    let quotas = Quotas::from(Quota::per_hour(2).unwrap());
+    let key = "over-tls".to_owned();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            store
+                .decide(&key, &quotas, 1, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_allowed(),
+        );
+    }
+    assert_eq!(seen, [true, true, false]);
+    // The state is in the TLS server (read over its unix socket).
+    assert!(redis
+        .cli(&["GET", &store.key_of(&key, &quotas.as_slice()[0])])
+        .is_some_and(|v| !v.trim().is_empty()));
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

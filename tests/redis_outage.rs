@@ -1,0 +1,140 @@
+//! A fleet through a Redis outage: N instances (each its own `RedisStore`, connection and
+//! local store, as N processes would have) hammer one hot key while Redis is killed and
+//! restarted empty, or stopped and continued. With `OnFailure::Local` and `fleet_size(N)`,
+//! they must stay within 1.1 × the bound (burst + rate × time) over the whole run, and no
+//! decision may wait much longer than the timeout.
+//!
+//! Redis keeps time with `TIME`, so these tests run in real time: 2 s before the outage, 5 s
+//! of outage, 2 s after.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::store::{OnFailure, RedisStore};
+use tollgate::{MemoryStore, Quota, Quotas, Store};
+
+mod common;
+
+use common::redis::Redis;
+
+const TIMEOUT: Duration = Duration::from_millis(50);
+const BEFORE: Duration = Duration::from_secs(2);
+const OUTAGE: Duration = Duration::from_secs(5);
+const AFTER: Duration = Duration::from_secs(2);
+const RATE: u32 = 20;
+const BURST: u32 = 20;
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL, then a new, empty Redis on the same socket.
+    KillAndRestart,
+    /// SIGSTOP, then SIGCONT: calls hang until the timeout.
+    StopAndContinue,
+}
+
+struct Outcome {
+    admitted: usize,
+    bound: f64,
+    slowest: Duration,
+}
+
+async fn hot_key_through_an_outage(instances: u32, fault: Fault) -> Option<Outcome> {
+    let mut redis = Redis::start()?;
+    let quotas = Quotas::from(Quota::per_second(RATE).unwrap().with_burst(BURST).unwrap());
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let start = Instant::now();
+    let end = start + BEFORE + OUTAGE + AFTER;
+    let mut tasks = Vec::new();
+    for _ in 0..instances {
+        let store = RedisStore::builder(redis.url())
+            .timeout(TIMEOUT)
+            .on_failure(OnFailure::Local(MemoryStore::new()))
+            .fleet_size(instances)
+            .build()
+            .unwrap();
+        let (quotas, admitted, slowest) =
+            (quotas.clone(), Arc::clone(&admitted), Arc::clone(&slowest));
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            let hot = "hot".to_owned();
+            while Instant::now() < end {
+                tick.tick().await;
+                let asked = Instant::now();
+                let decision = store
+                    .decide(&hot, &quotas, 1, Duration::ZERO)
+                    .await
+                    .unwrap();
+                let took = asked.elapsed();
+                let mut slowest = slowest.lock().unwrap();
+                *slowest = (*slowest).max(took);
+                if decision.is_allowed() {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(BEFORE).await;
+    match fault {
+        Fault::KillAndRestart => redis.kill(),
+        Fault::StopAndContinue => redis.signal("STOP"),
+    }
+    tokio::time::sleep(OUTAGE).await;
+    match fault {
+        Fault::KillAndRestart => redis.spawn(),
+        Fault::StopAndContinue => redis.signal("CONT"),
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed);
+    let bound = f64::from(BURST) + f64::from(RATE) * elapsed;
+    let slowest = *slowest.lock().unwrap();
+    eprintln!(
+        "{instances} instances, {fault:?}: admitted {admitted}, bound {bound:.0} ({:.3}×), slowest decision {slowest:?}",
+        admitted as f64 / bound
+    );
+    Some(Outcome {
+        admitted,
+        bound,
+        slowest,
+    })
+}
+
+fn check(outcome: Option<Outcome>) {
+    let Some(Outcome {
+        admitted,
+        bound,
+        slowest,
+    }) = outcome
+    else {
+        return;
+    };
+    let ratio = admitted as f64 / bound;
+    assert!(
+        ratio <= 1.1,
+        "admitted {admitted} against a bound of {bound:.0}: {ratio:.3}×"
+    );
+    assert!(ratio >= 0.8, "the limit starved: {admitted} of {bound:.0}");
+    assert!(
+        slowest <= TIMEOUT + Duration::from_millis(50),
+        "a decision took {slowest:?}, the timeout is {TIMEOUT:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_stay_within_the_bound_when_redis_is_killed_and_restarted_empty() {
+    check(hot_key_through_an_outage(2, Fault::KillAndRestart).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_stay_within_the_bound_when_redis_is_killed_and_restarted_empty() {
+    check(hot_key_through_an_outage(4, Fault::KillAndRestart).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_stay_within_the_bound_when_redis_is_stopped_and_continued() {
+    check(hot_key_through_an_outage(2, Fault::StopAndContinue).await);
+}
