@@ -1,19 +1,29 @@
-//! Decisions per second through RedisStore, beside what the same Redis does for
-//! `redis-benchmark` calling the store's own script (and a trivial one) in the same run.
+//! Decisions per second through RedisStore, beside `redis-benchmark` in the same run, and
+//! decisions per second of Redis CPU time on one node and on a 3-master cluster.
 //!
 //! ```text
-//! cargo bench --bench redis        # needs redis-server and redis-benchmark on PATH
+//! cargo bench --bench redis        # needs redis-server, redis-cli and redis-benchmark
 //! ```
 //!
-//! Both sides keep 64 requests in flight on one connection over 100,000 random keys: the
-//! store through one `ConnectionManager` (64 tasks on a single-threaded runtime), and
-//! `redis-benchmark -c 1 -P 64 -r 100000`. The over-limit cache is off, so that every
-//! decision is a round trip.
+//! Redis runs on core 0 and this process on core 1 (`taskset`, when there is one). The store
+//! keeps 64 decisions in flight (64 tasks on one thread) over 100,000 random keys, one
+//! decision per key and request, quota 10 per second, over-limit cache off (every decision
+//! is Redis's). Figures:
+//!
+//! 1. *Per node*: the store with batching off (one `EVALSHA` per decision, as before
+//!    batching) and on; beside them, `redis-benchmark -c 1 -P 64` calling the store's script
+//!    for one decision, and a script doing only `GET` + `SET … PX` on 1 and on 16 keys per
+//!    call (the reference for what batching can reach), in key-updates per second.
+//! 2. *Per shard*: decisions per second of Redis CPU time (`used_cpu_user + used_cpu_sys`
+//!    from `INFO cpu`, before and after, summed over the nodes), on one node (batching off
+//!    and on) and on a 3-master cluster (each decision in its own call, since one script may
+//!    only touch one slot).
+//!
+//! Latency percentiles of the store's decisions are printed beside each throughput.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tollgate::store::RedisStore;
@@ -21,27 +31,127 @@ use tollgate::{Quota, Quotas, Store};
 
 const KEYS: u64 = 100_000;
 const IN_FLIGHT: usize = 64;
-const DECISIONS: u64 = 1_000_000;
+const DECISIONS: u64 = 600_000;
 
-struct Server(Child);
+struct Server {
+    child: Child,
+    port: u16,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    (20_000..45_000)
+        .step_by(17)
+        .map(|p| p + (std::process::id() % 17) as u16)
+        .find(|&p| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+        })
+        .expect("a free port")
+}
+
+fn pinned(core: &str, program: &str) -> Command {
+    if Command::new("taskset").arg("--version").output().is_ok() {
+        let mut command = Command::new("taskset");
+        command.args(["-c", core, program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start_redis(dir: &std::path::Path, extra: &[&str]) -> Server {
+    let port = free_port();
+    let child = pinned("0", "redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir"])
+        .arg(dir)
+        .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let server = Server { child, port };
+    for _ in 0..200 {
+        if cli(port, &["PING"]).trim() == "PONG" {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("redis-server did not come up");
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Redis CPU seconds so far, user + sys, summed over `ports`.
+fn cpu_seconds(ports: &[u16]) -> f64 {
+    ports
+        .iter()
+        .map(|&port| {
+            let info = cli(port, &["INFO", "cpu"]);
+            ["used_cpu_user:", "used_cpu_sys:"]
+                .iter()
+                .filter_map(|field| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(field))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// Script calls so far (`EVALSHA` in `INFO commandstats`), summed over `ports`.
+fn script_calls(ports: &[u16]) -> f64 {
+    ports
+        .iter()
+        .filter_map(|&port| {
+            cli(port, &["INFO", "commandstats"])
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse::<f64>().ok())
+        })
+        .sum()
+}
+
+/// This process's CPU seconds so far (user + system, from `/proc/self/stat`; 0 elsewhere).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / 100.0
 }
 
 fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
-    let out = Command::new("redis-benchmark")
+    let out = pinned("1", "redis-benchmark")
         .args([
             "-h",
             "127.0.0.1",
@@ -51,10 +161,8 @@ fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
             "1",
             "-P",
             "64",
-            "-n",
-            &DECISIONS.to_string(),
         ])
-        .args(["-r", &KEYS.to_string(), "--csv"])
+        .args(["-n", "300000", "-r", &KEYS.to_string(), "--csv"])
         .args(args)
         .output()
         .expect("run redis-benchmark");
@@ -66,118 +174,241 @@ fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("no figure in redis-benchmark's output: {text}"))
 }
 
+struct Run {
+    rate: f64,
+    per_cpu_second: f64,
+    client_cpu_us: f64,
+    per_call: f64,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+}
+
+/// 64 tasks deciding random keys through `store`; Redis CPU measured on `ports`.
+async fn run(store: RedisStore, ports: &[u16]) -> Run {
+    let quotas = Quotas::from(Quota::per_second(10).unwrap());
+    for n in 0..2000u64 {
+        store
+            .decide(&format!("warm{n}"), &quotas, 1, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(DECISIONS as usize)));
+    let cpu_before = cpu_seconds(ports);
+    let own_before = own_cpu_seconds();
+    let calls_before = script_calls(ports);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (store, quotas, next, latencies) = (
+            store.clone(),
+            quotas.clone(),
+            Arc::clone(&next),
+            Arc::clone(&latencies),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity((DECISIONS as usize) / IN_FLIGHT + 1);
+            let mut seed = next
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                | 1;
+            while next.fetch_add(1, Ordering::Relaxed) < DECISIONS {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let key = format!("{:012}", seed % KEYS);
+                let asked = Instant::now();
+                store
+                    .decide(&key, &quotas, 1, Duration::ZERO)
+                    .await
+                    .unwrap();
+                seen.push(asked.elapsed());
+            }
+            latencies.lock().unwrap().extend(seen);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(ports) - cpu_before;
+    let own = own_cpu_seconds() - own_before;
+    let calls = script_calls(ports) - calls_before;
+    assert_eq!(store.errors(), 0, "every decision was Redis's");
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap());
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    let decided = latencies.len() as f64;
+    Run {
+        rate: decided / elapsed,
+        per_cpu_second: decided / cpu,
+        client_cpu_us: own / decided * 1e6,
+        per_call: decided / calls,
+        p50: at(0.5),
+        p99: at(0.99),
+        p999: at(0.999),
+    }
+}
+
+fn print(what: &str, run: &Run) {
+    println!(
+        "  {what:<44} {:>9.0}/s  {:>9.0}/CPU-s  client {:>4.1} µs CPU  {:>5.1}/call  p50 {:>7.1?}  p99 {:>7.1?}  p99.9 {:>7.1?}",
+        run.rate, run.per_cpu_second, run.client_cpu_us, run.per_call, run.p50, run.p99, run.p999
+    );
+}
+
 fn main() {
     if Command::new("redis-benchmark")
         .arg("--version")
         .output()
         .is_err()
     {
-        println!("skipped: redis-server and redis-benchmark are needed");
+        println!("skipped: redis-server, redis-cli and redis-benchmark are needed");
         return;
     }
-    let port = free_port();
-    let _server = Server(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server"),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let url = format!("redis://127.0.0.1:{port}");
-    let quota = Quota::per_second(10).unwrap();
-    let quotas = Quotas::from(quota.clone());
-
+    // This process on core 1, Redis on core 0.
+    let _ = Command::new("taskset")
+        .args(["-cp", "1", &std::process::id().to_string()])
+        .output();
+    let dir = std::env::temp_dir().join(format!("tollgate-redis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (store_rate, sha, key_example) = runtime.block_on(async {
-        let store = RedisStore::builder(url.as_str())
+
+    // 1. One node.
+    let node = start_redis(&dir, &[]);
+    let url = format!("redis://127.0.0.1:{}", node.port);
+    let build = |batching: bool| {
+        RedisStore::builder(url.as_str())
             .timeout(Duration::from_secs(5))
             .over_limit_cache(false)
+            .batching(batching)
             .build()
-            .unwrap();
-        // Warm up (and load the script).
-        for n in 0..1000u64 {
-            store
-                .decide(&format!("{n:012}"), &quotas, 1, Duration::ZERO)
-                .await
-                .unwrap();
-        }
-        let next = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..IN_FLIGHT {
-            let (store, quotas, next) = (store.clone(), quotas.clone(), Arc::clone(&next));
-            tasks.push(tokio::spawn(async move {
-                let mut seed = next
-                    .fetch_add(1, Ordering::Relaxed)
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    | 1;
-                while next.fetch_add(1, Ordering::Relaxed) < DECISIONS {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let key = format!("{:012}", seed % KEYS);
-                    store
-                        .decide(&key, &quotas, 1, Duration::ZERO)
-                        .await
-                        .unwrap();
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let rate = DECISIONS as f64 / start.elapsed().as_secs_f64();
-        (
-            rate,
-            store.decision_script_sha().to_owned(),
-            store.key_of("__rand_int__", &quota),
-        )
+            .unwrap()
+    };
+    let (unbatched, batched, sha) = runtime.block_on(async {
+        let unbatched = run(build(false), &[node.port]).await;
+        let store = build(true);
+        let sha = store.decision_script_sha().to_owned();
+        (unbatched, run(store, &[node.port]).await, sha)
     });
-
-    // The same script, with the same arguments, straight from redis-benchmark.
-    let interval = quota.interval().as_micros().to_string();
-    let window = quota.window().as_micros().to_string();
-    let script_rate = redis_benchmark(
-        port,
+    let quota = Quota::per_second(10).unwrap();
+    let (interval, window) = (
+        quota.interval().as_micros().to_string(),
+        quota.window().as_micros().to_string(),
+    );
+    let one_decision = redis_benchmark(
+        node.port,
         &[
             "EVALSHA",
             &sha,
             "1",
-            &key_example,
+            "tollgate:{__rand_int__}:default:100000:1",
+            "1",
+            "1",
             "1",
             "0",
             &interval,
             &window,
         ],
     );
-    let trivial = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "SCRIPT", "LOAD", "return 1"])
-        .output()
-        .expect("redis-cli");
-    let trivial_sha = String::from_utf8_lossy(&trivial.stdout).trim().to_owned();
-    let trivial_rate = redis_benchmark(port, &["EVALSHA", &trivial_sha, "0"]);
+    let get_set = cli(
+        node.port,
+        &[
+            "SCRIPT",
+            "LOAD",
+            "for i = 1, #KEYS do redis.call('GET', KEYS[i]); redis.call('SET', KEYS[i], ARGV[1], 'PX', 1000) end return 1",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let get_set_1 = redis_benchmark(
+        node.port,
+        &[
+            "EVALSHA",
+            &get_set,
+            "1",
+            "k:__rand_int__",
+            "1700000000000000",
+        ],
+    );
+    let mut sixteen = vec!["EVALSHA".to_owned(), get_set.clone(), "16".to_owned()];
+    sixteen.extend((0..16).map(|i| format!("k{i}:__rand_int__")));
+    sixteen.push("1700000000000000".to_owned());
+    let sixteen: Vec<&str> = sixteen.iter().map(String::as_str).collect();
+    let get_set_16 = 16.0 * redis_benchmark(node.port, &sixteen);
+    drop(node);
 
-    println!("decisions per second, 64 in flight on one connection, {KEYS} random keys");
-    println!("  tollgate RedisStore::decide            {store_rate:10.0}");
-    println!("  redis-benchmark EVALSHA (same script)  {script_rate:10.0}");
-    println!("  redis-benchmark EVALSHA 'return 1'     {trivial_rate:10.0}");
+    // 2. A 3-master cluster, every node on core 0 as the single node was.
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| start_redis(&dir, &["--cluster-enabled", "yes"]))
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(created.status.success(), "cluster create failed");
+    while !ports
+        .iter()
+        .all(|&p| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cluster = runtime.block_on(async {
+        let store = RedisStore::cluster(addresses.iter().map(|a| format!("redis://{a}")))
+            .timeout(Duration::from_secs(5))
+            .over_limit_cache(false)
+            .connect()
+            .await
+            .unwrap();
+        run(store, &ports).await
+    });
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("1. One node: decisions per second, {IN_FLIGHT} in flight, {KEYS} random keys, one decision per key");
+    print("tollgate, batching off (one EVALSHA each)", &unbatched);
+    print("tollgate, batching on", &batched);
     println!(
-        "  ratio store / same script              {:10.2}",
-        store_rate / script_rate
+        "  {:<44} {one_decision:>9.0}/s",
+        "redis-benchmark -P 64, the script, 1 decision"
     );
     println!(
-        "  ratio same script / trivial script     {:10.2}",
-        script_rate / trivial_rate
+        "  {:<44} {get_set_1:>9.0}/s",
+        "redis-benchmark GET+SET PX, 1 key per call"
     );
+    println!(
+        "  {:<44} {get_set_16:>9.0}/s",
+        "redis-benchmark GET+SET PX, 16 keys per call"
+    );
+    println!(
+        "  batching on ÷ off {:.2}; ÷ GET+SET 1 key {:.2}; ÷ GET+SET 16 keys {:.2}",
+        batched.rate / unbatched.rate,
+        batched.rate / get_set_1,
+        batched.rate / get_set_16
+    );
+    println!("2. Per shard: decisions per second of Redis CPU time");
+    print("one node, batching off", &unbatched);
+    print("one node, batching on", &batched);
+    print("3-master cluster (one call per decision)", &cluster);
+    let efficiency_same_protocol = cluster.per_cpu_second / unbatched.per_cpu_second;
+    let efficiency_batched = cluster.per_cpu_second / batched.per_cpu_second;
+    println!(
+        "  cluster per-node efficiency ÷ one node: {efficiency_same_protocol:.2} (batching off), {efficiency_batched:.2} (batching on)"
+    );
+    for shards in [3.0, 10.0, 100.0] {
+        println!(
+            "  {shards:>3} shards, a core each: {:>10.0} decisions/s (= {shards} × {:.0}/CPU-s), {:.1}× one batched node",
+            shards * cluster.per_cpu_second,
+            cluster.per_cpu_second,
+            shards * cluster.per_cpu_second / batched.per_cpu_second
+        );
+    }
 }
