@@ -19,9 +19,16 @@
 //! named by `CLIENT_IP_HEADER`: `x-forwarded-for` (the default), `forwarded` or `x-real-ip`.
 //! Every other forwarding header is ignored: name the one your proxy writes.
 //!
-//! With `REDIS_URL` set (`redis://127.0.0.1:6379`), the limits live in Redis, so that several
-//! copies of the server share them: `PORT=3000 REDIS_URL=... cargo run --example server` and
-//! `PORT=3001 REDIS_URL=...` in another terminal let one burst through, across both.
+//! With `REDIS_URL` set (`redis://127.0.0.1:6379`, or `rediss://` for TLS, with
+//! `REDIS_CA_FILE` naming a PEM file of a private CA), the limits live in Redis, so that
+//! several copies of the server share them: `PORT=3000 REDIS_URL=... cargo run --example
+//! server` and `PORT=3001 REDIS_URL=...` in another terminal let one burst through, across
+//! both. With `REDIS_CLUSTER` set instead (comma-separated seed nodes,
+//! `redis://10.0.0.1:6379,redis://10.0.0.2:6379`), they live in a Redis Cluster. Either is
+//! checked at start-up: a wrong URL, password, certificate or a cluster named as a single
+//! Redis stops the server with a message that says which. Should Redis fail later, each copy
+//! limits with its own memory and its share of each limit, `1/FLEET_SIZE` (default 1: set it
+//! to the number of copies).
 //!
 //! Against slow and idle clients: a request's headers must arrive within 10 s (an idle
 //! keep-alive connection is closed after as long), a request must be answered within 10 s
@@ -93,18 +100,9 @@ async fn main() -> Result<(), BoxError> {
 
     // The recorder goes in first: layers register their counters when they are built.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
-    let (app, store) = match std::env::var("REDIS_URL") {
-        Ok(url) => {
-            // Should Redis fail, each copy goes on limiting with its own memory.
-            // Checked now: a wrong URL, password or a cluster node stops the server here.
-            let redis = RedisStore::builder(url.as_str())
-                .on_failure(OnFailure::Local(MemoryStore::new()))
-                .connect()
-                .await
-                .map_err(|error| error.to_string())?;
-            (app(client_ip.clone(), redis)?, "redis".to_owned())
-        }
-        Err(_) => (
+    let (app, store) = match redis_store().await? {
+        Some((redis, what)) => (app(client_ip.clone(), redis)?, what),
+        None => (
             app(client_ip.clone(), MemoryStore::new())?,
             "memory".to_owned(),
         ),
@@ -133,6 +131,37 @@ async fn main() -> Result<(), BoxError> {
 ///
 /// One store holds every limit's state: it counts states per quota, so that a flood on one
 /// route cannot evict another route's clients (see `MemoryStore`'s "At the cap").
+/// The Redis store `REDIS_URL` or `REDIS_CLUSTER` names, checked now; `None` for neither.
+async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
+    let fleet_size: u32 = match std::env::var("FLEET_SIZE") {
+        Ok(n) => n.parse().map_err(|_| format!("FLEET_SIZE={n:?} is not a number"))?,
+        Err(_) => 1,
+    };
+    let (builder, what) = match (std::env::var("REDIS_URL"), std::env::var("REDIS_CLUSTER")) {
+        (Ok(_), Ok(_)) => return Err("set REDIS_URL or REDIS_CLUSTER, not both".into()),
+        (Ok(url), Err(_)) => (RedisStore::builder(url), "redis"),
+        (Err(_), Ok(seeds)) => (
+            RedisStore::cluster(seeds.split(',').map(str::trim).filter(|s| !s.is_empty())),
+            "redis cluster",
+        ),
+        (Err(_), Err(_)) => return Ok(None),
+    };
+    let builder = match std::env::var("REDIS_CA_FILE") {
+        Ok(path) => builder.tls_root_certificates(
+            std::fs::read(&path).map_err(|e| format!("REDIS_CA_FILE={path}: {e}"))?,
+        ),
+        Err(_) => builder,
+    };
+    // Should Redis fail, each copy goes on limiting with its own memory, and its share.
+    let store = builder
+        .on_failure(OnFailure::Local(MemoryStore::new()))
+        .fleet_size(fleet_size)
+        .connect()
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(Some((store, format!("{what}, fleet of {fleet_size}"))))
+}
+
 fn app<S>(client_ip: ClientIp, store: S) -> Result<Router, BoxError>
 where
     S: Store<IpAddr> + Store<HeaderValue>,
