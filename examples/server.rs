@@ -134,7 +134,9 @@ async fn main() -> Result<(), BoxError> {
 /// The Redis store `REDIS_URL` or `REDIS_CLUSTER` names, checked now; `None` for neither.
 async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
     let fleet_size: u32 = match std::env::var("FLEET_SIZE") {
-        Ok(n) => n.parse().map_err(|_| format!("FLEET_SIZE={n:?} is not a number"))?,
+        Ok(n) => n
+            .parse()
+            .map_err(|_| format!("FLEET_SIZE={n:?} is not a number"))?,
         Err(_) => 1,
     };
     let (builder, what) = match (std::env::var("REDIS_URL"), std::env::var("REDIS_CLUSTER")) {
