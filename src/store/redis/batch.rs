@@ -15,7 +15,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::Connection;
-use super::script::Answer;
+use super::script::{evalsha, run, Answer};
 use crate::store::StoreError;
 
 /// Calls out at once on a connection; decisions that arrive while they are out wait for the
@@ -98,20 +98,17 @@ async fn send(
     script: &redis::Script,
     timeout: Duration,
 ) {
-    let mut invocation = script.prepare_invoke();
     let mut quota_counts = Vec::with_capacity(batch.len());
-    invocation.arg(batch.len());
+    let keys = batch.iter().flat_map(|p| p.keys.iter().map(Vec::as_slice));
+    let key_count = batch.iter().map(|p| p.keys.len()).sum();
+    let args = std::iter::once(batch.len() as u64)
+        .chain(batch.iter().flat_map(|p| p.args.iter().copied()));
+    let cmd = evalsha(script, Counted(keys, key_count), args);
     for pending in &batch {
-        for key in &pending.keys {
-            invocation.key(key);
-        }
-        for arg in &pending.args {
-            invocation.arg(arg);
-        }
         quota_counts.push(pending.keys.len());
     }
     let raw: Result<Vec<u64>, StoreError> =
-        match tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await {
+        match tokio::time::timeout(timeout, run(script, &cmd, &mut connection)).await {
             Ok(Ok(raw)) => Ok(raw),
             Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),
             Err(_) => Err(StoreError::Timeout(timeout)),
@@ -141,3 +138,22 @@ async fn send(
         }
     }
 }
+
+/// An iterator whose length is known beforehand.
+struct Counted<I>(I, usize);
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.0.next()?;
+        self.1 -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for Counted<I> {}

@@ -100,6 +100,7 @@ mod script;
 
 use std::fmt;
 use std::future::Future;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,7 +114,9 @@ use self::breaker::{Breaker, TRIP_AFTER};
 use self::connection::{Connection, Target};
 use self::fallback::Local;
 use self::over_limit::OverLimit;
-use self::script::{decision_args, interval_us, Answer, DECIDE, FULL, REFUND, WRITE_BACK};
+use self::script::{
+    decision_args, evalsha, interval_us, run, Answer, DECIDE, FULL, REFUND, WRITE_BACK,
+};
 use super::{Decision, MemoryStore, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::Gcra;
@@ -326,7 +329,8 @@ impl Inner {
         subject.write_key(&mut KeyWriter(&mut key));
         key.extend_from_slice(b"}:");
         key.extend_from_slice(quota.name().as_bytes());
-        key.extend_from_slice(format!(":{}:{}", interval_us(&gcra), quota.burst()).as_bytes());
+        // Written straight into the key, without an intermediate String.
+        let _ = write!(key, ":{}:{}", interval_us(&gcra), quota.burst());
         key
     }
 
@@ -366,18 +370,15 @@ impl Inner {
                 Err(_) => Err(StoreError::Timeout(self.timeout)),
             };
         }
-        let mut invocation = self.decide.prepare_invoke();
-        invocation.arg(1);
-        for key in &keys {
-            invocation.key(key);
-        }
-        for arg in &args {
-            invocation.arg(arg);
-        }
+        let cmd = evalsha(
+            &self.decide,
+            keys.iter().map(Vec::as_slice),
+            std::iter::once(1).chain(args),
+        );
         let mut connection = self.connection.clone();
         let raw: Vec<u64> = match tokio::time::timeout(
             self.timeout,
-            invocation.invoke_async(&mut connection),
+            run(&self.decide, &cmd, &mut connection),
         )
         .await
         {

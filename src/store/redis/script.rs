@@ -108,12 +108,48 @@ pub(super) fn interval_us(gcra: &Gcra) -> u64 {
     (gcra.interval_nanos() / 1000).max(1)
 }
 
+/// An `EVALSHA` of `script` with `keys` and `args`, packed once into one buffer.
+pub(super) fn evalsha<'a>(
+    script: &redis::Script,
+    keys: impl ExactSizeIterator<Item = &'a [u8]>,
+    args: impl IntoIterator<Item = u64>,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(key);
+    }
+    for arg in args {
+        cmd.arg(arg);
+    }
+    cmd
+}
+
+/// Sends an `EVALSHA` of `script`; on `NOSCRIPT` (a restarted or flushed Redis) loads the
+/// script and sends it again.
+pub(super) async fn run<T: redis::FromRedisValue>(
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+    connection: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(connection).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            script.load_async(connection).await?;
+            cmd.query_async(connection).await
+        }
+        answer => answer,
+    }
+}
+
 /// One decision's share of a script's answer: Redis's time, then allowed, TAT and wait of
 /// each quota, all in microseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Answer {
     pub(super) now_us: u64,
-    pub(super) steps: Vec<u64>,
+    steps: [u64; 3 * MAX_QUOTAS],
+    len: usize,
 }
 
 impl Answer {
@@ -123,14 +159,17 @@ impl Answer {
         let (&now_us, mut rest) = raw.split_first()?;
         let mut answers = Vec::with_capacity(quota_counts.len());
         for &n in quota_counts {
-            if rest.len() < 3 * n {
+            if rest.len() < 3 * n || n > MAX_QUOTAS {
                 return None;
             }
             let (steps, tail) = rest.split_at(3 * n);
-            answers.push(Answer {
+            let mut answer = Answer {
                 now_us,
-                steps: steps.to_vec(),
-            });
+                steps: [0; 3 * MAX_QUOTAS],
+                len: steps.len(),
+            };
+            answer.steps[..steps.len()].copy_from_slice(steps);
+            answers.push(answer);
             rest = tail;
         }
         rest.is_empty().then_some(answers)
@@ -143,7 +182,7 @@ impl Answer {
 
     /// The decision, in the memory store's terms.
     pub(super) fn decision(&self, quotas: &Quotas) -> Option<Decision> {
-        if self.steps.len() != 3 * quotas.len() {
+        if self.len != 3 * quotas.len() {
             return None;
         }
         let nanos = |us: u64| us.saturating_mul(1000);
