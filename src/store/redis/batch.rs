@@ -107,7 +107,7 @@ async fn send(
     for pending in &batch {
         quota_counts.push(pending.keys.len());
     }
-    let raw: Result<Vec<u64>, StoreError> =
+    let raw: Result<Vec<i64>, StoreError> =
         match tokio::time::timeout(timeout, run(script, &cmd, &mut connection)).await {
             Ok(Ok(raw)) => Ok(raw),
             Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),

@@ -268,7 +268,7 @@ impl RedisStore {
         quotas: &Quotas,
     ) -> Result<Decision, StoreError> {
         let answer = self.inner.call(key, quotas, 0, 0).await?;
-        answer_decision(quotas, &answer)
+        answer_decision(quotas, 0, &answer)
     }
 
     /// Forgets `key`'s state under `quotas`: its buckets are full again.
@@ -314,8 +314,8 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-fn answer_decision(quotas: &Quotas, answer: &Answer) -> Result<Decision, StoreError> {
-    answer.decision(quotas).ok_or_else(|| {
+fn answer_decision(quotas: &Quotas, cost: u32, answer: &Answer) -> Result<Decision, StoreError> {
+    answer.decision(quotas, cost).ok_or_else(|| {
         StoreError::Backend("the decision script answered in an unexpected shape".into())
     })
 }
@@ -376,7 +376,7 @@ impl Inner {
             std::iter::once(1).chain(args),
         );
         let mut connection = self.connection.clone();
-        let raw: Vec<u64> = match tokio::time::timeout(
+        let raw: Vec<i64> = match tokio::time::timeout(
             self.timeout,
             run(&self.decide, &cmd, &mut connection),
         )
@@ -587,7 +587,7 @@ where
                 Err(error) => return inner.failed(error, group, &key, &quotas, cost, max_wait),
             };
             inner.breaker.answered(group);
-            let decision = answer_decision(&quotas, &answer)?;
+            let decision = answer_decision(&quotas, cost, &answer)?;
             if let Some(local) = &inner.local {
                 local.mirror(&key, &quotas, &answer);
             }

@@ -18,8 +18,8 @@ use crate::Quotas;
 pub(super) const DECIDE: &str = r#"
 -- ARGV: the number of decisions, then for each: its number of quotas n, cost, max_wait_us,
 -- then interval_us and window_us of each quota. KEYS: the n TAT keys of each decision, in order.
--- Returns now_us, then for each quota of each decision: allowed (0/1), TAT_us (the new one
--- if allowed), wait_us.
+-- Returns now_us, then one number per quota of each decision: the new TAT_us if the quota
+-- allows, -(TAT_us + 1) if it does not (the caller knows the rest: wait = TAT - window - now).
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local out = { now }
@@ -33,21 +33,16 @@ for _ = 1, tonumber(ARGV[1]) do
     a = a + 2
     local tat = tonumber(redis.call('GET', KEYS[k + i])) or 0
     local new = (tat > now and tat or now) + interval * cost
-    local wait = new - window - now
-    if wait < 0 then wait = 0 end
-    if wait <= max_wait then
-      out[#out + 1] = 1
-      out[#out + 1] = new
+    if new - window - now <= max_wait then
+      out[first + i] = new
     else
       all = false
-      out[#out + 1] = 0
-      out[#out + 1] = tat
+      out[first + i] = -tat - 1
     end
-    out[#out + 1] = wait
   end
   if all and cost > 0 then
     for i = 1, n do
-      local new = out[first + 3 * i - 1]
+      local new = out[first + i]
       redis.call('SET', KEYS[k + i], string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
     end
   end
@@ -143,55 +138,76 @@ pub(super) async fn run<T: redis::FromRedisValue>(
     }
 }
 
-/// One decision's share of a script's answer: Redis's time, then allowed, TAT and wait of
-/// each quota, all in microseconds.
+/// One decision's share of a script's answer: Redis's time, and per quota the new TAT if it
+/// allows, `-(TAT + 1)` if it does not, all in microseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Answer {
     pub(super) now_us: u64,
-    steps: [u64; 3 * MAX_QUOTAS],
+    tats: [i64; MAX_QUOTAS],
     len: usize,
 }
 
 impl Answer {
-    /// Splits a batch's answer, `[now, steps of the first decision…, steps of the next…]`,
-    /// into one answer per decision; `None` if its length does not match.
-    pub(super) fn split(raw: &[u64], quota_counts: &[usize]) -> Option<Vec<Answer>> {
+    /// Splits a batch's answer, `[now, the first decision's quotas…, the next one's…]`, into
+    /// one answer per decision; `None` if its shape does not match.
+    pub(super) fn split(raw: &[i64], quota_counts: &[usize]) -> Option<Vec<Answer>> {
         let (&now_us, mut rest) = raw.split_first()?;
+        let now_us = u64::try_from(now_us).ok()?;
         let mut answers = Vec::with_capacity(quota_counts.len());
         for &n in quota_counts {
-            if rest.len() < 3 * n || n > MAX_QUOTAS {
+            if rest.len() < n || n > MAX_QUOTAS {
                 return None;
             }
-            let (steps, tail) = rest.split_at(3 * n);
+            let (tats, tail) = rest.split_at(n);
             let mut answer = Answer {
                 now_us,
-                steps: [0; 3 * MAX_QUOTAS],
-                len: steps.len(),
+                tats: [0; MAX_QUOTAS],
+                len: n,
             };
-            answer.steps[..steps.len()].copy_from_slice(steps);
+            answer.tats[..n].copy_from_slice(tats);
             answers.push(answer);
             rest = tail;
         }
         rest.is_empty().then_some(answers)
     }
 
-    /// The TAT Redis holds for quota `i` after this decision, in microseconds.
-    pub(super) fn tat_us(&self, i: usize) -> u64 {
-        self.steps[3 * i + 1]
+    fn allowed(&self, i: usize) -> bool {
+        self.tats[i] >= 0
     }
 
-    /// The decision, in the memory store's terms.
-    pub(super) fn decision(&self, quotas: &Quotas) -> Option<Decision> {
-        if self.len != 3 * quotas.len() {
+    /// The TAT Redis holds for quota `i` after this decision, in microseconds.
+    pub(super) fn tat_us(&self, i: usize) -> u64 {
+        let tat = self.tats[i];
+        if tat >= 0 {
+            tat.unsigned_abs()
+        } else {
+            (tat + 1).unsigned_abs()
+        }
+    }
+
+    /// The decision of a request of `cost`, in the memory store's terms: the script's
+    /// arithmetic, with the numbers it was given.
+    pub(super) fn decision(&self, quotas: &Quotas, cost: u32) -> Option<Decision> {
+        if self.len != quotas.len() {
             return None;
         }
         let nanos = |us: u64| us.saturating_mul(1000);
         let mut steps = [FULL; MAX_QUOTAS];
-        for (i, step) in steps.iter_mut().enumerate().take(quotas.len()) {
+        for (i, (step, quota)) in steps.iter_mut().zip(quotas).enumerate() {
+            let interval = interval_us(&Gcra::new(quota));
+            let window = interval.saturating_mul(u64::from(quota.burst()));
+            let tat = self.tat_us(i);
+            // For a denial, the TAT the request would have had.
+            let new = if self.allowed(i) {
+                tat
+            } else {
+                tat.max(self.now_us)
+                    .saturating_add(interval.saturating_mul(u64::from(cost)))
+            };
             *step = Step {
-                allowed: self.steps[3 * i] == 1,
-                tat: nanos(self.steps[3 * i + 1]),
-                wait: nanos(self.steps[3 * i + 2]),
+                allowed: self.allowed(i),
+                tat: nanos(tat),
+                wait: nanos(new.saturating_sub(window).saturating_sub(self.now_us)),
             };
         }
         Some(Decision::from_steps(
@@ -218,20 +234,17 @@ mod tests {
 
     #[test]
     fn answers_become_the_memory_stores_decisions() {
+        // 2/s: interval 500 ms, window 1 s. Allowed with TAT 1.5 s at 1 s; denied with TAT 2 s.
         let quotas = Quotas::from(Quota::per_second(2).unwrap());
-        let answers = Answer::split(
-            &[1_000_000, 1, 1_500_000, 0, 0, 2_000_000, 500_000],
-            &[1, 1],
-        )
-        .unwrap();
-        let allowed = answers[0].decision(&quotas).unwrap();
+        let answers = Answer::split(&[1_000_000, 1_500_000, -2_000_001], &[1, 1]).unwrap();
+        let allowed = answers[0].decision(&quotas, 1).unwrap();
         assert!(allowed.is_allowed());
         assert_eq!(allowed.remaining(), 1);
-        let denied = answers[1].decision(&quotas).unwrap();
+        let denied = answers[1].decision(&quotas, 1).unwrap();
         assert!(!denied.is_allowed());
         assert_eq!(denied.retry_after(), Duration::from_millis(500));
         assert_eq!(answers[1].tat_us(0), 2_000_000);
-        for bad in [&[][..], &[1], &[1, 1, 1], &[1, 1, 1, 1, 1]] {
+        for bad in [&[][..], &[-1, 1], &[1], &[1, 1, 1]] {
             assert!(Answer::split(bad, &[1]).is_none(), "{bad:?}");
         }
     }
