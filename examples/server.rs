@@ -24,7 +24,9 @@
 //! several copies of the server share them: `PORT=3000 REDIS_URL=... cargo run --example
 //! server` and `PORT=3001 REDIS_URL=...` in another terminal let one burst through, across
 //! both. With `REDIS_CLUSTER` set instead (comma-separated seed nodes,
-//! `redis://10.0.0.1:6379,redis://10.0.0.2:6379`), they live in a Redis Cluster. Either is
+//! `redis://10.0.0.1:6379,redis://10.0.0.2:6379`), they live in a Redis Cluster; with
+//! `REDIS_SENTINELS` (comma-separated Sentinel URLs) in the primary the Sentinels name for
+//! `REDIS_SENTINEL_MASTER` (default `mymaster`), followed through failovers. Each is
 //! checked at start-up: a wrong URL, password, certificate or a cluster named as a single
 //! Redis stops the server with a message that says which. Should Redis fail later, each copy
 //! limits with its own memory and its share of each limit, `1/FLEET_SIZE` (default 1: set it
@@ -139,14 +141,27 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
             .map_err(|_| format!("FLEET_SIZE={n:?} is not a number"))?,
         Err(_) => 1,
     };
-    let (builder, what) = match (std::env::var("REDIS_URL"), std::env::var("REDIS_CLUSTER")) {
-        (Ok(_), Ok(_)) => return Err("set REDIS_URL or REDIS_CLUSTER, not both".into()),
-        (Ok(url), Err(_)) => (RedisStore::builder(url), "redis"),
-        (Err(_), Ok(seeds)) => (
-            RedisStore::cluster(seeds.split(',').map(str::trim).filter(|s| !s.is_empty())),
-            "redis cluster",
-        ),
-        (Err(_), Err(_)) => return Ok(None),
+    let var = |name: &str| std::env::var(name).ok();
+    let list = |urls: String| -> Vec<String> {
+        let urls = urls.split(',').map(str::trim).filter(|s| !s.is_empty());
+        urls.map(str::to_owned).collect()
+    };
+    let (builder, what) = match (
+        var("REDIS_URL"),
+        var("REDIS_CLUSTER"),
+        var("REDIS_SENTINELS"),
+    ) {
+        (None, None, None) => return Ok(None),
+        (Some(url), None, None) => (RedisStore::builder(url), "redis"),
+        (None, Some(seeds), None) => (RedisStore::cluster(list(seeds)), "redis cluster"),
+        (None, None, Some(sentinels)) => {
+            let master = var("REDIS_SENTINEL_MASTER").unwrap_or_else(|| "mymaster".to_owned());
+            (
+                RedisStore::sentinel(list(sentinels), master),
+                "redis via sentinel",
+            )
+        }
+        _ => return Err("set one of REDIS_URL, REDIS_CLUSTER and REDIS_SENTINELS".into()),
     };
     let builder = match std::env::var("REDIS_CA_FILE") {
         Ok(path) => builder.tls_root_certificates(

@@ -304,3 +304,158 @@ async fn rediss_works_against_a_real_tls_redis_and_refuses_an_unknown_certificat
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Redis Sentinel watching `master` as `mymaster`, killed when dropped.
+struct Sentinel {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Sentinel {
+    fn start(master: &Redis) -> Sentinel {
+        let port = common::redis::free_port();
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n",
+                dir.display(),
+                master.port().unwrap()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server --sentinel");
+        Sentinel { child, port, dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what}: not in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_through_sentinel_follows_a_failover_and_keeps_its_keys_limited() {
+    let Some(master) = Redis::start_tcp(&[]) else {
+        return;
+    };
+    let master_port = master.port().unwrap().to_string();
+    let replica = Redis::start_tcp(&["--replicaof", "127.0.0.1", &master_port]).unwrap();
+    wait_for("the replica syncs", || {
+        replica
+            .cli(&["INFO", "replication"])
+            .is_some_and(|i| i.contains("master_link_status:up"))
+    });
+    let sentinel = Sentinel::start(&master);
+    wait_for("the sentinel sees the replica", || {
+        sentinel
+            .cli(&["SENTINEL", "REPLICAS", "mymaster"])
+            .contains(&replica.port().unwrap().to_string())
+    });
+
+    // An unknown master name is an error at start-up.
+    match RedisStore::sentinel([sentinel.url()], "no-such-master")
+        .connect()
+        .await
+    {
+        Err(StoreError::Unusable(what)) => assert!(what.contains("no-such-master"), "{what}"),
+        other => panic!("connected to an unknown master: {other:?}"),
+    }
+    let store = RedisStore::sentinel([sentinel.url()], "mymaster")
+        .timeout(Duration::from_millis(200))
+        .on_failure(OnFailure::Deny)
+        .connect()
+        .await
+        .unwrap();
+    let quotas = Quotas::from(Quota::per_hour(3).unwrap());
+    for i in 0..10 {
+        let key = format!("k{i}");
+        for _ in 0..3 {
+            assert!(store
+                .decide(&key, &quotas, 1, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_allowed());
+        }
+    }
+    wait_for("the replica has every key", || {
+        replica.cli(&["DBSIZE"]).is_some_and(|n| n.trim() == "10")
+    });
+    assert!(sentinel
+        .cli(&["SENTINEL", "FAILOVER", "mymaster"])
+        .contains("OK"));
+    wait_for("the sentinel names the replica", || {
+        sentinel
+            .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
+            .contains(&replica.port().unwrap().to_string())
+    });
+    // New keys are written on the new primary once the store has followed it.
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the store did not follow the failover"
+        );
+        n += 1;
+        if let Ok(decision) = store
+            .decide(&format!("new{n}"), &quotas, 1, Duration::ZERO)
+            .await
+        {
+            assert!(decision.is_allowed());
+            let key = store.key_of(&format!("new{n}"), &quotas.as_slice()[0]);
+            if replica
+                .cli(&["EXISTS", &key])
+                .is_some_and(|e| e.trim() == "1")
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the spent keys are still spent.
+    for i in 0..10 {
+        let decision = store
+            .decide(&format!("k{i}"), &quotas, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!decision.is_allowed(), "k{i} passed after the failover");
+    }
+}

@@ -10,8 +10,9 @@ use super::connection::{self, Connection, Target, Tls};
 use super::{ErrorHook, OnFailure, RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 use crate::store::StoreError;
 
-/// Configures a [`RedisStore`]: made by [`RedisStore::builder`] (one Redis) or
-/// [`RedisStore::cluster`] (a Redis Cluster).
+/// Configures a [`RedisStore`]: made by [`RedisStore::builder`] (one Redis),
+/// [`RedisStore::cluster`] (a Redis Cluster) or [`RedisStore::sentinel`] (the primary Redis
+/// Sentinels name).
 #[must_use]
 pub struct RedisStoreBuilder {
     pub(super) target: Target,
@@ -106,6 +107,15 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The ACL user (if any) and password of the primary that Redis Sentinels name (the
+    /// Sentinels' own come from their URLs). Ignored elsewhere: give them in the URL.
+    pub fn master_auth(mut self, user: Option<&str>, password: &str) -> Self {
+        if let Target::Sentinel { auth, .. } = &mut self.target {
+            *auth = Some((user.map(str::to_owned), password.to_owned()));
+        }
+        self
+    }
+
     /// Calls `hook` on every failed call to Redis.
     pub fn on_error(mut self, hook: impl Fn(&StoreError) + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
@@ -133,15 +143,18 @@ impl RedisStoreBuilder {
     ///
     /// [`StoreError::Unusable`] saying what is wrong.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let list = |urls: &[String]| {
+            let shown: Vec<String> = urls.iter().map(|s| redacted(s)).collect();
+            shown.join(",")
+        };
         let shown = match &self.target {
             Target::Single(url) => format!("Redis at {}", redacted(url)),
-            Target::Cluster(seeds) => format!(
-                "Redis Cluster at {}",
-                seeds
-                    .iter()
-                    .map(|s| redacted(s))
-                    .collect::<Vec<_>>()
-                    .join(",")
+            Target::Cluster(seeds) => format!("Redis Cluster at {}", list(seeds)),
+            Target::Sentinel {
+                sentinels, master, ..
+            } => format!(
+                "the primary {master:?} of the Redis Sentinels at {}",
+                list(sentinels)
             ),
         };
         let unusable = |what: String| StoreError::Unusable(format!("{shown}: {what}"));
@@ -168,7 +181,20 @@ impl RedisStoreBuilder {
                     .await
                     .map_err(in_time("connecting"))?
                     .map_err(|e| unusable(describe(&e)))?;
-                CheckConnection::Cluster(Connection::Cluster(connection))
+                CheckConnection::Ready(Connection::Cluster(connection))
+            }
+            Target::Sentinel {
+                sentinels,
+                master,
+                auth,
+            } => {
+                let connection =
+                    Connection::sentinel(sentinels, master, auth.as_ref(), self.timeout);
+                let connection = tokio::time::timeout(patience, connection)
+                    .await
+                    .map_err(in_time("asking the Sentinels"))?
+                    .map_err(|e| unusable(describe(&e)))?;
+                CheckConnection::Ready(connection)
             }
         };
         // A cluster connection asks every primary and answers with a map of their texts.
@@ -183,7 +209,7 @@ impl RedisStoreBuilder {
         .map_err(|e| unusable(describe(&e)))?;
         let is_cluster_node = has_line(&info, "cluster_enabled:1");
         match (&self.target, is_cluster_node) {
-            (Target::Single(_), true) => {
+            (Target::Single(_) | Target::Sentinel { .. }, true) => {
                 return Err(unusable(
                     "it is a Redis Cluster node, and a cluster node answers most keys with \
                      MOVED: use RedisStore::cluster with the cluster's nodes"
@@ -231,7 +257,7 @@ impl RedisStoreBuilder {
             loaded.map_err(|e| unusable(format!("cannot load the script: {}", describe(&e))))?;
         }
         match connection {
-            CheckConnection::Cluster(connection) => Ok(RedisStore::assemble(self, connection)),
+            CheckConnection::Ready(connection) => Ok(RedisStore::assemble(self, connection)),
             CheckConnection::Single(_) => self.build(),
         }
     }
@@ -242,7 +268,8 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Backend`] when the URL is not a Redis URL.
+    /// [`StoreError::Backend`] when the URL is not a Redis URL, or for a store through
+    /// Sentinel, which must ask the Sentinels first: use [`connect`](Self::connect).
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let connection = Connection::lazy(&self.target, &self.tls, self.timeout)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
@@ -253,7 +280,8 @@ impl RedisStoreBuilder {
 /// The connection [`RedisStoreBuilder::connect`] checks through.
 enum CheckConnection {
     Single(redis::aio::MultiplexedConnection),
-    Cluster(Connection),
+    /// The store's own connection (a cluster's, or the Sentinels' primary's).
+    Ready(Connection),
 }
 
 impl ConnectionLike for CheckConnection {
@@ -263,7 +291,7 @@ impl ConnectionLike for CheckConnection {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Ready(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -275,14 +303,14 @@ impl ConnectionLike for CheckConnection {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Ready(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Ready(c) => c.get_db(),
         }
     }
 }

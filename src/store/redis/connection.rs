@@ -1,11 +1,13 @@
-//! The connection a store talks through: one Redis (or a primary behind a proxy), or a Redis
-//! Cluster, plain or over TLS.
+//! The connection a store talks through: one Redis (or a primary behind a proxy), the primary
+//! Redis Sentinels name, or a Redis Cluster, plain or over TLS.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::sync::{Arc, RwLock};
 
 /// Where the store's Redis is.
 #[derive(Clone)]
@@ -14,6 +16,13 @@ pub(super) enum Target {
     Single(String),
     /// A Redis Cluster, found from these seed nodes' URLs.
     Cluster(Vec<String>),
+    /// The primary that Redis Sentinels (these URLs) name for `master`.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        /// The primary's ACL user and password, if it asks for them.
+        auth: Option<(Option<String>, String)>,
+    },
 }
 
 /// Certificates for `rediss://` beyond the system's roots.
@@ -33,19 +42,49 @@ pub(super) struct Tls {
 pub(super) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// The connection to the primary a Sentinel named last; [`Connection::follow`] asks again.
+    Sentinel(Followed),
+}
+
+/// A connection to the primary the Sentinels name, replaced when they name another.
+pub(super) struct Followed {
+    current: ConnectionManager,
+    shared: Arc<FollowedShared>,
+}
+
+struct FollowedShared {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<(String, ConnectionManager)>,
+    config: ConnectionManagerConfig,
+}
+
+impl Clone for Followed {
+    /// A snapshot: the connection to the primary named last.
+    fn clone(&self) -> Self {
+        let current = read(&self.shared.current).1.clone();
+        Self {
+            current,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 impl Connection {
-    /// A connection made lazily, in the background: Redis need not be up yet.
+    /// A connection made lazily, in the background: Redis need not be up yet. (Through
+    /// Sentinel, the primary must be named first: see [`Connection::sentinel`].)
     pub(super) fn lazy(target: &Target, tls: &Tls, timeout: Duration) -> redis::RedisResult<Self> {
         let connect_timeout = timeout.max(Duration::from_millis(100));
         match target {
             Target::Single(url) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(client(url, tls)?, config).map(Self::Single)
+                ConnectionManager::new_lazy_with_config(client(url, tls)?, manager_config(timeout))
+                    .map(Self::Single)
             }
             Target::Cluster(seeds) => {
                 let client = cluster_client(seeds, tls, connect_timeout, timeout)?;
@@ -55,13 +94,77 @@ impl Connection {
                     ),
                 ))
             }
+            Target::Sentinel { .. } => Err((
+                redis::ErrorKind::InvalidClientConfig,
+                "a store through Redis Sentinel is made with connect().await",
+            )
+                .into()),
         }
+    }
+
+    /// A connection to the primary the Sentinels at `sentinels` name for `master`, asking them
+    /// now.
+    pub(super) async fn sentinel(
+        sentinels: &[String],
+        master: &str,
+        auth: Option<&(Option<String>, String)>,
+        timeout: Duration,
+    ) -> redis::RedisResult<Self> {
+        let mut node = redis::RedisConnectionInfo::default();
+        if let Some((user, password)) = auth {
+            if let Some(user) = user {
+                node = node.set_username(user);
+            }
+            node = node.set_password(password);
+        }
+        // `build` takes a `String` without redis-rs's rustls feature, `impl AsRef<str>` with it.
+        #[allow(clippy::unnecessary_to_owned)]
+        let mut sentinel = SentinelClient::build(
+            sentinels.to_vec(),
+            master.to_owned(),
+            Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(node)),
+            SentinelServerType::Master,
+        )?;
+        let client = sentinel.async_get_client().await?;
+        let address = client.get_connection_info().addr().to_string();
+        let config = manager_config(timeout);
+        let current = ConnectionManager::new_lazy_with_config(client, config.clone())?;
+        Ok(Self::Sentinel(Followed {
+            current: current.clone(),
+            shared: Arc::new(FollowedShared {
+                sentinel: tokio::sync::Mutex::new(sentinel),
+                current: RwLock::new((address, current)),
+                config,
+            }),
+        }))
+    }
+
+    /// Through Sentinel, asks which node is the primary now and switches to it if it moved;
+    /// elsewhere, nothing to do. Returns the primary's address when it changed.
+    pub(super) async fn follow(&self) -> Option<String> {
+        let Self::Sentinel(followed) = self else {
+            return None;
+        };
+        let shared = &followed.shared;
+        let client = shared.sentinel.lock().await.async_get_client().await.ok()?;
+        let address = client.get_connection_info().addr().to_string();
+        if read(&shared.current).0 == address {
+            return None;
+        }
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, shared.config.clone()).ok()?;
+        *shared.current.write().unwrap_or_else(|e| e.into_inner()) = (address.clone(), manager);
+        Some(address)
     }
 
     /// Whether this is a cluster: each decision goes to its key's node, in its own call.
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A client for one server.
@@ -114,6 +217,7 @@ impl ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.current.req_packed_command(cmd),
         }
     }
 
@@ -126,6 +230,7 @@ impl ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Sentinel(c) => c.current.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -133,6 +238,7 @@ impl ConnectionLike for Connection {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(c) => c.current.get_db(),
         }
     }
 }

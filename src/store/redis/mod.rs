@@ -1,5 +1,5 @@
 //! A store on Redis (or Valkey): one limit shared by every instance of a service, on one
-//! Redis or a Redis Cluster, plain or over TLS.
+//! Redis, the primary Redis Sentinels name, or a Redis Cluster, plain or over TLS.
 //!
 //! ```no_run
 //! use tollgate::key::PeerIp;
@@ -201,6 +201,24 @@ impl RedisStore {
         S: Into<String>,
     {
         RedisStoreBuilder::new(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
+    }
+
+    /// Configures a store for the primary that Redis Sentinels (`redis://host:26379` URLs)
+    /// name for `master`. When the Sentinels fail the primary over, the store follows: after
+    /// three failed calls in a row (the old primary gone, or refusing writes as a replica) it
+    /// asks them again. The primary's credentials are set with
+    /// [`master_auth`](RedisStoreBuilder::master_auth). Made with
+    /// [`connect`](RedisStoreBuilder::connect) only.
+    pub fn sentinel<I, S>(sentinels: I, master: impl Into<String>) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisStoreBuilder::new(Target::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master: master.into(),
+            auth: None,
+        })
     }
 
     fn assemble(builder: RedisStoreBuilder, connection: Connection) -> Self {
@@ -446,6 +464,10 @@ impl Inner {
             loop {
                 tokio::time::sleep(pause).await;
                 let Some(inner) = weak.upgrade() else { return };
+                // Through Sentinel, the primary may have moved: ask, and switch to it.
+                if let Some(primary) = inner.connection.follow().await {
+                    tracing::warn!(target: "tollgate::store::redis", %primary, "the Sentinels name a new primary");
+                }
                 let mut connection = inner.connection.clone();
                 let mut exists = redis::cmd("EXISTS");
                 let answer = exists.arg(&probe_key).query_async::<i64>(&mut connection);
