@@ -184,8 +184,8 @@ struct Run {
     p999: Duration,
 }
 
-/// 64 tasks deciding random keys through `store`; Redis CPU measured on `ports`.
-async fn run(store: RedisStore, ports: &[u16]) -> Run {
+/// `in_flight` tasks deciding random keys through `store`; Redis CPU measured on `ports`.
+async fn run(store: RedisStore, ports: &[u16], in_flight: usize) -> Run {
     let quotas = Quotas::from(Quota::per_second(10).unwrap());
     for n in 0..2000u64 {
         store
@@ -200,7 +200,7 @@ async fn run(store: RedisStore, ports: &[u16]) -> Run {
     let calls_before = script_calls(ports);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..IN_FLIGHT {
+    for _ in 0..in_flight {
         let (store, quotas, next, latencies) = (
             store.clone(),
             quotas.clone(),
@@ -208,7 +208,7 @@ async fn run(store: RedisStore, ports: &[u16]) -> Run {
             Arc::clone(&latencies),
         );
         tasks.push(tokio::spawn(async move {
-            let mut seen = Vec::with_capacity((DECISIONS as usize) / IN_FLIGHT + 1);
+            let mut seen = Vec::with_capacity((DECISIONS as usize) / in_flight + 1);
             let mut seed = next
                 .fetch_add(1, Ordering::Relaxed)
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -290,10 +290,10 @@ fn main() {
             .unwrap()
     };
     let (unbatched, batched, sha) = runtime.block_on(async {
-        let unbatched = run(build(false), &[node.port]).await;
+        let unbatched = run(build(false), &[node.port], IN_FLIGHT).await;
         let store = build(true);
         let sha = store.decision_script_sha().to_owned();
-        (unbatched, run(store, &[node.port]).await, sha)
+        (unbatched, run(store, &[node.port], IN_FLIGHT).await, sha)
     });
     let quota = Quota::per_second(10).unwrap();
     let (interval, window) = (
@@ -361,14 +361,17 @@ fn main() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let cluster = runtime.block_on(async {
+    let (cluster, cluster_per_node) = runtime.block_on(async {
         let store = RedisStore::cluster(addresses.iter().map(|a| format!("redis://{a}")))
             .timeout(Duration::from_secs(5))
             .over_limit_cache(false)
             .connect()
             .await
             .unwrap();
-        run(store, &ports).await
+        (
+            run(store.clone(), &ports, IN_FLIGHT).await,
+            run(store, &ports, 3 * IN_FLIGHT).await,
+        )
     });
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
@@ -397,12 +400,19 @@ fn main() {
     println!("2. Per shard: decisions per second of Redis CPU time");
     print("one node, batching off", &unbatched);
     print("one node, batching on", &batched);
-    print("3-master cluster (one call per decision)", &cluster);
-    let efficiency_same_protocol = cluster.per_cpu_second / unbatched.per_cpu_second;
-    let efficiency_batched = cluster.per_cpu_second / batched.per_cpu_second;
-    println!(
-        "  cluster per-node efficiency ÷ one node: {efficiency_same_protocol:.2} (batching off), {efficiency_batched:.2} (batching on)"
+    print("3-master cluster, 64 in flight", &cluster);
+    print(
+        "3-master cluster, 192 in flight (64 a node)",
+        &cluster_per_node,
     );
+    for (what, run) in [("64", &cluster), ("192", &cluster_per_node)] {
+        println!(
+            "  cluster ({what} in flight) per-node efficiency ÷ one node: {:.2} (batching off), {:.2} (batching on)",
+            run.per_cpu_second / unbatched.per_cpu_second,
+            run.per_cpu_second / batched.per_cpu_second
+        );
+    }
+    let cluster = cluster_per_node;
     for shards in [3.0, 10.0, 100.0] {
         println!(
             "  {shards:>3} shards, a core each: {:>10.0} decisions/s (= {shards} × {:.0}/CPU-s), {:.1}× one batched node",

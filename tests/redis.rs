@@ -480,6 +480,45 @@ async fn a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_ans
 }
 
 #[tokio::test]
+async fn a_redis_blocked_in_debug_sleep_costs_the_timeout_three_times_then_the_local_store_decides()
+{
+    let Some(redis) = Redis::start_with(&["--enable-debug-command", "yes"]) else {
+        return;
+    };
+    let quotas = Quotas::from(Quota::per_minute(1).unwrap());
+    let timeout = Duration::from_millis(50);
+    let store = RedisStore::builder(redis.url())
+        .timeout(timeout)
+        .on_failure(OnFailure::Local(MemoryStore::new()))
+        .build()
+        .unwrap();
+    assert!(once_redis_answers(&store, "warm", &quotas).await.is_some());
+    // The server itself busy for 1.5 s (a slow script or command looks the same).
+    let socket = redis.socket();
+    let sleeping = std::thread::spawn(move || {
+        let _ = Command::new("redis-cli")
+            .arg("-s")
+            .arg(socket)
+            .args(["DEBUG", "SLEEP", "1.5"])
+            .output();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (slowest, _) = slowest_of(&store, 3, &quotas).await;
+    assert!(
+        slowest >= timeout,
+        "the first failures pay the timeout: {slowest:?}"
+    );
+    assert!(slowest < timeout * 2, "and no more: {slowest:?}");
+    let (slowest, results) = slowest_of(&store, 50, &quotas).await;
+    eprintln!("slowest of 50 decisions while Redis sleeps: {slowest:?}");
+    assert!(slowest < Duration::from_millis(5), "{slowest:?}");
+    assert!(results.iter().all(Result::is_ok), "the local store decides");
+    sleeping.join().unwrap();
+    let resumed = once_redis_answers(&store, "after", &quotas).await;
+    assert!(resumed.expect("Redis answers again").is_allowed());
+}
+
+#[tokio::test]
 async fn while_redis_is_down_a_dropped_wait_is_given_back_to_the_local_store() {
     let mut redis = redis_or_skip!();
     let local = MemoryStore::new();
