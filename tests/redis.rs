@@ -428,6 +428,27 @@ async fn connect_fails_at_start_up_and_says_why() {
         .unwrap()
         .is_allowed());
 
+    // An ACL user: the right user and password connect, a wrong user is refused.
+    let Some(acl) = Redis::start_with(&["--user", "limiter", "on", ">acl-pw", "~*", "&*", "+@all"])
+    else {
+        return;
+    };
+    let as_user = |user: &str| format!("{}?user={user}&pass=acl-pw", acl.url());
+    let store = RedisStore::builder(as_user("limiter"))
+        .connect()
+        .await
+        .unwrap();
+    assert!(store
+        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_allowed());
+    let what = unusable(RedisStore::builder(as_user("nobody")).connect().await);
+    assert!(
+        what.contains("refused") && !what.contains("acl-pw"),
+        "{what}"
+    );
+
     // A cluster node: refused at start-up, not silently decided by MOVED fallbacks.
     let cluster = match Redis::start_with(&["--cluster-enabled", "yes"]) {
         Some(redis) => redis,
