@@ -573,3 +573,17 @@ async fn while_redis_is_down_a_dropped_wait_is_given_back_to_the_local_store() {
         after.reset_after()
     );
 }
+
+#[tokio::test]
+async fn one_key_many_times_in_one_batch_is_charged_each_time() {
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let quotas = Quotas::from(Quota::per_hour(3).unwrap());
+    // Twenty decisions for one key, all queued at once: they share script calls.
+    let decisions = (0..20).map(|_| store.decide(&"same".to_owned(), &quotas, 1, Duration::ZERO));
+    let mut allowed = 0;
+    for decision in futures_util::future::join_all(decisions).await {
+        allowed += usize::from(decision.unwrap().is_allowed());
+    }
+    assert_eq!(allowed, 3);
+}

@@ -12,9 +12,10 @@ use crate::Quotas;
 /// The decision script: any number of decisions in one call (a batch), each charging every
 /// quota of its key together or not at all.
 ///
-/// Lean on purpose, since on a busy node its cost is the store's throughput: one `TIME` per
-/// call however many decisions it carries, each argument converted once, integer arithmetic,
-/// and nothing written on a denial or a peek.
+/// Lean on purpose, since on a busy node its cost is the store's throughput: one `TIME` and
+/// one `MGET` per call however many decisions it carries, each argument converted once,
+/// integer arithmetic, one number per quota in the answer, and nothing written on a denial
+/// or a peek.
 pub(super) const DECIDE: &str = r#"
 -- ARGV: the number of decisions, then for each: its number of quotas n, cost, max_wait_us,
 -- then interval_us and window_us of each quota. KEYS: the n TAT keys of each decision, in order.
@@ -22,6 +23,10 @@ pub(super) const DECIDE: &str = r#"
 -- allows, -(TAT_us + 1) if it does not (the caller knows the rest: wait = TAT - window - now).
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- Every TAT of the call in one read; a key that comes again in the same call (two requests
+-- of one client in one batch) reads what the earlier decision wrote.
+local tats = redis.call('MGET', unpack(KEYS))
+local written = {}
 local out = { now }
 local a, k = 2, 0
 for _ = 1, tonumber(ARGV[1]) do
@@ -31,7 +36,7 @@ for _ = 1, tonumber(ARGV[1]) do
   for i = 1, n do
     local interval, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
     a = a + 2
-    local tat = tonumber(redis.call('GET', KEYS[k + i])) or 0
+    local tat = written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
     local new = (tat > now and tat or now) + interval * cost
     if new - window - now <= max_wait then
       out[first + i] = new
@@ -43,6 +48,7 @@ for _ = 1, tonumber(ARGV[1]) do
   if all and cost > 0 then
     for i = 1, n do
       local new = out[first + i]
+      written[KEYS[k + i]] = new
       redis.call('SET', KEYS[k + i], string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
     end
   end
