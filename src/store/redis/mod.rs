@@ -465,7 +465,9 @@ impl Inner {
                 tokio::time::sleep(pause).await;
                 let Some(inner) = weak.upgrade() else { return };
                 // Through Sentinel, the primary may have moved: ask, and switch to it.
-                if let Some(primary) = inner.connection.follow().await {
+                let patience = inner.timeout.max(Duration::from_secs(1));
+                let follow = tokio::time::timeout(patience, inner.connection.follow());
+                if let Ok(Some(primary)) = follow.await {
                     tracing::warn!(target: "tollgate::store::redis", %primary, "the Sentinels name a new primary");
                 }
                 let mut connection = inner.connection.clone();
