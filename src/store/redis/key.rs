@@ -9,7 +9,7 @@ use crate::key::Global;
 /// value, with `{`, `}` and `%` percent-escaped (braces would move the Cluster hash tag).
 ///
 /// Implemented for the keys of the built-in extractors and for strings and integers;
-/// implement it for your own key types to use them with [`RedisStore`].
+/// implement it for your own key types to use them with [`RedisStore`](super::RedisStore).
 pub trait RedisKey {
     /// Writes the subject.
     fn write_key(&self, out: &mut KeyWriter<'_>);
