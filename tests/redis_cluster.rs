@@ -418,9 +418,12 @@ async fn a_store_through_sentinel_follows_a_failover_and_keeps_its_keys_limited(
     wait_for("the replica has every key", || {
         replica.cli(&["DBSIZE"]).is_some_and(|n| n.trim() == "10")
     });
-    assert!(sentinel
-        .cli(&["SENTINEL", "FAILOVER", "mymaster"])
-        .contains("OK"));
+    // Until the sentinel has read the replica's state it answers NOGOODSLAVE: ask again.
+    wait_for("the sentinel starts a failover", || {
+        sentinel
+            .cli(&["SENTINEL", "FAILOVER", "mymaster"])
+            .contains("OK")
+    });
     wait_for("the sentinel names the replica", || {
         sentinel
             .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
@@ -458,4 +461,69 @@ async fn a_store_through_sentinel_follows_a_failover_and_keeps_its_keys_limited(
             .unwrap();
         assert!(!decision.is_allowed(), "k{i} passed after the failover");
     }
+}
+
+/// Sum of `cmdstat_evalsha` calls over the cluster's nodes.
+fn evalsha_calls(cluster: &Cluster) -> u64 {
+    cluster.nodes.iter().map(|n| n.calls("evalsha")).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_on_a_cluster_go_node_by_node_and_survive_a_resharding() {
+    let cluster = cluster_or_skip!(3, 0);
+    let store = cluster_store(&cluster).await;
+    let quotas = Quotas::from(Quota::per_hour(2).unwrap());
+    let keys: Vec<String> = (0..300).map(|i| format!("user{i}")).collect();
+    // Three rounds of every key at once: 2 pass, the third is refused.
+    let round = |expect: bool| {
+        let store = store.clone();
+        let (keys, quotas) = (keys.clone(), quotas.clone());
+        async move {
+            let decisions = keys
+                .iter()
+                .map(|k| store.decide(k, &quotas, 1, Duration::ZERO));
+            for (key, decision) in keys
+                .iter()
+                .zip(futures_util::future::join_all(decisions).await)
+            {
+                assert_eq!(decision.unwrap().is_allowed(), expect, "{key}");
+            }
+        }
+    };
+    let before = evalsha_calls(&cluster);
+    round(true).await;
+    let calls = evalsha_calls(&cluster) - before;
+    assert!(
+        calls < 100,
+        "300 decisions took {calls} script calls: not batched"
+    );
+    // Move a third of the slots between nodes: the store's map is now wrong for them.
+    let ids: Vec<String> = cluster
+        .primaries()
+        .iter()
+        .map(|n| n.cli(&["CLUSTER", "MYID"]).unwrap().trim().to_owned())
+        .collect();
+    let seed = cluster.nodes[0].tcp_url().unwrap().replace("redis://", "");
+    let moved = Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &seed,
+            "--cluster-from",
+            &ids[0],
+            "--cluster-to",
+            &ids[1],
+        ])
+        .args(["--cluster-slots", "5000", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stdout)
+    );
+    cluster.wait_until_ok();
+    round(true).await;
+    round(false).await;
+    assert_eq!(store.errors(), 0, "every decision was Redis's");
 }

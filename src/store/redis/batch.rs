@@ -6,16 +6,23 @@
 //! decision has its own call, as without batching; under heavy load Redis runs one `EVALSHA`
 //! and one `TIME` for many decisions, which is where its CPU went.
 //!
-//! Only for a single Redis: on a cluster, the keys of different subjects live in different
-//! slots, and one script may only touch one slot.
+//! On a Redis Cluster a call goes to one node, so queued decisions are grouped by the node
+//! that serves their slot ([`SlotMap`]), and each group goes in one call of the
+//! [cross-slot script](super::script::DECIDE_ACROSS_SLOTS). Should the map be stale, the call
+//! fails before writing anything; its decisions are then sent again one at a time (redis-rs
+//! routes each to the right node) and the map is read again.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::Connection;
 use super::script::{evalsha, run, Answer};
+use super::slots::SlotMap;
 use crate::store::StoreError;
 
 /// Calls out at once on a connection; decisions that arrive while they are out wait for the
@@ -36,12 +43,25 @@ pub(super) struct Batcher {
     queue: mpsc::UnboundedSender<Pending>,
 }
 
+/// Where a batch goes.
+pub(super) enum Route {
+    /// One Redis: any decisions together, with the decision script.
+    Single { script: redis::Script },
+    /// A cluster: the decisions of one node together, with the cross-slot script; one at a
+    /// time with the decision script when the map is not known or wrong.
+    Cluster {
+        across_slots: redis::Script,
+        one: redis::Script,
+        map: Arc<SlotMap>,
+    },
+}
+
 impl Batcher {
     /// A batcher sending on `connection`, each call bounded by `timeout`. Must be called in a
     /// tokio runtime.
-    pub(super) fn start(connection: Connection, script: redis::Script, timeout: Duration) -> Self {
+    pub(super) fn start(connection: Connection, route: Route, timeout: Duration) -> Self {
         let (queue, arrivals) = mpsc::unbounded_channel();
-        tokio::spawn(drive(arrivals, connection, script, timeout));
+        tokio::spawn(drive(arrivals, connection, route, timeout));
         Self { queue }
     }
 
@@ -60,17 +80,60 @@ impl Batcher {
 async fn drive(
     mut arrivals: mpsc::UnboundedReceiver<Pending>,
     connection: Connection,
-    script: redis::Script,
+    route: Route,
     timeout: Duration,
 ) {
     let mut queued: Vec<Pending> = Vec::new();
     let mut calls = FuturesUnordered::new();
     let mut open = true;
+    if let Route::Cluster { map, .. } = &route {
+        map.refresh(&mut connection.clone()).await;
+    }
     loop {
-        while calls.len() < IN_FLIGHT && !queued.is_empty() {
-            let take = queued.len().min(MAX_BATCH);
-            let batch: Vec<Pending> = queued.drain(..take).collect();
-            calls.push(send(batch, connection.clone(), &script, timeout));
+        match &route {
+            Route::Single { script } => {
+                while calls.len() < IN_FLIGHT && !queued.is_empty() {
+                    let take = queued.len().min(MAX_BATCH);
+                    let batch: Vec<Pending> = queued.drain(..take).collect();
+                    calls.push(send(batch, connection.clone(), script, timeout).boxed());
+                }
+            }
+            Route::Cluster {
+                across_slots,
+                one,
+                map,
+            } => {
+                let owners = map.owners();
+                let nodes = owners.as_ref().map_or(1, |o| o.nodes);
+                if calls.len() < IN_FLIGHT * nodes && !queued.is_empty() {
+                    // One call per node for what is queued.
+                    let mut groups: HashMap<u16, Vec<Pending>> = HashMap::new();
+                    for pending in queued.drain(..) {
+                        let node = owners.as_ref().map_or(0, |o| o.node_of(&pending.keys[0]));
+                        groups.entry(node).or_default().push(pending);
+                    }
+                    for (_, mut group) in groups {
+                        while !group.is_empty() {
+                            let rest = group.split_off(group.len().min(MAX_BATCH));
+                            let batch = std::mem::replace(&mut group, rest);
+                            let call = if owners.is_some() {
+                                send_across_slots(
+                                    batch,
+                                    connection.clone(),
+                                    across_slots,
+                                    one,
+                                    map,
+                                    timeout,
+                                )
+                                .boxed()
+                            } else {
+                                one_at_a_time(batch, connection.clone(), one, timeout).boxed()
+                            };
+                            calls.push(call);
+                        }
+                    }
+                }
+            }
         }
         if !open && calls.is_empty() && queued.is_empty() {
             return;
@@ -91,6 +154,58 @@ async fn drive(
     }
 }
 
+/// A cluster batch: one call of the cross-slot script to the node of its first key. If the
+/// node refuses (a key it does not serve: the map is stale), nothing was written; the
+/// decisions go again one at a time, and the map is read again.
+async fn send_across_slots(
+    batch: Vec<Pending>,
+    mut connection: Connection,
+    across_slots: &redis::Script,
+    one: &redis::Script,
+    map: &SlotMap,
+    timeout: Duration,
+) {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(across_slots.get_hash())
+        .arg(1)
+        .arg(&batch[0].keys[0])
+        .arg(batch.len());
+    for pending in &batch {
+        let (numbers, quotas) = pending.args.split_at(3);
+        cmd.arg(numbers);
+        for (key, quota) in pending.keys.iter().zip(quotas.chunks(2)) {
+            cmd.arg(key).arg(quota);
+        }
+    }
+    let answer = tokio::time::timeout(
+        timeout,
+        run::<Vec<i64>>(across_slots, &cmd, &mut connection),
+    )
+    .await;
+    match answer {
+        Ok(Ok(raw)) => deliver(batch, Ok(raw)),
+        Ok(Err(error)) if !error.is_io_error() && !error.is_timeout() => {
+            map.refresh(&mut connection).await;
+            one_at_a_time(batch, connection, one, timeout).await;
+        }
+        Ok(Err(error)) => deliver(batch, Err(StoreError::Backend(Box::new(error)))),
+        Err(_) => deliver(batch, Err(StoreError::Timeout(timeout))),
+    }
+}
+
+/// Each decision in its own call, all at once.
+async fn one_at_a_time(
+    batch: Vec<Pending>,
+    connection: Connection,
+    script: &redis::Script,
+    timeout: Duration,
+) {
+    let calls = batch
+        .into_iter()
+        .map(|pending| send(vec![pending], connection.clone(), script, timeout));
+    futures_util::future::join_all(calls).await;
+}
+
 /// One call for a batch; each decision gets its share of the answer, or the error.
 async fn send(
     batch: Vec<Pending>,
@@ -98,21 +213,22 @@ async fn send(
     script: &redis::Script,
     timeout: Duration,
 ) {
-    let mut quota_counts = Vec::with_capacity(batch.len());
     let keys = batch.iter().flat_map(|p| p.keys.iter().map(Vec::as_slice));
     let key_count = batch.iter().map(|p| p.keys.len()).sum();
     let args = std::iter::once(batch.len() as u64)
         .chain(batch.iter().flat_map(|p| p.args.iter().copied()));
     let cmd = evalsha(script, Counted(keys, key_count), args);
-    for pending in &batch {
-        quota_counts.push(pending.keys.len());
-    }
-    let raw: Result<Vec<i64>, StoreError> =
-        match tokio::time::timeout(timeout, run(script, &cmd, &mut connection)).await {
-            Ok(Ok(raw)) => Ok(raw),
-            Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        };
+    let raw = match tokio::time::timeout(timeout, run(script, &cmd, &mut connection)).await {
+        Ok(Ok(raw)) => Ok(raw),
+        Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),
+        Err(_) => Err(StoreError::Timeout(timeout)),
+    };
+    deliver(batch, raw);
+}
+
+/// Gives each decision of `batch` its share of a script's answer, or the error.
+fn deliver(batch: Vec<Pending>, raw: Result<Vec<i64>, StoreError>) {
+    let quota_counts: Vec<usize> = batch.iter().map(|p| p.keys.len()).collect();
     match raw.map(|raw| Answer::split(&raw, &quota_counts)) {
         Ok(Some(answers)) => {
             for (pending, answer) in batch.into_iter().zip(answers) {

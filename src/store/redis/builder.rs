@@ -78,8 +78,8 @@ impl RedisStoreBuilder {
     }
 
     /// Whether decisions queued on the connection go to Redis together, in one script call
-    /// (default on; see [Throughput](super#throughput)). A single Redis only: on a cluster
-    /// each decision has its own call.
+    /// (default on; see [Throughput](super#throughput)). On a cluster, the decisions of one
+    /// node go together, which needs Redis 7 or later.
     pub fn batching(mut self, on: bool) -> Self {
         self.batching = on;
         self
@@ -240,11 +240,16 @@ impl RedisStoreBuilder {
                 ));
             }
         }
-        for script in [
+        let mut scripts = vec![
             super::script::DECIDE,
             super::script::REFUND,
             super::script::WRITE_BACK,
-        ] {
+        ];
+        let batching_on_a_cluster = self.batching && matches!(self.target, Target::Cluster(_));
+        if batching_on_a_cluster {
+            scripts.push(super::script::DECIDE_ACROSS_SLOTS);
+        }
+        for script in scripts {
             let loaded: Result<redis::Value, _> = tokio::time::timeout(
                 patience,
                 redis::cmd("SCRIPT")
@@ -254,7 +259,15 @@ impl RedisStoreBuilder {
             )
             .await
             .map_err(in_time("SCRIPT LOAD"))?;
-            loaded.map_err(|e| unusable(format!("cannot load the script: {}", describe(&e))))?;
+            loaded.map_err(|e| {
+                let needs = if script == super::script::DECIDE_ACROSS_SLOTS {
+                    " (batching on a cluster needs Redis 7 or later: upgrade, or turn it off \
+                     with batching(false))"
+                } else {
+                    ""
+                };
+                unusable(format!("cannot load the script{needs}: {}", describe(&e)))
+            })?;
         }
         match connection {
             CheckConnection::Ready(connection) => Ok(RedisStore::assemble(self, connection)),

@@ -51,12 +51,14 @@
 //!
 //! # Throughput
 //!
-//! On one Redis, decisions queued on the connection are *batched*: while calls are out, the
-//! decisions that arrive wait for the next call, and all of them go in it, one `EVALSHA` and
-//! one `TIME` for many (see `BENCHMARKS.md` for the figures). Nothing waits to fill a batch:
-//! under light load each decision has its own call. [`RedisStoreBuilder::batching`] turns it
-//! off. On a cluster each decision has its own call (one script may only touch one slot),
-//! and throughput grows with the nodes instead.
+//! Decisions queued on the connection are *batched*: while calls are out, the decisions that
+//! arrive wait for the next call, and all of them go in it, one `EVALSHA`, one `TIME` and one
+//! read of every key for many (see `BENCHMARKS.md` for the figures). Nothing waits to fill a
+//! batch: under light load each decision has its own call. On a cluster the decisions of one
+//! node go together: grouped by a slot map read with `CLUSTER SLOTS`, in a script that may
+//! touch the slots of its node (the `allow-cross-slot-keys` flag of Redis 7); if a slot has
+//! moved, that call changes nothing and its decisions go again one at a time while the map is
+//! read again. [`RedisStoreBuilder::batching`] turns batching off.
 //!
 //! # When Redis fails
 //!
@@ -97,6 +99,7 @@ mod fallback;
 mod key;
 mod over_limit;
 mod script;
+mod slots;
 
 use std::fmt;
 use std::future::Future;
@@ -109,14 +112,16 @@ use std::time::Duration;
 pub use builder::RedisStoreBuilder;
 pub use key::{KeyWriter, RedisKey};
 
-use self::batch::Batcher;
+use self::batch::{Batcher, Route};
 use self::breaker::{Breaker, TRIP_AFTER};
 use self::connection::{Connection, Target};
 use self::fallback::Local;
 use self::over_limit::OverLimit;
 use self::script::{
-    decision_args, evalsha, interval_us, run, Answer, DECIDE, FULL, REFUND, WRITE_BACK,
+    decision_args, evalsha, interval_us, run, Answer, DECIDE, DECIDE_ACROSS_SLOTS, FULL, REFUND,
+    WRITE_BACK,
 };
+use self::slots::SlotMap;
 use super::{Decision, MemoryStore, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::Gcra;
@@ -224,8 +229,20 @@ impl RedisStore {
     fn assemble(builder: RedisStoreBuilder, connection: Connection) -> Self {
         let decide = redis::Script::new(DECIDE);
         let connection_is_cluster = connection.is_cluster();
-        let batcher = (builder.batching && !connection.is_cluster())
-            .then(|| Batcher::start(connection.clone(), decide.clone(), builder.timeout));
+        let route = if connection_is_cluster {
+            Route::Cluster {
+                across_slots: redis::Script::new(DECIDE_ACROSS_SLOTS),
+                one: decide.clone(),
+                map: Arc::new(SlotMap::new()),
+            }
+        } else {
+            Route::Single {
+                script: decide.clone(),
+            }
+        };
+        let batcher = builder
+            .batching
+            .then(|| Batcher::start(connection.clone(), route, builder.timeout));
         let local = match &builder.on_failure {
             OnFailure::Local(store) => Some(Local::new(store.clone(), builder.fleet_size)),
             _ => None,

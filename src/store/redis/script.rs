@@ -57,6 +57,61 @@ end
 return out
 "#;
 
+/// The decision script for batches on a Redis Cluster node: the decisions of many subjects,
+/// whose keys live in different slots of one node. Redis refuses keys of several slots in
+/// `KEYS` (`CROSSSLOT`), even with the `allow-cross-slot-keys` flag, so `KEYS` holds only the
+/// first key (it routes the call to its node) and every key comes in `ARGV`; the flag lets the
+/// script reach the keys of other slots the node serves (Redis 7 or later). Every key is read
+/// before anything is written, so that a key the node does not serve (a stale slot map)
+/// fails the call before it changes anything, and the caller can send its decisions again one
+/// at a time.
+pub(super) const DECIDE_ACROSS_SLOTS: &str = r#"#!lua flags=allow-cross-slot-keys
+-- KEYS[1]: the first key (for routing). ARGV: the number of decisions, then for each: its
+-- number of quotas n, cost, max_wait_us, then key, interval_us and window_us of each quota.
+-- Returns what DECIDE returns.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local count = tonumber(ARGV[1])
+local tats = {}
+local a = 2
+for _ = 1, count do
+  local n = tonumber(ARGV[a])
+  for i = 1, n do
+    local key = ARGV[a + 3 * i]
+    if tats[key] == nil then
+      tats[key] = tonumber(redis.call('GET', key)) or 0
+    end
+  end
+  a = a + 3 + 3 * n
+end
+local out = { now }
+a = 2
+for _ = 1, count do
+  local n, cost, max_wait = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local first, all = #out, true
+  for i = 1, n do
+    local at = a + 3 * i
+    local tat = tats[ARGV[at]]
+    local new = (tat > now and tat or now) + tonumber(ARGV[at + 1]) * cost
+    if new - tonumber(ARGV[at + 2]) - now <= max_wait then
+      out[first + i] = new
+    else
+      all = false
+      out[first + i] = -tat - 1
+    end
+  end
+  if all and cost > 0 then
+    for i = 1, n do
+      local key, new = ARGV[a + 3 * i], out[first + i]
+      tats[key] = new
+      redis.call('SET', key, string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
+    end
+  end
+  a = a + 3 + 3 * n
+end
+return out
+"#;
+
 /// The refund script: gives back `charge_us` on each quota of one key.
 pub(super) const REFUND: &str = r#"
 local time = redis.call('TIME')
