@@ -49,15 +49,27 @@ pub(crate) struct ServicePolicy {
     pub(crate) name: String,
     /// The quota, in units (`q`).
     pub(crate) quota: u64,
+    /// Whether the units are requests: `qu` absent (the default) or `"requests"`. Any other
+    /// unit, or a `qu` that is not a string, is not a count of requests.
+    pub(crate) counts_requests: bool,
 }
 
 /// Reads a `RateLimit-Policy` field value: the items with a valid `q`, in order; the rest are
 /// left out, as in [`parse_ratelimit`].
 pub(crate) fn parse_policy(value: &[u8]) -> Vec<ServicePolicy> {
     named_items(value, |name, params| {
+        let counts_requests = match params.get("qu") {
+            None => true,
+            // The draft's text says "requests"; its registry table, "request".
+            Some(unit) => matches!(
+                unit.as_string().map(|s| s.as_str()),
+                Some("requests" | "request")
+            ),
+        };
         Some(ServicePolicy {
             name,
             quota: non_negative(params, "q")??,
+            counts_requests,
         })
     })
 }

@@ -30,10 +30,18 @@
 
 pub mod ietf;
 pub mod legacy;
+mod openai;
 pub mod retry_after;
 pub mod server;
 
 use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+
+/// A field that holds a non-negative integer, as a `u64`; `None` when absent or anything else.
+pub(crate) fn number(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
 
 /// Whole seconds, rounded up: a client told "0" would retry at once.
 pub(crate) fn ceil_seconds(d: Duration) -> u64 {
