@@ -309,3 +309,135 @@ async fn the_concurrency_layer_answers_on_a_router_without_handle_error_layer() 
     assert_eq!(no_key.status(), StatusCode::BAD_REQUEST);
     hung.abort();
 }
+
+/// Standard base64, for byte strings whose length is a multiple of 3.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b));
+        for i in 0..4 {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// The byte sequence of the `pk` parameter of every item of a field, which must all agree.
+fn partition_key_of(value: &str) -> Vec<u8> {
+    let list = sfv::Parser::new(value.as_bytes())
+        .parse::<sfv::List>()
+        .unwrap();
+    let keys: Vec<Vec<u8>> = list
+        .iter()
+        .map(|entry| match entry {
+            sfv::ListEntry::Item(item) => item
+                .params
+                .get("pk")
+                .and_then(|v| v.as_byte_sequence())
+                .unwrap_or_else(|| panic!("no pk in {value}"))
+                .to_vec(),
+            sfv::ListEntry::InnerList(_) => panic!("{value}"),
+        })
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{value}");
+    keys[0].clone()
+}
+
+#[tokio::test]
+async fn quota_units_and_partition_keys_when_configured() {
+    use tollgate::headers::ietf::QuotaUnit;
+    use tollgate::headers::server;
+    use tollgate::rate_limit::HeaderOptions;
+
+    const KEY: &str = "sk-live-5ecret-api-key";
+    let quotas = Quotas::new([
+        per_minute(2).named("calls").unwrap(),
+        Quota::per_hour(100).unwrap().named("hourly").unwrap(),
+    ])
+    .unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(quotas)
+            .key(Header::new("x-api-key"))
+            .headers(
+                HeaderOptions::default()
+                    .quota_unit(QuotaUnit::Requests)
+                    .partition_key(true),
+            ),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let url = server.url("/");
+    let first = fetch(&client, &url, &[("x-api-key", KEY)]).await;
+    let policy = header(&first, "ratelimit-policy").unwrap();
+    let ratelimit = header(&first, "ratelimit").unwrap();
+    let pk = partition_key_of(policy);
+    assert_eq!(pk.len(), 6, "48 bits");
+    assert_eq!(partition_key_of(ratelimit), pk, "one key, one partition");
+    // The draft's form, `pk=:<base64>:`, on every item, after the other parameters.
+    let b64 = base64(&pk);
+    assert_eq!(
+        policy,
+        format!(
+            "\"calls\";q=2;qu=\"requests\";w=60;pk=:{b64}:, \
+             \"hourly\";q=100;qu=\"requests\";w=3600;pk=:{b64}:"
+        )
+    );
+    assert_eq!(ratelimit, format!("\"calls\";r=1;t=30;pk=:{b64}:"));
+
+    // The key itself appears nowhere, on an allowed answer or a refusal; nor are the
+    // partition key's bytes any part of it.
+    assert!(!KEY.as_bytes().windows(pk.len()).any(|w| w == pk));
+    fetch(&client, &url, &[("x-api-key", KEY)]).await;
+    let refused = fetch(&client, &url, &[("x-api-key", KEY)]).await;
+    assert_eq!(refused.status(), 429);
+    let other = fetch(&client, &url, &[("x-api-key", "sk-live-another-key")]).await;
+    for response in [&first, &refused, &other] {
+        for (name, value) in response.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(
+                !value.contains("sk-live") && !value.contains("5ecret"),
+                "{name}: {value}"
+            );
+        }
+    }
+    // The refusal carries the same partition key; another key, another one.
+    assert_eq!(partition_key_of(header(&refused, "ratelimit").unwrap()), pk);
+    assert_eq!(
+        partition_key_of(header(&refused, "ratelimit-policy").unwrap()),
+        pk
+    );
+    assert_ne!(partition_key_of(header(&other, "ratelimit").unwrap()), pk);
+
+    // A client reads the answer as ever: `qu="requests"` is a count of requests, `pk` is
+    // not in the way.
+    let said = server::read(refused.headers());
+    assert_eq!(said.delay, Some(std::time::Duration::from_secs(30)));
+    let limits = said.limits.unwrap();
+    assert_eq!(
+        (limits.name.as_deref(), limits.remaining, limits.limit),
+        (Some("calls"), 0, Some(2))
+    );
+}
+
+#[tokio::test]
+async fn a_global_limit_waiting_in_poll_ready_writes_its_partition_key_too() {
+    use tollgate::rate_limit::HeaderOptions;
+    // The global key in wait mode reserves in `poll_ready`: the other path to the headers.
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(per_minute(5))
+            .wait(std::time::Duration::from_millis(10))
+            .headers(HeaderOptions::default().partition_key(true)),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let first = fetch(&client, &server.url("/"), &[]).await;
+    let second = fetch(&client, &server.url("/"), &[]).await;
+    let pk = partition_key_of(header(&first, "ratelimit").unwrap());
+    assert_eq!(partition_key_of(header(&second, "ratelimit").unwrap()), pk);
+    assert_eq!(
+        partition_key_of(header(&first, "ratelimit-policy").unwrap()),
+        pk
+    );
+    assert!(!header(&first, "ratelimit-policy").unwrap().contains("qu="));
+}

@@ -543,3 +543,100 @@ async fn every_wait_of_a_request_comes_out_of_one_max_wait() {
         start.elapsed()
     );
 }
+
+/// The vendors' dialects, each on a response that asks for a delay: the path for `/once/`, the
+/// status, and the delay both layers must read.
+const VENDOR_DELAYS: [(&str, &str, u16, Duration); 6] = [
+    (
+        "OpenAI, requests spent",
+        "x-ratelimit-limit-requests=60;x-ratelimit-remaining-requests=0;\
+         x-ratelimit-reset-requests=6s;x-ratelimit-limit-tokens=150000;\
+         x-ratelimit-remaining-tokens=149000;x-ratelimit-reset-tokens=20ms",
+        429,
+        Duration::from_secs(6),
+    ),
+    (
+        "OpenAI, tokens spent",
+        "x-ratelimit-limit-requests=60;x-ratelimit-remaining-requests=59;\
+         x-ratelimit-reset-requests=1s;x-ratelimit-limit-tokens=150000;\
+         x-ratelimit-remaining-tokens=0;x-ratelimit-reset-tokens=12.5s",
+        429,
+        Duration::from_millis(12_500),
+    ),
+    (
+        // The reset is Unix seconds, measured against the response's own Date
+        // (1445412480): 7 s.
+        "GitHub, primary limit, 403",
+        "date=Wed%2C%2021%20Oct%202015%2007:28:00%20GMT;x-ratelimit-limit=60;\
+         x-ratelimit-remaining=0;x-ratelimit-used=60;x-ratelimit-reset=1445412487;\
+         x-ratelimit-resource=core",
+        403,
+        Duration::from_secs(7),
+    ),
+    (
+        "GitHub, used without remaining, 429",
+        "date=Wed%2C%2021%20Oct%202015%2007:28:00%20GMT;x-ratelimit-limit=30;\
+         x-ratelimit-used=30;x-ratelimit-reset=1445412489;x-ratelimit-resource=search",
+        429,
+        Duration::from_secs(9),
+    ),
+    (
+        "GitHub, secondary limit, 403",
+        "retry-after=3;x-ratelimit-limit=5000;x-ratelimit-remaining=4000;\
+         x-ratelimit-resource=core",
+        403,
+        Duration::from_secs(3),
+    ),
+    (
+        "X-RateLimit-Reset-After, in seconds with decimals",
+        "x-ratelimit-limit=5;x-ratelimit-remaining=0;x-ratelimit-reset-after=2.5",
+        429,
+        Duration::from_millis(2500),
+    ),
+];
+
+#[tokio::test(start_paused = true)]
+async fn retry_and_learn_agree_on_the_vendors_delays() {
+    for (dialect, pairs, status, delay) in VENDOR_DELAYS {
+        let path = format!("/once/{pairs}/{status}");
+
+        // RetryLayer over LearnLayer: the retry waits the server's delay, and the learn layer,
+        // having read the same delay, adds nothing.
+        let (upstream, addr) = start().await;
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&said);
+        let stack = tower::ServiceBuilder::new()
+            .layer(RetryLayer::new().on_event(move |event| {
+                if let RetryAction::Retry { delay } = event.action {
+                    log.lock().unwrap().push(delay);
+                }
+            }))
+            .layer(LearnLayer::new())
+            .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+        let start_time = Instant::now();
+        let response = stack.oneshot(get_req(addr, &path)).await.unwrap();
+        assert_eq!(response.status(), 200, "{dialect}");
+        assert_eq!(upstream.hits(), 2, "{dialect}");
+        assert_eq!(
+            *said.lock().unwrap(),
+            [delay],
+            "{dialect}: the retry's delay"
+        );
+        assert_eq!(
+            start_time.elapsed(),
+            delay,
+            "{dialect}: waited once, in all"
+        );
+
+        // LearnLayer alone reads the same delay: the next request to the host waits it.
+        let (upstream, addr) = start().await;
+        let svc = LearnLayer::new().layer(client());
+        let first = svc.clone().oneshot(get_req(addr, &path)).await.unwrap();
+        assert_eq!(first.status(), status, "{dialect}");
+        let sent = Instant::now();
+        let next = svc.clone().oneshot(get_req(addr, &path)).await.unwrap();
+        assert_eq!(next.status(), 200, "{dialect}");
+        assert_eq!(sent.elapsed(), delay, "{dialect}: the learn layer's wait");
+        assert_eq!(upstream.hits(), 2, "{dialect}");
+    }
+}

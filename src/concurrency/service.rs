@@ -121,7 +121,7 @@ where
             Ok(key) => key,
             Err(error) => {
                 tracing::debug!(target: "tollgate::concurrency", layer = &*shared.name, %error, "request without a key");
-                let answer = shared.respond.refuse(Refusal::NoKey(error), &request);
+                let answer = shared.respond.refuse(Refusal::NoKey(error), &request, None);
                 return Box::pin(std::future::ready(answer));
             }
         };
@@ -165,7 +165,7 @@ where
                             limit: shared.limit,
                             waited,
                         };
-                        return shared.respond.refuse(Refusal::Busy(busy), &request);
+                        return shared.respond.refuse(Refusal::Busy(busy), &request, None);
                     }
                 },
             };

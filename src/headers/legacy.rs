@@ -4,12 +4,17 @@
 //! `X-RateLimit-Reset` means two things in the wild: seconds from now (most APIs) or the Unix
 //! time in seconds (GitHub). The layer writes the delta unless told otherwise
 //! ([`Reset::EpochSeconds`]).
+//!
+//! Clients also read, through [`server::read`](super::server::read), the kin of these fields
+//! that vendors added: GitHub's `X-RateLimit-Used` and `X-RateLimit-Resource`, and
+//! `X-RateLimit-Reset-After` (seconds from now, with decimals, as Discord sends it).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::ceil_seconds;
+use super::server::{Found, Limits};
+use super::{ceil_seconds, number};
 use crate::Decision;
 
 /// `x-ratelimit-limit`.
@@ -25,6 +30,15 @@ pub(crate) const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimi
 pub(crate) const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 /// `ratelimit-reset`, of the IETF draft's earlier versions.
 pub(crate) const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// `x-ratelimit-used`: GitHub's count of what was spent.
+const X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used");
+/// `x-ratelimit-resource`: GitHub's name of the limit (`core`, `search`, `graphql`…).
+const X_RATELIMIT_RESOURCE: HeaderName = HeaderName::from_static("x-ratelimit-resource");
+/// `x-ratelimit-reset-after`: seconds from now, decimals allowed (Discord's).
+const X_RATELIMIT_RESET_AFTER: HeaderName = HeaderName::from_static("x-ratelimit-reset-after");
+
+/// The longest limit name kept; a longer one is ignored, not cut.
+const MAX_NAME: usize = 64;
 
 /// How `X-RateLimit-Reset` is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,6 +86,84 @@ pub(crate) fn parse_reset(value: &HeaderValue, now: SystemTime) -> Option<Durati
     Duration::try_from_secs_f64(seconds.max(0.0)).ok()
 }
 
+/// The older IETF draft's `RateLimit-Limit`, `-Remaining` and `-Reset` (a delay), when a
+/// remaining count parses.
+pub(crate) fn read_draft(headers: &HeaderMap, now: SystemTime) -> Option<Found> {
+    Some(Found {
+        limits: Limits {
+            remaining: number(headers, &RATELIMIT_REMAINING)?,
+            reset: headers
+                .get(RATELIMIT_RESET)
+                .and_then(|v| parse_reset(v, now)),
+            limit: number(headers, &RATELIMIT_LIMIT),
+            name: None,
+        },
+        counts_requests: true,
+    })
+}
+
+/// `X-RateLimit-*` with its vendors' kin, when a remaining count is stated or follows from
+/// GitHub's `X-RateLimit-Used`:
+///
+/// - remaining: `X-RateLimit-Remaining`; without it, `X-RateLimit-Limit` minus
+///   `X-RateLimit-Used` (0 when more was used than the limit); with both, the fewer;
+/// - reset: `X-RateLimit-Reset-After` when it parses (a delay, which no clock skew can
+///   change), else `X-RateLimit-Reset` (see [`parse_reset`]);
+/// - name: `X-RateLimit-Resource`, when it is a short token.
+pub(crate) fn read_x(headers: &HeaderMap, now: SystemTime) -> Option<Found> {
+    let limit = number(headers, &X_RATELIMIT_LIMIT);
+    let unused = limit
+        .zip(number(headers, &X_RATELIMIT_USED))
+        .map(|(limit, used)| limit.saturating_sub(used));
+    let remaining = match (number(headers, &X_RATELIMIT_REMAINING), unused) {
+        (Some(remaining), Some(unused)) => remaining.min(unused),
+        (remaining, unused) => remaining.or(unused)?,
+    };
+    let reset = headers
+        .get(X_RATELIMIT_RESET_AFTER)
+        .and_then(parse_seconds)
+        .or_else(|| {
+            headers
+                .get(X_RATELIMIT_RESET)
+                .and_then(|v| parse_reset(v, now))
+        });
+    let name = headers
+        .get(X_RATELIMIT_RESOURCE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|name| {
+            !name.is_empty()
+                && name.len() <= MAX_NAME
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        })
+        .map(str::to_owned);
+    Some(Found {
+        limits: Limits {
+            remaining,
+            reset,
+            limit,
+            name,
+        },
+        counts_requests: true,
+    })
+}
+
+/// Seconds, with decimals: digits, at most one point, nothing else (no sign, exponent,
+/// `NaN` or `inf`). `None` too for a value too large for a `Duration`.
+fn parse_seconds(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let mut parts = text.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let fraction = parts.next().unwrap_or("");
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    Duration::try_from_secs_f64(text.parse().ok()?).ok()
+}
+
 /// The three fields for a decision.
 pub(crate) fn values(decision: &Decision, reset: Reset) -> [(HeaderName, HeaderValue); 3] {
     let status = decision.status();
@@ -107,6 +199,32 @@ mod tests {
         );
         assert_eq!(parse("2.5"), Some(Duration::from_millis(2500)));
         for bad in ["-5", "NaN", "inf", "", "soon", "1e400"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reset_after_is_seconds_with_decimals() {
+        let parse = |v: &str| parse_seconds(&HeaderValue::from_str(v).unwrap());
+        assert_eq!(parse("1.234"), Some(Duration::from_millis(1234)));
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(parse(" 60 "), Some(Duration::from_secs(60)));
+        assert_eq!(parse(".5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse("2."), Some(Duration::from_secs(2)));
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "+1",
+            "1e3",
+            "1e400",
+            "NaN",
+            "inf",
+            "1.2.3",
+            "1,5",
+            "soon",
+            "99999999999999999999999999.5",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

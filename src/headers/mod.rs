@@ -15,6 +15,8 @@
 //! | `Retry-After: S` | on refusals: seconds until this request would pass, rounded up, at least 1 |
 //! | `X-RateLimit-Limit` / `-Remaining` | `Q` / `R` |
 //! | `X-RateLimit-Reset` | seconds until the bucket is full again, as a delta (default) or as Unix epoch seconds (GitHub's style) |
+//! | `qu="unit"` on `RateLimit-Policy` items | only when [configured](crate::rate_limit::HeaderOptions::quota_unit): what `Q` counts ([`ietf::QuotaUnit`]) |
+//! | `pk=:…:` on `RateLimit` and `RateLimit-Policy` items | only when [configured](crate::rate_limit::HeaderOptions::partition_key): a keyed hash of the request's key, never the key ([`ietf::PartitionKey`]) |
 //!
 //! ```
 //! use std::time::Duration;
@@ -30,10 +32,18 @@
 
 pub mod ietf;
 pub mod legacy;
+mod openai;
 pub mod retry_after;
 pub mod server;
 
 use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+
+/// A field that holds a non-negative integer, as a `u64`; `None` when absent or anything else.
+pub(crate) fn number(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
 
 /// Whole seconds, rounded up: a client told "0" would retry at once.
 pub(crate) fn ceil_seconds(d: Duration) -> u64 {
@@ -65,7 +75,7 @@ impl FieldBuf {
     }
 
     #[inline]
-    fn push_bytes(&mut self, s: &[u8]) -> &mut Self {
+    pub(crate) fn push_bytes(&mut self, s: &[u8]) -> &mut Self {
         match self.bytes.get_mut(self.len..self.len + s.len()) {
             Some(to) if self.spill.is_empty() => {
                 to.copy_from_slice(s);

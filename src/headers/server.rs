@@ -16,23 +16,42 @@
 //! assert_eq!(said.limits.unwrap().remaining, 0);
 //! ```
 //!
-//! | field | read as |
-//! | --- | --- |
-//! | `Retry-After` | seconds, or an HTTP-date measured against the response's own `Date` (clock skew does not count); a date in the past is no delay, so the caller's own backoff applies |
-//! | `RateLimit` (+ `RateLimit-Policy`) | draft-ietf-httpapi-ratelimit-headers-10: the item with the fewest left; an exhausted item's `t` is a delay |
-//! | `RateLimit-Limit` / `-Remaining` / `-Reset` | the older draft: a delay when remaining is 0 |
-//! | `X-RateLimit-Limit` / `-Remaining` / `-Reset` | the reset as Unix seconds, Unix milliseconds or a delay, told apart by size; a delay when remaining is 0 |
-//! | `grpc-retry-pushback-ms` | on gRPC responses only (`content-type: application/grpc…`): a delay, or "do not retry" when negative; ignored on plain HTTP |
+//! | field | who sends it | read as |
+//! | --- | --- | --- |
+//! | `Retry-After` | RFC 9110 | seconds, or an HTTP-date measured against the response's own `Date` (clock skew does not count); a date in the past is no delay, so the caller's own backoff applies |
+//! | `RateLimit` (+ `RateLimit-Policy`) | draft-ietf-httpapi-ratelimit-headers-10 | every item, named by its policy; the policy's `q` is its limit; an item whose policy counts in other units (`qu` not `"requests"`) counts only when exhausted; `pk` is not read |
+//! | `RateLimit-Limit` / `-Remaining` / `-Reset` | the draft's earlier versions | the reset as a delay |
+//! | `X-RateLimit-Limit` / `-Remaining` / `-Reset` | many APIs; GitHub | the reset as Unix seconds, Unix milliseconds or a delay, told apart by size |
+//! | `X-RateLimit-Reset-After` | Discord, others | the reset as seconds from now, decimals allowed (`1.234`); preferred to `X-RateLimit-Reset`, since no clock is involved |
+//! | `X-RateLimit-Used`, `X-RateLimit-Resource` | GitHub | remaining = `-Limit` − used when `-Remaining` is absent (the fewer of the two when both are sent); the resource (`core`, `search`…) names the limit |
+//! | `x-ratelimit-limit-requests` / `-remaining-requests` / `-reset-requests`, the same with `-tokens` | OpenAI and the APIs that copy it | two quotas, named `requests` and `tokens`, resets as Go durations (`6m0s`, `20ms`, `1h2m3.5s`); tokens count only when exhausted |
+//! | `grpc-retry-pushback-ms` | gRPC (gRFC A6) | on gRPC responses only (`content-type: application/grpc…`): a delay, or "do not retry" when negative; ignored on plain HTTP |
 //!
-//! Malformed values are ignored, never guessed at; bounding what a hostile value may ask for
-//! is the caller's job (`max_pushback`, `max_wait`).
+//! **Which limit.** [`Limits`] counts requests, because that is what a client spends: one per
+//! request. Of every limit stated, in every dialect, it is the one with the fewest left (and,
+//! among those, the latest reset); when nothing is left of it, its reset, if still to come,
+//! is a delay. A quota in other units (OpenAI's tokens, an IETF policy of `content-bytes`)
+//! says nothing of how many requests are left, until it is spent: 0 is 0 in any unit. So
+//! such a quota is the binding one exactly when it is exhausted (and then its reset is a
+//! delay like any other, and its `limit`, in other units, is left out); otherwise the request
+//! count binds, however small the share of tokens left.
+//!
+//! **Status.** A 403 is a rate limit when the server asked for a delay with it
+//! ([`forbidden_by_rate_limit`]): GitHub answers its primary limit with 403, "0 left" and a
+//! reset, and its secondary limits with 403 and `Retry-After`. Any other 403 is what it
+//! says.
+//!
+//! Malformed values are ignored, never guessed at: a negative, fractional, `NaN`, `1e400`
+//! or overflowing count, an unknown duration unit, a resource name that is not a short
+//! token. Bounding what a hostile but well-formed value may ask for is the caller's job
+//! (`max_pushback`, `max_wait`).
 
 use std::time::{Duration, SystemTime};
 
 use http::header::{CONTENT_TYPE, DATE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName};
 
-use super::{ietf, legacy, retry_after};
+use super::{ietf, legacy, openai, retry_after};
 
 /// The header of gRPC's server pushback (gRFC A6).
 pub(crate) const GRPC_RETRY_PUSHBACK_MS: HeaderName =
@@ -43,7 +62,8 @@ pub(crate) const GRPC_RETRY_PUSHBACK_MS: HeaderName =
 #[non_exhaustive]
 pub struct ServerSaid {
     /// How long the server asked the client to wait before its next request: the *later* of
-    /// every field that asks for one.
+    /// every field that asks for one. A `Retry-After` date or a reset already past is none
+    /// (only gRPC's pushback can say "0 ms": retry now).
     pub delay: Option<Duration>,
     /// A gRPC server said not to retry (a negative pushback).
     pub stop: bool,
@@ -51,16 +71,36 @@ pub struct ServerSaid {
     pub limits: Option<Limits>,
 }
 
-/// A limit a server announced: the one with the fewest requests left, among every dialect.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A limit a server announced: the one with the fewest requests left, among every dialect
+/// (see [the module docs](self) for quotas in other units).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Requests left.
+    /// Requests left (0 as well when a quota in other units is spent).
     pub remaining: u64,
     /// When the allowance comes back, if said.
     pub reset: Option<Duration>,
-    /// What it comes back to, if said.
+    /// What it comes back to, in requests, if said.
     pub limit: Option<u64>,
+    /// The server's name for the limit, if it gave one: the IETF policy's name, GitHub's
+    /// `X-RateLimit-Resource`, or `requests` / `tokens` for OpenAI's two quotas.
+    pub name: Option<String>,
+}
+
+/// A limit as one dialect states it, before the binding one is chosen.
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub(crate) limits: Limits,
+    /// Its units are requests; otherwise it binds only when exhausted.
+    pub(crate) counts_requests: bool,
+}
+
+/// Whether a 403 Forbidden that said `said` is a rate limit rather than a refusal of access:
+/// it is when the server asked for a delay with it (`Retry-After`, or a limit with 0 left
+/// and a reset), as GitHub does. The one rule of [`RetryLayer`](crate::RetryLayer)'s
+/// classifier and of [`LearnLayer`](crate::learn::LearnLayer).
+pub fn forbidden_by_rate_limit(said: &ServerSaid) -> bool {
+    said.delay.is_some() && !said.stop
 }
 
 /// Reads every dialect of `headers` (a response's).
@@ -81,9 +121,13 @@ pub fn read(headers: &HeaderMap) -> ServerSaid {
         remaining: 0,
         reset: Some(reset),
         ..
-    }) = limits
+    }) = &limits
     {
-        delays.push(reset);
+        // A reset that has come (OpenAI's `0s`, an epoch in the past) is no delay, as a
+        // `Retry-After` in the past is none: the caller's own backoff applies.
+        if !reset.is_zero() {
+            delays.push(*reset);
+        }
     }
     let mut stop = false;
     match grpc_pushback(headers) {
@@ -127,55 +171,54 @@ pub(crate) fn grpc_pushback_of_grpc(headers: &HeaderMap) -> Option<GrpcPushback>
     }
 }
 
-/// The announced limit with the fewest left (and, among those, the latest reset).
+/// The binding limit among all those stated: the fewest requests left (and, among those, the
+/// latest reset), a quota in other units only when it is exhausted.
 fn limits(headers: &HeaderMap, now: SystemTime) -> Option<Limits> {
-    let mut found: Vec<Limits> = Vec::new();
+    let mut found = ietf_limits(headers);
+    found.extend(legacy::read_draft(headers, now));
+    found.extend(legacy::read_x(headers, now));
+    found.extend(openai::read(headers));
+    found
+        .into_iter()
+        .filter(|f| f.counts_requests || f.limits.remaining == 0)
+        .map(|f| match f.counts_requests {
+            true => f.limits,
+            false => Limits {
+                limit: None,
+                ..f.limits
+            },
+        })
+        .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))
+}
+
+/// The items of the `RateLimit` fields, each with its policy's quota and unit when a
+/// `RateLimit-Policy` item of the same name states them.
+fn ietf_limits(headers: &HeaderMap) -> Vec<Found> {
+    let mut found = Vec::new();
+    let ratelimits = headers.get_all(ietf::RATELIMIT);
+    if ratelimits.iter().next().is_none() {
+        return found;
+    }
     let policies: Vec<ietf::ServicePolicy> = headers
         .get_all(ietf::RATELIMIT_POLICY)
         .iter()
         .flat_map(|v| ietf::parse_policy(v.as_bytes()))
         .collect();
-    for value in headers.get_all(ietf::RATELIMIT).iter() {
+    for value in ratelimits.iter() {
         for item in ietf::parse_ratelimit(value.as_bytes()) {
-            let limit = policies
-                .iter()
-                .find(|policy| policy.name == item.policy)
-                .map(|policy| policy.quota);
-            found.push(Limits {
-                remaining: item.remaining,
-                reset: item.reset,
-                limit,
-            });
-        }
-    }
-    let dialects = [
-        (
-            legacy::RATELIMIT_LIMIT,
-            legacy::RATELIMIT_REMAINING,
-            legacy::RATELIMIT_RESET,
-        ),
-        (
-            legacy::X_RATELIMIT_LIMIT,
-            legacy::X_RATELIMIT_REMAINING,
-            legacy::X_RATELIMIT_RESET,
-        ),
-    ];
-    for (limit, remaining, reset) in &dialects {
-        if let Some(remaining) = number(headers, remaining) {
-            found.push(Limits {
-                remaining,
-                reset: headers.get(reset).and_then(|v| legacy::parse_reset(v, now)),
-                limit: number(headers, limit),
+            let policy = policies.iter().find(|policy| policy.name == item.policy);
+            found.push(Found {
+                limits: Limits {
+                    remaining: item.remaining,
+                    reset: item.reset,
+                    limit: policy.map(|policy| policy.quota),
+                    name: Some(item.policy),
+                },
+                counts_requests: policy.is_none_or(|policy| policy.counts_requests),
             });
         }
     }
     found
-        .into_iter()
-        .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))
-}
-
-fn number(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -267,8 +310,267 @@ mod tests {
             Limits {
                 remaining: 0,
                 reset: Some(Duration::from_secs(80000)),
-                limit: Some(1000)
+                limit: Some(1000),
+                name: Some("day".into()),
             }
         );
+    }
+
+    fn limits_of(pairs: &[(&str, &str)]) -> Option<Limits> {
+        said(pairs).limits
+    }
+
+    fn openai(
+        requests: (&str, &str, &str),
+        tokens: (&str, &str, &str),
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("x-ratelimit-limit-requests", requests.0.to_owned()),
+            ("x-ratelimit-remaining-requests", requests.1.to_owned()),
+            ("x-ratelimit-reset-requests", requests.2.to_owned()),
+            ("x-ratelimit-limit-tokens", tokens.0.to_owned()),
+            ("x-ratelimit-remaining-tokens", tokens.1.to_owned()),
+            ("x-ratelimit-reset-tokens", tokens.2.to_owned()),
+        ]
+    }
+
+    fn said_owned(pairs: &[(&'static str, String)]) -> ServerSaid {
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        said(&pairs)
+    }
+
+    #[test]
+    fn openai_requests_bind_until_tokens_are_spent() {
+        // Both left: the request count binds, whatever the share of tokens left.
+        let both_left = said_owned(&openai(("60", "59", "1s"), ("150000", "1200", "6m0s")));
+        assert_eq!(both_left.delay, None);
+        assert_eq!(
+            both_left.limits.unwrap(),
+            Limits {
+                remaining: 59,
+                reset: Some(Duration::from_secs(1)),
+                limit: Some(60),
+                name: Some("requests".into()),
+            }
+        );
+        // Requests spent: a delay of their reset.
+        let requests_spent = said_owned(&openai(("60", "0", "20ms"), ("150000", "9000", "6m0s")));
+        assert_eq!(requests_spent.delay, Some(Duration::from_millis(20)));
+        assert_eq!(requests_spent.limits.unwrap().remaining, 0);
+        // Tokens spent: they bind, with their reset as the delay, and no limit in requests.
+        let tokens_spent = said_owned(&openai(("60", "42", "1s"), ("150000", "0", "1h2m3.5s")));
+        assert_eq!(tokens_spent.delay, Some(Duration::from_millis(3_723_500)));
+        assert_eq!(
+            tokens_spent.limits.unwrap(),
+            Limits {
+                remaining: 0,
+                reset: Some(Duration::from_millis(3_723_500)),
+                limit: None,
+                name: Some("tokens".into()),
+            }
+        );
+        // Both spent: the later reset.
+        let both_spent = said_owned(&openai(("60", "0", "6m0s"), ("150000", "0", "20ms")));
+        assert_eq!(both_spent.delay, Some(Duration::from_secs(360)));
+        assert_eq!(both_spent.limits.unwrap().name.as_deref(), Some("requests"));
+        // Tokens alone, left: no count of requests, so no limit; spent: a limit and a delay.
+        assert_eq!(limits_of(&[("x-ratelimit-remaining-tokens", "10")]), None);
+        let tokens_only = said(&[
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "0.5s"),
+        ]);
+        assert_eq!(tokens_only.delay, Some(Duration::from_millis(500)));
+        // "0s": spent, and back now: no delay.
+        assert_eq!(
+            said_owned(&openai(("60", "0", "0s"), ("1", "1", "0s"))).delay,
+            None
+        );
+    }
+
+    #[test]
+    fn openai_hostile_values_are_ignored() {
+        for reset in ["-1s", "6m0", "1e400s", "NaN", "99999999999h", "1 m", ""] {
+            let headers = openai(("60", "0", reset), ("150000", "0", reset));
+            let read = said_owned(&headers);
+            assert_eq!(read.delay, None, "{reset:?}");
+            assert_eq!(read.limits.unwrap().reset, None, "{reset:?}");
+        }
+        for remaining in [
+            "-1",
+            "1.5",
+            "NaN",
+            "99999999999999999999999",
+            "1e400",
+            "lots",
+        ] {
+            let headers = openai(("60", remaining, "1s"), ("150000", remaining, "1s"));
+            assert_eq!(said_owned(&headers).limits, None, "{remaining:?}");
+        }
+        // A malformed limit is left out; the rest stands.
+        let headers = openai(("-60", "3", "1s"), ("x", "0", "2s"));
+        let read = said_owned(&headers);
+        assert_eq!(read.delay, Some(Duration::from_secs(2)));
+        assert_eq!(read.limits.unwrap().limit, None);
+    }
+
+    #[test]
+    fn github_used_and_resource() {
+        let now = "Wed, 21 Oct 2015 07:28:00 GMT"; // 1445412480
+        let github = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![
+                ("date", now),
+                ("x-ratelimit-limit", "5000"),
+                ("x-ratelimit-reset", "1445412540"),
+            ];
+            pairs.extend_from_slice(extra);
+            said(&pairs)
+        };
+        let both = github(&[
+            ("x-ratelimit-remaining", "4990"),
+            ("x-ratelimit-used", "10"),
+            ("x-ratelimit-resource", "core"),
+        ]);
+        assert_eq!(
+            both.limits.unwrap(),
+            Limits {
+                remaining: 4990,
+                reset: Some(Duration::from_secs(60)),
+                limit: Some(5000),
+                name: Some("core".into()),
+            }
+        );
+        // Used alone: remaining is the limit minus it.
+        let used = github(&[
+            ("x-ratelimit-used", "4999"),
+            ("x-ratelimit-resource", "search"),
+        ]);
+        assert_eq!(used.limits.as_ref().unwrap().remaining, 1);
+        assert_eq!(used.limits.unwrap().name.as_deref(), Some("search"));
+        // Spent: a delay until the reset.
+        let spent = github(&[("x-ratelimit-used", "5000")]);
+        assert_eq!(spent.delay, Some(Duration::from_secs(60)));
+        // More used than the limit: nothing left, no underflow.
+        assert_eq!(
+            github(&[("x-ratelimit-used", "9999")])
+                .limits
+                .unwrap()
+                .remaining,
+            0
+        );
+        // Remaining and used disagree: the fewer.
+        let disagree = github(&[
+            ("x-ratelimit-remaining", "10"),
+            ("x-ratelimit-used", "4995"),
+        ]);
+        assert_eq!(disagree.limits.unwrap().remaining, 5);
+        // Used without a limit says nothing of what is left.
+        assert_eq!(limits_of(&[("x-ratelimit-used", "3")]), None);
+    }
+
+    #[test]
+    fn github_hostile_values_are_ignored() {
+        for used in ["-1", "NaN", "1e400", "99999999999999999999999", "3.5"] {
+            let read = said(&[("x-ratelimit-limit", "60"), ("x-ratelimit-used", used)]);
+            assert_eq!(read.limits, None, "{used:?}");
+        }
+        let long = "r".repeat(65);
+        for resource in [
+            "",
+            "has space",
+            "semi;colon",
+            "quote\"",
+            "ünïcode",
+            long.as_str(),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-ratelimit-remaining", "1".parse().unwrap());
+            headers.insert(
+                "x-ratelimit-resource",
+                http::HeaderValue::from_bytes(resource.as_bytes()).unwrap(),
+            );
+            assert_eq!(read(&headers).limits.unwrap().name, None, "{resource:?}");
+        }
+    }
+
+    #[test]
+    fn reset_after_is_a_delay_in_seconds() {
+        let discord = said(&[
+            ("x-ratelimit-limit", "5"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1470173023.123"),
+            ("x-ratelimit-reset-after", "1.234"),
+        ]);
+        // The delay, not the epoch (which this test's clock is far past).
+        assert_eq!(discord.delay, Some(Duration::from_millis(1234)));
+        assert_eq!(
+            said(&[
+                ("x-ratelimit-remaining", "2"),
+                ("x-ratelimit-reset-after", "1.234")
+            ])
+            .delay,
+            None,
+            "requests left: no delay"
+        );
+        // Without -Remaining: nothing to pair it with.
+        assert_eq!(said(&[("x-ratelimit-reset-after", "5")]).limits, None);
+        // Malformed: X-RateLimit-Reset is read instead.
+        for bad in [
+            "-1",
+            "NaN",
+            "1e400",
+            "inf",
+            "1e3",
+            "99999999999999999999999.0",
+        ] {
+            let read = said(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "7"),
+                ("x-ratelimit-reset-after", bad),
+            ]);
+            assert_eq!(read.delay, Some(Duration::from_secs(7)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ietf_quotas_in_other_units_bind_only_when_spent() {
+        // Bytes left are not requests left: the request count binds.
+        let bytes_left = said(&[
+            ("ratelimit", "\"bytes\";r=10;t=5, \"calls\";r=40;t=9"),
+            (
+                "ratelimit-policy",
+                "\"bytes\";q=1000;qu=\"content-bytes\";w=60, \"calls\";q=50;w=60",
+            ),
+        ]);
+        let limits = bytes_left.limits.unwrap();
+        assert_eq!(
+            (limits.name.as_deref(), limits.remaining, limits.limit),
+            (Some("calls"), 40, Some(50))
+        );
+        // Spent bytes bind, and delay.
+        let bytes_spent = said(&[
+            (
+                "ratelimit",
+                "\"bytes\";r=0;t=5;pk=:AAECAwQF:, \"calls\";r=40;t=9",
+            ),
+            (
+                "ratelimit-policy",
+                "\"bytes\";q=1000;qu=\"content-bytes\";w=60;pk=:AAECAwQF:",
+            ),
+        ]);
+        assert_eq!(bytes_spent.delay, Some(Duration::from_secs(5)));
+        let limits = bytes_spent.limits.unwrap();
+        assert_eq!(
+            (limits.name.as_deref(), limits.limit),
+            (Some("bytes"), None)
+        );
+        // `qu="requests"` is the default said aloud; a `qu` that is not a string is no unit
+        // this reader knows.
+        for (unit, counts) in [("\"requests\"", true), ("requests", false), ("5", false)] {
+            let read = limits_of(&[
+                ("ratelimit", "\"a\";r=3"),
+                ("ratelimit-policy", &format!("\"a\";q=9;qu={unit}")),
+            ]);
+            assert_eq!(read.is_some(), counts, "{unit}");
+        }
     }
 }

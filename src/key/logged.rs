@@ -48,7 +48,7 @@ impl<'a> LoggedKey<'a> {
     pub fn new<K: Hash + fmt::Debug>(key: &'a K, shown: LogKeys) -> Self {
         Self {
             key,
-            hash: secret().hash_one(key) >> 16,
+            hash: keyed_hash(log_secret(), key),
             shown,
         }
     }
@@ -79,10 +79,29 @@ impl fmt::Debug for LoggedKey<'_> {
     }
 }
 
-/// The process's secret hash key.
-fn secret() -> &'static foldhash::quality::RandomState {
+/// 48 bits of `key`'s hash keyed with `secret`: enough to tell clients apart, too few to
+/// carry the key.
+fn keyed_hash<K: Hash + ?Sized>(secret: &foldhash::quality::RandomState, key: &K) -> u64 {
+    secret.hash_one(key) >> 16
+}
+
+/// The process's secret hash key for logs.
+fn log_secret() -> &'static foldhash::quality::RandomState {
     static SECRET: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
     SECRET.get_or_init(foldhash::quality::RandomState::default)
+}
+
+/// The 48-bit hash of `key` that a response's partition key (`pk`) carries: the same keyed
+/// hash as [`LoggedKey::hash`], under a secret of its own. Clients see the partition keys of
+/// the keys they send, which they choose; with the log secret, that would hand anyone an
+/// oracle for the hashes in the logs. Under its own secret, what a client learns from its
+/// partition keys says nothing about the logs.
+pub(crate) fn partition_hash<K: Hash + ?Sized>(key: &K) -> u64 {
+    static SECRET: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+    keyed_hash(
+        SECRET.get_or_init(foldhash::quality::RandomState::default),
+        key,
+    )
 }
 
 #[cfg(test)]
@@ -108,5 +127,16 @@ mod tests {
         assert_eq!(format!("{:?}", hashed.reveal()), "\"Bearer s3cr3t\"");
         let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(LoggedKey::new(&ip, LogKeys::Clear).to_string(), "192.0.2.1");
+    }
+
+    #[test]
+    fn partition_hashes_are_stable_48_bits_under_their_own_secret() {
+        let token = "Bearer s3cr3t";
+        let pk = partition_hash(&token);
+        assert_eq!(pk, partition_hash(&token), "stable for one key");
+        assert_ne!(pk, partition_hash(&"Bearer other"));
+        assert!(pk < 1 << 48);
+        // Not the log hash: a client's partition keys tell nothing of the logs.
+        assert_ne!(pk, LoggedKey::new(&token, LogKeys::Hashed).hash());
     }
 }

@@ -44,6 +44,7 @@ use std::hash::Hash;
 pub use client_ip::{ClientIp, Forwarding, InvalidProxy, UnknownForwarding, MAX_HOPS};
 pub use destination::Destination;
 pub use header::Header;
+pub(crate) use logged::partition_hash;
 pub use logged::{LogKeys, LoggedKey};
 pub use peer::{IpPrefix, PeerIp};
 

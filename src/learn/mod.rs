@@ -15,14 +15,20 @@
 //!
 //! # What it reads
 //!
-//! Per destination (the URI's authority), from every response:
+//! Per destination (the URI's authority), from every response, through the one reader the
+//! retry layer uses too ([`server::read`](crate::headers::server), whose table lists every
+//! dialect):
 //!
 //! - `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10): the item with the fewest requests
 //!   left, its `r` and `t`; `RateLimit-Policy`'s `q` as the limit it comes back to;
 //! - the older draft's `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`;
 //! - `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds, Unix
-//!   milliseconds or a delay, told apart by size);
-//! - `Retry-After` on a 429 or a 503: the host is cooled down until then.
+//!   milliseconds or a delay, told apart by size), with `X-RateLimit-Reset-After` (seconds
+//!   from now) and GitHub's `X-RateLimit-Used` and `X-RateLimit-Resource`;
+//! - OpenAI's `x-ratelimit-*-requests` and `x-ratelimit-*-tokens` (resets as `6m0s`): the
+//!   request count, or the tokens when they are spent;
+//! - `Retry-After` on a 429 or a 503, or on a 403 (GitHub's rate limits): the host is cooled
+//!   down until then.
 //!
 //! After "0 left, reset in 30 s", the next request to that host waits until the reset (in
 //! wait mode, the default) or is refused locally with a [`ServerLimit`] error (in reject mode)

@@ -227,20 +227,13 @@ impl Shared {
         let Some(state) = hosts.get_mut(host) else {
             return;
         };
-        let throttled =
-            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
         let cap = |d: Duration| d.min(self.settings.max_wait);
         let said = server::read(headers);
-        if said.limits.is_some() || (throttled && said.delay.is_some()) {
-            self.metrics.learned();
-            self.event(
-                LearnEventKind::Learned,
-                host,
-                said.delay.unwrap_or_default(),
-                said.limits,
-            );
-        }
-        if let Some(limits) = said.limits {
+        // The retry layer's rule too: a 403 with a delay is a rate limit (GitHub's).
+        let throttled = status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+            || (status == StatusCode::FORBIDDEN && server::forbidden_by_rate_limit(&said));
+        if let Some(limits) = &said.limits {
             state.told = true;
             // Other requests still in flight will spend from what is left.
             let others = state.in_flight.saturating_sub(1);
@@ -263,6 +256,15 @@ impl Shared {
             if let Some(aimd) = self.settings.aimd {
                 state.rate = (state.rate + aimd.step).min(aimd.ceiling);
             }
+        }
+        if said.limits.is_some() || (throttled && said.delay.is_some()) {
+            self.metrics.learned();
+            self.event(
+                LearnEventKind::Learned,
+                host,
+                said.delay.unwrap_or_default(),
+                said.limits,
+            );
         }
     }
 }

@@ -234,7 +234,7 @@ impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
     /// Which rate-limit headers to send (default: IETF `RateLimit` and `RateLimit-Policy`, on
     /// every response).
     pub fn headers(mut self, options: HeaderOptions) -> Self {
-        self.respond.headers = options;
+        self.respond.set_headers(options);
         self
     }
 

@@ -1,11 +1,13 @@
 use std::fmt;
+use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
 
 use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
+use crate::headers::ietf::{self, PartitionKey, QuotaUnit};
 use crate::headers::legacy::{self, Reset};
-use crate::headers::{ietf, retry_after};
+use crate::headers::retry_after;
 use crate::limiter::Refusal;
 use crate::{BoxError, Decision, Quotas};
 
@@ -26,8 +28,21 @@ pub trait Respond<T, E>: Clone + Send + Sync + 'static {
     /// What an allowed response is annotated with.
     type Note: Send + 'static;
 
-    /// The note for a request allowed by `decision`, if any.
-    fn note(&self, quotas: &Quotas, decision: &Decision) -> Option<Self::Note>;
+    /// The partition key to write for a request's `key`, when this answer writes one
+    /// (see [`HeaderOptions::partition_key`]); `None` otherwise, without hashing anything.
+    fn partition<K: Hash + ?Sized>(&self, key: &K) -> Option<PartitionKey> {
+        let _ = key;
+        None
+    }
+
+    /// The note for a request allowed by `decision`, if any; `partition` is what
+    /// [`partition`](Self::partition) gave for its key.
+    fn note(
+        &self,
+        quotas: &Quotas,
+        decision: &Decision,
+        partition: Option<PartitionKey>,
+    ) -> Option<Self::Note>;
 
     /// Applies a note to the response.
     fn annotate(note: Self::Note, response: &mut T);
@@ -43,8 +58,14 @@ pub trait Respond<T, E>: Clone + Send + Sync + 'static {
     note = "the layer's default answers HTTP: `http::Request<_>` with `http::Response<B>`, `B: Default`; for other services (a hyper or reqwest client, tonic's channel, anything not HTTP) call `.errors()` on the layer"
 )]
 pub trait Refuse<Req, T, E>: Respond<T, E> {
-    /// The answer to a refused request.
-    fn refuse(&self, refusal: Refusal, request: &Req) -> Result<T, Self::Error>;
+    /// The answer to a refused request; `partition` is what [`Respond::partition`] gave for
+    /// its key, if it has one.
+    fn refuse(
+        &self,
+        refusal: Refusal,
+        request: &Req,
+        partition: Option<PartitionKey>,
+    ) -> Result<T, Self::Error>;
 }
 
 /// Which rate-limit headers the HTTP answer carries.
@@ -53,15 +74,19 @@ pub struct HeaderOptions {
     ietf: bool,
     legacy: Option<Reset>,
     on_allowed: bool,
+    unit: Option<QuotaUnit>,
+    partition_key: bool,
 }
 
 impl Default for HeaderOptions {
-    /// IETF fields on, legacy fields off, on allowed responses too.
+    /// IETF fields on, legacy fields off, on allowed responses too; no `qu`, no `pk`.
     fn default() -> Self {
         Self {
             ietf: true,
             legacy: None,
             on_allowed: true,
+            unit: None,
+            partition_key: false,
         }
     }
 }
@@ -86,6 +111,53 @@ impl HeaderOptions {
     #[must_use]
     pub fn on_allowed(mut self, on: bool) -> Self {
         self.on_allowed = on;
+        self
+    }
+
+    /// Writes the quota unit as `qu` on every `RateLimit-Policy` item (default: not
+    /// written, which clients read as requests). Costs nothing per request: the policy value
+    /// is computed once.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use tollgate::headers::ietf::QuotaUnit;
+    /// use tollgate::rate_limit::HeaderOptions;
+    /// use tollgate::{Quota, RateLimitLayer};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A limit on uploaded bytes: a request costs the size of its body.
+    /// let layer = RateLimitLayer::new(Quota::per_minute(10_000_000)?)
+    ///     .cost(|request: &Request<String>| request.body().len() as u32)
+    ///     .headers(HeaderOptions::default().quota_unit(QuotaUnit::ContentBytes));
+    /// let upload = layer.layer(service_fn(|_| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// }));
+    /// let response = upload.oneshot(Request::new("hello".to_owned())).await?;
+    /// assert_eq!(
+    ///     response.headers()["ratelimit-policy"],
+    ///     "\"default\";q=10000000;qu=\"content-bytes\";w=60"
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn quota_unit(mut self, unit: QuotaUnit) -> Self {
+        self.unit = Some(unit);
+        self
+    }
+
+    /// Whether to write the partition key, `pk`, on the `RateLimit` and `RateLimit-Policy`
+    /// items (default: no): a keyed hash of the request's rate-limit key, never the key
+    /// (see [`PartitionKey`]). A client then sees which of its requests share a quota.
+    ///
+    /// Its cost, only when on: a hash of the key per request, and both values written per
+    /// response instead of reused.
+    #[must_use]
+    pub fn partition_key(mut self, on: bool) -> Self {
+        self.partition_key = on;
         self
     }
 
@@ -135,29 +207,51 @@ impl<F> Http<F> {
         }
     }
 
+    /// New header options: the cached policy, written under the old ones, is dropped.
+    pub(crate) fn set_headers(&mut self, options: HeaderOptions) {
+        self.headers = options;
+        self.policy_cache = Arc::default();
+    }
+
     /// `RateLimit-Policy` is the same for every response of a fixed set of quotas: computed
     /// once, then cloned.
     #[inline]
     fn policy(&self, quotas: &Quotas) -> Option<HeaderValue> {
+        let unit = self.headers.unit;
         let cached = self.policy_cache.get_or_init(|| {
             (
                 quotas.clone(),
-                ietf::policy_value(quotas).unwrap_or(HeaderValue::from_static("")),
+                ietf::policy_value(quotas, unit, None).unwrap_or(HeaderValue::from_static("")),
             )
         });
         if cached.0.same_set(quotas) {
             Some(cached.1.clone())
         } else {
-            ietf::policy_value(quotas)
+            ietf::policy_value(quotas, unit, None)
         }
     }
 
     #[inline]
-    fn fields(&self, quotas: &Quotas, decision: &Decision) -> HeaderNote {
+    fn fields(
+        &self,
+        quotas: &Quotas,
+        decision: &Decision,
+        partition: Option<PartitionKey>,
+    ) -> HeaderNote {
         let mut note = HeaderNote::default();
         if self.headers.ietf {
-            note.ratelimit = ietf::ratelimit_value(quotas, decision);
-            note.policy = self.policy(quotas);
+            match partition {
+                None => {
+                    note.ratelimit = ietf::ratelimit_value(quotas, decision);
+                    note.policy = self.policy(quotas);
+                }
+                // One client's values: written for this response.
+                Some(partition) => {
+                    note.ratelimit =
+                        ietf::ratelimit_value_with_partition(quotas, decision, partition);
+                    note.policy = ietf::policy_value(quotas, self.headers.unit, Some(partition));
+                }
+            }
         }
         if let Some(reset) = self.headers.legacy {
             note.legacy = Some(Box::new(legacy::values(decision, reset)));
@@ -256,8 +350,19 @@ where
     type Note = HeaderNote;
 
     #[inline]
-    fn note(&self, quotas: &Quotas, decision: &Decision) -> Option<HeaderNote> {
-        (self.headers.on_allowed && self.headers.any()).then(|| self.fields(quotas, decision))
+    fn partition<K: Hash + ?Sized>(&self, key: &K) -> Option<PartitionKey> {
+        (self.headers.partition_key && self.headers.ietf).then(|| PartitionKey::of(key))
+    }
+
+    #[inline]
+    fn note(
+        &self,
+        quotas: &Quotas,
+        decision: &Decision,
+        partition: Option<PartitionKey>,
+    ) -> Option<HeaderNote> {
+        (self.headers.on_allowed && self.headers.any())
+            .then(|| self.fields(quotas, decision, partition))
     }
 
     #[inline]
@@ -276,12 +381,17 @@ where
     E: Send + 'static,
     F: RefusalResponse<B>,
 {
-    fn refuse(&self, refusal: Refusal, request: &http::Request<ReqB>) -> Result<Response<B>, E> {
+    fn refuse(
+        &self,
+        refusal: Refusal,
+        request: &http::Request<ReqB>,
+        partition: Option<PartitionKey>,
+    ) -> Result<Response<B>, E> {
         // A gRPC client would report an HTTP 429 as a transport failure: answer it in gRPC,
         // as `.grpc()` would, even when the layer was not told.
         if is_grpc(request.headers()) {
             if let Some(body) = self.body.grpc_body() {
-                return Ok(grpc_refusal(self, &refusal, body));
+                return Ok(grpc_refusal(self, &refusal, body, partition));
             }
         }
         let status = match refusal {
@@ -294,7 +404,7 @@ where
             if !headers.contains_key(RETRY_AFTER) {
                 headers.insert(RETRY_AFTER, retry_after::value(limited.retry_after()));
             }
-            self.fields(limited.quotas(), limited.decision())
+            self.fields(limited.quotas(), limited.decision(), partition)
                 .apply(&mut response);
         }
         Ok(response)
@@ -357,7 +467,12 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 }
 
 /// A gRPC trailers-only refusal, with `body` (empty).
-fn grpc_refusal<F, B>(http: &Http<F>, refusal: &Refusal, body: B) -> Response<B> {
+fn grpc_refusal<F, B>(
+    http: &Http<F>,
+    refusal: &Refusal,
+    body: B,
+    partition: Option<PartitionKey>,
+) -> Response<B> {
     let (code, message) = grpc_status(refusal);
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -377,7 +492,7 @@ fn grpc_refusal<F, B>(http: &Http<F>, refusal: &Refusal, body: B) -> Response<B>
             HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)),
         );
         headers.insert(RETRY_AFTER, retry_after::value(wait));
-        http.fields(limited.quotas(), limited.decision())
+        http.fields(limited.quotas(), limited.decision(), partition)
             .apply(&mut response);
     }
     response
@@ -392,8 +507,18 @@ where
     type Note = HeaderNote;
 
     #[inline]
-    fn note(&self, quotas: &Quotas, decision: &Decision) -> Option<HeaderNote> {
-        <Http as Respond<Response<B>, E>>::note(&self.http, quotas, decision)
+    fn partition<K: Hash + ?Sized>(&self, key: &K) -> Option<PartitionKey> {
+        <Http as Respond<Response<B>, E>>::partition(&self.http, key)
+    }
+
+    #[inline]
+    fn note(
+        &self,
+        quotas: &Quotas,
+        decision: &Decision,
+        partition: Option<PartitionKey>,
+    ) -> Option<HeaderNote> {
+        <Http as Respond<Response<B>, E>>::note(&self.http, quotas, decision, partition)
     }
 
     #[inline]
@@ -411,8 +536,13 @@ where
     B: Default + 'static,
     E: Send + 'static,
 {
-    fn refuse(&self, refusal: Refusal, _: &http::Request<ReqB>) -> Result<Response<B>, E> {
-        Ok(grpc_refusal(&self.http, &refusal, B::default()))
+    fn refuse(
+        &self,
+        refusal: Refusal,
+        _: &http::Request<ReqB>,
+        partition: Option<PartitionKey>,
+    ) -> Result<Response<B>, E> {
+        Ok(grpc_refusal(&self.http, &refusal, B::default(), partition))
     }
 }
 
@@ -431,7 +561,7 @@ where
     type Note = ();
 
     #[inline]
-    fn note(&self, _: &Quotas, _: &Decision) -> Option<()> {
+    fn note(&self, _: &Quotas, _: &Decision, _: Option<PartitionKey>) -> Option<()> {
         None
     }
 
@@ -446,7 +576,36 @@ impl<Req, T, E> Refuse<Req, T, E> for Errors
 where
     E: Into<BoxError>,
 {
-    fn refuse(&self, refusal: Refusal, _: &Req) -> Result<T, BoxError> {
+    fn refuse(&self, refusal: Refusal, _: &Req, _: Option<PartitionKey>) -> Result<T, BoxError> {
         Err(refusal.into_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryStore, Quota};
+
+    fn policy_written(http: &Http, quotas: &Quotas) -> HeaderValue {
+        let decision = MemoryStore::new().check(&1, quotas, 1).unwrap();
+        let note = <Http as Respond<Response<()>, ()>>::note(http, quotas, &decision, None);
+        let mut response = Response::new(());
+        note.unwrap().apply(&mut response);
+        response.headers()[ietf::RATELIMIT_POLICY].clone()
+    }
+
+    #[test]
+    fn new_header_options_do_not_reuse_a_policy_cached_under_the_old() {
+        let quotas = Quotas::from(Quota::per_minute(2).unwrap());
+        let http = Http::new();
+        assert_eq!(policy_written(&http, &quotas), "\"default\";q=2;w=60");
+        // A clone shares the cache; told to write `qu`, it must not serve the cached value.
+        let mut with_unit = http.clone();
+        with_unit.set_headers(HeaderOptions::default().quota_unit(QuotaUnit::ContentBytes));
+        assert_eq!(
+            policy_written(&with_unit, &quotas),
+            "\"default\";q=2;qu=\"content-bytes\";w=60"
+        );
+        assert_eq!(policy_written(&http, &quotas), "\"default\";q=2;w=60");
     }
 }

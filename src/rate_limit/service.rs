@@ -13,6 +13,7 @@ use super::future::ResponseFuture;
 use super::layer::{MissingKey, Mode};
 use super::policy::{Cost, QuotaPolicy};
 use super::respond::Refuse;
+use crate::headers::ietf::PartitionKey;
 use crate::key::KeyExtractor;
 use crate::limiter::{Admission, Admit, Admitted, Refusal};
 use crate::{Quotas, Store};
@@ -133,7 +134,10 @@ where
                     return call_reserved(inner, shared, request, reserved)
                 }
                 Reservation::Refused(refusal) => {
-                    return shared.refuse::<Svc, Req>(refusal, &request)
+                    // Decided in `poll_ready`, for the global key.
+                    let partition =
+                        (shared.key.global_key()).and_then(|key| shared.respond.partition(&key));
+                    return shared.refuse::<Svc, Req>(refusal, &request, partition);
                 }
                 // `call` without a ready `poll_ready`: decide now (the reservation, dropped,
                 // is given back).
@@ -152,7 +156,7 @@ where
                 return match shared.missing_key {
                     MissingKey::Allow => ResponseFuture::calling(inner.call(request), None),
                     MissingKey::Reject => {
-                        shared.refuse::<Svc, Req>(Refusal::NoKey(error), &request)
+                        shared.refuse::<Svc, Req>(Refusal::NoKey(error), &request, None)
                     }
                 };
             }
@@ -160,10 +164,12 @@ where
         let quotas = shared.quotas.quotas(&key, &request);
         let quotas = quotas.borrow();
         let cost = shared.cost.cost(&request);
+        // `None` at once unless the layer writes partition keys: no hash otherwise.
+        let partition = shared.respond.partition(&key);
         let admit = shared
             .admission
             .admit(key, quotas, cost, shared.max_wait(), false);
-        proceed(inner, shared, request, quotas, admit, None)
+        proceed(inner, shared, request, quotas, admit, None, partition)
     }
 }
 
@@ -189,10 +195,11 @@ where
         // Reservations are made only for a global key and fixed quotas.
         return ResponseFuture::calling(inner.call(request), None);
     };
+    let partition = shared.respond.partition(&key);
     match shared.cost.cost(&request) {
         1 => {
             let decision = reserved.use_slot();
-            let note = shared.respond.note(quotas, &decision);
+            let note = shared.respond.note(quotas, &decision, partition);
             ResponseFuture::calling(inner.call(request), note)
         }
         // Free: the reserved unit is given back.
@@ -206,18 +213,27 @@ where
             if let Err(error) = quotas.check_cost(cost) {
                 // Never passable, whatever was reserved (which is given back).
                 drop(reserved);
-                return shared.refuse::<Svc, Req>(Refusal::TooCostly(error), &request);
+                return shared.refuse::<Svc, Req>(Refusal::TooCostly(error), &request, partition);
             }
             let admit = shared
                 .admission
                 .admit(key, quotas, cost - 1, shared.max_wait(), false);
-            proceed(inner, shared, request, quotas, admit, Some(reserved))
+            proceed(
+                inner,
+                shared,
+                request,
+                quotas,
+                admit,
+                Some(reserved),
+                partition,
+            )
         }
     }
 }
 
 /// Calls the inner service for an admitted request (after its wait), or answers a refused
-/// one; `reserved`, a unit reserved earlier, is used or given back with it.
+/// one; `reserved`, a unit reserved earlier, is used or given back with it. `partition` is the
+/// key's partition key, when the answer writes one.
 #[inline]
 fn proceed<Svc, Req, K, Q, S, R, C>(
     inner: &mut Svc,
@@ -226,6 +242,7 @@ fn proceed<Svc, Req, K, Q, S, R, C>(
     quotas: &Quotas,
     admit: Admit,
     reserved: Option<Admitted>,
+    partition: Option<PartitionKey>,
 ) -> CallFuture<Svc, R, Req>
 where
     Svc: Service<Req> + Clone + Send + 'static,
@@ -243,20 +260,20 @@ where
             if let Some(reserved) = reserved {
                 reserved.use_slot();
             }
-            let note = shared.respond.note(quotas, &admitted.decision);
+            let note = shared.respond.note(quotas, &admitted.decision, partition);
             ResponseFuture::calling(inner.call(request), note)
         }
         Admit::Now(Ok(admitted)) => {
             if let Some(reserved) = reserved {
                 reserved.use_slot();
             }
-            let note = shared.respond.note(quotas, &admitted.decision);
+            let note = shared.respond.note(quotas, &admitted.decision, partition);
             let inner = take_ready(inner);
             ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(inner, request, admitted, note)))
         }
         Admit::Now(Err(refusal)) => {
             drop(reserved);
-            shared.refuse::<Svc, Req>(refusal, &request)
+            shared.refuse::<Svc, Req>(refusal, &request, partition)
         }
         Admit::Later(deciding) => {
             // A network store: the rest happens in a boxed future.
@@ -267,13 +284,13 @@ where
                     Ok(admitted) => admitted,
                     Err(refusal) => {
                         drop(reserved);
-                        return shared.respond.refuse(refusal, &request);
+                        return shared.respond.refuse(refusal, &request, partition);
                     }
                 };
                 if let Some(reserved) = reserved {
                     reserved.use_slot();
                 }
-                let note = shared.respond.note(&quotas, &admitted.decision);
+                let note = shared.respond.note(&quotas, &admitted.decision, partition);
                 call_at::<_, _, R>(inner, request, admitted, note).await
             }))
         }
@@ -353,12 +370,17 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         }
     }
 
-    fn refuse<Svc, Req>(&self, refusal: Refusal, request: &Req) -> CallFuture<Svc, R, Req>
+    fn refuse<Svc, Req>(
+        &self,
+        refusal: Refusal,
+        request: &Req,
+        partition: Option<PartitionKey>,
+    ) -> CallFuture<Svc, R, Req>
     where
         Svc: Service<Req>,
         R: Refuse<Req, Svc::Response, Svc::Error>,
     {
-        ResponseFuture::answered(self.respond.refuse(refusal, request))
+        ResponseFuture::answered(self.respond.refuse(refusal, request, partition))
     }
 }
 

@@ -89,8 +89,10 @@ where
 ///   the `hyper` feature hyper's closed or incomplete connections and HTTP/2 refused streams
 ///   and graceful GOAWAYs); other errors are final.
 /// - Responses: 408, 502, 503 and 504 are transient, 429 is throttling, and a server's delay
-///   ([`pushback`]) turns either into [`Classification::RetryAfter`]; 1xx to 3xx succeed;
-///   everything else is final.
+///   ([`pushback`]) turns either into [`Classification::RetryAfter`]; a 403 with a server's
+///   delay is a rate limit (GitHub's: "0 left" and a reset, or `Retry-After`; see
+///   [`forbidden_by_rate_limit`](server::forbidden_by_rate_limit)), retried after it, and
+///   final without one; 1xx to 3xx succeed; everything else is final.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpClassifier;
 
@@ -109,6 +111,15 @@ fn classify_status(status: u16, headers: &HeaderMap) -> Classification {
     match status {
         408 | 502 | 503 | 504 => pushback(headers).unwrap_or(Classification::Transient),
         429 => pushback(headers).unwrap_or(Classification::Throttled),
+        403 => {
+            let said = server::read(headers);
+            match said.delay {
+                Some(delay) if server::forbidden_by_rate_limit(&said) => {
+                    Classification::RetryAfter(delay)
+                }
+                _ => Classification::Final,
+            }
+        }
         100..=399 => Classification::Success,
         _ => Classification::Final,
     }
@@ -160,9 +171,9 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
 
 /// The delay a server asked for, if it asked, as [`server::read`] reads it (the one reader
 /// `LearnLayer` uses too): the later of `Retry-After` (a date in the past is no delay), the
-/// reset of an exhausted `RateLimit` item, of exhausted `RateLimit-*` and `X-RateLimit-*`
-/// fields, and, on gRPC responses, `grpc-retry-pushback-ms` (negative: do not retry).
-/// Malformed values are ignored.
+/// reset of an exhausted limit in any dialect (`RateLimit`, `RateLimit-*`, `X-RateLimit-*`
+/// with GitHub's and Discord's kin, OpenAI's requests and tokens), and, on gRPC responses,
+/// `grpc-retry-pushback-ms` (negative: do not retry). Malformed values are ignored.
 pub fn pushback(headers: &HeaderMap) -> Option<Classification> {
     let said = server::read(headers);
     if said.stop {
@@ -293,6 +304,39 @@ mod tests {
         );
         // Pushback does not make a final status retryable.
         assert_eq!(http(400, &[("retry-after", "2")]), Classification::Final);
+    }
+
+    #[test]
+    fn a_403_with_a_delay_is_a_rate_limit() {
+        let d = |s: u64| Classification::RetryAfter(Duration::from_secs(s));
+        // GitHub's primary limit: 403, nothing left, the reset as Unix seconds.
+        let date = ("date", "Wed, 21 Oct 2015 07:28:00 GMT");
+        let primary = [
+            date,
+            ("x-ratelimit-limit", "60"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-used", "60"),
+            ("x-ratelimit-reset", "1445412487"),
+            ("x-ratelimit-resource", "core"),
+        ];
+        assert_eq!(http(403, &primary), d(7));
+        // Without `-Remaining`: the limit minus what was used.
+        assert_eq!(
+            http(403, &[primary[0], primary[1], primary[3], primary[4]]),
+            d(7)
+        );
+        // Its secondary limits: 403 and Retry-After.
+        assert_eq!(http(403, &[("retry-after", "60")]), d(60));
+        // Anything else is forbidden: no delay, or requests left.
+        assert_eq!(http(403, &[]), Classification::Final);
+        assert_eq!(
+            http(
+                403,
+                &[("x-ratelimit-remaining", "12"), ("x-ratelimit-reset", "9")]
+            ),
+            Classification::Final
+        );
+        assert_eq!(http(403, &[("retry-after", "soon")]), Classification::Final);
     }
 
     #[test]

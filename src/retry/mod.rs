@@ -36,15 +36,16 @@
 //!
 //! A [classifier](Classify) turns each attempt's outcome into a [`Classification`]:
 //! [`HttpClassifier`] (the default) retries connection failures, timeouts, 408, 429, 502, 503
-//! and 504; [`GrpcClassifier`] retries `UNAVAILABLE`, and `RESOURCE_EXHAUSTED` with pushback.
+//! and 504, and a 403 that carries a server's delay (GitHub's rate limits); [`GrpcClassifier`] retries `UNAVAILABLE`, and `RESOURCE_EXHAUSTED` with pushback.
 //! Only idempotent requests are retried (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`),
 //! unless they carry an `Idempotency-Key` header or a [`Retryable`] extension.
 //!
 //! # When, and when not
 //!
 //! Waits grow exponentially with full jitter ([`Backoff`]), longer after throttling; a delay
-//! the server sent (`Retry-After`, `RateLimit`, `X-RateLimit-Reset`, `grpc-retry-pushback-ms`)
-//! replaces the computed one. The layer gives up ([`GiveUp`]) when the attempts are spent,
+//! the server sent (`Retry-After`, `RateLimit`, `X-RateLimit-Reset`, OpenAI's and GitHub's
+//! fields, `grpc-retry-pushback-ms`: every dialect that [`server::read`](crate::headers::server)
+//! reads) replaces the computed one. The layer gives up ([`GiveUp`]) when the attempts are spent,
 //! when the [`RetryBudget`] shared by all clones is (so that an outage is not multiplied by
 //! the attempt count), when the deadline is too close, when the server's delay is longer than
 //! the maximum, or when the body cannot be sent again. Every response carries the
