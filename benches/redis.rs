@@ -16,8 +16,8 @@
 //!    call (the reference for what batching can reach), in key-updates per second.
 //! 2. *Per shard*: decisions per second of Redis CPU time (`used_cpu_user + used_cpu_sys`
 //!    from `INFO cpu`, before and after, summed over the nodes), on one node (batching off
-//!    and on) and on a 3-master cluster (each decision in its own call, since one script may
-//!    only touch one slot).
+//!    and on) and on a 3-master cluster (batching node by node, at 64 in flight and at 64 a
+//!    node; and without batching).
 //!
 //! Latency percentiles of the store's decisions are printed beside each throughput.
 
@@ -32,6 +32,9 @@ use tollgate::{Quota, Quotas, Store};
 const KEYS: u64 = 100_000;
 const IN_FLIGHT: usize = 64;
 const DECISIONS: u64 = 600_000;
+/// The reference: a script that only reads and writes its keys.
+const GET_SET: &str =
+    "for i = 1, #KEYS do redis.call('GET', KEYS[i]); redis.call('SET', KEYS[i], ARGV[1], 'PX', 1000) end return 1";
 
 struct Server {
     child: Child,
@@ -151,17 +154,13 @@ fn own_cpu_seconds() -> f64 {
 }
 
 fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
+    redis_benchmark_with(port, &["-c", "1"], args)
+}
+
+fn redis_benchmark_with(port: u16, options: &[&str], args: &[&str]) -> f64 {
     let out = pinned("1", "redis-benchmark")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-c",
-            "1",
-            "-P",
-            "64",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-P", "64"])
+        .args(options)
         .args(["-n", "300000", "-r", &KEYS.to_string(), "--csv"])
         .args(args)
         .output()
@@ -315,16 +314,10 @@ fn main() {
             &window,
         ],
     );
-    let get_set = cli(
-        node.port,
-        &[
-            "SCRIPT",
-            "LOAD",
-            "for i = 1, #KEYS do redis.call('GET', KEYS[i]); redis.call('SET', KEYS[i], ARGV[1], 'PX', 1000) end return 1",
-        ],
-    )
-    .trim()
-    .to_owned();
+    let get_set = cli(node.port, &["SCRIPT", "LOAD", GET_SET])
+        .trim()
+        .to_owned();
+    let cpu_before = cpu_seconds(&[node.port]);
     let get_set_1 = redis_benchmark(
         node.port,
         &[
@@ -335,6 +328,7 @@ fn main() {
             "1700000000000000",
         ],
     );
+    let get_set_1_per_cpu = 300_000.0 / (cpu_seconds(&[node.port]) - cpu_before);
     let mut sixteen = vec!["EVALSHA".to_owned(), get_set.clone(), "16".to_owned()];
     sixteen.extend((0..16).map(|i| format!("k{i}:__rand_int__")));
     sixteen.push("1700000000000000".to_owned());
@@ -361,18 +355,39 @@ fn main() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (cluster, cluster_per_node) = runtime.block_on(async {
-        let store = RedisStore::cluster(addresses.iter().map(|a| format!("redis://{a}")))
-            .timeout(Duration::from_secs(5))
-            .over_limit_cache(false)
-            .connect()
-            .await
-            .unwrap();
+    let (cluster, cluster_per_node, cluster_unbatched) = runtime.block_on(async {
+        let store = |batching: bool| {
+            RedisStore::cluster(addresses.iter().map(|a| format!("redis://{a}")))
+                .timeout(Duration::from_secs(5))
+                .over_limit_cache(false)
+                .batching(batching)
+                .connect()
+        };
+        let batched = store(true).await.unwrap();
         (
-            run(store.clone(), &ports, IN_FLIGHT).await,
-            run(store, &ports, 3 * IN_FLIGHT).await,
+            run(batched.clone(), &ports, IN_FLIGHT).await,
+            run(batched, &ports, 3 * IN_FLIGHT).await,
+            run(store(false).await.unwrap(), &ports, 3 * IN_FLIGHT).await,
         )
     });
+    // The same GET + SET PX script from redis-benchmark, on the cluster: what cluster mode
+    // itself costs Redis per key, whatever the client.
+    for &port in &ports {
+        cli(port, &["SCRIPT", "LOAD", GET_SET]);
+    }
+    let cpu_before = cpu_seconds(&ports);
+    let get_set_cluster = redis_benchmark_with(
+        ports[0],
+        &["--cluster", "-c", "3"],
+        &[
+            "EVALSHA",
+            &get_set,
+            "1",
+            "k:{tag}:__rand_int__",
+            "1700000000000000",
+        ],
+    );
+    let get_set_cluster_per_cpu = 300_000.0 / (cpu_seconds(&ports) - cpu_before);
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -400,18 +415,25 @@ fn main() {
     println!("2. Per shard: decisions per second of Redis CPU time");
     print("one node, batching off", &unbatched);
     print("one node, batching on", &batched);
-    print("3-master cluster, 64 in flight", &cluster);
+    print("3-master cluster, batching, 64 in flight", &cluster);
     print(
-        "3-master cluster, 192 in flight (64 a node)",
+        "3-master cluster, batching, 192 in flight",
         &cluster_per_node,
     );
-    for (what, run) in [("64", &cluster), ("192", &cluster_per_node)] {
-        println!(
-            "  cluster ({what} in flight) per-node efficiency ÷ one node: {:.2} (batching off), {:.2} (batching on)",
-            run.per_cpu_second / unbatched.per_cpu_second,
-            run.per_cpu_second / batched.per_cpu_second
-        );
-    }
+    print(
+        "3-master cluster, no batching, 192 in flight",
+        &cluster_unbatched,
+    );
+    println!(
+        "  per-node efficiency, cluster ÷ one node: batching {:.2} (64 in flight), {:.2} (192, 64 a node); no batching {:.2}",
+        cluster.per_cpu_second / batched.per_cpu_second,
+        cluster_per_node.per_cpu_second / batched.per_cpu_second,
+        cluster_unbatched.per_cpu_second / unbatched.per_cpu_second,
+    );
+    println!(
+        "  redis-benchmark GET+SET PX, 1 key per call: one node {get_set_1_per_cpu:.0}/CPU-s, cluster {get_set_cluster_per_cpu:.0}/CPU-s ({get_set_cluster:.0}/s): cluster mode itself {:.2}×",
+        get_set_cluster_per_cpu / get_set_1_per_cpu
+    );
     let cluster = cluster_per_node;
     for shards in [3.0, 10.0, 100.0] {
         println!(

@@ -105,7 +105,7 @@ async fn drive(
             } => {
                 let owners = map.owners();
                 let nodes = owners.as_ref().map_or(1, |o| o.nodes);
-                if calls.len() < IN_FLIGHT * nodes && !queued.is_empty() {
+                if calls.len() < nodes && !queued.is_empty() {
                     // One call per node for what is queued.
                     let mut groups: HashMap<u16, Vec<Pending>> = HashMap::new();
                     for pending in queued.drain(..) {

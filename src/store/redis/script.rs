@@ -1,8 +1,11 @@
 //! The Lua scripts the store runs, and how their answers become [`Decision`]s.
 //!
 //! Every number a script reads or returns is an integer below 2⁵³ (microseconds), which Lua's
-//! doubles and Redis's integer replies keep exact; values written to keys go through
-//! `string.format('%d')`, since Lua's own number-to-string conversion would round them.
+//! doubles and Redis's integer replies keep exact. Values are written by passing the number to
+//! `redis.call`, which Redis converts with 17 significant digits (`%.17g`, or the shortest
+//! exact form since Redis 7): exact for these integers, where Lua's own `tostring` (14 digits)
+//! would round them. `keys_hold_one_microsecond_tat_and_expire_when_full` checks the value
+//! stored to the microsecond.
 
 use crate::gcra::{Gcra, Step};
 use crate::quota::MAX_QUOTAS;
@@ -49,7 +52,7 @@ for _ = 1, tonumber(ARGV[1]) do
     for i = 1, n do
       local new = out[first + i]
       written[KEYS[k + i]] = new
-      redis.call('SET', KEYS[k + i], string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
+      redis.call('SET', KEYS[k + i], new, 'PX', math.floor((new - now + 999) / 1000))
     end
   end
   k = k + n
@@ -104,7 +107,7 @@ for _ = 1, count do
     for i = 1, n do
       local key, new = ARGV[a + 3 * i], out[first + i]
       tats[key] = new
-      redis.call('SET', key, string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
+      redis.call('SET', key, new, 'PX', math.floor((new - now + 999) / 1000))
     end
   end
   a = a + 3 + 3 * n
@@ -123,7 +126,7 @@ for i = 1, #KEYS do
     if new <= now then
       redis.call('DEL', KEYS[i])
     else
-      redis.call('SET', KEYS[i], string.format('%d', new), 'PX', math.floor((new - now + 999) / 1000))
+      redis.call('SET', KEYS[i], new, 'PX', math.floor((new - now + 999) / 1000))
     end
   end
 end
@@ -141,7 +144,7 @@ for i = 1, #KEYS do
   local new = now + debt
   local tat = tonumber(redis.call('GET', KEYS[i])) or 0
   if debt > 0 and new > tat then
-    redis.call('SET', KEYS[i], string.format('%d', new), 'PX', math.floor((debt + 999) / 1000))
+    redis.call('SET', KEYS[i], new, 'PX', math.floor((debt + 999) / 1000))
   end
 end
 return 1
