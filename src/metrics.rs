@@ -66,17 +66,28 @@ mod enabled {
         limited: Counter,
         waited: Counter,
         wait_seconds: Histogram,
+        near_limit: Counter,
     }
 
     impl LimiterMetrics {
-        pub(crate) fn new(layer: &str) -> Self {
-            let label = layer.to_owned();
-            Self {
-                allowed: counter!("tollgate_rate_limit_allowed_total", "layer" => label.clone()),
-                limited: counter!("tollgate_rate_limit_limited_total", "layer" => label.clone()),
-                waited: counter!("tollgate_rate_limit_waited_total", "layer" => label.clone()),
-                wait_seconds: histogram!("tollgate_rate_limit_wait_seconds", "layer" => label),
+        /// A layer's metrics; in shadow mode each carries `shadow="true"`, so that what a
+        /// shadow layer would have refused is never summed with what others refused.
+        pub(crate) fn new(layer: &str, shadow: bool) -> Self {
+            let mut labels = vec![metrics::Label::new("layer", layer.to_owned())];
+            if shadow {
+                labels.push(metrics::Label::new("shadow", "true"));
             }
+            Self {
+                allowed: counter!("tollgate_rate_limit_allowed_total", labels.clone()),
+                limited: counter!("tollgate_rate_limit_limited_total", labels.clone()),
+                waited: counter!("tollgate_rate_limit_waited_total", labels.clone()),
+                wait_seconds: histogram!("tollgate_rate_limit_wait_seconds", labels.clone()),
+                near_limit: counter!("tollgate_rate_limit_near_limit_total", labels),
+            }
+        }
+
+        pub(crate) fn near_limit(&self) {
+            self.near_limit.increment(1);
         }
 
         #[inline]
@@ -222,9 +233,12 @@ mod disabled {
     pub(crate) struct LimiterMetrics;
 
     impl LimiterMetrics {
-        pub(crate) fn new(_: &str) -> Self {
+        pub(crate) fn new(_: &str, _: bool) -> Self {
             Self
         }
+
+        #[inline]
+        pub(crate) fn near_limit(&self) {}
 
         #[inline]
         pub(crate) fn allowed(&self) {}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::events::{emit, Hook, LimitEvent, LimitEventKind};
 use super::refusal::{RateLimited, Refusal};
+use super::watch::Watch;
 use crate::key::{LogKeys, LoggedKey};
 use crate::metrics::LimiterMetrics;
 use crate::store::StoreError;
@@ -22,6 +23,8 @@ pub(crate) struct Admission<S> {
     pub(crate) hook: Option<Hook>,
     pub(crate) log_keys: LogKeys,
     pub(crate) metrics: LimiterMetrics,
+    /// Shadow mode and near-limit events; nothing by default.
+    pub(crate) watch: Watch,
 }
 
 /// An admitted request: the store's decision, and the slot held until it is used.
@@ -39,14 +42,22 @@ pub(crate) enum Admit {
 
 impl<S> Admission<S> {
     pub(crate) fn new(store: S, name: Arc<str>, hook: Option<Hook>, log_keys: LogKeys) -> Self {
-        let metrics = LimiterMetrics::new(&name);
+        let metrics = LimiterMetrics::new(&name, false);
         Self {
             store,
             name,
             hook,
             log_keys,
             metrics,
+            watch: Watch::default(),
         }
+    }
+
+    /// Watches decisions as `watch` says (shadow mode, near-limit events).
+    pub(crate) fn watching(mut self, watch: Watch) -> Self {
+        self.metrics = LimiterMetrics::new(&self.name, watch.shadow);
+        self.watch = watch;
+        self
     }
 
     /// The one admission path: a request of `cost` for `key` under `quotas`, waiting at most
@@ -102,12 +113,32 @@ impl<S> Admission<S> {
         };
         if !decision.is_allowed() {
             self.event(LimitEventKind::Denied, &key, quotas, &decision);
+            if self.watch.shadow {
+                // Let through, uncharged: the store is as enforcement would have left it.
+                return Ok(Admitted {
+                    decision: decision.at_once(),
+                    slot: None,
+                });
+            }
             return Err(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
         }
         self.metrics.allowed();
         let waits = !decision.wait().is_zero();
         if waits {
             self.event(LimitEventKind::Waiting, &key, quotas, &decision);
+        }
+        if let Some(near_limit) = &self.watch.near_limit {
+            let quota = &quotas.as_slice()[decision.quota_index()];
+            if near_limit.report(&key, quota, &decision) {
+                self.event(LimitEventKind::NearLimit, &key, quotas, &decision);
+            }
+        }
+        if self.watch.shadow && waits {
+            // Goes at once, its slot charged where it would have waited.
+            return Ok(Admitted {
+                decision: decision.at_once(),
+                slot: None,
+            });
         }
         let slot = (waits || hold).then(|| Slot::new(&self.store, key, quotas, cost));
         Ok(Admitted { decision, slot })
@@ -129,6 +160,10 @@ impl<S> Admission<S> {
                 self.metrics.waited(decision.wait());
                 decision.wait()
             }
+            LimitEventKind::NearLimit => {
+                self.metrics.near_limit();
+                Duration::ZERO
+            }
         };
         emit(
             self.hook.as_ref(),
@@ -139,6 +174,7 @@ impl<S> Admission<S> {
                 delay,
                 quota: &quotas.as_slice()[decision.quota_index()],
                 decision,
+                shadow: self.watch.shadow,
             },
         );
     }

@@ -105,7 +105,7 @@ impl<K, S: Clone> RateLimiter<K, S> {
     pub fn name(self, name: impl Into<Arc<str>>) -> Self {
         let name = name.into();
         self.reconfigure(|admission| {
-            admission.metrics = LimiterMetrics::new(&name);
+            admission.metrics = LimiterMetrics::new(&name, admission.watch.shadow);
             admission.name = name;
         })
     }

@@ -24,6 +24,9 @@ pub struct LimitEvent<'a> {
     pub quota: &'a Quota,
     /// The store's decision.
     pub decision: &'a Decision,
+    /// The layer runs in shadow mode ([`RateLimitLayer::shadow`](crate::RateLimitLayer::shadow)):
+    /// a denied request was let through, a waiting one went at once.
+    pub shadow: bool,
 }
 
 /// Whether a request was denied or made to wait.
@@ -34,6 +37,10 @@ pub enum LimitEventKind {
     Denied,
     /// Waiting for its reserved slot (wait mode).
     Waiting,
+    /// Allowed, with little left: the key's remaining share is at or below the threshold of
+    /// [`RateLimitLayer::near_limit`](crate::RateLimitLayer::near_limit). Reported at most
+    /// once per key and quota per window.
+    NearLimit,
 }
 
 impl crate::observe::Event for LimitEvent<'_> {
@@ -45,6 +52,7 @@ impl crate::observe::Event for LimitEvent<'_> {
         match self.kind {
             LimitEventKind::Denied => "denied",
             LimitEventKind::Waiting => "waiting",
+            LimitEventKind::NearLimit => "near_limit",
         }
     }
 }
@@ -60,6 +68,7 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
             key = %event.key,
             quota = event.quota.name(),
             retry_after_ms = event.delay.as_millis() as u64,
+            shadow = event.shadow,
             "request denied"
         ),
         LimitEventKind::Waiting => tracing::debug!(
@@ -68,7 +77,18 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
             key = %event.key,
             quota = event.quota.name(),
             wait_ms = event.delay.as_millis() as u64,
+            shadow = event.shadow,
             "request waits for its slot"
+        ),
+        LimitEventKind::NearLimit => tracing::info!(
+            target: "tollgate::rate_limit",
+            layer = event.layer,
+            key = %event.key,
+            quota = event.quota.name(),
+            remaining = event.decision.remaining(),
+            limit = event.decision.limit(),
+            shadow = event.shadow,
+            "key near its limit"
         ),
     }
     if let Some(hook) = hook {

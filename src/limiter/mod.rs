@@ -52,9 +52,11 @@ mod admission;
 mod direct;
 mod events;
 mod refusal;
+mod watch;
 
 pub(crate) use admission::{Admission, Admit, Admitted};
 pub use direct::{Acquire, Keyed, RateLimiter};
 pub(crate) use events::Hook;
 pub use events::{LimitEvent, LimitEventKind};
 pub use refusal::{NoSlot, RateLimited, Refusal};
+pub(crate) use watch::{NearLimit, Watch};

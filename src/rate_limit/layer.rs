@@ -9,7 +9,7 @@ use super::policy::OnePerRequest;
 use super::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use super::service::{RateLimit, Shared};
 use crate::key::{Global, LogKeys};
-use crate::limiter::{Admission, Hook, LimitEvent};
+use crate::limiter::{Admission, Hook, LimitEvent, NearLimit, Watch};
 use crate::{MemoryStore, Quotas};
 
 /// Applies rate limits to a tower service. See the [module docs](super) for a tour.
@@ -90,6 +90,19 @@ pub(crate) struct Options {
     pub(crate) hook: Option<Hook>,
     pub(crate) name: Arc<str>,
     pub(crate) log_keys: LogKeys,
+    pub(crate) shadow: Shadow,
+    /// Near-limit events at this percentage of the burst left, if any.
+    pub(crate) near_limit: Option<u8>,
+}
+
+/// Whether the layer enforces its limits, or only watches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Shadow {
+    /// Enforce: refuse over the limit, make requests wait.
+    #[default]
+    Off,
+    /// Decide and report, let everything through at once; headers only if asked.
+    On { headers: bool },
 }
 
 impl RateLimitLayer {
@@ -108,6 +121,8 @@ impl RateLimitLayer {
                 hook: None,
                 name: Arc::from("rate_limit"),
                 log_keys: LogKeys::Hashed,
+                shadow: Shadow::Off,
+                near_limit: None,
             },
         }
     }
@@ -218,6 +233,39 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
         self
     }
 
+    /// Shadow mode: the layer decides and records as usual (the store's state, events with
+    /// [`shadow`](LimitEvent::shadow) set, `tracing`, metrics with `shadow="true"`), but lets
+    /// every request through at once and writes no rate-limit headers: how to try a new
+    /// limit on real traffic (Envoy's `shadow_mode`, nginx's `limit_req_dry_run`). A request
+    /// over the limit is let through uncharged and one that would have waited is charged
+    /// where it would have waited, so the store holds what enforcement would have left and
+    /// the counters say how many requests would have been refused
+    /// (`tollgate_rate_limit_limited_total{shadow="true"}`, or
+    /// [`LimitEventKind::Denied`](crate::rate_limit::LimitEventKind::Denied) events).
+    /// [`shadow_headers`](Self::shadow_headers) writes the headers too.
+    pub fn shadow(mut self) -> Self {
+        self.options.shadow = Shadow::On { headers: false };
+        self
+    }
+
+    /// Shadow mode ([`shadow`](Self::shadow)) that still writes the rate-limit headers, so
+    /// that clients can be seen to react before the limit is enforced.
+    pub fn shadow_headers(mut self) -> Self {
+        self.options.shadow = Shadow::On { headers: true };
+        self
+    }
+
+    /// Reports a key whose remaining share falls to `percent_left` of its burst or below
+    /// (1–100; 20 is Envoy's near-limit ratio, "alert at 80% usage"): a
+    /// [`LimitEventKind::NearLimit`](crate::rate_limit::LimitEventKind::NearLimit) event,
+    /// an INFO `tracing` event and `tollgate_rate_limit_near_limit_total`, at most once per
+    /// key and quota per window (the time the bucket takes to refill), so that a hot key does
+    /// not flood the hook. Off by default, and free when off.
+    pub fn near_limit(mut self, percent_left: u8) -> Self {
+        self.options.near_limit = Some(percent_left);
+        self
+    }
+
     /// Names the limiter in events and logs (default `rate_limit`).
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.options.name = name.into();
@@ -312,12 +360,19 @@ where
                 cost: self.cost.clone(),
                 mode: self.options.mode,
                 missing_key: self.options.missing_key,
-                admission: Arc::new(Admission::new(
-                    self.store.clone(),
-                    Arc::clone(&self.options.name),
-                    self.options.hook.clone(),
-                    self.options.log_keys,
-                )),
+                admission: Arc::new(
+                    Admission::new(
+                        self.store.clone(),
+                        Arc::clone(&self.options.name),
+                        self.options.hook.clone(),
+                        self.options.log_keys,
+                    )
+                    .watching(Watch {
+                        shadow: self.options.shadow != Shadow::Off,
+                        near_limit: self.options.near_limit.map(NearLimit::new),
+                    }),
+                ),
+                headers: !matches!(self.options.shadow, Shadow::On { headers: false }),
             }),
         )
     }

@@ -41,6 +41,8 @@ pub(crate) struct Shared<K, Q, S, R, C> {
     pub(crate) missing_key: MissingKey,
     /// The store and the reports: the admission path every decision takes.
     pub(crate) admission: Arc<Admission<S>>,
+    /// Whether allowed responses carry rate-limit headers (not in shadow mode, unless asked).
+    pub(crate) headers: bool,
 }
 
 /// A slot taken in `poll_ready` for the next `call` (global limits in wait mode).
@@ -199,7 +201,7 @@ where
     match shared.cost.cost(&request) {
         1 => {
             let decision = reserved.use_slot();
-            let note = shared.respond.note(quotas, &decision, partition);
+            let note = shared.note(quotas, &decision, partition);
             ResponseFuture::calling(inner.call(request), note)
         }
         // Free: the reserved unit is given back.
@@ -260,14 +262,14 @@ where
             if let Some(reserved) = reserved {
                 reserved.use_slot();
             }
-            let note = shared.respond.note(quotas, &admitted.decision, partition);
+            let note = shared.note(quotas, &admitted.decision, partition);
             ResponseFuture::calling(inner.call(request), note)
         }
         Admit::Now(Ok(admitted)) => {
             if let Some(reserved) = reserved {
                 reserved.use_slot();
             }
-            let note = shared.respond.note(quotas, &admitted.decision, partition);
+            let note = shared.note(quotas, &admitted.decision, partition);
             let inner = take_ready(inner);
             ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(inner, request, admitted, note)))
         }
@@ -290,7 +292,7 @@ where
                 if let Some(reserved) = reserved {
                     reserved.use_slot();
                 }
-                let note = shared.respond.note(&quotas, &admitted.decision, partition);
+                let note = shared.note(&quotas, &admitted.decision, partition);
                 call_at::<_, _, R>(inner, request, admitted, note).await
             }))
         }
@@ -363,6 +365,24 @@ type CallFuture<Svc, R, Req> = ResponseFuture<
 >;
 
 impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
+    /// The headers of an allowed response, unless the layer is a quiet shadow.
+    #[inline]
+    fn note<Req, T, E>(
+        &self,
+        quotas: &Quotas,
+        decision: &crate::Decision,
+        partition: Option<PartitionKey>,
+    ) -> Option<<R as super::respond::Respond<T, E>>::Note>
+    where
+        R: Refuse<Req, T, E>,
+    {
+        if self.headers {
+            self.respond.note(quotas, decision, partition)
+        } else {
+            None
+        }
+    }
+
     fn max_wait(&self) -> Duration {
         match self.mode {
             Mode::Reject => Duration::ZERO,

@@ -38,6 +38,16 @@ impl Decision {
         }
     }
 
+    /// The decision as a request in shadow mode goes: at once, whatever it would have waited.
+    pub(crate) fn at_once(mut self) -> Self {
+        if self.allowed {
+            // Its slot is charged where it would have waited: the debt runs from then.
+            self.debt = self.debt.saturating_add(self.wait);
+        }
+        self.wait = 0;
+        self
+    }
+
     /// A denial known without the store (a remembered one): `wait` until the request passes,
     /// `debt` between now and the binding quota's TAT.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]

@@ -27,7 +27,7 @@ mod decision;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
-mod table;
+pub(crate) mod table;
 
 use std::future::Future;
 use std::time::Duration;

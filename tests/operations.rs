@@ -1,0 +1,164 @@
+//! What operators run limits with, on a real axum server on loopback: shadow mode and
+//! near-limit events. Paused time: the memory store reads tokio's clock.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use common::{client, fetch, header, TestServer};
+use tollgate::clock::TokioClock;
+use tollgate::key::{Header, PeerIp};
+use tollgate::rate_limit::{LimitEventKind, RateLimitLayer};
+use tollgate::{MemoryStore, Quota, Quotas};
+
+fn paused_store() -> MemoryStore<TokioClock> {
+    MemoryStore::builder().clock(TokioClock::new()).build()
+}
+
+/// Every event's kind and shadow flag, as a hook saw them.
+type Seen = Arc<Mutex<Vec<(LimitEventKind, bool)>>>;
+
+fn recorder() -> (
+    Seen,
+    impl Fn(&tollgate::rate_limit::LimitEvent<'_>) + Send + Sync,
+) {
+    let seen: Seen = Arc::default();
+    let hook = {
+        let seen = Arc::clone(&seen);
+        move |event: &tollgate::rate_limit::LimitEvent<'_>| {
+            seen.lock().unwrap().push((event.kind, event.shadow))
+        }
+    };
+    (seen, hook)
+}
+
+#[tokio::test(start_paused = true)]
+async fn shadow_mode_lets_everything_through_and_records_what_it_would_have_refused() {
+    let store = paused_store();
+    let (seen, hook) = recorder();
+    let quota = Quota::per_minute(3).unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(quota.clone())
+            .key(PeerIp::new())
+            .store(store.clone())
+            .shadow()
+            .on_event(hook),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    for _ in 0..8 {
+        let response = fetch(&client, &server.url("/"), &[]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            header(&response, "ratelimit"),
+            None,
+            "no headers unless asked"
+        );
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(LimitEventKind::Denied, true); 5],
+        "5 would have been refused"
+    );
+    // The store holds what enforcement would have left: the key is spent, not overdrawn.
+    let peer: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let status = store.status(&peer, &Quotas::from(quota));
+    assert_eq!(status.remaining(), 0);
+    assert!(
+        status.retry_after() <= Duration::from_secs(20),
+        "3 charged, not 8"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shadow_headers_show_clients_the_limit_before_it_is_enforced() {
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(Quota::per_minute(2).unwrap())
+            .key(PeerIp::new())
+            .store(paused_store())
+            .shadow_headers(),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let response = fetch(&client, &server.url("/"), &[]).await;
+        assert_eq!(response.status(), 200);
+        remaining.push(header(&response, "ratelimit").unwrap().to_owned());
+    }
+    assert!(
+        remaining[0].contains("r=1") && remaining[3].contains("r=0"),
+        "{remaining:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_shadow_a_request_that_would_wait_goes_at_once() {
+    // 1 per second, burst 1, waits up to 10 s: enforced, the third request waits 2 s.
+    let layer = |shadow: bool| {
+        let layer = RateLimitLayer::new(Quota::per_second(1).unwrap())
+            .store(paused_store())
+            .wait(Duration::from_secs(10));
+        if shadow {
+            layer.shadow()
+        } else {
+            layer
+        }
+    };
+    for (shadow, expected) in [(false, Duration::from_secs(2)), (true, Duration::ZERO)] {
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer(shadow));
+        let server = TestServer::start(app).await;
+        let client = client();
+        let start = tokio::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(fetch(&client, &server.url("/"), &[]).await.status(), 200);
+        }
+        let waited = start.elapsed();
+        assert!(
+            waited >= expected && waited < expected + Duration::from_millis(500),
+            "shadow {shadow}: waited {waited:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn near_limit_is_reported_once_per_key_and_window() {
+    let (seen, hook) = recorder();
+    // 10 a minute: 20% left is 2 requests left, after the 8th.
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(Quota::per_minute(10).unwrap())
+            .key(Header::new("x-api-key"))
+            .store(paused_store())
+            .near_limit(20)
+            .on_event(hook),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let near = |seen: &Seen| {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .filter(|(kind, _)| *kind == LimitEventKind::NearLimit)
+            .count()
+    };
+    for i in 1..=10 {
+        fetch(&client, &server.url("/"), &[("x-api-key", "alice")]).await;
+        assert_eq!(near(&seen), usize::from(i >= 8), "after request {i}");
+    }
+    // Another key has its own report.
+    for _ in 0..8 {
+        fetch(&client, &server.url("/"), &[("x-api-key", "bob")]).await;
+    }
+    assert_eq!(near(&seen), 2);
+    // A window later, alice near her limit again is reported again.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for _ in 0..8 {
+        fetch(&client, &server.url("/"), &[("x-api-key", "alice")]).await;
+    }
+    assert_eq!(near(&seen), 3);
+}
