@@ -149,7 +149,35 @@ fn layers(c: &mut Criterion) {
     bench_layer(&mut group, "bare service", NoOp);
     let tollgate =
         RateLimitLayer::new(Quota::per_second(1_000_000_000).unwrap()).key(PeerIp::new());
-    bench_layer(&mut group, "tollgate RateLimitLayer", tollgate.layer(NoOp));
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer",
+        tollgate.clone().layer(NoOp),
+    );
+    // What each operator feature costs when on (issue 10); off, they cost the row above.
+    // Far from the limit (a burst of a million): the check, not the report.
+    let roomy = RateLimitLayer::new(
+        Quota::per_second(1_000_000_000)
+            .unwrap()
+            .with_burst(1_000_000)
+            .unwrap(),
+    )
+    .key(PeerIp::new());
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer, burst 10^6",
+        roomy.clone().layer(NoOp),
+    );
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer, burst 10^6, near_limit(20)",
+        roomy.near_limit(20).layer(NoOp),
+    );
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer, shadow_headers()",
+        tollgate.shadow_headers().layer(NoOp),
+    );
     let config = tower_governor::governor::GovernorConfigBuilder::default()
         .per_nanosecond(1)
         .burst_size(1_000_000_000)

@@ -9,7 +9,8 @@
 //! | route | limit |
 //! | --- | --- |
 //! | `GET /` | none |
-//! | `GET /api/hello` | per client IP: 5 per second, burst 10 |
+//! | `GET /api/hello` | per client IP: 5 per second, burst 10; a near-limit event (INFO log, `tollgate_rate_limit_near_limit_total`) when a client has 20% left |
+//! | `GET /api/search` | none enforced: a candidate limit of 2 per second per client IP runs in shadow mode, counted in `tollgate_rate_limit_limited_total{layer="search",shadow="true"}` |
 //! | `POST /api/login` | per client IP: 3 per minute (its own limit) |
 //! | `GET /api/report` | per client IP: 20 per minute; then per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
 //! | `GET /metrics` | none: the counters of the limits above, in Prometheus text format |
@@ -122,7 +123,7 @@ async fn main() -> Result<(), BoxError> {
         trusted_proxies = ?client_ip.trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
         client_ip_header = %client_ip.forwarding(),
         "serving: GET / (no limit), GET /api/hello (5/s, burst 10 per IP), \
-         POST /api/login (3/min per IP), GET /api/report (20/min per IP, then per x-api-key: \
+         GET /api/search (2/s per IP in shadow: nothing refused), POST /api/login (3/min per IP), GET /api/report (20/min per IP, then per x-api-key: \
          100/min premium-demo, 2/min others), GET /metrics"
     );
     serve(listener, app).await;
@@ -185,6 +186,7 @@ where
 {
     let hello = Quota::per_second(5)?.with_burst(10)?.named("hello")?;
     let login = Quota::per_minute(3)?.named("login")?;
+    let search = Quota::per_second(2)?.named("search")?;
     let report_per_ip = Quota::per_minute(20)?.named("report-ip")?;
     let report_free = Quota::per_minute(2)?.named("report")?;
     let report_premium = Quota::per_minute(100)?.named("report-premium")?;
@@ -214,7 +216,13 @@ where
         )
         .route(
             "/api/hello",
-            get(|| async { "hello\n" }).layer(per_ip(hello).name("hello")),
+            get(|| async { "hello\n" }).layer(per_ip(hello).name("hello").near_limit(20)),
+        )
+        .route(
+            "/api/search",
+            // Trying a limit on real traffic before enforcing it: nothing is refused, the
+            // metrics and logs say what would have been.
+            get(|| async { "results\n" }).layer(per_ip(search).name("search").shadow()),
         )
         .route(
             "/api/login",

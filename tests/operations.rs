@@ -162,3 +162,24 @@ async fn near_limit_is_reported_once_per_key_and_window() {
     }
     assert_eq!(near(&seen), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn services_made_by_one_layer_share_its_reports() {
+    use tower::{Layer, ServiceExt};
+    // axum serving a handler's route as a plain service calls `layer` on every request: the
+    // services must still share one near-limit memory (and one set of metrics).
+    let (seen, hook) = recorder();
+    let layer = RateLimitLayer::new(Quota::per_minute(10).unwrap())
+        .store(paused_store())
+        .near_limit(20)
+        .on_event(hook);
+    for _ in 0..10 {
+        let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        }));
+        let response = service.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}

@@ -80,3 +80,33 @@ impl NearLimit {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gcra::Gcra;
+    use crate::Quotas;
+
+    #[test]
+    fn a_key_is_reported_once_per_window() {
+        let quota = Quota::per_second(5).unwrap().with_burst(10).unwrap();
+        let quotas = Quotas::from(quota.clone());
+        let gcra = Gcra::new(&quota);
+        let near = NearLimit::new(20);
+        let mut reported = 0;
+        for spent in 1..=10u32 {
+            let now = 1_000_000_000;
+            let step = gcra.step(
+                now + u64::from(spent - 1) * gcra.interval_nanos(),
+                now,
+                1,
+                0,
+            );
+            let decision = Decision::from_steps(&quotas, &[step], now);
+            if near.report(&"k", &quota, &decision) {
+                reported += 1;
+            }
+        }
+        assert_eq!(reported, 1);
+    }
+}

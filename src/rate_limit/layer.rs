@@ -61,7 +61,14 @@ pub struct RateLimitLayer<K = Global, Q = Quotas, S = MemoryStore, R = Http, C =
     respond: R,
     cost: C,
     options: Options,
+    /// What every service this layer makes shares, built on the first `layer` call and kept:
+    /// frameworks call `layer` often (axum, for a handler's route served as a plain service,
+    /// on every request), and the metrics' registration and the near-limit table are made
+    /// once. Any change to the configuration starts a new one.
+    shared: SharedOnce<K, Q, S, R, C>,
 }
+
+type SharedOnce<K, Q, S, R, C> = Arc<std::sync::OnceLock<Arc<Shared<K, Q, S, R, C>>>>;
 
 /// What the layer does with a request whose key cannot be extracted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,6 +131,7 @@ impl RateLimitLayer {
                 shadow: Shadow::Off,
                 near_limit: None,
             },
+            shared: Arc::default(),
         }
     }
 }
@@ -139,6 +147,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
             respond: self.respond,
             cost: self.cost,
             options: self.options,
+            shared: Arc::default(),
         }
     }
 
@@ -152,6 +161,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
             respond: self.respond,
             cost: self.cost,
             options: self.options,
+            shared: Arc::default(),
         }
     }
 
@@ -165,6 +175,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
             respond: self.respond,
             cost: self.cost,
             options: self.options,
+            shared: Arc::default(),
         }
     }
 
@@ -177,6 +188,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
             respond: self.respond,
             cost,
             options: self.options,
+            shared: Arc::default(),
         }
     }
 
@@ -191,6 +203,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
             respond: Errors,
             cost: self.cost,
             options: self.options,
+            shared: Arc::default(),
         }
     }
 
@@ -201,12 +214,14 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// the service is not ready until a slot is reserved); otherwise in the response future.
     /// Waiting needs a tokio runtime's timer.
     pub fn wait(mut self, max_wait: Duration) -> Self {
+        self.shared = Arc::default();
         self.options.mode = Mode::Wait(max_wait);
         self
     }
 
     /// Reject mode, the default: a request over the limit is refused at once.
     pub fn reject(mut self) -> Self {
+        self.shared = Arc::default();
         self.options.mode = Mode::Reject;
         self
     }
@@ -214,6 +229,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// What to do with requests whose key cannot be extracted (default:
     /// [`MissingKey::Reject`]). Either way, a `tracing` event says why.
     pub fn on_missing_key(mut self, policy: MissingKey) -> Self {
+        self.shared = Arc::default();
         self.options.missing_key = policy;
         self
     }
@@ -222,6 +238,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// (shown as [`log_keys`](Self::log_keys) says) and delay. A `tracing` event (target
     /// `tollgate::rate_limit`, level DEBUG) is emitted either way.
     pub fn on_event(mut self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.shared = Arc::default();
         self.options.hook = Some(Arc::new(hook));
         self
     }
@@ -229,6 +246,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// How keys are shown in `tracing` events and hook events: a short keyed hash by default,
     /// since keys may be secrets; [`LogKeys::Clear`] for keys that are not (client IPs).
     pub fn log_keys(mut self, shown: LogKeys) -> Self {
+        self.shared = Arc::default();
         self.options.log_keys = shown;
         self
     }
@@ -244,6 +262,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// [`LimitEventKind::Denied`](crate::rate_limit::LimitEventKind::Denied) events).
     /// [`shadow_headers`](Self::shadow_headers) writes the headers too.
     pub fn shadow(mut self) -> Self {
+        self.shared = Arc::default();
         self.options.shadow = Shadow::On { headers: false };
         self
     }
@@ -251,6 +270,7 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// Shadow mode ([`shadow`](Self::shadow)) that still writes the rate-limit headers, so
     /// that clients can be seen to react before the limit is enforced.
     pub fn shadow_headers(mut self) -> Self {
+        self.shared = Arc::default();
         self.options.shadow = Shadow::On { headers: true };
         self
     }
@@ -262,12 +282,14 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// key and quota per window (the time the bucket takes to refill), so that a hot key does
     /// not flood the hook. Off by default, and free when off.
     pub fn near_limit(mut self, percent_left: u8) -> Self {
+        self.shared = Arc::default();
         self.options.near_limit = Some(percent_left);
         self
     }
 
     /// Names the limiter in events and logs (default `rate_limit`).
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.shared = Arc::default();
         self.options.name = name.into();
         self
     }
@@ -282,12 +304,14 @@ impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
     /// Which rate-limit headers to send (default: IETF `RateLimit` and `RateLimit-Policy`, on
     /// every response).
     pub fn headers(mut self, options: HeaderOptions) -> Self {
+        self.shared = Arc::default();
         self.respond.set_headers(options);
         self
     }
 
     /// The status of a response over the limit (default 429 Too Many Requests).
     pub fn refusal_status(mut self, status: StatusCode) -> Self {
+        self.shared = Arc::default();
         self.respond.status = status;
         self
     }
@@ -318,6 +342,7 @@ impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
             respond: self.respond.replace_body(build),
             cost: self.cost,
             options: self.options,
+            shared: Arc::default(),
         }
     }
 
@@ -331,6 +356,7 @@ impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
             respond: Grpc::new(self.respond.replace_body(EmptyBody)),
             cost: self.cost,
             options: self.options,
+            shared: Arc::default(),
         }
     }
 
@@ -351,8 +377,7 @@ where
     type Service = RateLimit<Svc, K, Q, S, R, C>;
 
     fn layer(&self, inner: Svc) -> Self::Service {
-        RateLimit::new(
-            inner,
+        let shared = self.shared.get_or_init(|| {
             Arc::new(Shared {
                 key: self.key.clone(),
                 quotas: self.quotas.clone(),
@@ -373,8 +398,9 @@ where
                     }),
                 ),
                 headers: !matches!(self.options.shadow, Shadow::On { headers: false }),
-            }),
-        )
+            })
+        });
+        RateLimit::new(inner, Arc::clone(shared))
     }
 }
 
@@ -387,6 +413,7 @@ impl<K: Clone, Q: Clone, S: Clone, R: Clone, C: Clone> Clone for RateLimitLayer<
             respond: self.respond.clone(),
             cost: self.cost.clone(),
             options: self.options.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
