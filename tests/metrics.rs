@@ -55,19 +55,29 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     let unreachable = RateLimitLayer::new(Quota::per_second(10).unwrap())
         .store(dead_redis)
         .name("shared");
+    // A limit tried in shadow: 1 allowed, then 2 let through that it would have refused; a
+    // near-limit report when the one request is spent.
+    let trial = RateLimitLayer::new(Quota::per_minute(1).unwrap())
+        .store(paused())
+        .shadow()
+        .near_limit(20)
+        .name("trial");
     let app = Router::new()
         .route("/api", get(|| async { "api" }).layer(rejecting))
         .route("/queue", get(|| async { "queue" }).layer(waiting))
+        .route("/trial", get(|| async { "trial" }).layer(trial))
         .route("/shared", get(|| async { "shared" }).layer(unreachable));
     let server = TestServer::start(app).await;
     let http = client();
     let statuses: Vec<u16> = statuses_of(
         &http,
         &server,
-        &["/api", "/api", "/api", "/queue", "/queue", "/shared"],
+        &[
+            "/api", "/api", "/api", "/queue", "/queue", "/shared", "/trial", "/trial", "/trial",
+        ],
     )
     .await;
-    assert_eq!(statuses, [200, 200, 429, 200, 200, 200]);
+    assert_eq!(statuses, [200, 200, 429, 200, 200, 200, 200, 200, 200]);
 
     // A client retrying a server that always answers 503: 2 retries, then it gives up.
     let (_upstream, addr) = start_upstream([reply(503)]).await;
@@ -145,6 +155,19 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     };
     expect(r#"tollgate_rate_limit_allowed_total{layer="api"}"#, 2.0);
     expect(r#"tollgate_rate_limit_limited_total{layer="api"}"#, 1.0);
+    // Shadow counts stay apart from enforced ones.
+    expect(
+        r#"tollgate_rate_limit_limited_total{layer="trial",shadow="true"}"#,
+        2.0,
+    );
+    expect(
+        r#"tollgate_rate_limit_allowed_total{layer="trial",shadow="true"}"#,
+        1.0,
+    );
+    expect(
+        r#"tollgate_rate_limit_near_limit_total{layer="trial",shadow="true"}"#,
+        1.0,
+    );
     expect(r#"tollgate_rate_limit_allowed_total{layer="queue"}"#, 2.0);
     expect(r#"tollgate_rate_limit_waited_total{layer="queue"}"#, 1.0);
     expect(
