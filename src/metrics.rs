@@ -67,6 +67,7 @@ mod enabled {
         waited: Counter,
         wait_seconds: Histogram,
         near_limit: Counter,
+        blocked: Counter,
     }
 
     impl LimiterMetrics {
@@ -82,12 +83,17 @@ mod enabled {
                 limited: counter!("tollgate_rate_limit_limited_total", labels.clone()),
                 waited: counter!("tollgate_rate_limit_waited_total", labels.clone()),
                 wait_seconds: histogram!("tollgate_rate_limit_wait_seconds", labels.clone()),
-                near_limit: counter!("tollgate_rate_limit_near_limit_total", labels),
+                near_limit: counter!("tollgate_rate_limit_near_limit_total", labels.clone()),
+                blocked: counter!("tollgate_rate_limit_blocked_total", labels),
             }
         }
 
         pub(crate) fn near_limit(&self) {
             self.near_limit.increment(1);
+        }
+
+        pub(crate) fn blocked(&self) {
+            self.blocked.increment(1);
         }
 
         #[inline]
@@ -239,6 +245,9 @@ mod disabled {
 
         #[inline]
         pub(crate) fn near_limit(&self) {}
+
+        #[inline]
+        pub(crate) fn blocked(&self) {}
 
         #[inline]
         pub(crate) fn allowed(&self) {}

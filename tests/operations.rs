@@ -183,3 +183,91 @@ async fn services_made_by_one_layer_share_its_reports() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn exempt_requests_and_keys_pass_without_a_store_call() {
+    use tollgate::key::{exempt_keys, exempt_requests};
+    let store = paused_store();
+    let key = exempt_keys(Header::new("x-api-key"), |key: &http::HeaderValue| {
+        key == "internal"
+    });
+    let key = exempt_requests(key, |request: &http::Request<axum::body::Body>| {
+        request.uri().path() == "/healthz"
+    });
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(
+            RateLimitLayer::new(Quota::per_minute(1).unwrap())
+                .key(key)
+                .store(store.clone()),
+        );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let status = |path: &'static str, key: Option<&'static str>| {
+        let (client, url) = (client.clone(), server.url(path));
+        async move {
+            let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+            fetch(&client, &url, &headers).await.status().as_u16()
+        }
+    };
+    for _ in 0..5 {
+        // A health check needs no key, and is never limited.
+        assert_eq!(status("/healthz", None).await, 200);
+        assert_eq!(status("/", Some("internal")).await, 200);
+    }
+    assert!(store.is_empty(), "no state for exempt requests");
+    assert_eq!(status("/", Some("alice")).await, 200);
+    assert_eq!(status("/", Some("alice")).await, 429);
+    assert_eq!(
+        status("/", None).await,
+        400,
+        "a missing key is still refused"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_refused_too_often_is_blocked_without_asking_the_store() {
+    let (seen, hook) = recorder();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(Quota::per_minute(2).unwrap())
+            .key(Header::new("x-api-key"))
+            .store(paused_store())
+            // Three refusals at once are tolerated; the fourth blocks for ten minutes.
+            .block(Quota::per_minute(3).unwrap(), Duration::from_secs(600))
+            .on_event(hook),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let get = |key: &'static str| {
+        let (client, url) = (client.clone(), server.url("/"));
+        async move { fetch(&client, &url, &[("x-api-key", key)]).await }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get("mallory").await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429]);
+    let blocked = |seen: &Seen| {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .filter(|(kind, _)| *kind == LimitEventKind::Blocked)
+            .count()
+    };
+    assert_eq!(blocked(&seen), 1);
+    // A minute later the rate would allow her again; the block does not.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let refused = get("mallory").await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert!(
+        (530..=540).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    // Others are not blocked.
+    assert_eq!(get("alice").await.status(), 200);
+    // After the block, the limit applies as before.
+    tokio::time::advance(Duration::from_secs(540)).await;
+    assert_eq!(get("mallory").await.status(), 200);
+    assert_eq!(blocked(&seen), 1);
+}

@@ -119,6 +119,11 @@ where
         let shared = Arc::clone(&self.shared);
         let key = match shared.key.extract(&request) {
             Ok(key) => key,
+            // Exempt: no slot taken.
+            Err(error) if error.is_exempt() => {
+                let future = self.inner.call(request);
+                return Box::pin(async move { future.await.map_err(R::inner_error) });
+            }
             Err(error) => {
                 tracing::debug!(target: "tollgate::concurrency", layer = &*shared.name, %error, "request without a key");
                 let answer = shared.respond.refuse(Refusal::NoKey(error), &request, None);

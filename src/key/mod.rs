@@ -33,6 +33,7 @@
 
 mod client_ip;
 mod destination;
+mod exempt;
 mod header;
 mod logged;
 mod peer;
@@ -43,6 +44,7 @@ use std::hash::Hash;
 
 pub use client_ip::{ClientIp, Forwarding, InvalidProxy, UnknownForwarding, MAX_HOPS};
 pub use destination::Destination;
+pub use exempt::{exempt_keys, exempt_requests, ExemptKeys, ExemptRequests};
 pub use header::Header;
 pub(crate) use logged::partition_hash;
 pub use logged::{LogKeys, LoggedKey};
@@ -117,6 +119,11 @@ pub enum KeyErrorKind {
     /// The server cannot see it (no peer address in the request's extensions: axum's
     /// `into_make_service_with_connect_info` is missing): the server's mistake.
     Unavailable,
+    /// Not a mistake: the request or its key is exempt from the limit
+    /// ([`exempt_requests`](super::key::exempt_requests), [`exempt_keys`](super::key::exempt_keys)).
+    /// The layer lets it through without a store call, whatever its
+    /// [`MissingKey`](crate::rate_limit::MissingKey) policy.
+    Exempt,
 }
 
 impl KeyError {
@@ -142,6 +149,19 @@ impl KeyError {
             kind: KeyErrorKind::Unavailable,
             detail: detail.into(),
         }
+    }
+
+    /// The request or its key is exempt from the limit.
+    pub fn exempt(detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind: KeyErrorKind::Exempt,
+            detail: detail.into(),
+        }
+    }
+
+    /// Whether the request is exempt rather than missing a key.
+    pub fn is_exempt(&self) -> bool {
+        self.kind == KeyErrorKind::Exempt
     }
 
     /// Whose mistake it is.

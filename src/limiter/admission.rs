@@ -79,6 +79,9 @@ impl<S> Admission<S> {
         if let Err(error) = quotas.check_cost(cost) {
             return Admit::Now(Err(Refusal::TooCostly(error)));
         }
+        if let Some(refused) = self.blocked(&key, quotas) {
+            return Admit::Now(Err(refused));
+        }
         match self.store.decide_now(&key, quotas, cost, max_wait) {
             Some(decided) => Admit::Now(self.settle(key, quotas, cost, hold, decided)),
             None => {
@@ -113,6 +116,11 @@ impl<S> Admission<S> {
         };
         if !decision.is_allowed() {
             self.event(LimitEventKind::Denied, &key, quotas, &decision);
+            if let Some(block) = &self.watch.block {
+                if block.refused(&key) {
+                    self.event(LimitEventKind::Blocked, &key, quotas, &decision);
+                }
+            }
             if self.watch.shadow {
                 // Let through, uncharged: the store is as enforcement would have left it.
                 return Ok(Admitted {
@@ -144,6 +152,20 @@ impl<S> Admission<S> {
         Ok(Admitted { decision, slot })
     }
 
+    /// The refusal of a blocked key, decided without the store (none in shadow mode).
+    #[inline]
+    fn blocked<K: Hash + fmt::Debug>(&self, key: &K, quotas: &Quotas) -> Option<Refusal> {
+        let block = self.watch.block.as_ref()?;
+        let wait = block.blocked(key)?;
+        if self.watch.shadow {
+            return None;
+        }
+        let gcra = crate::gcra::Gcra::new(&quotas.as_slice()[0]);
+        let decision = Decision::denied(0, wait, wait.saturating_add(gcra.window_nanos()), gcra);
+        self.event(LimitEventKind::Denied, key, quotas, &decision);
+        Some(Refusal::Limited(RateLimited::new(decision, quotas.clone())))
+    }
+
     fn event<K: Hash + fmt::Debug>(
         &self,
         kind: LimitEventKind,
@@ -163,6 +185,14 @@ impl<S> Admission<S> {
             LimitEventKind::NearLimit => {
                 self.metrics.near_limit();
                 Duration::ZERO
+            }
+            LimitEventKind::Blocked => {
+                self.metrics.blocked();
+                self.watch
+                    .block
+                    .as_ref()
+                    .and_then(|block| block.blocked(key))
+                    .map_or(Duration::ZERO, Duration::from_nanos)
             }
         };
         emit(

@@ -18,7 +18,8 @@ pub struct LimitEvent<'a> {
     /// The request's key, as logs may show it: a keyed hash unless the layer was told
     /// [`LogKeys::Clear`](crate::key::LogKeys::Clear); [`LoggedKey::reveal`] gives the key.
     pub key: LoggedKey<'a>,
-    /// Denied: the retry-after. Waiting: how long the request waits.
+    /// Denied: the retry-after. Waiting: how long the request waits. Blocked: how long the
+    /// block lasts.
     pub delay: Duration,
     /// The quota that decided.
     pub quota: &'a Quota,
@@ -41,6 +42,9 @@ pub enum LimitEventKind {
     /// [`RateLimitLayer::near_limit`](crate::RateLimitLayer::near_limit). Reported at most
     /// once per key and quota per window.
     NearLimit,
+    /// Refused too often: the key is blocked for the time in `delay`, refused without asking
+    /// the store ([`RateLimitLayer::block`](crate::RateLimitLayer::block)).
+    Blocked,
 }
 
 impl crate::observe::Event for LimitEvent<'_> {
@@ -53,6 +57,7 @@ impl crate::observe::Event for LimitEvent<'_> {
             LimitEventKind::Denied => "denied",
             LimitEventKind::Waiting => "waiting",
             LimitEventKind::NearLimit => "near_limit",
+            LimitEventKind::Blocked => "blocked",
         }
     }
 }
@@ -79,6 +84,14 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
             wait_ms = event.delay.as_millis() as u64,
             shadow = event.shadow,
             "request waits for its slot"
+        ),
+        LimitEventKind::Blocked => tracing::warn!(
+            target: "tollgate::rate_limit",
+            layer = event.layer,
+            key = %event.key,
+            blocked_ms = event.delay.as_millis() as u64,
+            shadow = event.shadow,
+            "key blocked: refused too often"
         ),
         LimitEventKind::NearLimit => tracing::info!(
             target: "tollgate::rate_limit",

@@ -59,4 +59,4 @@ pub use direct::{Acquire, Keyed, RateLimiter};
 pub(crate) use events::Hook;
 pub use events::{LimitEvent, LimitEventKind};
 pub use refusal::{NoSlot, RateLimited, Refusal};
-pub(crate) use watch::{NearLimit, Watch};
+pub(crate) use watch::{Block, NearLimit, Watch};

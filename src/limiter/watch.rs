@@ -15,6 +15,85 @@ pub(crate) struct Watch {
     /// Decide and record as usual, but let every request through at once.
     pub(crate) shadow: bool,
     pub(crate) near_limit: Option<NearLimit>,
+    pub(crate) block: Option<Block>,
+}
+
+/// Blocks: a key refused faster than a quota of refusals allows (say 10 a minute) is refused
+/// for a set time without asking the store (rate-limiter-flexible's `blockDuration`).
+pub(crate) struct Block {
+    /// The refusals a key may have: each refusal is a request against this GCRA.
+    refusals: Gcra,
+    refusals_id: u64,
+    duration: u64,
+    /// (key hash, refusals) → the refusals' TAT; (key hash, block) → when the block ends.
+    table: Table,
+    hasher: foldhash::quality::RandomState,
+    start: tokio::time::Instant,
+}
+
+/// The entry tag of a key's block.
+const BLOCKED: u64 = 0xb10c;
+
+impl Block {
+    pub(crate) fn new(refusals: &Quota, duration: std::time::Duration) -> Self {
+        Self {
+            refusals: Gcra::new(refusals),
+            refusals_id: refusals.id(),
+            duration: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            table: Table::new(16, REMEMBERED),
+            hasher: foldhash::quality::RandomState::default(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// How long `key` stays blocked, in nanoseconds; `None` if it is not.
+    pub(crate) fn blocked<K: Hash>(&self, key: &K) -> Option<u64> {
+        let key_hash = self.hasher.hash_one(key);
+        let until = self.table.load(key_hash, &[entry_id(key_hash, BLOCKED)])[0];
+        let now = self.now();
+        (until > now).then(|| until - now)
+    }
+
+    /// Records a refusal of `key`; `true` when it starts a block.
+    pub(crate) fn refused<K: Hash>(&self, key: &K) -> bool {
+        let key_hash = self.hasher.hash_one(key);
+        let now = self.now();
+        let ids = [
+            entry_id(key_hash, self.refusals_id),
+            entry_id(key_hash, BLOCKED),
+        ];
+        self.table.update(
+            key_hash,
+            &ids,
+            now,
+            |_evicted| {},
+            |entries| {
+                let (refusals, blocked) = (entries[0], entries[1]);
+                let tat = refusals.load(Ordering::Acquire);
+                let step = self.refusals.step(tat, now, 1, 0);
+                if step.allowed {
+                    // One more refusal within what is tolerated (a lost race only undercounts).
+                    let _ = refusals.compare_exchange(
+                        tat,
+                        step.tat,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    return false;
+                }
+                // Too many: blocked, and the refusals start again after the block.
+                let until = now.saturating_add(self.duration);
+                let started = blocked.load(Ordering::Acquire) <= now;
+                blocked.store(until, Ordering::Release);
+                refusals.store(0, Ordering::Release);
+                started
+            },
+        )
+    }
 }
 
 /// Near-limit events: when a key's share left falls to `percent_left` of its burst or below,

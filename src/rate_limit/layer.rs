@@ -9,7 +9,7 @@ use super::policy::OnePerRequest;
 use super::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use super::service::{RateLimit, Shared};
 use crate::key::{Global, LogKeys};
-use crate::limiter::{Admission, Hook, LimitEvent, NearLimit, Watch};
+use crate::limiter::{Admission, Block, Hook, LimitEvent, NearLimit, Watch};
 use crate::{MemoryStore, Quotas};
 
 /// Applies rate limits to a tower service. See the [module docs](super) for a tour.
@@ -100,6 +100,8 @@ pub(crate) struct Options {
     pub(crate) shadow: Shadow,
     /// Near-limit events at this percentage of the burst left, if any.
     pub(crate) near_limit: Option<u8>,
+    /// Blocks: refusals tolerated, and how long a key that exceeds them is blocked.
+    pub(crate) block: Option<(crate::Quota, Duration)>,
 }
 
 /// Whether the layer enforces its limits, or only watches them.
@@ -130,6 +132,7 @@ impl RateLimitLayer {
                 log_keys: LogKeys::Hashed,
                 shadow: Shadow::Off,
                 near_limit: None,
+                block: None,
             },
             shared: Arc::default(),
         }
@@ -287,6 +290,33 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
         self
     }
 
+    /// Blocks a key refused faster than `refusals` allows (`Quota::per_minute(10)`: more than
+    /// ten refusals a minute) for `duration`: its requests are then refused at once, without
+    /// asking the store, with a `Retry-After` of the block's end (rate-limiter-flexible's
+    /// `blockDuration`). A client hammering past its limit costs the store nothing and learns
+    /// to stop. A [`LimitEventKind::Blocked`](crate::rate_limit::LimitEventKind::Blocked)
+    /// event, a WARN log and `tollgate_rate_limit_blocked_total` mark each block. Blocks are
+    /// kept per layer in this process (a bounded table), also over a network store. Not in
+    /// shadow mode.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::key::PeerIp;
+    /// use tollgate::{Quota, RateLimitLayer};
+    ///
+    /// // 5 logins a minute; past 10 refusals a minute, no login for 15 minutes.
+    /// let login = RateLimitLayer::new(Quota::per_minute(5)?)
+    ///     .key(PeerIp::new())
+    ///     .block(Quota::per_minute(10)?, Duration::from_secs(15 * 60));
+    /// # drop(login);
+    /// # Ok::<(), tollgate::QuotaError>(())
+    /// ```
+    pub fn block(mut self, refusals: crate::Quota, duration: Duration) -> Self {
+        self.shared = Arc::default();
+        self.options.block = Some((refusals, duration));
+        self
+    }
+
     /// Names the limiter in events and logs (default `rate_limit`).
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.shared = Arc::default();
@@ -395,6 +425,8 @@ where
                     .watching(Watch {
                         shadow: self.options.shadow != Shadow::Off,
                         near_limit: self.options.near_limit.map(NearLimit::new),
+                        block: (self.options.block.as_ref())
+                            .map(|(refusals, duration)| Block::new(refusals, *duration)),
                     }),
                 ),
                 headers: !matches!(self.options.shadow, Shadow::On { headers: false }),

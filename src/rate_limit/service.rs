@@ -148,6 +148,10 @@ where
         }
         let key = match shared.key.extract(&request) {
             Ok(key) => key,
+            // Exempt: no store call, no count.
+            Err(error) if error.is_exempt() => {
+                return ResponseFuture::calling(inner.call(request), None);
+            }
             Err(error) => {
                 let layer = &*shared.admission.name;
                 if error.is_client_error() {
