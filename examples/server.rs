@@ -11,9 +11,10 @@
 //! | `GET /` | none |
 //! | `GET /api/hello` | per client IP: 5 per second, burst 10; a near-limit event (INFO log, `tollgate_rate_limit_near_limit_total`) when a client has 20% left |
 //! | `GET /api/search` | none enforced: a candidate limit of 2 per second per client IP runs in shadow mode, counted in `tollgate_rate_limit_limited_total{layer="search",shadow="true"}` |
-//! | `POST /api/login` | per client IP: 3 per minute (its own limit) |
+//! | `POST /api/login` | per client IP: 3 per minute (its own limit); past 10 refusals a minute, blocked for 15 minutes |
 //! | `GET /api/report` | per client IP: 20 per minute; then per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
 //! | `GET /metrics` | none: the counters of the limits above, in Prometheus text format |
+//! | `GET /admin/limits` | none; from this machine only: each limit's counts and most refused clients, and the memory store's size, as JSON |
 //!
 //! The client IP is the TCP peer. When the peer is inside one of the CIDRs of
 //! `TRUSTED_PROXIES` (comma-separated), the client is read from the one forwarding header
@@ -57,7 +58,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tollgate::key::{ClientIp, Forwarding, Header, LogKeys};
-use tollgate::rate_limit::{RateLimitLayer, Refusal, Tiers};
+use tollgate::rate_limit::{LimiterStats, RateLimitLayer, Refusal, Tiers};
 use tollgate::store::{OnFailure, RedisStore};
 use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
 use tower::{ServiceBuilder, ServiceExt};
@@ -103,15 +104,28 @@ async fn main() -> Result<(), BoxError> {
 
     // The recorder goes in first: layers register their counters when they are built.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
+    let limits = Limits::default();
     let (app, store) = match redis_store().await? {
-        Some((redis, what)) => (app(client_ip.clone(), redis)?, what),
-        None => (
-            app(client_ip.clone(), MemoryStore::new())?,
-            "memory".to_owned(),
-        ),
+        Some((redis, what)) => (app(client_ip.clone(), redis, &limits)?, what),
+        None => {
+            let memory = MemoryStore::new();
+            let app = app(client_ip.clone(), memory.clone(), &limits)?;
+            *limits.memory.lock().unwrap() = Some(memory);
+            (app, "memory".to_owned())
+        }
     };
+    let admin = limits.clone();
     let app = app
         .route("/metrics", get(move || render(prometheus.clone())))
+        .route(
+            "/admin/limits",
+            get(
+                move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| {
+                    let admin = admin.clone();
+                    async move { admin.report(peer.ip()) }
+                },
+            ),
+        )
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -180,7 +194,57 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
     Ok(Some((store, format!("{what}, fleet of {fleet_size}"))))
 }
 
-fn app<S>(client_ip: ClientIp, store: S) -> Result<Router, BoxError>
+/// Every layer's counts, and the memory store's, for `/admin/limits`.
+#[derive(Clone, Default)]
+struct Limits {
+    layers: Arc<std::sync::Mutex<Vec<(&'static str, LimiterStats)>>>,
+    memory: Arc<std::sync::Mutex<Option<MemoryStore>>>,
+}
+
+impl Limits {
+    /// Counts for the layer named `name`.
+    fn stats(&self, name: &'static str) -> LimiterStats {
+        let stats = LimiterStats::new();
+        self.layers.lock().unwrap().push((name, stats.clone()));
+        stats
+    }
+
+    /// The JSON of `/admin/limits`, for a client on this machine only (404 elsewhere: behind a
+    /// proxy, keep the route off the public paths as well).
+    fn report(&self, peer: IpAddr) -> Response<Body> {
+        if !peer.is_loopback() {
+            return Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(Body::empty())
+                .unwrap();
+        }
+        let layers: serde_json::Map<String, serde_json::Value> = (self.layers.lock().unwrap())
+            .iter()
+            .map(|(name, stats)| {
+                let now = stats.snapshot();
+                let value = serde_json::json!({
+                    "allowed": now.allowed,
+                    "refused": now.refused,
+                    "waited": now.waited,
+                    "near_limit": now.near_limit,
+                    "blocked": now.blocked,
+                    "top_refused": now.top_refused,
+                });
+                ((*name).to_owned(), value)
+            })
+            .collect();
+        let store = self.memory.lock().unwrap().as_ref().map(|memory| {
+            serde_json::json!({ "tracked_states": memory.len(), "evicted": memory.evicted() })
+        });
+        let body = serde_json::json!({ "layers": layers, "memory_store": store });
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(format!("{body:#}\n")))
+            .unwrap()
+    }
+}
+
+fn app<S>(client_ip: ClientIp, store: S, limits: &Limits) -> Result<Router, BoxError>
 where
     S: Store<IpAddr> + Store<HeaderValue>,
 {
@@ -191,12 +255,14 @@ where
     let report_free = Quota::per_minute(2)?.named("report")?;
     let report_premium = Quota::per_minute(100)?.named("report-premium")?;
 
-    let per_ip = |quota: Quota| {
+    let per_ip = |quota: Quota, name: &'static str| {
         RateLimitLayer::new(quota)
             .key(client_ip.clone())
             .store(store.clone())
             // Client IPs are no secret here: log them in clear (API keys stay hashed).
             .log_keys(LogKeys::Clear)
+            .name(name)
+            .stats(limits.stats(name))
             .refuse_with(explain)
     };
     // Any string is an API key here, so each invented key would get a bucket of its own: the
@@ -207,6 +273,7 @@ where
         .store(store.clone())
         .quotas(Tiers::new(report_free).tier("premium-demo", Quotas::from(report_premium)))
         .name("report")
+        .stats(limits.stats("report"))
         .refuse_with(explain);
 
     Ok(Router::new()
@@ -216,24 +283,27 @@ where
         )
         .route(
             "/api/hello",
-            get(|| async { "hello\n" }).layer(per_ip(hello).name("hello").near_limit(20)),
+            get(|| async { "hello\n" }).layer(per_ip(hello, "hello").near_limit(20)),
         )
         .route(
             "/api/search",
             // Trying a limit on real traffic before enforcing it: nothing is refused, the
             // metrics and logs say what would have been.
-            get(|| async { "results\n" }).layer(per_ip(search).name("search").shadow()),
+            get(|| async { "results\n" }).layer(per_ip(search, "search").shadow()),
         )
         .route(
             "/api/login",
-            post(|| async { "logged in\n" }).layer(per_ip(login).name("login")),
+            post(|| async { "logged in\n" }).layer(
+                // Past 10 refusals a minute, a client is shut out for 15 minutes.
+                per_ip(login, "login").block(Quota::per_minute(10)?, Duration::from_secs(900)),
+            ),
         )
         .route(
             "/api/report",
             // The per-IP limit first (outermost), then the per-key one.
             get(|| async { "report\n" }).layer(
                 ServiceBuilder::new()
-                    .layer(per_ip(report_per_ip).name("report-ip"))
+                    .layer(per_ip(report_per_ip, "report-ip"))
                     .layer(per_api_key),
             ),
         ))

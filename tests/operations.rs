@@ -271,3 +271,31 @@ async fn a_key_refused_too_often_is_blocked_without_asking_the_store() {
     assert_eq!(get("mallory").await.status(), 200);
     assert_eq!(blocked(&seen), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn stats_count_what_the_layer_decided_and_name_the_most_refused_keys() {
+    use tollgate::rate_limit::LimiterStats;
+    let stats = LimiterStats::new();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(Quota::per_minute(2).unwrap())
+            .key(Header::new("x-api-key"))
+            .store(paused_store())
+            .stats(stats.clone()),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    for (key, times) in [("noisy", 12), ("busy", 6), ("quiet", 1)] {
+        for _ in 0..times {
+            fetch(&client, &server.url("/"), &[("x-api-key", key)]).await;
+        }
+    }
+    let now = stats.snapshot();
+    assert_eq!((now.allowed, now.refused), (5, 14));
+    let counts: Vec<u64> = now.top_refused.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [10, 4], "noisy, then busy; quiet was never refused");
+    // Keys are shown as logs show them: hashed, never in clear.
+    assert!(now
+        .top_refused
+        .iter()
+        .all(|(key, _)| !key.contains("noisy")));
+}

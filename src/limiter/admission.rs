@@ -131,6 +131,9 @@ impl<S> Admission<S> {
             return Err(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
         }
         self.metrics.allowed();
+        if let Some(stats) = &self.watch.stats {
+            stats.allowed();
+        }
         let waits = !decision.wait().is_zero();
         if waits {
             self.event(LimitEventKind::Waiting, &key, quotas, &decision);
@@ -173,6 +176,14 @@ impl<S> Admission<S> {
         quotas: &Quotas,
         decision: &Decision,
     ) {
+        if let Some(stats) = &self.watch.stats {
+            match kind {
+                LimitEventKind::Denied => stats.refused(key, self.log_keys),
+                LimitEventKind::Waiting => stats.waited(),
+                LimitEventKind::NearLimit => stats.near_limit(),
+                LimitEventKind::Blocked => stats.blocked(),
+            }
+        }
         let delay = match kind {
             LimitEventKind::Denied => {
                 self.metrics.limited();

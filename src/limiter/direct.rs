@@ -116,6 +116,13 @@ impl<K, S: Clone> RateLimiter<K, S> {
         self.reconfigure(|admission| admission.hook = Some(Arc::new(hook)))
     }
 
+    /// Counts what this limiter decides into `stats` (see
+    /// [`RateLimitLayer::stats`](crate::RateLimitLayer::stats)).
+    #[must_use]
+    pub fn stats(self, stats: super::LimiterStats) -> Self {
+        self.reconfigure(|admission| admission.watch.stats = Some(stats))
+    }
+
     /// How keys are shown in events and logs (default: a keyed hash, see [`LogKeys`]).
     #[must_use]
     pub fn log_keys(self, shown: LogKeys) -> Self {
@@ -127,12 +134,18 @@ impl<K, S: Clone> RateLimiter<K, S> {
             Some(admission) => admission,
             None => {
                 let shared = &self.admission;
-                self.admission = Arc::new(Admission::new(
-                    shared.store.clone(),
-                    Arc::clone(&shared.name),
-                    shared.hook.clone(),
-                    shared.log_keys,
-                ));
+                self.admission = Arc::new(
+                    Admission::new(
+                        shared.store.clone(),
+                        Arc::clone(&shared.name),
+                        shared.hook.clone(),
+                        shared.log_keys,
+                    )
+                    .watching(super::Watch {
+                        stats: shared.watch.stats.clone(),
+                        ..super::Watch::default()
+                    }),
+                );
                 Arc::get_mut(&mut self.admission).expect("just made")
             }
         };

@@ -52,6 +52,7 @@ mod admission;
 mod direct;
 mod events;
 mod refusal;
+mod stats;
 mod watch;
 
 pub(crate) use admission::{Admission, Admit, Admitted};
@@ -59,4 +60,5 @@ pub use direct::{Acquire, Keyed, RateLimiter};
 pub(crate) use events::Hook;
 pub use events::{LimitEvent, LimitEventKind};
 pub use refusal::{NoSlot, RateLimited, Refusal};
+pub use stats::{LimiterStats, Stats, TOP_KEYS};
 pub(crate) use watch::{Block, NearLimit, Watch};

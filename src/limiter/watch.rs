@@ -16,6 +16,7 @@ pub(crate) struct Watch {
     pub(crate) shadow: bool,
     pub(crate) near_limit: Option<NearLimit>,
     pub(crate) block: Option<Block>,
+    pub(crate) stats: Option<super::LimiterStats>,
 }
 
 /// Blocks: a key refused faster than a quota of refusals allows (say 10 a minute) is refused

@@ -9,7 +9,7 @@ use super::policy::OnePerRequest;
 use super::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use super::service::{RateLimit, Shared};
 use crate::key::{Global, LogKeys};
-use crate::limiter::{Admission, Block, Hook, LimitEvent, NearLimit, Watch};
+use crate::limiter::{Admission, Block, Hook, LimitEvent, LimiterStats, NearLimit, Watch};
 use crate::{MemoryStore, Quotas};
 
 /// Applies rate limits to a tower service. See the [module docs](super) for a tour.
@@ -102,6 +102,7 @@ pub(crate) struct Options {
     pub(crate) near_limit: Option<u8>,
     /// Blocks: refusals tolerated, and how long a key that exceeds them is blocked.
     pub(crate) block: Option<(crate::Quota, Duration)>,
+    pub(crate) stats: Option<LimiterStats>,
 }
 
 /// Whether the layer enforces its limits, or only watches them.
@@ -133,6 +134,7 @@ impl RateLimitLayer {
                 shadow: Shadow::Off,
                 near_limit: None,
                 block: None,
+                stats: None,
             },
             shared: Arc::default(),
         }
@@ -317,6 +319,16 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
         self
     }
 
+    /// Counts what this layer decides into `stats` (allowed, refused, waited, near-limit
+    /// reports, blocks, and the most refused keys), for an operator to read with
+    /// [`LimiterStats::snapshot`]. Every service the layer makes counts into it. Off by
+    /// default: a layer without it pays nothing.
+    pub fn stats(mut self, stats: LimiterStats) -> Self {
+        self.shared = Arc::default();
+        self.options.stats = Some(stats);
+        self
+    }
+
     /// Names the limiter in events and logs (default `rate_limit`).
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.shared = Arc::default();
@@ -427,6 +439,7 @@ where
                         near_limit: self.options.near_limit.map(NearLimit::new),
                         block: (self.options.block.as_ref())
                             .map(|(refusals, duration)| Block::new(refusals, *duration)),
+                        stats: self.options.stats.clone(),
                     }),
                 ),
                 headers: !matches!(self.options.shadow, Shadow::On { headers: false }),

@@ -65,7 +65,9 @@ mod policy;
 mod respond;
 mod service;
 
-pub use crate::limiter::{LimitEvent, LimitEventKind, RateLimited, Refusal};
+pub use crate::limiter::{
+    LimitEvent, LimitEventKind, LimiterStats, RateLimited, Refusal, Stats, TOP_KEYS,
+};
 pub use future::ResponseFuture;
 pub use layer::{MissingKey, RateLimitLayer};
 pub use policy::{Cost, OnePerRequest, QuotaPolicy, Tiers};
