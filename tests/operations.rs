@@ -299,3 +299,108 @@ async fn stats_count_what_the_layer_decided_and_name_the_most_refused_keys() {
         .iter()
         .all(|(key, _)| !key.contains("noisy")));
 }
+
+/// A handler that reports what the request cost, from its `x-used` header.
+async fn reports_its_cost(request: http::Request<axum::body::Body>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let used = request
+        .headers()
+        .get("x-used")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let mut response = "done".into_response();
+    if let Some(used) = used {
+        response
+            .extensions_mut()
+            .insert(tollgate::rate_limit::ActualCost(used));
+    }
+    response
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cost_estimated_up_front_is_settled_from_the_response() {
+    let store = paused_store();
+    let tokens = Quota::per_minute(100).unwrap();
+    let app = Router::new().route("/", get(reports_its_cost)).layer(
+        RateLimitLayer::new(tokens.clone())
+            .key(Header::new("x-api-key"))
+            .store(store.clone())
+            .cost(|_: &http::Request<axum::body::Body>| 10)
+            .settle_cost(),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let key = http::HeaderValue::from_static("alice");
+    let left = || {
+        store
+            .status(&key, &Quotas::from(tokens.clone()))
+            .remaining()
+    };
+    let send = |used: &'static str| {
+        let (client, url) = (client.clone(), server.url("/"));
+        async move {
+            let mut headers = vec![("x-api-key", "alice")];
+            if !used.is_empty() {
+                headers.push(("x-used", used));
+            }
+            fetch(&client, &url, &headers).await.status().as_u16()
+        }
+    };
+    assert_eq!(send("50").await, 200);
+    assert_eq!(left(), 50, "10 up front, 40 more once the response said 50");
+    assert_eq!(send("5").await, 200);
+    assert_eq!(left(), 45, "10 up front, 5 given back");
+    assert_eq!(send("").await, 200);
+    assert_eq!(left(), 35, "no report: the estimate stands");
+    // Past the limit: charged anyway, and the next request is refused.
+    assert_eq!(send("90").await, 200);
+    assert_eq!(left(), 0);
+    assert_eq!(send("1").await, 429);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_failures_count_with_an_estimate_of_zero() {
+    use axum::response::IntoResponse;
+    async fn login(request: http::Request<axum::body::Body>) -> axum::response::Response {
+        if request
+            .headers()
+            .get("x-password")
+            .is_some_and(|p| p == "right")
+        {
+            return "welcome".into_response();
+        }
+        let mut response = (http::StatusCode::UNAUTHORIZED, "no").into_response();
+        response
+            .extensions_mut()
+            .insert(tollgate::rate_limit::ActualCost(1));
+        response
+    }
+    let app = Router::new().route("/login", get(login)).layer(
+        RateLimitLayer::new(Quota::per_minute(3).unwrap())
+            .key(PeerIp::new())
+            .store(paused_store())
+            .cost(|_: &http::Request<axum::body::Body>| 0)
+            .settle_cost(),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let attempt = |password: &'static str| {
+        let (client, url) = (client.clone(), server.url("/login"));
+        async move {
+            fetch(&client, &url, &[("x-password", password)])
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(attempt("right").await, 200, "successes are free");
+    }
+    for _ in 0..3 {
+        assert_eq!(attempt("wrong").await, 401);
+    }
+    assert_eq!(
+        attempt("right").await,
+        429,
+        "three failures spend the minute's allowance"
+    );
+}

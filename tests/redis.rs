@@ -587,3 +587,67 @@ async fn one_key_many_times_in_one_batch_is_charged_each_time() {
     }
     assert_eq!(allowed, 3);
 }
+
+#[tokio::test]
+async fn costs_settled_from_responses_reach_redis() {
+    use axum::response::IntoResponse;
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let tokens = Quota::per_hour(100).unwrap();
+    async fn used(request: http::Request<axum::body::Body>) -> axum::response::Response {
+        let used: u32 = request.headers()["x-used"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut response = "done".into_response();
+        (response.extensions_mut()).insert(tollgate::rate_limit::ActualCost(used));
+        response
+    }
+    let app = Router::new().route("/", get(used)).layer(
+        RateLimitLayer::new(tokens.clone())
+            .key(Header::new("x-api-key"))
+            .store(store.clone())
+            .cost(|_: &http::Request<axum::body::Body>| 10)
+            .settle_cost(),
+    );
+    let addr = serve(app).await;
+    let client = http_client();
+    let quotas = Quotas::from(tokens);
+    let key = http::HeaderValue::from_static("alice");
+    // The difference is charged or given back in the background: one script call each.
+    let left_becomes = |expected: u32| {
+        let (store, key, quotas) = (store.clone(), key.clone(), quotas.clone());
+        async move {
+            for _ in 0..100 {
+                if store.status(&key, &quotas).await.unwrap().remaining() == expected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{expected} left never came");
+        }
+    };
+    let send = |used: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get(format!("http://{addr}/"))
+                .header("x-api-key", "alice")
+                .header("x-used", used)
+                .body(http_body_util::Full::<bytes::Bytes>::default())
+                .unwrap();
+            client.request(request).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(send("50").await, 200);
+    left_becomes(50).await;
+    assert_eq!(send("5").await, 200);
+    left_becomes(45).await;
+}
+
+fn http_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}

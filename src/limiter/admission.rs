@@ -32,6 +32,8 @@ pub(crate) struct Admitted {
     pub(crate) decision: Decision,
     /// Gives the slot back unless [`Slot::used`] is called (waits, reservations).
     pub(crate) slot: Option<Slot>,
+    /// Settles the cost from the response, when the layer reads it from there.
+    pub(crate) settle: Option<Settle>,
 }
 
 /// The admission decided now, or a future deciding it (a network store).
@@ -76,6 +78,27 @@ impl<S> Admission<S> {
         S: Store<K>,
         K: Hash + fmt::Debug + Send + Sync + 'static,
     {
+        self.admit_to_settle(key, quotas, cost, max_wait, hold, None)
+    }
+
+    /// [`admit`](Self::admit), and with `settle` (the request's estimated cost) an admitted
+    /// request carries a [`Settle`] that charges or gives back the difference between what
+    /// was charged (`cost`) and what its response says it really cost (the estimate when it
+    /// says nothing).
+    #[inline]
+    pub(crate) fn admit_to_settle<K>(
+        self: &Arc<Self>,
+        key: K,
+        quotas: &Quotas,
+        cost: u32,
+        max_wait: Duration,
+        hold: bool,
+        settle: Option<u32>,
+    ) -> Admit
+    where
+        S: Store<K>,
+        K: Hash + fmt::Debug + Send + Sync + 'static,
+    {
         if let Err(error) = quotas.check_cost(cost) {
             return Admit::Now(Err(Refusal::TooCostly(error)));
         }
@@ -83,13 +106,13 @@ impl<S> Admission<S> {
             return Admit::Now(Err(refused));
         }
         match self.store.decide_now(&key, quotas, cost, max_wait) {
-            Some(decided) => Admit::Now(self.settle(key, quotas, cost, hold, decided)),
+            Some(decided) => Admit::Now(self.settle(key, quotas, cost, hold, settle, decided)),
             None => {
                 let deciding = self.store.decide(&key, quotas, cost, max_wait);
                 let (this, quotas) = (Arc::clone(self), quotas.clone());
                 Admit::Later(Box::pin(async move {
                     let decided = deciding.await;
-                    this.settle(key, &quotas, cost, hold, decided)
+                    this.settle(key, &quotas, cost, hold, settle, decided)
                 }))
             }
         }
@@ -103,6 +126,7 @@ impl<S> Admission<S> {
         quotas: &Quotas,
         cost: u32,
         hold: bool,
+        settle: Option<u32>,
         decided: Result<Decision, StoreError>,
     ) -> Result<Admitted, Refusal>
     where
@@ -126,6 +150,7 @@ impl<S> Admission<S> {
                 return Ok(Admitted {
                     decision: decision.at_once(),
                     slot: None,
+                    settle: None,
                 });
             }
             return Err(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
@@ -149,10 +174,30 @@ impl<S> Admission<S> {
             return Ok(Admitted {
                 decision: decision.at_once(),
                 slot: None,
+                settle: None,
             });
         }
-        let slot = (waits || hold).then(|| Slot::new(&self.store, key, quotas, cost));
-        Ok(Admitted { decision, slot })
+        if !(waits || hold || settle.is_some()) {
+            return Ok(Admitted {
+                decision,
+                slot: None,
+                settle: None,
+            });
+        }
+        let account: Arc<dyn Ledger> = Arc::new(Account {
+            store: self.store.clone(),
+            key,
+            quotas: quotas.clone(),
+        });
+        Ok(Admitted {
+            decision,
+            slot: (waits || hold).then(|| Slot::new(Arc::clone(&account), cost)),
+            settle: settle.map(|estimate| Settle {
+                account,
+                charged: cost,
+                estimate,
+            }),
+        })
     }
 
     /// The refusal of a blocked key, decided without the store (none in shadow mode).
@@ -243,29 +288,113 @@ impl Admitted {
     }
 }
 
+/// A key's place in a store, for what is given back or charged after the decision.
+trait Ledger: Send + Sync {
+    fn refund(&self, cost: u32);
+    fn charge(&self, cost: u32);
+}
+
+struct Account<S, K> {
+    store: S,
+    key: K,
+    quotas: Quotas,
+}
+
+impl<S, K> Ledger for Account<S, K>
+where
+    S: Store<K>,
+    K: Send + Sync + 'static,
+{
+    fn refund(&self, cost: u32) {
+        self.store.refund(&self.key, &self.quotas, cost);
+    }
+
+    /// Charges `cost` whatever is left: a decision that may wait for ever always passes and
+    /// moves the TAT. Over a burst, in pieces of the largest cost the quotas accept.
+    fn charge(&self, cost: u32) {
+        let most = self.quotas.max_cost().max(1);
+        let mut left = cost;
+        while left > 0 {
+            let piece = left.min(most);
+            left -= piece;
+            if self
+                .store
+                .decide_now(&self.key, &self.quotas, piece, Duration::MAX)
+                .is_some()
+            {
+                continue;
+            }
+            let charging = self
+                .store
+                .decide(&self.key, &self.quotas, piece, Duration::MAX);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = charging.await;
+                });
+            }
+        }
+    }
+}
+
 /// A slot reserved in the store, given back when dropped unless it was used.
-pub(crate) struct Slot(Option<Box<dyn FnOnce() + Send + Sync>>);
+pub(crate) struct Slot {
+    account: Option<Arc<dyn Ledger>>,
+    cost: u32,
+}
 
 impl Slot {
-    fn new<K, S>(store: &S, key: K, quotas: &Quotas, cost: u32) -> Self
-    where
-        S: Store<K>,
-        K: Send + Sync + 'static,
-    {
-        let (store, quotas) = (store.clone(), quotas.clone());
-        Self(Some(Box::new(move || store.refund(&key, &quotas, cost))))
+    fn new(account: Arc<dyn Ledger>, cost: u32) -> Self {
+        Self {
+            account: Some(account),
+            cost,
+        }
     }
 
     /// The slot was used: nothing to give back.
     pub(crate) fn used(mut self) {
-        self.0 = None;
+        self.account = None;
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(refund) = self.0.take() {
-            refund();
+        if let Some(account) = self.account.take() {
+            account.refund(self.cost);
+        }
+    }
+}
+
+/// The cost of an admitted request as charged up front (an estimate), to be settled once its
+/// response says what it really cost.
+pub(crate) struct Settle {
+    account: Arc<dyn Ledger>,
+    /// What was charged up front.
+    charged: u32,
+    /// What the request costs when its response does not say.
+    estimate: u32,
+}
+
+impl Settle {
+    /// A unit reserved earlier was charged for this request too, and is part of its estimate.
+    pub(crate) fn covers_one_more(&mut self) {
+        self.charged = self.charged.saturating_add(1);
+        self.estimate = self.estimate.saturating_add(1);
+    }
+
+    /// The request's estimate is `estimate` after all (a reserved unit for a request of cost
+    /// zero).
+    pub(crate) fn estimate(&mut self, estimate: u32) {
+        self.estimate = estimate;
+    }
+
+    /// Charges what the response says beyond what was charged, or gives back the rest; a
+    /// response that says nothing costs the estimate.
+    pub(crate) fn finish(self, actual: Option<u32>) {
+        let cost = actual.unwrap_or(self.estimate);
+        if cost > self.charged {
+            self.account.charge(cost - self.charged);
+        } else if cost < self.charged {
+            self.account.refund(self.charged - cost);
         }
     }
 }

@@ -5,6 +5,7 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 
 use super::respond::Respond;
+use crate::limiter::Settle;
 
 /// A boxed future for the paths that wait: a slot later in time, or a network store.
 pub(crate) type Waiting<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -34,6 +35,7 @@ pin_project! {
             #[pin]
             future: F,
             note: Option<R::Note>,
+            settle: Option<Settle>,
         },
         Answered {
             answer: Option<Result<T, R::Error>>,
@@ -49,8 +51,17 @@ where
     R: Respond<T, E>,
 {
     pub(crate) fn calling(future: F, note: Option<R::Note>) -> Self {
+        Self::settling(future, note, None)
+    }
+
+    /// Calling, and settling the request's cost from its response.
+    pub(crate) fn settling(future: F, note: Option<R::Note>, settle: Option<Settle>) -> Self {
         Self {
-            state: State::Calling { future, note },
+            state: State::Calling {
+                future,
+                note,
+                settle,
+            },
         }
     }
 
@@ -78,8 +89,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Calling { future, note } => {
+            StateProj::Calling {
+                future,
+                note,
+                settle,
+            } => {
                 let mut response = ready!(future.poll(cx)).map_err(R::inner_error)?;
+                if let Some(settle) = settle.take() {
+                    settle.finish(R::actual_cost(&response));
+                }
                 if let Some(note) = note.take() {
                     R::annotate(note, &mut response);
                 }

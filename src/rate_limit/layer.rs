@@ -103,6 +103,8 @@ pub(crate) struct Options {
     /// Blocks: refusals tolerated, and how long a key that exceeds them is blocked.
     pub(crate) block: Option<(crate::Quota, Duration)>,
     pub(crate) stats: Option<LimiterStats>,
+    /// Whether responses settle their request's cost ([`ActualCost`](super::ActualCost)).
+    pub(crate) settle: bool,
 }
 
 /// Whether the layer enforces its limits, or only watches them.
@@ -135,6 +137,7 @@ impl RateLimitLayer {
                 near_limit: None,
                 block: None,
                 stats: None,
+                settle: false,
             },
             shared: Arc::default(),
         }
@@ -329,6 +332,52 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
         self
     }
 
+    /// Settles each request's cost from its response: the cost charged up front (one, or what
+    /// [`cost`](Self::cost) says) is an estimate, and when the response carries an
+    /// [`ActualCost`](super::ActualCost) in its extensions, the difference is charged (even
+    /// past the limit: the debt is real, and later requests wait or are refused for it) or
+    /// given back. For costs known only after the work: LLM tokens, rows, bytes. A response
+    /// without one keeps the estimate.
+    ///
+    /// Up front, a request pays its estimate and at least one unit, so that a key with
+    /// nothing left is refused; what its response does not use is given back.
+    ///
+    /// *Count only failures* (failed logins) is an estimate of zero: `.cost(|_| 0)`, and the
+    /// handler answers a failure with `ActualCost(1)`. A success is then free (its unit is
+    /// given back), and a key that has failed its burst is refused until it refills.
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use axum::routing::post;
+    /// use tollgate::key::PeerIp;
+    /// use tollgate::rate_limit::ActualCost;
+    /// use tollgate::{Quota, RateLimitLayer};
+    ///
+    /// async fn login() -> axum::response::Response {
+    ///     let failed = true; // a wrong password, say
+    ///     let mut response = "wrong password".into_response();
+    ///     if failed {
+    ///         response.extensions_mut().insert(ActualCost(1));
+    ///     }
+    ///     response
+    /// }
+    ///
+    /// // Five failed logins a minute per client; successful ones are free.
+    /// let app = axum::Router::<()>::new().route("/login", post(login)).layer(
+    ///     RateLimitLayer::new(Quota::per_minute(5)?)
+    ///         .key(PeerIp::new())
+    ///         .cost(|_: &http::Request<axum::body::Body>| 0)
+    ///         .settle_cost(),
+    /// );
+    /// # drop(app);
+    /// # Ok::<(), tollgate::QuotaError>(())
+    /// ```
+    pub fn settle_cost(mut self) -> Self {
+        self.shared = Arc::default();
+        self.options.settle = true;
+        self
+    }
+
     /// Names the limiter in events and logs (default `rate_limit`).
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.shared = Arc::default();
@@ -443,6 +492,7 @@ where
                     }),
                 ),
                 headers: !matches!(self.options.shadow, Shadow::On { headers: false }),
+                settle: self.options.settle,
             })
         });
         RateLimit::new(inner, Arc::clone(shared))

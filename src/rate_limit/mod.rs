@@ -72,6 +72,7 @@ pub use future::ResponseFuture;
 pub use layer::{MissingKey, RateLimitLayer};
 pub use policy::{Cost, OnePerRequest, QuotaPolicy, Tiers};
 pub use respond::{
-    EmptyBody, Errors, Grpc, HeaderNote, HeaderOptions, Http, RefusalResponse, Refuse, Respond,
+    ActualCost, EmptyBody, Errors, Grpc, HeaderNote, HeaderOptions, Http, RefusalResponse, Refuse,
+    Respond,
 };
 pub use service::RateLimit;

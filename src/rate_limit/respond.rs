@@ -11,6 +11,11 @@ use crate::headers::retry_after;
 use crate::limiter::Refusal;
 use crate::{BoxError, Decision, Quotas};
 
+/// What a request really cost, put in its response's extensions by the handler, for a layer
+/// that settles costs from responses ([`RateLimitLayer::settle_cost`](super::RateLimitLayer::settle_cost)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActualCost(pub u32);
+
 /// How the layer answers: what it adds to responses it lets through, and what it returns for
 /// requests it refuses.
 ///
@@ -46,6 +51,13 @@ pub trait Respond<T, E>: Clone + Send + Sync + 'static {
 
     /// Applies a note to the response.
     fn annotate(note: Self::Note, response: &mut T);
+
+    /// What the response says the request really cost (an [`ActualCost`] in an HTTP
+    /// response's extensions), for [`RateLimitLayer::settle_cost`](super::RateLimitLayer::settle_cost).
+    fn actual_cost(response: &T) -> Option<u32> {
+        let _ = response;
+        None
+    }
 
     /// Converts the inner service's error.
     fn inner_error(error: E) -> Self::Error;
@@ -366,6 +378,10 @@ where
     }
 
     #[inline]
+    fn actual_cost(response: &Response<B>) -> Option<u32> {
+        response.extensions().get::<ActualCost>().map(|cost| cost.0)
+    }
+
     fn annotate(note: HeaderNote, response: &mut Response<B>) {
         note.apply(response);
     }
@@ -522,6 +538,10 @@ where
     }
 
     #[inline]
+    fn actual_cost(response: &Response<B>) -> Option<u32> {
+        response.extensions().get::<ActualCost>().map(|cost| cost.0)
+    }
+
     fn annotate(note: HeaderNote, response: &mut Response<B>) {
         note.apply(response);
     }

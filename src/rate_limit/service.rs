@@ -15,7 +15,7 @@ use super::policy::{Cost, QuotaPolicy};
 use super::respond::Refuse;
 use crate::headers::ietf::PartitionKey;
 use crate::key::KeyExtractor;
-use crate::limiter::{Admission, Admit, Admitted, Refusal};
+use crate::limiter::{Admission, Admit, Admitted, Refusal, Settle};
 use crate::{Quotas, Store};
 
 /// The service made by [`RateLimitLayer`](super::RateLimitLayer).
@@ -43,6 +43,8 @@ pub(crate) struct Shared<K, Q, S, R, C> {
     pub(crate) admission: Arc<Admission<S>>,
     /// Whether allowed responses carry rate-limit headers (not in shadow mode, unless asked).
     pub(crate) headers: bool,
+    /// Whether a response's [`ActualCost`](super::ActualCost) settles its request's cost.
+    pub(crate) settle: bool,
 }
 
 /// A slot taken in `poll_ready` for the next `call` (global limits in wait mode).
@@ -172,9 +174,16 @@ where
         let cost = shared.cost.cost(&request);
         // `None` at once unless the layer writes partition keys: no hash otherwise.
         let partition = shared.respond.partition(&key);
-        let admit = shared
-            .admission
-            .admit(key, quotas, cost, shared.max_wait(), false);
+        // Settling from the response, a request pays at least one unit up front, so that a
+        // key with nothing left is refused even when the estimate is zero (counting only
+        // failures); what the response does not use is given back.
+        let (charge, settle) = match shared.settle {
+            true => (cost.max(1), Some(cost)),
+            false => (cost, None),
+        };
+        let max_wait = shared.max_wait();
+        let admit =
+            (shared.admission).admit_to_settle(key, quotas, charge, max_wait, false, settle);
         proceed(inner, shared, request, quotas, admit, None, partition)
     }
 }
@@ -204,11 +213,24 @@ where
     let partition = shared.respond.partition(&key);
     match shared.cost.cost(&request) {
         1 => {
+            let mut reserved = reserved;
+            let settle = reserved.settle.take();
             let decision = reserved.use_slot();
             let note = shared.note(quotas, &decision, partition);
-            ResponseFuture::calling(inner.call(request), note)
+            ResponseFuture::settling(inner.call(request), note, settle)
         }
-        // Free: the reserved unit is given back.
+        // Free: the reserved unit is given back, unless the response settles the cost (then
+        // the reserved unit is the one paid up front).
+        0 if shared.settle => {
+            let mut reserved = reserved;
+            let mut settle = reserved.settle.take();
+            if let Some(settle) = &mut settle {
+                settle.estimate(0);
+            }
+            let decision = reserved.use_slot();
+            let note = shared.note(quotas, &decision, partition);
+            ResponseFuture::settling(inner.call(request), note, settle)
+        }
         0 => {
             drop(reserved);
             ResponseFuture::calling(inner.call(request), None)
@@ -221,9 +243,9 @@ where
                 drop(reserved);
                 return shared.refuse::<Svc, Req>(Refusal::TooCostly(error), &request, partition);
             }
-            let admit = shared
-                .admission
-                .admit(key, quotas, cost - 1, shared.max_wait(), false);
+            let (settle, max_wait) = (shared.settle.then_some(cost - 1), shared.max_wait());
+            let admission = &shared.admission;
+            let admit = admission.admit_to_settle(key, quotas, cost - 1, max_wait, false, settle);
             proceed(
                 inner,
                 shared,
@@ -262,20 +284,18 @@ where
     C: Cost<Req>,
 {
     match admit {
-        Admit::Now(Ok(admitted)) if admitted.decision.wait().is_zero() => {
-            if let Some(reserved) = reserved {
-                reserved.use_slot();
-            }
+        Admit::Now(Ok(mut admitted)) if admitted.decision.wait().is_zero() => {
+            let settle = settle_with(&mut admitted, reserved);
             let note = shared.note(quotas, &admitted.decision, partition);
-            ResponseFuture::calling(inner.call(request), note)
+            ResponseFuture::settling(inner.call(request), note, settle)
         }
-        Admit::Now(Ok(admitted)) => {
-            if let Some(reserved) = reserved {
-                reserved.use_slot();
-            }
+        Admit::Now(Ok(mut admitted)) => {
+            let settle = settle_with(&mut admitted, reserved);
             let note = shared.note(quotas, &admitted.decision, partition);
             let inner = take_ready(inner);
-            ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(inner, request, admitted, note)))
+            ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(
+                inner, request, admitted, note, settle,
+            )))
         }
         Admit::Now(Err(refusal)) => {
             drop(reserved);
@@ -286,18 +306,16 @@ where
             let (shared, quotas) = (Arc::clone(shared), quotas.clone());
             let inner = take_ready(inner);
             ResponseFuture::waiting(Box::pin(async move {
-                let admitted = match deciding.await {
+                let mut admitted = match deciding.await {
                     Ok(admitted) => admitted,
                     Err(refusal) => {
                         drop(reserved);
                         return shared.respond.refuse(refusal, &request, partition);
                     }
                 };
-                if let Some(reserved) = reserved {
-                    reserved.use_slot();
-                }
+                let settle = settle_with(&mut admitted, reserved);
                 let note = shared.note(&quotas, &admitted.decision, partition);
-                call_at::<_, _, R>(inner, request, admitted, note).await
+                call_at::<_, _, R>(inner, request, admitted, note, settle).await
             }))
         }
     }
@@ -317,11 +335,11 @@ impl<Svc, K, Q, S, R, C> RateLimit<Svc, K, Q, S, R, C> {
         };
         loop {
             let admitted = match &mut self.reservation {
-                Reservation::None => match shared
-                    .key
-                    .global_key()
-                    .map(|key| shared.admission.admit(key, quotas, 1, max_wait, true))
-                {
+                Reservation::None => match shared.key.global_key().map(|key| {
+                    let admission = &shared.admission;
+                    let settle = shared.settle.then_some(1);
+                    admission.admit_to_settle(key, quotas, 1, max_wait, true, settle)
+                }) {
                     None => return Poll::Ready(()),
                     Some(Admit::Now(admitted)) => admitted,
                     Some(Admit::Later(deciding)) => {
@@ -415,12 +433,26 @@ fn take_ready<Svc: Clone>(inner: &mut Svc) -> Svc {
     std::mem::replace(inner, clone)
 }
 
+/// Uses a unit reserved earlier (if any) with `admitted`, and returns the settlement of
+/// both: the reserved unit is part of the estimate.
+fn settle_with(admitted: &mut Admitted, reserved: Option<Admitted>) -> Option<Settle> {
+    let mut settle = admitted.settle.take();
+    if let Some(mut reserved) = reserved {
+        if let (Some(settle), Some(_)) = (&mut settle, reserved.settle.take()) {
+            settle.covers_one_more();
+        }
+        reserved.use_slot();
+    }
+    settle
+}
+
 /// Sleeps until the admitted slot, then calls `inner` once it is ready.
 async fn call_at<Svc, Req, R>(
     mut inner: Svc,
     request: Req,
     admitted: Admitted,
     note: Option<R::Note>,
+    settle: Option<Settle>,
 ) -> Result<Svc::Response, R::Error>
 where
     Svc: Service<Req>,
@@ -431,6 +463,9 @@ where
         .await
         .map_err(R::inner_error)?;
     let mut response = inner.call(request).await.map_err(R::inner_error)?;
+    if let Some(settle) = settle {
+        settle.finish(R::actual_cost(&response));
+    }
     if let Some(note) = note {
         R::annotate(note, &mut response);
     }
