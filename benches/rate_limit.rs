@@ -171,7 +171,17 @@ fn layers(c: &mut Criterion) {
     bench_layer(
         &mut group,
         "tollgate RateLimitLayer, burst 10^6, near_limit(20)",
-        roomy.near_limit(20).layer(NoOp),
+        roomy.clone().near_limit(20).layer(NoOp),
+    );
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer, burst 10^6, stats",
+        roomy.clone().stats(tollgate::rate_limit::LimiterStats::new()).layer(NoOp),
+    );
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer, burst 10^6, settle_cost",
+        roomy.settle_cost().layer(NoOp),
     );
     bench_layer(
         &mut group,
