@@ -176,7 +176,10 @@ fn layers(c: &mut Criterion) {
     bench_layer(
         &mut group,
         "tollgate RateLimitLayer, burst 10^6, stats",
-        roomy.clone().stats(tollgate::rate_limit::LimiterStats::new()).layer(NoOp),
+        roomy
+            .clone()
+            .stats(tollgate::rate_limit::LimiterStats::new())
+            .layer(NoOp),
     );
     bench_layer(
         &mut group,
