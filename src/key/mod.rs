@@ -120,7 +120,7 @@ pub enum KeyErrorKind {
     /// `into_make_service_with_connect_info` is missing): the server's mistake.
     Unavailable,
     /// Not a mistake: the request or its key is exempt from the limit
-    /// ([`exempt_requests`](super::key::exempt_requests), [`exempt_keys`](super::key::exempt_keys)).
+    /// ([`exempt_requests`], [`exempt_keys`]).
     /// The layer lets it through without a store call, whatever its
     /// [`MissingKey`](crate::rate_limit::MissingKey) policy.
     Exempt,
