@@ -147,6 +147,9 @@ async fn drive(
                     while let Ok(pending) = arrivals.try_recv() {
                         queued.push(pending);
                     }
+                    // A caller that timed out while its decision queued has gone on without
+                    // it: sending it would charge a request that never happened.
+                    queued.retain(|pending| !pending.answer.is_closed());
                 }
                 None => open = false,
             },

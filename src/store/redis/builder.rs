@@ -349,7 +349,10 @@ pub(super) fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    // The authority ends at the first '/' after its last '@' (a password may hold a '/').
+    let host_start = rest.rfind('@').map_or(0, |at| at + 1);
+    let end = rest[host_start..].find('/').map_or(rest.len(), |e| host_start + e);
+    let (authority, path) = rest.split_at(end);
     let mut shown = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or("", |(user, _)| user);
@@ -418,6 +421,10 @@ mod tests {
             "redis://user:***@host:6379/0"
         );
         assert_eq!(redacted("redis://:hunter2@host"), "redis://:***@host");
+        assert_eq!(
+            redacted("redis://:hunter2/x@127.0.0.1:6380/0"),
+            "redis://:***@127.0.0.1:6380/0"
+        );
         assert_eq!(redacted("rediss://host:6380"), "rediss://host:6380");
         assert_eq!(
             redacted("redis+unix:///run/redis.sock?db=1&pass=hunter2&user=u"),

@@ -96,7 +96,9 @@ impl Local {
     ) -> Result<Decision, StoreError> {
         let share = self.share(quotas);
         let decision = self.store.check_or_wait(key, &share, cost, max_wait)?;
-        if decision.is_allowed() && cost > 0 {
+        // Denied keys too: their debt (mirrored from Redis) must survive a Redis that comes
+        // back empty.
+        if cost > 0 {
             self.remember(key, redis_keys(), quotas, &share);
         }
         Ok(decision)

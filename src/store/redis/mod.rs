@@ -491,14 +491,25 @@ impl Inner {
                 let mut exists = redis::cmd("EXISTS");
                 let answer = exists.arg(&probe_key).query_async::<i64>(&mut connection);
                 if let Ok(Ok(_)) = tokio::time::timeout(inner.timeout, answer).await {
-                    // Write back what was decided locally before Redis decides again, then
-                    // once more for the decisions made while the first write-back ran.
-                    let written = inner.write_back(group).await;
+                    // Write back what was decided locally before Redis decides again (if that
+                    // fails, Redis is not back: keep probing), then once more for the
+                    // decisions made while the first write-back ran.
+                    let (written, failed) = inner.write_back(group).await;
+                    if failed > 0 {
+                        pause = (pause * 2).min(PROBE_MAX_PAUSE);
+                        continue;
+                    }
                     inner.breaker.answered(group);
-                    let written = written + inner.write_back(group).await;
+                    let (more, _) = inner.write_back(group).await;
                     inner.breaker.end_probe(group);
-                    tracing::info!(target: "tollgate::store::redis", group, keys_written_back = written, "Redis answers again");
-                    return;
+                    tracing::info!(target: "tollgate::store::redis", group, keys_written_back = written + more, "Redis answers again");
+                    // Failures while this probe was finishing tripped the group again, and
+                    // found this probe running: it must go on, or nothing ever would.
+                    if !(inner.breaker.is_down(group) && inner.breaker.start_probe(group)) {
+                        return;
+                    }
+                    pause = PROBE_FIRST_PAUSE;
+                    continue;
                 }
                 pause = (pause * 2).min(PROBE_MAX_PAUSE);
             }
@@ -506,14 +517,17 @@ impl Inner {
     }
 
     /// Writes the debt of the keys decided locally back to Redis (a max-merge of TATs, one
-    /// script call per key, many at once); returns how many keys were written.
-    async fn write_back(&self, group: usize) -> usize {
+    /// script call per key, many at once); returns how many keys were written, and how many
+    /// could not be.
+    async fn write_back(&self, group: usize) -> (usize, usize) {
         use futures_util::stream::{self, StreamExt};
-        let Some(local) = &self.local else { return 0 };
+        let Some(local) = &self.local else {
+            return (0, 0);
+        };
         let debts =
             local.take_debts(|first_key| self.breaker.group_of(|| tag_of(first_key)) == group);
         if debts.is_empty() {
-            return 0;
+            return (0, 0);
         }
         let calls = debts.into_iter().map(|debt| {
             let mut connection = self.connection.clone();
@@ -541,7 +555,7 @@ impl Inner {
         if failed > 0 {
             tracing::warn!(target: "tollgate::store::redis", failed, "the local debt of some keys could not be written back to Redis");
         }
-        results.len() - failed
+        (results.len() - failed, failed)
     }
 
     /// The failure policy's decision.
