@@ -448,6 +448,23 @@ async fn connect_fails_at_start_up_and_says_why() {
         what.contains("refused") && !what.contains("acl-pw"),
         "{what}"
     );
+    // Users that connect but cannot decide: keys outside the store's prefix, no EVALSHA.
+    for rules in [["~other:*", "-select"], ["~*", "-evalsha"]] {
+        let mut setuser = vec![
+            "ACL", "SETUSER", "limiter", "reset", "on", ">acl-pw", "&*", "+@all",
+        ];
+        setuser.extend(rules);
+        acl.cli(&setuser).unwrap();
+        let what = unusable(RedisStore::builder(as_user("limiter")).connect().await);
+        assert!(
+            what.contains("a first decision failed"),
+            "{rules:?}: {what}"
+        );
+    }
+    // A replica: refused, where it would pass denials and fail every allowed request.
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", "1"]).unwrap();
+    let what = unusable(RedisStore::builder(replica.url()).connect().await);
+    assert!(what.contains("replica"), "{what}");
 
     // A cluster node: refused at start-up, not silently decided by MOVED fallbacks.
     let cluster = match Redis::start_with(&["--cluster-enabled", "yes"]) {

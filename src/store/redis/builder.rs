@@ -224,6 +224,26 @@ impl RedisStoreBuilder {
             }
             _ => {}
         }
+        if let Target::Single(_) = &self.target {
+            // A replica answers reads and refuses every write: denials would pass, and every
+            // allowed request would fail.
+            let replication: redis::Value = tokio::time::timeout(
+                patience,
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut connection),
+            )
+            .await
+            .map_err(in_time("INFO"))?
+            .map_err(|e| unusable(describe(&e)))?;
+            if has_line(&replication, "role:slave") {
+                return Err(unusable(
+                    "it is a replica, which refuses writes: give the primary (or use \
+                     RedisStore::sentinel to follow it)"
+                        .to_owned(),
+                ));
+            }
+        }
         if let Target::Cluster(_) = &self.target {
             let state: redis::Value = tokio::time::timeout(
                 patience,
@@ -269,6 +289,26 @@ impl RedisStoreBuilder {
                 unusable(format!("cannot load the script{needs}: {}", describe(&e)))
             })?;
         }
+        // One decision as requests will make it (a peek: nothing is written), so that an ACL
+        // user who may not run the script or touch the store's keys is refused here.
+        let check_key = format!("{}:{{tollgate-start-up-check}}:check:1:1", self.prefix);
+        let check = super::script::evalsha(
+            &redis::Script::new(super::script::DECIDE),
+            std::iter::once(check_key.as_bytes()),
+            [1, 1, 0, 0, 1, 1],
+        );
+        let decided: Result<redis::Value, _> =
+            tokio::time::timeout(patience, check.query_async(&mut connection))
+                .await
+                .map_err(in_time("a first decision"))?;
+        decided.map_err(|e| {
+            unusable(format!(
+                "a first decision failed (an ACL user needs EVALSHA and the keys under \
+                 \"{}:\"): {}",
+                self.prefix,
+                describe(&e)
+            ))
+        })?;
         match connection {
             CheckConnection::Ready(connection) => Ok(RedisStore::assemble(self, connection)),
             CheckConnection::Single(_) => self.build(),
@@ -351,7 +391,9 @@ pub(super) fn redacted(url: &str) -> String {
     };
     // The authority ends at the first '/' after its last '@' (a password may hold a '/').
     let host_start = rest.rfind('@').map_or(0, |at| at + 1);
-    let end = rest[host_start..].find('/').map_or(rest.len(), |e| host_start + e);
+    let end = rest[host_start..]
+        .find('/')
+        .map_or(rest.len(), |e| host_start + e);
     let (authority, path) = rest.split_at(end);
     let mut shown = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
