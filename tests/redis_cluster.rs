@@ -527,3 +527,68 @@ async fn batches_on_a_cluster_go_node_by_node_and_survive_a_resharding() {
     round(false).await;
     assert_eq!(store.errors(), 0, "every decision was Redis's");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_primary_does_not_hold_back_the_other_nodes_keys() {
+    let cluster = cluster_or_skip!(3, 0);
+    let store = RedisStore::cluster(cluster.seeds())
+        .timeout(Duration::from_millis(300))
+        .on_failure(OnFailure::Deny)
+        .connect()
+        .await
+        .unwrap();
+    let quotas = Quotas::from(Quota::per_hour(100).unwrap());
+    // Which keys the first node serves: its slot ranges, and each key's slot.
+    let victim = &cluster.nodes[0];
+    let nodes = victim.cli(&["CLUSTER", "NODES"]).unwrap();
+    let mine = nodes.lines().find(|l| l.contains("myself")).unwrap();
+    let ranges: Vec<(u16, u16)> = mine
+        .split_whitespace()
+        .skip(8)
+        .filter_map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    let on_victim = |key: &String| {
+        let name = store.key_of(key, &quotas.as_slice()[0]);
+        let slot: u16 = victim
+            .cli(&["CLUSTER", "KEYSLOT", &name])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    };
+    let (stalled, healthy): (Vec<String>, Vec<String>) =
+        (0..60).map(|i| format!("k{i}")).partition(on_victim);
+    victim.signal("STOP");
+    // Several calls to the stalled node out at once (a wave each), and meanwhile decide the
+    // other nodes' keys.
+    let mut hung = Vec::new();
+    for wave in stalled.chunks(stalled.len().div_ceil(4)) {
+        let waiting = wave
+            .iter()
+            .map(|k| store.decide(k, &quotas, 1, Duration::ZERO));
+        hung.push(tokio::spawn(futures_util::future::join_all(waiting)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut slowest = Duration::ZERO;
+    for key in &healthy {
+        let start = Instant::now();
+        assert!(store
+            .decide(key, &quotas, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_allowed());
+        slowest = slowest.max(start.elapsed());
+    }
+    victim.signal("CONT");
+    for wave in hung {
+        let _ = wave.await;
+    }
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a healthy node's key waited {slowest:?}"
+    );
+}

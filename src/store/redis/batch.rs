@@ -84,7 +84,9 @@ async fn drive(
     timeout: Duration,
 ) {
     let mut queued: Vec<Pending> = Vec::new();
+    // Calls out, each answering with its node (0 on a single Redis), and how many per node.
     let mut calls = FuturesUnordered::new();
+    let mut out: HashMap<u16, usize> = HashMap::new();
     let mut open = true;
     if let Route::Cluster { map, .. } = &route {
         map.refresh(&mut connection.clone()).await;
@@ -95,7 +97,8 @@ async fn drive(
                 while calls.len() < IN_FLIGHT && !queued.is_empty() {
                     let take = queued.len().min(MAX_BATCH);
                     let batch: Vec<Pending> = queued.drain(..take).collect();
-                    calls.push(send(batch, connection.clone(), script, timeout).boxed());
+                    let call = send(batch, connection.clone(), script, timeout);
+                    calls.push(call.map(|()| 0).boxed());
                 }
             }
             Route::Cluster {
@@ -104,33 +107,36 @@ async fn drive(
                 map,
             } => {
                 let owners = map.owners();
-                let nodes = owners.as_ref().map_or(1, |o| o.nodes);
-                if calls.len() < nodes && !queued.is_empty() {
-                    // One call per node for what is queued.
+                if !queued.is_empty() {
+                    // One call per node for what is queued, to the nodes with room: a
+                    // stalled node's calls must not hold back the others'.
                     let mut groups: HashMap<u16, Vec<Pending>> = HashMap::new();
                     for pending in queued.drain(..) {
                         let node = owners.as_ref().map_or(0, |o| o.node_of(&pending.keys[0]));
                         groups.entry(node).or_default().push(pending);
                     }
-                    for (_, mut group) in groups {
-                        while !group.is_empty() {
-                            let rest = group.split_off(group.len().min(MAX_BATCH));
-                            let batch = std::mem::replace(&mut group, rest);
-                            let call = if owners.is_some() {
-                                send_across_slots(
-                                    batch,
-                                    connection.clone(),
-                                    across_slots,
-                                    one,
-                                    map,
-                                    timeout,
-                                )
-                                .boxed()
-                            } else {
-                                one_at_a_time(batch, connection.clone(), one, timeout).boxed()
-                            };
-                            calls.push(call);
+                    for (node, mut group) in groups {
+                        if out.get(&node).copied().unwrap_or(0) >= IN_FLIGHT {
+                            queued.append(&mut group);
+                            continue;
                         }
+                        *out.entry(node).or_default() += 1;
+                        let rest = group.split_off(group.len().min(MAX_BATCH));
+                        queued.extend(rest);
+                        let call = if owners.is_some() {
+                            send_across_slots(
+                                group,
+                                connection.clone(),
+                                across_slots,
+                                one,
+                                map,
+                                timeout,
+                            )
+                            .boxed()
+                        } else {
+                            one_at_a_time(group, connection.clone(), one, timeout).boxed()
+                        };
+                        calls.push(call.map(move |()| node).boxed());
                     }
                 }
             }
@@ -140,7 +146,11 @@ async fn drive(
         }
         tokio::select! {
             biased;
-            Some(()) = calls.next(), if !calls.is_empty() => {}
+            Some(node) = calls.next(), if !calls.is_empty() => {
+                if let Some(count) = out.get_mut(&node) {
+                    *count = count.saturating_sub(1);
+                }
+            }
             arrival = arrivals.recv(), if open => match arrival {
                 Some(pending) => {
                     queued.push(pending);

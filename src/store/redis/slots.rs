@@ -43,7 +43,6 @@ pub(super) struct SlotMap {
 
 pub(super) struct Owners {
     node_of_slot: Box<[u16]>,
-    pub(super) nodes: usize,
 }
 
 impl Owners {
@@ -114,10 +113,7 @@ fn parse(value: &Value) -> Option<Owners> {
         let (start, end) = (usize::try_from(*start).ok()?, usize::try_from(*end).ok()?);
         node_of_slot.get_mut(start..=end)?.fill(node);
     }
-    Some(Owners {
-        node_of_slot,
-        nodes: nodes.len().max(1),
-    })
+    Some(Owners { node_of_slot })
 }
 
 #[cfg(test)]
@@ -158,7 +154,6 @@ mod tests {
             ]),
         ]);
         let owners = parse(&value).unwrap();
-        assert_eq!(owners.nodes, 2);
         assert_eq!(owners.node_of(b"bar"), 0);
         assert_eq!(owners.node_of(b"foo"), 1);
         assert!(parse(&Value::Int(1)).is_none());
