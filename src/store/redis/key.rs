@@ -5,6 +5,22 @@ use std::net::IpAddr;
 
 use crate::key::Global;
 
+/// The longest subject written into a key name as it is; longer ones (a 400 KB header, say)
+/// are written as `sha1:` and the hex SHA-1 of the subject, so that a client cannot make
+/// Redis, or the write-back list of an outage, hold its megabytes.
+pub const MAX_SUBJECT: usize = 128;
+
+/// The subject of `key` as it goes between a key name's braces (its Cluster hash tag).
+pub(super) fn subject_tag<K: RedisKey + ?Sized>(key: &K) -> Vec<u8> {
+    let mut tag = Vec::with_capacity(32);
+    key.write_key(&mut KeyWriter(&mut tag));
+    if tag.len() <= MAX_SUBJECT {
+        return tag;
+    }
+    let digest = sha1_smol::Sha1::from(&tag).digest().to_string();
+    format!("sha1:{digest}").into_bytes()
+}
+
 /// Writes a key's subject into a Redis key, readable and unambiguous: a type tag, then the
 /// value, with `{`, `}` and `%` percent-escaped (braces would move the Cluster hash tag).
 ///
@@ -126,5 +142,23 @@ mod tests {
         assert_eq!(key("a}b"), "s:a%7Db");
         assert_eq!(key(&42u64), "n:42");
         assert_eq!(key(""), "s:", "never an empty hash tag");
+    }
+
+    #[test]
+    fn long_subjects_become_their_digest() {
+        let long = "x".repeat(400_000);
+        let tag = String::from_utf8(subject_tag(long.as_str())).unwrap();
+        assert!(tag.starts_with("sha1:") && tag.len() == 45, "{tag}");
+        assert_eq!(
+            subject_tag(long.as_str()),
+            subject_tag(long.as_str()),
+            "stable"
+        );
+        assert_ne!(subject_tag(long.as_str()), subject_tag(&long[1..]));
+        let short = "y".repeat(MAX_SUBJECT - 2);
+        assert_eq!(
+            subject_tag(short.as_str()),
+            format!("s:{short}").into_bytes()
+        );
     }
 }

@@ -110,7 +110,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use builder::RedisStoreBuilder;
-pub use key::{KeyWriter, RedisKey};
+pub use key::{KeyWriter, RedisKey, MAX_SUBJECT};
 
 use self::batch::{Batcher, Route};
 use self::breaker::{Breaker, TRIP_AFTER};
@@ -361,7 +361,7 @@ impl Inner {
         let mut key = Vec::with_capacity(self.prefix.len() + 64);
         key.extend_from_slice(self.prefix.as_bytes());
         key.extend_from_slice(b":{");
-        subject.write_key(&mut KeyWriter(&mut key));
+        key.extend_from_slice(&key::subject_tag(subject));
         key.extend_from_slice(b"}:");
         key.extend_from_slice(quota.name().as_bytes());
         // Written straight into the key, without an intermediate String.
@@ -371,11 +371,7 @@ impl Inner {
 
     /// The breaker group of `subject`'s keys (their hash slot's, on a cluster).
     fn group<K: RedisKey + ?Sized>(&self, subject: &K) -> usize {
-        self.breaker.group_of(|| {
-            let mut tag = Vec::with_capacity(32);
-            subject.write_key(&mut KeyWriter(&mut tag));
-            tag
-        })
+        self.breaker.group_of(|| key::subject_tag(subject))
     }
 
     fn keys<K: RedisKey + ?Sized>(&self, subject: &K, quotas: &Quotas) -> Vec<Vec<u8>> {
