@@ -149,9 +149,14 @@ async fn main() -> Result<(), BoxError> {
 /// The Redis store `REDIS_URL` or `REDIS_CLUSTER` names, checked now; `None` for neither.
 async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
     let fleet_size: u32 = match std::env::var("FLEET_SIZE") {
-        Ok(n) => n
-            .parse()
-            .map_err(|_| format!("FLEET_SIZE={n:?} is not a number"))?,
+        Ok(n) => match n.parse() {
+            Ok(0) | Err(_) => {
+                return Err(
+                    format!("FLEET_SIZE={n:?}: give the number of copies, 1 or more").into(),
+                )
+            }
+            Ok(n) => n,
+        },
         Err(_) => 1,
     };
     let var = |name: &str| std::env::var(name).ok();
