@@ -51,6 +51,9 @@ struct Owed {
     windows: [(u64, u64); MAX_QUOTAS],
 }
 
+/// Which keys to take, by their first Redis key.
+pub(super) type KeyFilter<'a> = dyn Fn(&[u8]) -> bool + 'a;
+
 /// What to write back for one key: its Redis keys and the debt of each, in microseconds.
 pub(super) struct Debt {
     pub(super) keys: Vec<Vec<u8>>,
@@ -176,11 +179,19 @@ impl Local {
     /// Takes what the keys decided locally owe Redis now: each one's remaining local debt,
     /// rescaled from the share to the whole quota.
     /// Only the keys whose first Redis key passes `which` are taken.
-    pub(super) fn take_debts(&self, which: impl Fn(&[u8]) -> bool) -> Vec<Debt> {
-        let taken: Vec<Owed> = {
-            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-            let keys: Vec<Vec<u8>> = owed.keys().filter(|k| which(k)).cloned().collect();
-            keys.iter().filter_map(|k| owed.remove(k)).collect()
+    /// `None` takes them all, in one swap under the lock (requests deciding locally meanwhile
+    /// wait for nothing more).
+    pub(super) fn take_debts(&self, which: Option<&KeyFilter<'_>>) -> Vec<Debt> {
+        let taken: Vec<Owed> = match which {
+            None => {
+                let all = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|e| e.into_inner()));
+                all.into_values().collect()
+            }
+            Some(which) => {
+                let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+                let keys: Vec<Vec<u8>> = owed.keys().filter(|k| which(k)).cloned().collect();
+                keys.iter().filter_map(|k| owed.remove(k)).collect()
+            }
         };
         let now = self.store.clock().now();
         taken

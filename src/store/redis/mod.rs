@@ -189,6 +189,8 @@ const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(50);
 const PROBE_MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Write-back calls out at once after an outage.
 const WRITE_BACK_CONCURRENCY: usize = 64;
+/// Keys per write-back call on one Redis (a max-merge each, in one script).
+const WRITE_BACK_KEYS_PER_CALL: usize = 256;
 
 impl RedisStore {
     /// Configures a store for the Redis at `url`: `redis://[user:password@]host:port/db`,
@@ -520,38 +522,59 @@ impl Inner {
         let Some(local) = &self.local else {
             return (0, 0);
         };
-        let debts =
-            local.take_debts(|first_key| self.breaker.group_of(|| tag_of(first_key)) == group);
+        let cluster = self.connection.is_cluster();
+        let debts = if cluster {
+            let in_group = |first_key: &[u8]| self.breaker.group_of(|| tag_of(first_key)) == group;
+            local.take_debts(Some(&in_group))
+        } else {
+            local.take_debts(None)
+        };
         if debts.is_empty() {
             return (0, 0);
         }
-        let calls = debts.into_iter().map(|debt| {
+        // On one Redis, many keys per call; on a cluster, one key (one slot) per call.
+        let per_call = if cluster { 1 } else { WRITE_BACK_KEYS_PER_CALL };
+        let mut chunks: Vec<Vec<fallback::Debt>> = Vec::new();
+        let mut debts = debts.into_iter();
+        loop {
+            let chunk: Vec<fallback::Debt> = debts.by_ref().take(per_call).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        let timeout = self.timeout;
+        let calls = chunks.into_iter().map(|chunk| {
             let mut connection = self.connection.clone();
-            let script = &self.write_back;
+            let script = self.write_back.clone();
             async move {
                 let mut invocation = script.prepare_invoke();
-                for (key, owed) in debt.keys.iter().zip(&debt.debts_us) {
-                    invocation.key(key).arg(owed);
+                for debt in &chunk {
+                    for (key, owed) in debt.keys.iter().zip(&debt.debts_us) {
+                        invocation.key(key).arg(owed);
+                    }
                 }
-                matches!(
-                    tokio::time::timeout(
-                        self.timeout,
-                        invocation.invoke_async::<i64>(&mut connection)
-                    )
-                    .await,
-                    Ok(Ok(_))
-                )
+                let done =
+                    tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut connection));
+                (chunk.len(), matches!(done.await, Ok(Ok(_))))
             }
         });
-        let results: Vec<bool> = stream::iter(calls)
+        let results: Vec<(usize, bool)> = stream::iter(calls)
             .buffer_unordered(WRITE_BACK_CONCURRENCY)
             .collect()
             .await;
-        let failed = results.iter().filter(|ok| !**ok).count();
+        let count = |ok: bool| -> usize {
+            results
+                .iter()
+                .filter(|(_, done)| *done == ok)
+                .map(|(n, _)| n)
+                .sum()
+        };
+        let (written, failed) = (count(true), count(false));
         if failed > 0 {
             tracing::warn!(target: "tollgate::store::redis", failed, "the local debt of some keys could not be written back to Redis");
         }
-        (results.len() - failed, failed)
+        (written, failed)
     }
 
     /// The failure policy's decision.
