@@ -9,9 +9,11 @@
 //! - **A warm start.** Every answer from Redis is mirrored into the local store (one local
 //!   write beside a network round trip), so an outage starts from the debt Redis knew, not
 //!   from full buckets: a hot key does not get a fresh burst because Redis went away.
-//! - **A write-back.** Keys decided locally are remembered (up to [`MAX_OWED`] of them), and
-//!   when Redis answers again their local debt is written back, one script call per key, as a
-//!   max-merge of TATs: the return brings no fresh burst either.
+//! - **A write-back.** Keys decided locally are remembered (up to [`MAX_OWED`] of them; when
+//!   the list is full, a newcomer takes the place of one of the oldest keys that owes less, so
+//!   a flood of one-request keys cannot push out a client that spent its limit), and when Redis
+//!   answers again their local debt is written back as a max-merge of TATs (256 keys a call on
+//!   one Redis, one on a cluster): the return brings no fresh burst either.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -38,10 +40,22 @@ pub(super) struct Local {
     fleet: u32,
     /// Quota set identity → (the set, kept alive so its identity is not reused; its share).
     shares: RwLock<HashMap<usize, (Quotas, Quotas)>>,
-    /// First Redis key of a subject → what it owes.
-    owed: Mutex<HashMap<Vec<u8>, Owed>>,
+    /// First Redis key of a subject → what it owes, and the keys in the order they came.
+    owed: Mutex<Ledger>,
     unrecorded: AtomicU64,
 }
+
+/// The keys decided locally, and their arrival order: when the list is full, a newcomer takes
+/// the place of an earlier key that owes less than it does (a flood of one-request keys then
+/// cannot push out a client that spent its limit).
+#[derive(Default)]
+struct Ledger {
+    entries: HashMap<Vec<u8>, Owed>,
+    order: std::collections::VecDeque<Vec<u8>>,
+}
+
+/// Earlier keys looked at for a place when the list is full.
+const LOOK_AT: usize = 8;
 
 /// A key decided locally: its Redis keys, and its local TATs per quota with each quota's
 /// global and local windows.
@@ -53,6 +67,21 @@ struct Owed {
 
 /// Which keys to take, by their first Redis key.
 pub(super) type KeyFilter<'a> = dyn Fn(&[u8]) -> bool + 'a;
+
+impl Owed {
+    /// The largest share of a window this key owes at `now`, in millionths.
+    fn owes(&self, now: u64) -> u64 {
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let (_, local) = self.windows[i];
+                rescale(self.tats[i].saturating_sub(now), local.max(1), 1_000_000)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
 
 /// What to write back for one key: its Redis keys and the debt of each, in microseconds.
 pub(super) struct Debt {
@@ -66,7 +95,7 @@ impl Local {
             store,
             fleet: fleet.max(1),
             shares: RwLock::new(HashMap::new()),
-            owed: Mutex::new(HashMap::new()),
+            owed: Mutex::new(Ledger::default()),
             unrecorded: AtomicU64::new(0),
         }
     }
@@ -122,25 +151,44 @@ impl Local {
         {
             *window = (global.window_nanos(), local.window_nanos());
         }
-        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-        let room = owed.len() < MAX_OWED;
-        match owed.get_mut(&redis_keys[0]) {
-            Some(entry) => entry.tats = tats,
-            None if room => {
-                let first = redis_keys[0].clone();
-                owed.insert(
-                    first,
-                    Owed {
-                        keys: redis_keys,
-                        tats,
-                        windows,
-                    },
-                );
-            }
-            None => {
-                self.unrecorded.fetch_add(1, Ordering::Relaxed);
-            }
+        let now = self.store.clock().now();
+        let newcomer = Owed {
+            keys: redis_keys,
+            tats,
+            windows,
+        };
+        let mut ledger = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        let ledger = &mut *ledger;
+        if let Some(entry) = ledger.entries.get_mut(&newcomer.keys[0]) {
+            entry.tats = newcomer.tats;
+            return;
         }
+        if ledger.entries.len() >= MAX_OWED {
+            // Full: take the place of an earlier key that owes less, if one of the oldest does.
+            let owes = newcomer.owes(now);
+            let mut room = false;
+            for _ in 0..LOOK_AT {
+                let Some(oldest) = ledger.order.pop_front() else {
+                    break;
+                };
+                match ledger.entries.get(&oldest) {
+                    Some(entry) if entry.owes(now) < owes => {
+                        ledger.entries.remove(&oldest);
+                        room = true;
+                        break;
+                    }
+                    Some(_) => ledger.order.push_back(oldest),
+                    None => {}
+                }
+            }
+            if !room {
+                self.unrecorded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+        ledger.order.push_back(newcomer.keys[0].clone());
+        ledger.entries.insert(newcomer.keys[0].clone(), newcomer);
     }
 
     /// Mirrors Redis's answer for `key` into the local store, rescaled to the share.
@@ -185,12 +233,18 @@ impl Local {
         let taken: Vec<Owed> = match which {
             None => {
                 let all = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|e| e.into_inner()));
-                all.into_values().collect()
+                all.entries.into_values().collect()
             }
             Some(which) => {
                 let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-                let keys: Vec<Vec<u8>> = owed.keys().filter(|k| which(k)).cloned().collect();
-                keys.iter().filter_map(|k| owed.remove(k)).collect()
+                let keys: Vec<Vec<u8>> = (owed.entries.keys())
+                    .filter(|k| which(k))
+                    .cloned()
+                    .collect();
+                let taken = keys.iter().filter_map(|k| owed.entries.remove(k)).collect();
+                let Ledger { entries, order } = &mut *owed;
+                order.retain(|k| entries.contains_key(k));
+                taken
             }
         };
         let now = self.store.clock().now();
@@ -282,6 +336,31 @@ mod tests {
         assert!(Local::new(MemoryStore::new(), 1)
             .share(&quotas)
             .same_set(&quotas));
+    }
+
+    #[test]
+    fn a_flood_of_one_request_keys_does_not_push_out_a_key_that_spent_its_limit() {
+        let local = Local::new(MemoryStore::new(), 1);
+        let quotas = Quotas::from(Quota::per_minute(10).unwrap());
+        let decide = |key: &str| {
+            let name = key.as_bytes().to_vec();
+            local
+                .decide(&key, || vec![name], &quotas, 1, Duration::ZERO)
+                .unwrap()
+        };
+        for i in 0..MAX_OWED {
+            decide(&format!("flood{i}"));
+        }
+        for _ in 0..10 {
+            decide("honest");
+        }
+        let debts = local.take_debts(None);
+        assert_eq!(debts.len(), MAX_OWED);
+        let honest = debts
+            .iter()
+            .find(|d| d.keys[0] == b"honest")
+            .expect("written back");
+        assert!(honest.debts_us[0] > 9 * 6_000_000, "{:?}", honest.debts_us);
     }
 
     #[test]

@@ -287,8 +287,9 @@ impl RedisStore {
         self.inner.errors.load(Ordering::Relaxed)
     }
 
-    /// Keys decided locally during outages that could not be remembered for the write-back
-    /// (more than 100,000 in one outage): their local debt is not written back to Redis.
+    /// Keys decided locally during outages whose debt is not written back to Redis: past
+    /// 100,000 keys in one outage, a newcomer that owes no more than the oldest keys is not
+    /// remembered, and one that owes more takes the place of one of them.
     pub fn unrecorded_local_decisions(&self) -> u64 {
         self.inner.local.as_ref().map_or(0, Local::unrecorded)
     }
