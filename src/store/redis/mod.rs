@@ -82,8 +82,9 @@
 //! - when Redis answers again, the debt of every key decided locally is written back to it as
 //!   a max-merge of TATs, so the return brings no fresh burst either.
 //!
-//! While Redis is away, the headers describe the instance's share (a limit of 2 where the
-//! whole is 10 on 5 instances): the limit this instance keeps.
+//! While Redis is away, the decisions (and so the `RateLimit` header) describe the instance's
+//! share (2 left at most where the whole is 10 on 5 instances), while `RateLimit-Policy` still
+//! names the whole quota.
 //!
 //! # Fewer round trips
 //!
