@@ -58,6 +58,70 @@ struct FollowedShared {
     config: ConnectionManagerConfig,
 }
 
+impl FollowedShared {
+    /// Asks the Sentinels which node is the primary, and switches to it if it moved.
+    async fn follow(&self) -> Option<String> {
+        let client = self.sentinel.lock().await.async_get_client().await.ok()?;
+        let address = client.get_connection_info().addr().to_string();
+        if read(&self.current).0 == address {
+            return None;
+        }
+        let manager = ConnectionManager::new_lazy_with_config(client, self.config.clone()).ok()?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (address.clone(), manager);
+        Some(address)
+    }
+}
+
+/// Follows the Sentinels' `+switch-master` announcements: the store switches to a new primary
+/// as soon as they name it, instead of writing to the old one until it is demoted (Sentinel
+/// converts it about ten seconds later). Listens to the first Sentinel that answers, again
+/// after a lost connection; ends with the store.
+fn watch_switches(shared: std::sync::Weak<FollowedShared>, sentinels: Vec<String>) {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            for url in &sentinels {
+                let Ok(client) = redis::Client::open(url.as_str()) else {
+                    continue;
+                };
+                let Ok(mut pubsub) = client.get_async_pubsub().await else {
+                    continue;
+                };
+                if pubsub.subscribe("+switch-master").await.is_err() {
+                    continue;
+                }
+                pause = Duration::from_millis(100);
+                let mut switches = pubsub.into_on_message();
+                let mut alive = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        switch = switches.next() => {
+                            if switch.is_none() {
+                                break;
+                            }
+                            let Some(shared) = shared.upgrade() else { return };
+                            if let Some(primary) = shared.follow().await {
+                                tracing::warn!(target: "tollgate::store::redis", %primary, "the Sentinels switched the primary");
+                            }
+                        }
+                        _ = alive.tick() => {
+                            if shared.strong_count() == 0 {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            if shared.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
 impl Clone for Followed {
     /// A snapshot: the connection to the primary named last.
     fn clone(&self) -> Self {
@@ -129,14 +193,13 @@ impl Connection {
         let address = client.get_connection_info().addr().to_string();
         let config = manager_config(timeout);
         let current = ConnectionManager::new_lazy_with_config(client, config.clone())?;
-        Ok(Self::Sentinel(Followed {
-            current: current.clone(),
-            shared: Arc::new(FollowedShared {
-                sentinel: tokio::sync::Mutex::new(sentinel),
-                current: RwLock::new((address, current)),
-                config,
-            }),
-        }))
+        let shared = Arc::new(FollowedShared {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            current: RwLock::new((address, current.clone())),
+            config,
+        });
+        watch_switches(Arc::downgrade(&shared), sentinels.to_vec());
+        Ok(Self::Sentinel(Followed { current, shared }))
     }
 
     /// Through Sentinel, asks which node is the primary now and switches to it if it moved;
@@ -145,16 +208,7 @@ impl Connection {
         let Self::Sentinel(followed) = self else {
             return None;
         };
-        let shared = &followed.shared;
-        let client = shared.sentinel.lock().await.async_get_client().await.ok()?;
-        let address = client.get_connection_info().addr().to_string();
-        if read(&shared.current).0 == address {
-            return None;
-        }
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, shared.config.clone()).ok()?;
-        *shared.current.write().unwrap_or_else(|e| e.into_inner()) = (address.clone(), manager);
-        Some(address)
+        followed.shared.follow().await
     }
 
     /// Whether this is a cluster: each decision goes to its key's node, in its own call.
