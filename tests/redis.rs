@@ -668,3 +668,36 @@ fn http_client() -> hyper_util::client::legacy::Client<
 > {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
+
+#[tokio::test]
+async fn shadow_mode_and_near_limit_reports_work_over_redis() {
+    use tollgate::rate_limit::LimiterStats;
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let quota = Quota::per_hour(5).unwrap();
+    let stats = LimiterStats::new();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(quota.clone())
+            .key(Header::new("x-api-key"))
+            .store(store.clone())
+            .shadow()
+            .near_limit(20)
+            .stats(stats.clone()),
+    );
+    let addr = serve(app).await;
+    let client = http_client();
+    for _ in 0..8 {
+        let request = http::Request::get(format!("http://{addr}/"))
+            .header("x-api-key", "trial")
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap();
+        assert_eq!(client.request(request).await.unwrap().status(), 200);
+    }
+    let now = stats.snapshot();
+    assert_eq!((now.allowed, now.refused, now.near_limit), (5, 3, 1));
+    // Redis holds what enforcement would have left: spent, not overdrawn.
+    let key = http::HeaderValue::from_static("trial");
+    let status = store.status(&key, &Quotas::from(quota)).await.unwrap();
+    assert_eq!(status.remaining(), 0);
+    assert!(status.retry_after() <= Duration::from_secs(12 * 60 + 1));
+}
