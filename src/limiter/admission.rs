@@ -381,8 +381,8 @@ impl Settle {
         self.estimate = self.estimate.saturating_add(1);
     }
 
-    /// The request's estimate is `estimate` after all (a reserved unit for a request of cost
-    /// zero).
+    /// The request's estimate is `estimate` after all (a unit reserved before its cost was
+    /// known).
     pub(crate) fn estimate(&mut self, estimate: u32) {
         self.estimate = estimate;
     }

@@ -212,25 +212,19 @@ where
     };
     let partition = shared.respond.partition(&key);
     match shared.cost.cost(&request) {
-        1 => {
-            let mut reserved = reserved;
-            let settle = reserved.settle.take();
-            let decision = reserved.use_slot();
-            let note = shared.note(quotas, &decision, partition);
-            ResponseFuture::settling(inner.call(request), note, settle)
-        }
-        // Free: the reserved unit is given back, unless the response settles the cost (then
-        // the reserved unit is the one paid up front).
-        0 if shared.settle => {
+        // The reserved unit is the request's; a free request keeps it too when the response
+        // settles the cost (it is the unit paid up front).
+        cost @ (0 | 1) if cost == 1 || shared.settle => {
             let mut reserved = reserved;
             let mut settle = reserved.settle.take();
             if let Some(settle) = &mut settle {
-                settle.estimate(0);
+                settle.estimate(cost);
             }
             let decision = reserved.use_slot();
             let note = shared.note(quotas, &decision, partition);
             ResponseFuture::settling(inner.call(request), note, settle)
         }
+        // Free: the reserved unit is given back.
         0 => {
             drop(reserved);
             ResponseFuture::calling(inner.call(request), None)

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 /// Failed calls in a row after which requests stop paying the timeout.
 pub(super) const TRIP_AFTER: u32 = 3;
 
-/// Redis Cluster's hash slots.
-const SLOTS: u16 = 16384;
+use super::slots::SLOTS;
+
 /// Groups of consecutive slots with a breaker each, on a cluster.
 const GROUPS: usize = 256;
 
@@ -35,13 +35,12 @@ impl Breaker {
         }
     }
 
-    /// The group of a key whose hash tag (the text between its first `{` and `}`) is `tag`.
-    pub(super) fn group_of(&self, tag: impl FnOnce() -> Vec<u8>) -> usize {
+    /// The group of a key in hash slot `slot` (asked only on a cluster).
+    pub(super) fn group_of(&self, slot: impl FnOnce() -> u16) -> usize {
         if self.groups.len() == 1 {
             return 0;
         }
-        let slot = crc16::State::<crc16::XMODEM>::calculate(&tag()) % SLOTS;
-        usize::from(slot) * GROUPS / usize::from(SLOTS)
+        usize::from(slot()) * GROUPS / SLOTS
     }
 
     /// Whether the group counts as down: its requests are decided by the policy at once.
@@ -81,11 +80,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn groups_follow_the_hash_slot_of_the_tag() {
+    fn groups_are_runs_of_64_slots() {
         let breaker = Breaker::new(true);
-        // CLUSTER KEYSLOT foo = 12182, bar = 5061, "" = 0.
-        assert_eq!(breaker.group_of(|| b"foo".to_vec()), 12182 * 256 / 16384);
-        assert_eq!(breaker.group_of(|| b"bar".to_vec()), 5061 * 256 / 16384);
+        assert_eq!(breaker.group_of(|| 0), 0);
+        assert_eq!(breaker.group_of(|| 63), 0);
+        assert_eq!(breaker.group_of(|| 12182), 12182 / 64);
+        assert_eq!(breaker.group_of(|| 16383), 255);
         assert_eq!(Breaker::new(false).group_of(|| unreachable!()), 0);
     }
 

@@ -4,8 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-
 use super::connection::{self, Connection, Target, Tls};
 use super::{ErrorHook, OnFailure, RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 use crate::store::StoreError;
@@ -167,12 +165,13 @@ impl RedisStoreBuilder {
             Target::Single(url) => {
                 let client = connection::client(url, &self.tls)
                     .map_err(|e| unusable(format!("not a Redis URL ({e})")))?;
-                let connection =
-                    tokio::time::timeout(patience, client.get_multiplexed_async_connection())
-                        .await
-                        .map_err(in_time("connecting"))?
-                        .map_err(|e| unusable(describe(&e)))?;
-                CheckConnection::Single(connection)
+                let config = connection::manager_config(self.timeout);
+                let manager = redis::aio::ConnectionManager::new_with_config(client, config);
+                let connection = tokio::time::timeout(patience, manager)
+                    .await
+                    .map_err(in_time("connecting"))?
+                    .map_err(|e| unusable(describe(&e)))?;
+                Connection::Single(connection)
             }
             Target::Cluster(seeds) => {
                 let client = connection::cluster_client(seeds, &self.tls, patience, patience)
@@ -181,7 +180,7 @@ impl RedisStoreBuilder {
                     .await
                     .map_err(in_time("connecting"))?
                     .map_err(|e| unusable(describe(&e)))?;
-                CheckConnection::Ready(Connection::Cluster(connection))
+                Connection::Cluster(connection)
             }
             Target::Sentinel {
                 sentinels,
@@ -194,7 +193,7 @@ impl RedisStoreBuilder {
                     .await
                     .map_err(in_time("asking the Sentinels"))?
                     .map_err(|e| unusable(describe(&e)))?;
-                CheckConnection::Ready(connection)
+                connection
             }
         };
         // A cluster connection asks every primary and answers with a map of their texts.
@@ -309,10 +308,8 @@ impl RedisStoreBuilder {
                 describe(&e)
             ))
         })?;
-        match connection {
-            CheckConnection::Ready(connection) => Ok(RedisStore::assemble(self, connection)),
-            CheckConnection::Single(_) => self.build(),
-        }
+        // The checked connection is the store's.
+        Ok(RedisStore::assemble(self, connection))
     }
 
     /// The store. Connects lazily, in the background: Redis need not be up yet (until it is,
@@ -327,44 +324,6 @@ impl RedisStoreBuilder {
         let connection = Connection::lazy(&self.target, &self.tls, self.timeout)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(RedisStore::assemble(self, connection))
-    }
-}
-
-/// The connection [`RedisStoreBuilder::connect`] checks through.
-enum CheckConnection {
-    Single(redis::aio::MultiplexedConnection),
-    /// The store's own connection (a cluster's, or the Sentinels' primary's).
-    Ready(Connection),
-}
-
-impl ConnectionLike for CheckConnection {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Ready(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Ready(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Ready(c) => c.get_db(),
-        }
     }
 }
 

@@ -133,7 +133,7 @@ impl Clone for Followed {
     }
 }
 
-fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+pub(super) fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
         .set_number_of_retries(2)

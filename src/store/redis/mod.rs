@@ -375,7 +375,8 @@ impl Inner {
 
     /// The breaker group of `subject`'s keys (their hash slot's, on a cluster).
     fn group<K: RedisKey + ?Sized>(&self, subject: &K) -> usize {
-        self.breaker.group_of(|| key::subject_tag(subject))
+        self.breaker
+            .group_of(|| slots::slot_of(&key::subject_tag(subject)))
     }
 
     fn keys<K: RedisKey + ?Sized>(&self, subject: &K, quotas: &Quotas) -> Vec<Vec<u8>> {
@@ -526,7 +527,8 @@ impl Inner {
         };
         let cluster = self.connection.is_cluster();
         let debts = if cluster {
-            let in_group = |first_key: &[u8]| self.breaker.group_of(|| tag_of(first_key)) == group;
+            let in_group =
+                |first_key: &[u8]| self.breaker.group_of(|| slots::slot_of(first_key)) == group;
             local.take_debts(Some(&in_group))
         } else {
             local.take_debts(None)
@@ -603,16 +605,6 @@ impl Inner {
             _ => Err(error),
         }
     }
-}
-
-/// The hash tag of a key: what its first `{…}` holds.
-fn tag_of(key: &[u8]) -> Vec<u8> {
-    let open = key.iter().position(|&b| b == b'{');
-    let tag = open.and_then(|open| {
-        let close = key[open + 1..].iter().position(|&b| b == b'}')?;
-        Some(&key[open + 1..open + 1 + close])
-    });
-    tag.unwrap_or(key).to_vec()
 }
 
 /// The error of a request decided while Redis is down.
