@@ -185,7 +185,8 @@ impl Quota {
     }
 
     /// A stable identifier of rate, burst and name, never 0: stores keep one state per key and
-    /// quota id, so two tiers of one name never share a bucket.
+    /// quota id, so two tiers of one name never share a bucket. (A set built with
+    /// [`Quotas::carry_over_from`] moves states from one id to another, rescaled.)
     #[inline]
     pub fn id(&self) -> u64 {
         self.id
@@ -260,6 +261,33 @@ impl Single {
 struct QuotasInner {
     list: Box<[Quota]>,
     max_cost: u32,
+    /// The quotas this set replaced, whose states it carries over (see
+    /// [`Quotas::carry_over_from`]).
+    carried: Box<[Carried]>,
+}
+
+/// The most earlier quotas a set carries states over from: the last few changes of a live
+/// limit, or the other tiers of a [`Tiers`](crate::rate_limit::Tiers).
+pub const MAX_CARRIED: usize = 8;
+
+/// A quota a set replaced: a key with no state under the set's quota `index` takes its state
+/// from `quota`'s, rescaled.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct Carried {
+    pub(crate) index: usize,
+    pub(crate) quota: Quota,
+}
+
+/// Where a key's debt under an earlier quota of window `from_window` puts its TAT under a
+/// quota of window `to_window`: the same fraction of the window spent, from `now`.
+/// `tat <= now` (nothing owed) carries nothing over (0).
+#[inline]
+pub(crate) fn rescaled_tat(tat: u64, now: u64, from_window: u64, to_window: u64) -> u64 {
+    if tat <= now || from_window == 0 {
+        return 0;
+    }
+    let debt = u128::from(tat - now) * u128::from(to_window) / u128::from(from_window);
+    now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
 }
 
 impl Quotas {
@@ -283,11 +311,80 @@ impl Quotas {
                 return Err(QuotaError::DuplicateName(quota.name().to_owned()));
             }
         }
+        Ok(Self::build(list, Box::new([])))
+    }
+
+    fn build(list: Box<[Quota]>, carried: Box<[Carried]>) -> Self {
         let max_cost = list.iter().map(Quota::burst).min().unwrap_or(0);
-        Ok(Self {
-            single: (list.len() == 1).then(|| Single::of(&list[0])),
-            inner: Arc::new(QuotasInner { list, max_cost }),
-        })
+        Self {
+            // A set that carries states over takes the general path, which looks for them.
+            single: (list.len() == 1 && carried.is_empty()).then(|| Single::of(&list[0])),
+            inner: Arc::new(QuotasInner {
+                list,
+                max_cost,
+                carried,
+            }),
+        }
+    }
+
+    /// This set, carrying each key's state over from `previous`: a key that has no state under
+    /// one of these quotas takes the state it has under `previous`'s quota of the same name,
+    /// rescaled so that the same fraction of the burst stays spent. Raising a limit does not
+    /// forgive a key that spent its burst, and lowering one does not reset it.
+    ///
+    /// The state moves on a key's first request under the new set; states under `previous`
+    /// are left to expire. What `previous` itself carried over from comes along, up to
+    /// [`MAX_CARRIED`] earlier quotas in all, the most recent first. Quotas are matched by
+    /// name: give a quota a new name to start it afresh.
+    ///
+    /// ```
+    /// use tollgate::{MemoryStore, Quota, Quotas};
+    ///
+    /// let store = MemoryStore::new();
+    /// let old = Quotas::from(Quota::per_minute(10).unwrap());
+    /// for _ in 0..8 {
+    ///     store.check(&"alice", &old, 1).unwrap();
+    /// }
+    /// // Ten times the rate and the burst: alice has spent 80% of hers, so 20 of 100 are left.
+    /// let raised = Quotas::from(Quota::per_minute(100).unwrap()).carry_over_from(&old);
+    /// assert_eq!(store.status(&"alice", &raised).remaining(), 20);
+    /// // A new key starts full.
+    /// assert_eq!(store.status(&"bob", &raised).remaining(), 100);
+    /// ```
+    #[must_use]
+    pub fn carry_over_from(self, previous: &Quotas) -> Quotas {
+        let earlier = previous
+            .as_slice()
+            .iter()
+            .chain(previous.inner.carried.iter().map(|c| &c.quota));
+        self.carrying(earlier)
+    }
+
+    /// This set, carrying states over from `earlier` quotas (matched by name, the first
+    /// [`MAX_CARRIED`] that differ from this set's), and from nothing else.
+    pub(crate) fn carrying<'q>(self, earlier: impl IntoIterator<Item = &'q Quota>) -> Quotas {
+        let mut carried: Vec<Carried> = Vec::new();
+        for quota in earlier {
+            let Some(index) = self.as_slice().iter().position(|q| q.name == quota.name) else {
+                continue;
+            };
+            let known = self.as_slice()[index].id == quota.id
+                || carried.iter().any(|c| c.quota.id == quota.id);
+            if !known && carried.len() < MAX_CARRIED {
+                carried.push(Carried {
+                    index,
+                    quota: quota.clone(),
+                });
+            }
+        }
+        let list = self.inner.list.clone();
+        Self::build(list, carried.into_boxed_slice())
+    }
+
+    /// The quotas this set carries states over from.
+    #[inline]
+    pub(crate) fn carried(&self) -> &[Carried] {
+        &self.inner.carried
     }
 
     /// The lone quota's numbers, if the set holds one.
@@ -358,14 +455,7 @@ impl Quotas {
 
 impl From<Quota> for Quotas {
     fn from(quota: Quota) -> Self {
-        let max_cost = quota.burst;
-        Self {
-            single: Some(Single::of(&quota)),
-            inner: Arc::new(QuotasInner {
-                list: Box::new([quota]),
-                max_cost,
-            }),
-        }
+        Self::build(Box::new([quota]), Box::new([]))
     }
 }
 

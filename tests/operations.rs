@@ -404,3 +404,74 @@ async fn only_failures_count_with_an_estimate_of_zero() {
         "three failures spend the minute's allowance"
     );
 }
+
+/// Quotas changed through a [`LiveQuotas`] handle while 16 clients send requests: every
+/// client's admissions are what its state, rescaled at the change, allows, not one more or
+/// fewer. Each response names the quota that decided it (`RateLimit-Policy`), so the test
+/// knows which side of the change each request fell on.
+#[tokio::test(start_paused = true)]
+async fn a_live_quota_change_under_load_carries_each_clients_debt_over() {
+    use tollgate::rate_limit::LiveQuotas;
+
+    let limits = LiveQuotas::new(Quota::per_hour(10).unwrap().named("api").unwrap());
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::live(limits.clone())
+            .key(Header::new("x-api-key"))
+            .store(paused_store()),
+    );
+    let server = TestServer::start(app).await;
+    let url = server.url("/");
+    let answered = Arc::new(tokio::sync::Semaphore::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let (url, answered) = (url.clone(), Arc::clone(&answered));
+            tokio::spawn(async move {
+                let client = client();
+                let key = format!("client-{i}");
+                // (quota size the request was decided under, allowed?)
+                let mut seen: Vec<(u32, bool)> = Vec::new();
+                // Until refused under the new quota: every client spends what it has left.
+                while seen.last() != Some(&(100, false)) && seen.len() < 300 {
+                    let response = fetch(&client, &url, &[("x-api-key", &key)]).await;
+                    let policy = header(&response, "ratelimit-policy").unwrap().to_owned();
+                    let q: u32 = policy
+                        .split(';')
+                        .find_map(|p| p.strip_prefix("q="))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    seen.push((q, response.status() == 200));
+                    if seen.len() <= 4 + i {
+                        answered.add_permits(1);
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    // The change lands while the clients are still sending: after 100 of their first
+    // 4 + i requests (184 in all) were answered.
+    let _ = answered.acquire_many(100).await.unwrap();
+    limits.set(Quota::per_hour(100).unwrap().named("api").unwrap());
+    let mut changed_mid_flight = 0;
+    for client in clients {
+        let seen = client.await.unwrap();
+        let before = seen.iter().filter(|(q, ok)| *q == 10 && *ok).count() as u32;
+        let after = seen.iter().filter(|(q, ok)| *q == 100 && *ok).count() as u32;
+        let first_after = seen.iter().position(|(q, _)| *q == 100).unwrap();
+        assert!(
+            seen[first_after..].iter().all(|(q, _)| *q == 100),
+            "one change"
+        );
+        assert!(before <= 10);
+        // Spent `before` of 10 under the old quota: the same fraction of 100 stays spent.
+        assert_eq!(after, 100 - 10 * before, "{seen:?}");
+        if before > 0 && before < 10 {
+            changed_mid_flight += 1;
+        }
+    }
+    assert!(
+        changed_mid_flight >= 2,
+        "the change should land mid-way for some clients"
+    );
+}

@@ -70,9 +70,10 @@ impl Block {
         self.table.update(
             key_hash,
             &ids,
+            &[],
             now,
             |_evicted| {},
-            |entries| {
+            |entries, _| {
                 let (refusals, blocked) = (entries[0], entries[1]);
                 let tat = refusals.load(Ordering::Acquire);
                 let step = self.refusals.step(tat, now, 1, 0);

@@ -142,6 +142,12 @@ impl RateLimitLayer {
             shared: Arc::default(),
         }
     }
+
+    /// A global limit whose quotas can change while it runs, through `limits` or any clone
+    /// of it (see [`LiveQuotas`](super::LiveQuotas)); otherwise as [`new`](Self::new).
+    pub fn live(limits: super::LiveQuotas) -> RateLimitLayer<Global, super::LiveQuotas> {
+        Self::new(limits.get()).quotas(limits)
+    }
 }
 
 impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {

@@ -70,7 +70,7 @@ pub use crate::limiter::{
 };
 pub use future::ResponseFuture;
 pub use layer::{MissingKey, RateLimitLayer};
-pub use policy::{Cost, OnePerRequest, QuotaPolicy, Tiers};
+pub use policy::{Cost, CurrentQuotas, LiveQuotas, OnePerRequest, QuotaPolicy, Tiers};
 pub use respond::{
     ActualCost, EmptyBody, Errors, Grpc, HeaderNote, HeaderOptions, Http, RefusalResponse, Refuse,
     Respond,

@@ -1,4 +1,8 @@
 use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::Quotas;
 
@@ -59,6 +63,15 @@ where
 /// ```
 ///
 /// Tiers are looked up in order; for many keys, use a closure over your own map.
+///
+/// # Changing tiers
+///
+/// A key that moves to another tier (an upgrade, a downgrade) keeps what it has spent: its
+/// state under a quota of one tier carries over to the quota *of the same name* in the other,
+/// rescaled so that the same fraction of the burst stays spent (see
+/// [`Quotas::carry_over_from`]). Name a tier's quota differently to give it buckets of its
+/// own. Carrying over takes the stores' general path, a few nanoseconds slower per decision
+/// than a lone quota that carries nothing (`BENCHMARKS.md`).
 #[derive(Debug, Clone)]
 pub struct Tiers<T> {
     default: Quotas,
@@ -78,7 +91,29 @@ impl<T> Tiers<T> {
     #[must_use]
     pub fn tier(mut self, value: T, quotas: impl Into<Quotas>) -> Self {
         self.tiers.push((value, quotas.into()));
+        self.link();
         self
+    }
+
+    /// Lets every set carry states over from the others (see [Changing tiers](Self#changing-tiers)).
+    fn link(&mut self) {
+        let plain: Vec<Quotas> = std::iter::once(&self.default)
+            .chain(self.tiers.iter().map(|(_, quotas)| quotas))
+            .map(|quotas| {
+                Quotas::new(quotas.as_slice().iter().cloned()).unwrap_or_else(|_| quotas.clone())
+            })
+            .collect();
+        let others = |i: usize| {
+            plain
+                .iter()
+                .enumerate()
+                .filter(move |(j, _)| *j != i)
+                .flat_map(|(_, quotas)| quotas.as_slice())
+        };
+        self.default = plain[0].clone().carrying(others(0));
+        for (i, (_, quotas)) in self.tiers.iter_mut().enumerate() {
+            *quotas = plain[i + 1].clone().carrying(others(i + 1));
+        }
     }
 
     /// The quotas of `key`.
@@ -99,6 +134,97 @@ where
 
     fn quotas<'a>(&'a self, key: &K, _: &Req) -> &'a Quotas {
         self.for_key(key)
+    }
+}
+
+/// Quotas that can be changed while the layer runs, from any clone of this handle: no
+/// restart, and no lock on the request path (each request reads the quotas in force with one
+/// atomic load).
+///
+/// A change carries each key's state over ([`Quotas::carry_over_from`]): the fraction of the
+/// burst a key has spent stays spent, rescaled to the new quota, so raising a limit does not
+/// forgive the keys that spent theirs and lowering one does not reset them. Quotas are
+/// matched by name. A request already deciding when the change lands is decided under the
+/// quotas it read.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tollgate::key::PeerIp;
+/// use tollgate::rate_limit::LiveQuotas;
+/// use tollgate::{Quota, RateLimitLayer};
+///
+/// let limits = LiveQuotas::new(Quota::per_minute(60).unwrap());
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(RateLimitLayer::live(limits.clone()).key(PeerIp::new()));
+/// // Later, from an admin route or a configuration watcher:
+/// limits.set(Quota::per_minute(120).unwrap());
+/// assert_eq!(limits.get().as_slice()[0].burst(), 120);
+/// ```
+///
+/// # Clone
+///
+/// Clones share the quotas: a change made through one is seen by every layer built with any.
+///
+/// A layer whose quotas can change gets no slot reserved in `poll_ready` for a global key in
+/// wait mode ([`QuotaPolicy::fixed`] is `None`): its requests wait in their response futures.
+#[derive(Clone)]
+pub struct LiveQuotas {
+    current: Arc<ArcSwap<Quotas>>,
+}
+
+impl LiveQuotas {
+    /// A handle whose quotas are `quotas` until [`set`](Self::set) changes them.
+    pub fn new(quotas: impl Into<Quotas>) -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(quotas.into())),
+        }
+    }
+
+    /// The quotas in force (with what they carry over from).
+    pub fn get(&self) -> Quotas {
+        Quotas::clone(&self.current.load())
+    }
+
+    /// Puts `next` in force for the requests that follow, carrying each key's state over from
+    /// the quotas it replaces.
+    pub fn set(&self, next: impl Into<Quotas>) {
+        let next = next.into();
+        self.current
+            .rcu(|current| Arc::new(next.clone().carry_over_from(current)));
+    }
+}
+
+impl fmt::Debug for LiveQuotas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LiveQuotas")
+            .field(&**self.current.load())
+            .finish()
+    }
+}
+
+/// The quotas a [`LiveQuotas`] had in force when a request read them.
+pub struct CurrentQuotas(arc_swap::Guard<Arc<Quotas>>);
+
+impl Borrow<Quotas> for CurrentQuotas {
+    #[inline]
+    fn borrow(&self) -> &Quotas {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CurrentQuotas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self.0, f)
+    }
+}
+
+impl<K, Req> QuotaPolicy<K, Req> for LiveQuotas {
+    type Quotas<'a> = CurrentQuotas;
+
+    #[inline]
+    fn quotas(&self, _: &K, _: &Req) -> CurrentQuotas {
+        CurrentQuotas(self.current.load())
     }
 }
 

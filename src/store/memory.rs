@@ -9,8 +9,7 @@ use super::table::{self, Evicted, Table};
 use super::{Decision, ResetFuture, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::{Gcra, Step};
-use crate::quota::Single;
-use crate::quota::MAX_QUOTAS;
+use crate::quota::{self, Single, MAX_CARRIED, MAX_QUOTAS};
 use crate::{QuotaError, Quotas};
 
 /// The default cap on tracked states (keys × quotas), 2²⁰: the tables then hold at most
@@ -194,40 +193,71 @@ impl<C: Clock> MemoryStore<C> {
         if std::mem::size_of::<K>() == 0 {
             if let Some(tats) = inner.global.find_all(quotas) {
                 decide_all.now = inner.clock.now();
-                return Ok(decide_all.run(&tats[..quotas.len()]));
+                let earlier = inner.global.peek_carried(quotas);
+                let tats = &tats[..quotas.len()];
+                carry_over(
+                    quotas,
+                    tats,
+                    &earlier[..quotas.carried().len()],
+                    decide_all.now,
+                );
+                return Ok(decide_all.run(tats));
             }
         }
         let key_hash = inner.hasher.hash_one(key);
         let ids = entry_ids(key_hash, quotas);
+        let carried = carried_ids(key_hash, quotas);
         decide_all.now = inner.clock.now();
         let now = decide_all.now;
         Ok(inner.table.update(
             key_hash,
             &ids[..quotas.len()],
+            &carried[..quotas.carried().len()],
             now,
             |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
-            |tats| decide_all.run(tats),
+            |tats, earlier| {
+                carry_over(quotas, tats, earlier, now);
+                decide_all.run(tats)
+            },
         ))
     }
 
     /// The state of `key` under `quotas`, without consuming anything.
     pub fn status<K: Hash>(&self, key: &K, quotas: &Quotas) -> Decision {
         let inner = &*self.inner;
-        let tats = if std::mem::size_of::<K>() == 0 && inner.global.find_all(quotas).is_some() {
-            let mut tats = [0; MAX_QUOTAS];
-            if let Some(global) = inner.global.find_all(quotas) {
-                for (tat, global) in tats.iter_mut().zip(&global[..quotas.len()]) {
-                    *tat = global.load(Ordering::Acquire);
+        let carried = quotas.carried().len();
+        let (mut tats, earlier) =
+            if std::mem::size_of::<K>() == 0 && inner.global.find_all(quotas).is_some() {
+                let mut tats = [0; MAX_QUOTAS];
+                if let Some(global) = inner.global.find_all(quotas) {
+                    for (tat, global) in tats.iter_mut().zip(&global[..quotas.len()]) {
+                        *tat = global.load(Ordering::Acquire);
+                    }
                 }
-            }
-            tats
-        } else {
-            let key_hash = inner.hasher.hash_one(key);
-            inner
-                .table
-                .load(key_hash, &entry_ids(key_hash, quotas)[..quotas.len()])
-        };
+                let mut earlier = [0; MAX_CARRIED];
+                for (tat, slot) in earlier.iter_mut().zip(inner.global.peek_carried(quotas)) {
+                    *tat = slot.map_or(0, table::load);
+                }
+                (tats, earlier)
+            } else {
+                let key_hash = inner.hasher.hash_one(key);
+                let tats = inner
+                    .table
+                    .load(key_hash, &entry_ids(key_hash, quotas)[..quotas.len()]);
+                let mut earlier = [0; MAX_CARRIED];
+                if carried > 0 {
+                    let found = inner
+                        .table
+                        .load_carried(key_hash, &carried_ids(key_hash, quotas)[..carried]);
+                    earlier[..carried].copy_from_slice(&found[..carried]);
+                }
+                (tats, earlier)
+            };
         let now = inner.clock.now();
+        let seeds = carried_seeds(quotas, &tats, &earlier[..carried], now);
+        for (tat, seed) in tats.iter_mut().zip(seeds.tats) {
+            *tat = (*tat).max(seed);
+        }
         let mut steps = [NO_STEP; MAX_QUOTAS];
         for (i, quota) in quotas.as_slice().iter().enumerate() {
             steps[i] = Gcra::new(quota).step(tats[i], now, 0, 0);
@@ -263,12 +293,20 @@ impl<C: Clock> MemoryStore<C> {
                 for tat in &tats[..quotas.len()] {
                     tat.store(0, Ordering::Release);
                 }
+                for tat in inner.global.peek_carried(quotas).into_iter().flatten() {
+                    tat.store(0, Ordering::Release);
+                }
                 return;
             }
         }
         let key_hash = inner.hasher.hash_one(key);
         let ids = entry_ids(key_hash, quotas);
         inner.table.reset(key_hash, &ids[..quotas.len()]);
+        // Nor is anything carried over from earlier quotas.
+        let carried = carried_ids(key_hash, quotas);
+        inner
+            .table
+            .reset(key_hash, &carried[..quotas.carried().len()]);
     }
 
     /// The TATs of `key` under each quota of `quotas` (0: a full bucket), without claiming.
@@ -310,9 +348,10 @@ impl<C: Clock> MemoryStore<C> {
         inner.table.update(
             key_hash,
             &ids[..quotas.len()],
+            &[],
             now,
             |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
-            |slots| {
+            |slots, _| {
                 for (slot, tat) in slots.iter().zip(tats) {
                     slot.store(*tat, Ordering::Release);
                 }
@@ -494,6 +533,74 @@ fn entry_ids(key_hash: u64, quotas: &Quotas) -> [u64; MAX_QUOTAS] {
     ids
 }
 
+/// The ids of `key_hash`'s entries under the quotas `quotas` carries states over from.
+fn carried_ids(key_hash: u64, quotas: &Quotas) -> [u64; MAX_CARRIED] {
+    let mut ids = [0; MAX_CARRIED];
+    for (id, carried) in ids.iter_mut().zip(quotas.carried()) {
+        *id = table::entry_id(key_hash, carried.quota.id());
+    }
+    ids
+}
+
+/// What a key carries over from the quotas a set replaced.
+struct Seeds {
+    /// Per quota of the set, the TAT its state takes (0: nothing to carry over).
+    tats: [u64; MAX_QUOTAS],
+    /// Per earlier quota, whether its state is carried over.
+    used: [bool; MAX_CARRIED],
+}
+
+/// For each quota of `quotas` under which the key owes nothing (`tats`, at `now`), the most
+/// debt it owes under an earlier quota of that name (`earlier`, the TATs of
+/// [`Quotas::carried`]), rescaled to the quota's window.
+fn carried_seeds(quotas: &Quotas, tats: &[u64], earlier: &[u64], now: u64) -> Seeds {
+    let mut seeds = Seeds {
+        tats: [0; MAX_QUOTAS],
+        used: [false; MAX_CARRIED],
+    };
+    for (j, (carried, &tat)) in quotas.carried().iter().zip(earlier).enumerate() {
+        let i = carried.index;
+        if tats[i] > now {
+            continue;
+        }
+        let window = quotas.as_slice()[i].window_nanos();
+        let seed = quota::rescaled_tat(tat, now, carried.quota.window_nanos(), window);
+        if seed > 0 {
+            seeds.tats[i] = seeds.tats[i].max(seed);
+            seeds.used[j] = true;
+        }
+    }
+    seeds
+}
+
+/// Moves a key's debt under the quotas `quotas` replaced (`earlier`, where tracked) onto its
+/// states under `quotas` (`tats`) where those owe nothing, rescaled; the earlier states are
+/// emptied, so that a key that moves back (a tier change undone) carries its debt back.
+/// A request deciding at the same moment under the earlier quotas may slip one charge past.
+fn carry_over(quotas: &Quotas, tats: &[&AtomicU64], earlier: &[Option<&AtomicU64>], now: u64) {
+    if earlier.iter().all(Option::is_none) {
+        return;
+    }
+    let mut current = [0; MAX_QUOTAS];
+    for (value, tat) in current.iter_mut().zip(tats) {
+        *value = table::load(tat);
+    }
+    let mut before = [0; MAX_CARRIED];
+    for (value, tat) in before.iter_mut().zip(earlier) {
+        *value = tat.map_or(0, table::load);
+    }
+    let seeds = carried_seeds(quotas, &current, &before[..earlier.len()], now);
+    let mut moved = [false; MAX_QUOTAS];
+    for (i, tat) in tats.iter().enumerate() {
+        moved[i] = seeds.tats[i] > 0 && table::swap(tat, current[i], seeds.tats[i]).is_ok();
+    }
+    for (j, carried) in quotas.carried().iter().enumerate() {
+        if let (true, true, Some(tat)) = (seeds.used[j], moved[carried.index], earlier[j]) {
+            let _ = table::swap(tat, before[j], 0);
+        }
+    }
+}
+
 /// Decides one request against a single quota's TAT: the classic compare-and-swap loop.
 #[inline]
 fn decide_one(gcra: Gcra, tat: &AtomicU64, now: u64, cost: u32, max_wait: u64) -> Decision {
@@ -575,6 +682,20 @@ impl GlobalSlots {
             *slot = self.find(quota.id())?;
         }
         Some(found)
+    }
+
+    /// The TATs of the quotas `quotas` carries states over from, where they hold a slot.
+    fn peek_carried(&self, quotas: &Quotas) -> [Option<&AtomicU64>; MAX_CARRIED] {
+        let mut found = [None; MAX_CARRIED];
+        for (found, carried) in found.iter_mut().zip(quotas.carried()) {
+            let id = carried.quota.id();
+            *found = self
+                .slots
+                .iter()
+                .find(|slot| slot.quota.load(Ordering::Acquire) == id)
+                .map(|slot| &slot.tat);
+        }
+        found
     }
 
     #[inline]
@@ -849,5 +970,84 @@ mod tests {
         assert_eq!(store.status(&"shared", &q).remaining(), 0);
         let b = store.status(&"shared", &q);
         assert_eq!(b.limit(), 300);
+    }
+
+    #[test]
+    fn a_changed_quota_carries_each_keys_spent_fraction_over() {
+        let (store, clock) = store();
+        let old = Quotas::from(Quota::per_minute(10).unwrap());
+        assert_eq!(admitted(&store, &"a", &old, 8), 8);
+        assert_eq!(admitted(&store, &"b", &old, 10), 10);
+        // Raised tenfold: "a" spent 80%, "b" all of it; a new key starts full.
+        let raised = Quotas::from(Quota::per_minute(100).unwrap()).carry_over_from(&old);
+        assert_eq!(store.status(&"a", &raised).remaining(), 20);
+        assert_eq!(admitted(&store, &"a", &raised, 100), 20);
+        assert_eq!(admitted(&store, &"b", &raised, 100), 0);
+        assert_eq!(admitted(&store, &"c", &raised, 200), 100);
+        // Lowered to a fifth of the burst, with a window twice as long: the spent fraction
+        // stays spent, and comes back at the new rate.
+        let lowered = Quotas::from(Quota::per_minute(10).unwrap().with_burst(20).unwrap())
+            .carry_over_from(&raised);
+        assert_eq!(admitted(&store, &"c", &lowered, 100), 0, "c spent all 100");
+        clock.advance(Duration::from_secs(12));
+        assert_eq!(admitted(&store, &"c", &lowered, 100), 2, "12 s at 10/min");
+        assert_eq!(
+            admitted(&store, &"d", &lowered, 100),
+            20,
+            "new keys start full"
+        );
+    }
+
+    #[test]
+    fn a_key_moving_between_tiers_and_back_keeps_its_debt() {
+        let (store, _) = store();
+        let free = Quotas::from(Quota::per_minute(10).unwrap());
+        let paid = Quotas::from(Quota::per_minute(50).unwrap()).carry_over_from(&free);
+        let free = free.carry_over_from(&paid);
+        assert_eq!(admitted(&store, &"k", &free, 5), 5);
+        assert_eq!(
+            admitted(&store, &"k", &paid, 10),
+            10,
+            "half of 50 left, 10 used"
+        );
+        // Back on the free tier: 35 of 50 spent is 70%, so 3 of 10 are left.
+        assert_eq!(admitted(&store, &"k", &free, 10), 3);
+        assert_eq!(
+            admitted(&store, &"k", &paid, 10),
+            0,
+            "and all of it, back again"
+        );
+    }
+
+    #[test]
+    fn carried_states_follow_chains_of_changes_sets_and_resets() {
+        let (store, _) = store();
+        let a = Quotas::from(Quota::per_second(4).unwrap());
+        assert_eq!(admitted(&store, &"k", &a, 2), 2);
+        let b = Quotas::from(Quota::per_second(8).unwrap()).carry_over_from(&a);
+        let c = Quotas::from(Quota::per_second(16).unwrap()).carry_over_from(&b);
+        // "k" never decided under b: c finds its state under a.
+        assert_eq!(store.status(&"k", &c).remaining(), 8);
+        store.reset(&"k", &c);
+        assert_eq!(
+            store.status(&"k", &c).remaining(),
+            16,
+            "reset forgets carried debt"
+        );
+        // A set of two quotas matches by name, and keeps quotas that did not change.
+        let hourly = Quota::per_hour(100).unwrap().named("hourly").unwrap();
+        let two = Quotas::new([Quota::per_second(4).unwrap(), hourly.clone()]).unwrap();
+        assert_eq!(admitted(&store, &"m", &two, 3), 3);
+        let next = Quotas::new([Quota::per_second(40).unwrap(), hourly])
+            .unwrap()
+            .carry_over_from(&two);
+        assert_eq!(next.carried().len(), 1, "only the changed quota");
+        let status = store.status(&"m", &next);
+        assert_eq!(status.remaining(), 10, "75% of 40 spent");
+        // The global key carries over too.
+        let one = Quotas::from(Quota::per_second(2).unwrap());
+        assert_eq!(admitted(&store, &crate::key::Global, &one, 2), 2);
+        let more = Quotas::from(Quota::per_second(6).unwrap()).carry_over_from(&one);
+        assert_eq!(admitted(&store, &crate::key::Global, &more, 10), 0);
     }
 }

@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::quota::MAX_QUOTAS;
+use crate::quota::{MAX_CARRIED, MAX_QUOTAS};
 
 /// The id of an unclaimed slot.
 const EMPTY: u64 = 0;
@@ -212,21 +212,23 @@ impl Table {
                 return f(&slot.tat);
             }
         }
-        self.update_new(shard, &[id], now(), on_evict, |tats| f(tats[0]))
+        self.update_new(shard, &[id], &[], now(), on_evict, |tats, _| f(tats[0]))
     }
 
     /// Runs `f` on the TATs of the entries `ids` (all in the shard of `key_hash`), claiming
-    /// slots for the missing ones (TAT 0: a full bucket). `f` runs under the shard's read
-    /// lock, so it must change the TATs with atomic operations only.
+    /// slots for the missing ones (TAT 0: a full bucket), and on those of the entries
+    /// `carried` that are tracked (states to carry over from), without claiming any. `f` runs
+    /// under the shard's read lock, so it must change the TATs with atomic operations only.
     pub(crate) fn update<R>(
         &self,
         key_hash: u64,
         ids: &[u64],
+        carried: &[u64],
         now: u64,
         on_evict: impl FnOnce(Evicted),
-        f: impl FnMut(&[&AtomicU64]) -> R,
+        f: impl FnMut(&[&AtomicU64], &[Option<&AtomicU64>]) -> R,
     ) -> R {
-        self.update_new(self.shard(key_hash), ids, now, on_evict, f)
+        self.update_new(self.shard(key_hash), ids, carried, now, on_evict, f)
     }
 
     /// Claims what is missing under the read lock if the shard has room; otherwise rebuilds
@@ -236,16 +238,21 @@ impl Table {
         &self,
         shard: &Shard,
         ids: &[u64],
+        carried: &[u64],
         now: u64,
         on_evict: impl FnOnce(Evicted),
-        mut f: impl FnMut(&[&AtomicU64]) -> R,
+        mut f: impl FnMut(&[&AtomicU64], &[Option<&AtomicU64>]) -> R,
     ) -> R {
         let mut on_evict = Some(on_evict);
         loop {
             {
                 let slots = read(shard);
                 if let Some(tats) = self.gather(shard, &slots, ids) {
-                    return f(&tats[..ids.len()]);
+                    let mut earlier = [None; MAX_CARRIED];
+                    for (found, id) in earlier.iter_mut().zip(carried) {
+                        *found = slots.find(*id).map(|slot| &slot.tat);
+                    }
+                    return f(&tats[..ids.len()], &earlier[..carried.len()]);
                 }
             }
             let mut slots = write(shard);
@@ -352,6 +359,18 @@ impl Table {
     pub(crate) fn load(&self, key_hash: u64, ids: &[u64]) -> [u64; MAX_QUOTAS] {
         let slots = read(self.shard(key_hash));
         let mut tats = [0; MAX_QUOTAS];
+        for (id, tat) in ids.iter().zip(&mut tats) {
+            if let Some(slot) = slots.find(*id) {
+                *tat = slot.tat.load(Ordering::Acquire);
+            }
+        }
+        tats
+    }
+
+    /// The TATs of `ids` (0 for those not tracked), up to [`MAX_CARRIED`] of them.
+    pub(crate) fn load_carried(&self, key_hash: u64, ids: &[u64]) -> [u64; MAX_CARRIED] {
+        let slots = read(self.shard(key_hash));
+        let mut tats = [0; MAX_CARRIED];
         for (id, tat) in ids.iter().zip(&mut tats) {
             if let Some(slot) = slots.find(*id) {
                 *tat = slot.tat.load(Ordering::Acquire);
@@ -532,9 +551,10 @@ mod tests {
         table.update(
             7 << 32,
             &[11, 12],
+            &[],
             0,
             |_| {},
-            |tats| {
+            |tats, _| {
                 set(tats[0], 5);
                 set(tats[1], 6);
             },
