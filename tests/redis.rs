@@ -31,6 +31,58 @@ async fn the_same_requests_get_the_same_answers_as_from_the_memory_store() {
     // Spot checks that the scenario says something.
     assert!(memory[..5].iter().all(|s| s.allowed) && !memory[5].allowed);
     assert_eq!(memory[5].retry_after_s, 720);
+    // The quota change at the end: 60 of 100 left, three costs of 20 pass, none left after.
+    let n = memory.len();
+    assert_eq!(memory[n - 7].remaining, 60);
+    assert!(memory[n - 6..n - 3].iter().all(|s| s.allowed) && !memory[n - 3].allowed);
+    assert_eq!(
+        memory[n - 2].remaining,
+        0,
+        "none back under the first quota"
+    );
+    assert!(!memory[n - 1].allowed);
+}
+
+#[tokio::test]
+async fn a_quota_change_moves_each_keys_debt_to_the_new_key_in_redis() {
+    let redis = redis_or_skip!();
+    for store in [
+        redis.store(),
+        RedisStore::builder(redis.url())
+            .batching(false)
+            .connect()
+            .await
+            .unwrap(),
+    ] {
+        let key = "erin".to_owned();
+        let old = Quota::per_minute(10).unwrap();
+        let new = Quota::per_minute(20).unwrap();
+        let before = Quotas::from(old.clone());
+        let after = Quotas::from(new.clone()).carry_over_from(&before);
+        for _ in 0..5 {
+            store
+                .decide(&key, &before, 1, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        // A peek moves nothing.
+        let peek = store.status(&key, &after).await.unwrap();
+        assert_eq!(peek.remaining(), 10, "half of 20 left");
+        let old_key = store.key_of(&key, &old);
+        assert_ne!(redis.cli(&["GET", &old_key]).unwrap().trim(), "");
+        let first = store.decide(&key, &after, 1, Duration::ZERO).await.unwrap();
+        assert_eq!(first.remaining(), 9);
+        assert_eq!(redis.cli(&["GET", &old_key]).unwrap().trim(), "", "moved");
+        let new_value: u64 = redis
+            .cli(&["GET", &store.key_of(&key, &new)])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(new_value > 1_600_000_000_000_000);
+        store.reset(&key, &before).await.unwrap();
+        drop(redis.cli(&["FLUSHALL"]));
+    }
 }
 
 #[tokio::test]

@@ -531,6 +531,32 @@ async fn batches_on_a_cluster_go_node_by_node_and_survive_a_resharding() {
     assert_eq!(store.errors(), 0, "every decision was Redis's");
 }
 
+/// A quota change carries each key's debt over in batches that span slots, too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_decisions_on_a_cluster_carry_debt_over_a_quota_change() {
+    let cluster = cluster_or_skip!(3, 0);
+    let store = cluster_store(&cluster).await;
+    let before = Quotas::from(Quota::per_hour(10).unwrap());
+    let after = Quotas::from(Quota::per_hour(100).unwrap()).carry_over_from(&before);
+    let keys: Vec<String> = (0..300).map(|i| format!("user{i}")).collect();
+    let all_at_once = |quotas: &Quotas| {
+        let decisions = keys
+            .iter()
+            .map(|k| store.decide(k, quotas, 1, Duration::ZERO));
+        futures_util::future::join_all(decisions)
+    };
+    for _ in 0..4 {
+        all_at_once(&before).await;
+    }
+    let calls = evalsha_calls(&cluster);
+    for (key, decision) in keys.iter().zip(all_at_once(&after).await) {
+        // 4 of 10 spent: 60 of 100 left, one more taken now.
+        assert_eq!(decision.unwrap().remaining(), 59, "{key}");
+    }
+    assert!(evalsha_calls(&cluster) - calls < 100, "batched");
+    assert_eq!(store.errors(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_primary_does_not_hold_back_the_other_nodes_keys() {
     let cluster = cluster_or_skip!(3, 0);

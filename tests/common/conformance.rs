@@ -11,7 +11,7 @@ use tollgate::{Decision, Quota, Quotas, Store};
 pub struct Seen {
     pub allowed: bool,
     quota: usize,
-    remaining: u32,
+    pub remaining: u32,
     limit: u32,
     pub retry_after_s: u64,
     wait_s: u64,
@@ -65,5 +65,19 @@ pub async fn scenario<S: Store<String>>(store: &S) -> Vec<Seen> {
     out.push(seen(
         &decide("dave", &single, 1, Duration::from_secs(1500)).await,
     ));
+    // A quota change carries the spent fraction over: 4 of 10 spent is 40 of 100.
+    let before = Quotas::from(Quota::per_hour(10).unwrap().named("tier").unwrap());
+    let after =
+        Quotas::from(Quota::per_hour(100).unwrap().named("tier").unwrap()).carry_over_from(&before);
+    let back = before.clone().carry_over_from(&after);
+    for _ in 0..4 {
+        out.push(seen(&decide("erin", &before, 1, Duration::ZERO).await));
+    }
+    out.push(seen(&decide("erin", &after, 0, Duration::ZERO).await));
+    for _ in 0..4 {
+        out.push(seen(&decide("erin", &after, 20, Duration::ZERO).await));
+    }
+    out.push(seen(&decide("erin", &back, 0, Duration::ZERO).await));
+    out.push(seen(&decide("erin", &back, 1, Duration::ZERO).await));
     out
 }

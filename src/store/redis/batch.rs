@@ -189,10 +189,16 @@ async fn send_across_slots(
         .arg(&batch[0].keys[0])
         .arg(batch.len());
     for pending in &batch {
-        let (numbers, quotas) = pending.args.split_at(3);
+        let (numbers, rest) = pending.args.split_at(4);
+        let n = numbers[0] as usize;
+        let (quotas, carried) = rest.split_at(2 * n);
+        let (keys, carried_keys) = pending.keys.split_at(n);
         cmd.arg(numbers);
-        for (key, quota) in pending.keys.iter().zip(quotas.chunks(2)) {
+        for (key, quota) in keys.iter().zip(quotas.chunks(2)) {
             cmd.arg(key).arg(quota);
+        }
+        for (key, earlier) in carried_keys.iter().zip(carried.chunks(2)) {
+            cmd.arg(key).arg(earlier);
         }
     }
     let answer = tokio::time::timeout(
@@ -246,7 +252,7 @@ async fn send(
 
 /// Gives each decision of `batch` its share of a script's answer, or the error.
 fn deliver(batch: Vec<Pending>, raw: Result<Vec<i64>, StoreError>) {
-    let quota_counts: Vec<usize> = batch.iter().map(|p| p.keys.len()).collect();
+    let quota_counts: Vec<usize> = batch.iter().map(|p| p.args[0] as usize).collect();
     match raw.map(|raw| Answer::split(&raw, &quota_counts)) {
         Ok(Some(answers)) => {
             for (pending, answer) in batch.into_iter().zip(answers) {

@@ -294,7 +294,8 @@ impl RedisStoreBuilder {
         let check = super::script::evalsha(
             &redis::Script::new(super::script::DECIDE),
             std::iter::once(check_key.as_bytes()),
-            [1, 1, 0, 0, 1, 1],
+            // One decision: one quota, cost 0, no wait, nothing carried; interval and window 1.
+            [1, 1, 0, 0, 0, 1, 1],
         );
         let decided: Result<redis::Value, _> =
             tokio::time::timeout(patience, check.query_async(&mut connection))

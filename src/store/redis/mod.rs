@@ -273,7 +273,9 @@ impl RedisStore {
 
     /// The Lua source of the decision script (for tools such as `redis-benchmark`). Its
     /// arguments: the number of decisions, then for each its number of quotas, cost, most
-    /// microseconds it may wait, and each quota's interval and window in microseconds.
+    /// microseconds it may wait, number of earlier quotas it carries states over from (0
+    /// unless built with [`Quotas::carry_over_from`]), each quota's interval and window in
+    /// microseconds, and each earlier quota's index (from 1) and window.
     pub fn decision_script() -> &'static str {
         DECIDE
     }
@@ -316,7 +318,8 @@ impl RedisStore {
         key: &K,
         quotas: &Quotas,
     ) -> Result<(), StoreError> {
-        let keys = self.inner.keys(key, quotas);
+        // Nor is anything carried over from earlier quotas.
+        let keys = self.inner.decision_keys(key, quotas);
         let mut connection = self.inner.connection.clone();
         // One DEL per key: a subject's keys share a slot, but a DEL of several keys is still
         // refused by some cluster proxies.
@@ -387,6 +390,14 @@ impl Inner {
             .collect()
     }
 
+    /// The keys a decision reads: one per quota, then one per quota the set carries states
+    /// over from ([`Quotas::carry_over_from`]).
+    fn decision_keys<K: RedisKey + ?Sized>(&self, subject: &K, quotas: &Quotas) -> Vec<Vec<u8>> {
+        let mut keys = self.keys(subject, quotas);
+        keys.extend(quotas.carried().iter().map(|c| self.key(subject, &c.quota)));
+        keys
+    }
+
     /// One decision by Redis: through the batcher on a single Redis, in its own call on a
     /// cluster (or with batching off).
     async fn call<K: RedisKey + ?Sized>(
@@ -396,7 +407,7 @@ impl Inner {
         cost: u32,
         max_wait_us: u64,
     ) -> Result<Answer, StoreError> {
-        let keys = self.keys(subject, quotas);
+        let keys = self.decision_keys(subject, quotas);
         let args = decision_args(quotas, cost, max_wait_us);
         if let Some(batcher) = &self.batcher {
             let answer = batcher.submit(keys, args);

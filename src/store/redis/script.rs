@@ -21,7 +21,9 @@ use crate::Quotas;
 /// or a peek.
 pub(super) const DECIDE: &str = r#"
 -- ARGV: the number of decisions, then for each: its number of quotas n, cost, max_wait_us,
--- then interval_us and window_us of each quota. KEYS: the n TAT keys of each decision, in order.
+-- its number of earlier quotas p, then interval_us and window_us of each quota, then the
+-- quota index (1..n) and window_us of each earlier quota. KEYS: the n TAT keys of each
+-- decision, then its p earlier keys, in order.
 -- Returns now_us, then one number per quota of each decision: the new TAT_us if the quota
 -- allows, -(TAT_us + 1) if it does not (the caller knows the rest: wait = TAT - window - now).
 local time = redis.call('TIME')
@@ -34,12 +36,39 @@ local out = { now }
 local a, k = 2, 0
 for _ = 1, tonumber(ARGV[1]) do
   local n, cost, max_wait = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
+  local p = tonumber(ARGV[a + 3])
+  a = a + 4
   local first, all = #out, true
+  local seeds = {}
+  if p > 0 then
+    -- A quota under which the key owes nothing takes its debt under an earlier quota of
+    -- that name, rescaled to the same fraction of its window; the earlier key is dropped.
+    for j = 1, p do
+      local at = a + 2 * n + 2 * (j - 1)
+      local i, from = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+      local key = KEYS[k + n + j]
+      local old = written[key] or tonumber(tats[k + n + j]) or 0
+      local own = written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
+      if old > now and own <= now then
+        local seed = now + math.floor((old - now) * tonumber(ARGV[a + 2 * i - 1]) / from)
+        if seed > (seeds[i] or 0) then seeds[i] = seed end
+        if cost > 0 then
+          written[key] = 0
+          redis.call('DEL', key)
+        end
+      end
+    end
+    if cost > 0 then
+      for i, seed in pairs(seeds) do
+        written[KEYS[k + i]] = seed
+        redis.call('SET', KEYS[k + i], seed, 'PX', math.floor((seed - now + 999) / 1000))
+      end
+    end
+  end
   for i = 1, n do
     local interval, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
     a = a + 2
-    local tat = written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
+    local tat = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
     local new = (tat > now and tat or now) + interval * cost
     if new - window - now <= max_wait then
       out[first + i] = new
@@ -55,7 +84,8 @@ for _ = 1, tonumber(ARGV[1]) do
       redis.call('SET', KEYS[k + i], new, 'PX', math.floor((new - now + 999) / 1000))
     end
   end
-  k = k + n
+  a = a + 2 * p
+  k = k + n + p
 end
 return out
 "#;
@@ -70,31 +100,55 @@ return out
 /// at a time.
 pub(super) const DECIDE_ACROSS_SLOTS: &str = r#"#!lua flags=allow-cross-slot-keys
 -- KEYS[1]: the first key (for routing). ARGV: the number of decisions, then for each: its
--- number of quotas n, cost, max_wait_us, then key, interval_us and window_us of each quota.
--- Returns what DECIDE returns.
+-- number of quotas n, cost, max_wait_us, its number of earlier quotas p, then key,
+-- interval_us and window_us of each quota, then key, quota index (1..n) and window_us of
+-- each earlier quota. Returns what DECIDE returns.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local count = tonumber(ARGV[1])
 local tats = {}
 local a = 2
 for _ = 1, count do
-  local n = tonumber(ARGV[a])
-  for i = 1, n do
-    local key = ARGV[a + 3 * i]
+  local n, p = tonumber(ARGV[a]), tonumber(ARGV[a + 3])
+  for i = 1, n + p do
+    local key = ARGV[a + 1 + 3 * i]
     if tats[key] == nil then
       tats[key] = tonumber(redis.call('GET', key)) or 0
     end
   end
-  a = a + 3 + 3 * n
+  a = a + 4 + 3 * (n + p)
 end
 local out = { now }
 a = 2
 for _ = 1, count do
   local n, cost, max_wait = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local p = tonumber(ARGV[a + 3])
   local first, all = #out, true
+  local seeds = {}
+  for j = 1, p do
+    local at = a + 1 + 3 * (n + j)
+    local key, i, from = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+    local own = tats[ARGV[a + 1 + 3 * i]]
+    local old = tats[key]
+    if old > now and own <= now then
+      local seed = now + math.floor((old - now) * tonumber(ARGV[a + 3 + 3 * i]) / from)
+      if seed > (seeds[i] or 0) then seeds[i] = seed end
+      if cost > 0 then
+        tats[key] = 0
+        redis.call('DEL', key)
+      end
+    end
+  end
+  if cost > 0 then
+    for i, seed in pairs(seeds) do
+      local key = ARGV[a + 1 + 3 * i]
+      tats[key] = seed
+      redis.call('SET', key, seed, 'PX', math.floor((seed - now + 999) / 1000))
+    end
+  end
   for i = 1, n do
-    local at = a + 3 * i
-    local tat = tats[ARGV[at]]
+    local at = a + 1 + 3 * i
+    local tat = seeds[i] or tats[ARGV[at]]
     local new = (tat > now and tat or now) + tonumber(ARGV[at + 1]) * cost
     if new - tonumber(ARGV[at + 2]) - now <= max_wait then
       out[first + i] = new
@@ -105,12 +159,12 @@ for _ = 1, count do
   end
   if all and cost > 0 then
     for i = 1, n do
-      local key, new = ARGV[a + 3 * i], out[first + i]
+      local key, new = ARGV[a + 1 + 3 * i], out[first + i]
       tats[key] = new
       redis.call('SET', key, new, 'PX', math.floor((new - now + 999) / 1000))
     end
   end
-  a = a + 3 + 3 * n
+  a = a + 4 + 3 * (n + p)
 end
 return out
 "#;
@@ -150,16 +204,30 @@ end
 return 1
 "#;
 
-/// A decision's arguments for [`DECIDE`]: `n`, cost, max wait, then interval and window per
-/// quota (microseconds).
+/// A decision's arguments for [`DECIDE`]: `n`, cost, max wait, `p`, then interval and window
+/// per quota (microseconds), then the quota index (from 1) and window of each earlier quota
+/// the set carries states over from.
 pub(super) fn decision_args(quotas: &Quotas, cost: u32, max_wait_us: u64) -> Vec<u64> {
-    let mut args = Vec::with_capacity(3 + 2 * quotas.len());
-    args.extend([quotas.len() as u64, u64::from(cost), max_wait_us]);
+    let carried = quotas.carried();
+    let mut args = Vec::with_capacity(4 + 2 * quotas.len() + 2 * carried.len());
+    args.extend([
+        quotas.len() as u64,
+        u64::from(cost),
+        max_wait_us,
+        carried.len() as u64,
+    ]);
     for quota in quotas {
-        let interval = interval_us(&Gcra::new(quota));
-        args.extend([interval, interval.saturating_mul(u64::from(quota.burst()))]);
+        args.extend([interval_us(&Gcra::new(quota)), window_us(quota)]);
+    }
+    for earlier in carried {
+        args.extend([earlier.index as u64 + 1, window_us(&earlier.quota)]);
     }
     args
+}
+
+/// The window Redis works with: the microsecond interval times the burst.
+fn window_us(quota: &crate::Quota) -> u64 {
+    interval_us(&Gcra::new(quota)).saturating_mul(u64::from(quota.burst()))
 }
 
 /// The microsecond interval Redis works with: at least 1.
