@@ -475,3 +475,55 @@ async fn a_live_quota_change_under_load_carries_each_clients_debt_over() {
         "the change should land mid-way for some clients"
     );
 }
+
+/// Per user and global at once: a request the global limit refuses spends none of the user's
+/// tokens, and the headers name the scope that bound the answer.
+#[tokio::test(start_paused = true)]
+async fn scoped_limits_decide_all_or_nothing_and_name_the_binding_scope() {
+    use tollgate::key::{Global, ScopeKey, Scopes};
+
+    let store = paused_store();
+    let scopes = Scopes::new()
+        .scope(
+            "user",
+            Header::new("x-api-key"),
+            Quota::per_hour(3).unwrap(),
+        )
+        .scope("global", Global, Quota::per_hour(4).unwrap());
+    let user = scopes.quotas().next().unwrap().clone();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(RateLimitLayer::scoped(scopes).store(store.clone()));
+    let server = TestServer::start(app).await;
+    let client = client();
+    let url = server.url("/");
+    let as_user = |name: &'static str| [("x-api-key", name)];
+    for _ in 0..3 {
+        assert_eq!(fetch(&client, &url, &as_user("alice")).await.status(), 200);
+    }
+    let alice_out = fetch(&client, &url, &as_user("alice")).await;
+    assert_eq!(alice_out.status(), 429);
+    assert!(header(&alice_out, "ratelimit")
+        .unwrap()
+        .starts_with("\"user\""));
+    let bob = fetch(&client, &url, &as_user("bob")).await;
+    assert_eq!(bob.status(), 200);
+    assert!(header(&bob, "ratelimit")
+        .unwrap()
+        .starts_with("\"global\";r=0;"));
+    for _ in 0..2 {
+        let refused = fetch(&client, &url, &as_user("bob")).await;
+        assert_eq!(refused.status(), 429);
+        assert!(header(&refused, "ratelimit")
+            .unwrap()
+            .starts_with("\"global\""));
+    }
+    // The refusals spent nothing of bob's own quota: 2 of 3 left.
+    let bob_key = ScopeKey::new("user", http::HeaderValue::from_static("bob"));
+    assert_eq!(store.status(&bob_key, &user).remaining(), 2);
+    // One global token back (15 minutes): bob passes, where a charged bob would be refused.
+    tokio::time::advance(Duration::from_secs(900)).await;
+    assert_eq!(fetch(&client, &url, &as_user("bob")).await.status(), 200);
+    // Requests without the user's key are missing a key, and refused as such.
+    assert_eq!(fetch(&client, &url, &[]).await.status(), 400);
+}

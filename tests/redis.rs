@@ -753,3 +753,100 @@ async fn shadow_mode_and_near_limit_reports_work_over_redis() {
     assert_eq!(status.remaining(), 0);
     assert!(status.retry_after() <= Duration::from_secs(12 * 60 + 1));
 }
+
+/// Per user and global in one script call on one Redis: a refusal by the global quota
+/// spends nothing of the user's, through the store and through a layer on a real server.
+#[tokio::test]
+async fn scoped_decisions_are_one_atomic_call_on_one_redis() {
+    use tollgate::key::{Global, ScopeKey, Scopes};
+
+    let redis = redis_or_skip!();
+    let user = Quotas::from(Quota::per_hour(3).unwrap().named("user").unwrap());
+    let global = Quotas::from(Quota::per_hour(4).unwrap().named("global").unwrap());
+    for store in [
+        redis.store(),
+        RedisStore::builder(redis.url())
+            .batching(false)
+            .connect()
+            .await
+            .unwrap(),
+    ] {
+        let parts = |who: &'static str| -> Arc<[(ScopeKey, Quotas)]> {
+            Arc::from(vec![
+                (ScopeKey::new("user", who), user.clone()),
+                (ScopeKey::new("global", Global), global.clone()),
+            ])
+        };
+        let calls = redis.calls("evalsha");
+        for _ in 0..3 {
+            let (_, decision) = store
+                .decide_parts(parts("alice"), 1, Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(decision.is_allowed());
+        }
+        assert_eq!(redis.calls("evalsha") - calls, 3, "one call per decision");
+        let (binding, refused) = store
+            .decide_parts(parts("alice"), 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            (binding, refused.is_allowed()),
+            (0, false),
+            "alice's own quota"
+        );
+        assert!(store
+            .decide_parts(parts("bob"), 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .1
+            .is_allowed());
+        for _ in 0..2 {
+            let (binding, refused) = store
+                .decide_parts(parts("bob"), 1, Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(
+                (binding, refused.is_allowed()),
+                (1, false),
+                "the global quota"
+            );
+        }
+        let bob = store
+            .status(&ScopeKey::new("user", "bob"), &user)
+            .await
+            .unwrap();
+        assert_eq!(bob.remaining(), 2, "refusals spent none of bob's quota");
+        drop(redis.cli(&["FLUSHALL"]));
+    }
+
+    // Through a layer on a real server.
+    let scopes = Scopes::new()
+        .scope(
+            "user",
+            Header::new("x-api-key"),
+            Quota::per_hour(3).unwrap(),
+        )
+        .scope("global", Global, Quota::per_hour(4).unwrap());
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(RateLimitLayer::scoped(scopes).store(redis.store()));
+    let addr = serve(app).await;
+    let client = common::client();
+    let url = format!("http://{addr}/");
+    let statuses = |who: &'static str, n: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move { common::statuses(&client, &url, &[("x-api-key", who)], n).await }
+    };
+    assert_eq!(statuses("alice", 4).await, [200, 200, 200, 429]);
+    assert_eq!(statuses("bob", 3).await, [200, 429, 429]);
+    let bob = redis
+        .store()
+        .status(
+            &ScopeKey::new("user", http::HeaderValue::from_static("bob")),
+            &user,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bob.remaining(), 2);
+}

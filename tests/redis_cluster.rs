@@ -621,3 +621,41 @@ async fn a_stalled_primary_does_not_hold_back_the_other_nodes_keys() {
         "a healthy node's key waited {slowest:?}"
     );
 }
+
+/// On a cluster the parts of a scoped decision live in different slots: charged in order, and
+/// given back when a later part refuses.
+#[tokio::test]
+async fn scoped_decisions_on_a_cluster_give_back_what_a_later_refusal_would_have_spent() {
+    use tollgate::key::{Global, ScopeKey};
+
+    let cluster = cluster_or_skip!(3, 0);
+    let store = cluster_store(&cluster).await;
+    let user = Quotas::from(Quota::per_hour(3).unwrap().named("user").unwrap());
+    let global = Quotas::from(Quota::per_hour(4).unwrap().named("global").unwrap());
+    let parts = |who: String| -> Arc<[(ScopeKey, Quotas)]> {
+        Arc::from(vec![
+            (ScopeKey::new("user", who), user.clone()),
+            (ScopeKey::new("global", Global), global.clone()),
+        ])
+    };
+    let mut refused = 0;
+    for i in 0..8 {
+        let (binding, decision) = store
+            .decide_parts(parts(format!("user{i}")), 1, Duration::ZERO)
+            .await
+            .unwrap();
+        if !decision.is_allowed() {
+            assert_eq!(binding, 1, "the global quota refuses");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4);
+    for i in 4..8 {
+        let status = store
+            .status(&ScopeKey::new("user", format!("user{i}")), &user)
+            .await
+            .unwrap();
+        assert_eq!(status.remaining(), 3, "user{i}'s charge was given back");
+    }
+    assert_eq!(store.errors(), 0);
+}

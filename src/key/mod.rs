@@ -37,6 +37,7 @@ mod exempt;
 mod header;
 mod logged;
 mod peer;
+mod scopes;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -49,6 +50,11 @@ pub use header::Header;
 pub(crate) use logged::partition_hash;
 pub use logged::{LogKeys, LoggedKey};
 pub use peer::{IpPrefix, PeerIp};
+pub use scopes::{ScopeKey, Scopes};
+
+/// Several keys of one request, each with the quotas it is decided under
+/// ([`KeyExtractor::extract_parts`]).
+pub type KeyParts<K> = Vec<(K, crate::Quotas)>;
 
 /// Turns a request into the key it is counted under.
 ///
@@ -64,6 +70,14 @@ pub trait KeyExtractor<Req>: Send + Sync + 'static {
     /// The key of every request, when all share one: the rate-limit layer can then reserve a
     /// slot in `poll_ready`, before a request exists. Only [`Global`] has one.
     fn global_key(&self) -> Option<Self::Key> {
+        None
+    }
+
+    /// Several keys for `request`, each with its quotas, to decide together; `None` (every
+    /// extractor but [`Scopes`]) for one key and the layer's quotas.
+    #[inline]
+    fn extract_parts(&self, request: &Req) -> Option<Result<KeyParts<Self::Key>, KeyError>> {
+        let _ = request;
         None
     }
 }

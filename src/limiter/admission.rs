@@ -34,6 +34,16 @@ pub(crate) struct Admitted {
     pub(crate) slot: Option<Slot>,
     /// Settles the cost from the response, when the layer reads it from there.
     pub(crate) settle: Option<Settle>,
+    /// Decided across several keys: the binding part's quotas, which the headers describe.
+    pub(crate) binding: Option<Quotas>,
+}
+
+/// What an allowed decision leaves to do.
+enum Verdict {
+    /// Nothing more: refused, or admitted with nothing to give back or settle.
+    Done(Result<Admitted, Refusal>),
+    /// Admitted: hold a slot (`slot`) or settle the cost, through the key's account.
+    Held { decision: Decision, slot: bool },
 }
 
 /// The admission decided now, or a future deciding it (a network store).
@@ -133,27 +143,115 @@ impl<S> Admission<S> {
         S: Store<K>,
         K: Hash + fmt::Debug + Send + Sync + 'static,
     {
+        match self.verdict(&key, quotas, hold, settle.is_some(), decided) {
+            Verdict::Done(done) => done,
+            Verdict::Held { decision, slot } => {
+                let account = Arc::new(Account {
+                    store: self.store.clone(),
+                    key,
+                    quotas: quotas.clone(),
+                });
+                Ok(Admitted::held(decision, account, cost, slot, settle))
+            }
+        }
+    }
+
+    /// Admits a request of `cost` checked against several keys at once, each with its own
+    /// quotas ([`Store::decide_parts`]): reported, refused and given back as the binding
+    /// part's, whose quotas the admission carries for the headers.
+    pub(crate) fn admit_parts<K>(
+        self: &Arc<Self>,
+        parts: Arc<[(K, Quotas)]>,
+        cost: u32,
+        max_wait: Duration,
+        settle: Option<u32>,
+    ) -> Admit
+    where
+        S: Store<K>,
+        K: Hash + fmt::Debug + Send + Sync + 'static,
+    {
+        if let Some((key, quotas)) = parts.first() {
+            if let Some(refused) = self.blocked(key, quotas) {
+                return Admit::Now(Err(refused));
+            }
+        }
+        match self.store.decide_parts_now(&parts, cost, max_wait) {
+            Some(decided) => Admit::Now(self.settle_parts(parts, cost, settle, decided)),
+            None => {
+                let deciding = self.store.decide_parts(Arc::clone(&parts), cost, max_wait);
+                let this = Arc::clone(self);
+                Admit::Later(Box::pin(async move {
+                    let decided = deciding.await;
+                    this.settle_parts(parts, cost, settle, decided)
+                }))
+            }
+        }
+    }
+
+    fn settle_parts<K>(
+        &self,
+        parts: Arc<[(K, Quotas)]>,
+        cost: u32,
+        settle: Option<u32>,
+        decided: Result<(usize, Decision), StoreError>,
+    ) -> Result<Admitted, Refusal>
+    where
+        S: Store<K>,
+        K: Hash + fmt::Debug + Send + Sync + 'static,
+    {
+        let (binding, decided) = match decided {
+            Ok((binding, decision)) => (binding.min(parts.len() - 1), Ok(decision)),
+            Err(error) => (0, Err(error)),
+        };
+        let (key, quotas) = &parts[binding];
+        let quotas = quotas.clone();
+        let admitted = match self.verdict(key, &quotas, false, settle.is_some(), decided) {
+            Verdict::Done(done) => done?,
+            Verdict::Held { decision, slot } => {
+                let account = Arc::new(Parts {
+                    store: self.store.clone(),
+                    parts,
+                });
+                Admitted::held(decision, account, cost, slot, settle)
+            }
+        };
+        Ok(Admitted {
+            binding: Some(quotas),
+            ..admitted
+        })
+    }
+
+    /// The decision's meaning, reported: done (refused, or admitted with nothing to give back
+    /// later), or admitted with a slot or cost to hold.
+    #[inline]
+    fn verdict<K: Hash + fmt::Debug>(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+        hold: bool,
+        settles: bool,
+        decided: Result<Decision, StoreError>,
+    ) -> Verdict {
         let decision = match decided {
             Ok(decision) => decision,
-            Err(StoreError::Quota(error)) => return Err(Refusal::TooCostly(error)),
-            Err(error) => return Err(Refusal::StoreFailed(error)),
+            Err(StoreError::Quota(error)) => return Verdict::Done(Err(Refusal::TooCostly(error))),
+            Err(error) => return Verdict::Done(Err(Refusal::StoreFailed(error))),
         };
         if !decision.is_allowed() {
-            self.event(LimitEventKind::Denied, &key, quotas, &decision);
+            self.event(LimitEventKind::Denied, key, quotas, &decision);
             if let Some(block) = &self.watch.block {
-                if block.refused(&key) {
-                    self.event(LimitEventKind::Blocked, &key, quotas, &decision);
+                if block.refused(key) {
+                    self.event(LimitEventKind::Blocked, key, quotas, &decision);
                 }
             }
             if self.watch.shadow {
                 // Let through, uncharged: the store is as enforcement would have left it.
-                return Ok(Admitted {
-                    decision: decision.at_once(),
-                    slot: None,
-                    settle: None,
-                });
+                return Verdict::Done(Ok(Admitted::now(decision.at_once())));
             }
-            return Err(Refusal::Limited(RateLimited::new(decision, quotas.clone())));
+            return Verdict::Done(Err(Refusal::Limited(RateLimited::new(
+                decision,
+                quotas.clone(),
+            ))));
         }
         self.metrics.allowed();
         if let Some(stats) = &self.watch.stats {
@@ -161,43 +259,25 @@ impl<S> Admission<S> {
         }
         let waits = !decision.wait().is_zero();
         if waits {
-            self.event(LimitEventKind::Waiting, &key, quotas, &decision);
+            self.event(LimitEventKind::Waiting, key, quotas, &decision);
         }
         if let Some(near_limit) = &self.watch.near_limit {
             let quota = &quotas.as_slice()[decision.quota_index()];
-            if near_limit.report(&key, quota, &decision) {
-                self.event(LimitEventKind::NearLimit, &key, quotas, &decision);
+            if near_limit.report(key, quota, &decision) {
+                self.event(LimitEventKind::NearLimit, key, quotas, &decision);
             }
         }
         if self.watch.shadow && waits {
             // Goes at once, its slot charged where it would have waited.
-            return Ok(Admitted {
-                decision: decision.at_once(),
-                slot: None,
-                settle: None,
-            });
+            return Verdict::Done(Ok(Admitted::now(decision.at_once())));
         }
-        if !(waits || hold || settle.is_some()) {
-            return Ok(Admitted {
-                decision,
-                slot: None,
-                settle: None,
-            });
+        if !(waits || hold || settles) {
+            return Verdict::Done(Ok(Admitted::now(decision)));
         }
-        let account: Arc<dyn Ledger> = Arc::new(Account {
-            store: self.store.clone(),
-            key,
-            quotas: quotas.clone(),
-        });
-        Ok(Admitted {
+        Verdict::Held {
             decision,
-            slot: (waits || hold).then(|| Slot::new(Arc::clone(&account), cost)),
-            settle: settle.map(|estimate| Settle {
-                account,
-                charged: cost,
-                estimate,
-            }),
-        })
+            slot: waits || hold,
+        }
     }
 
     /// The refusal of a blocked key, decided without the store (none in shadow mode).
@@ -267,6 +347,37 @@ impl<S> Admission<S> {
 }
 
 impl Admitted {
+    /// Admitted, with nothing held.
+    fn now(decision: Decision) -> Self {
+        Self {
+            decision,
+            slot: None,
+            settle: None,
+            binding: None,
+        }
+    }
+
+    /// Admitted, holding its slot (with `slot`) and settling its cost (with `settle`, the
+    /// estimate) through `account`.
+    fn held(
+        decision: Decision,
+        account: Arc<dyn Ledger>,
+        cost: u32,
+        slot: bool,
+        settle: Option<u32>,
+    ) -> Self {
+        Self {
+            decision,
+            slot: slot.then(|| Slot::new(Arc::clone(&account), cost)),
+            settle: settle.map(|estimate| Settle {
+                account,
+                charged: cost,
+                estimate,
+            }),
+            binding: None,
+        }
+    }
+
     /// The slot has come: marks it used.
     pub(crate) fn use_slot(self) -> Decision {
         if let Some(slot) = self.slot {
@@ -312,26 +423,56 @@ where
     /// Charges `cost` whatever is left: a decision that may wait for ever always passes and
     /// moves the TAT. Over a burst, in pieces of the largest cost the quotas accept.
     fn charge(&self, cost: u32) {
-        let most = self.quotas.max_cost().max(1);
+        Self::charge_on(&self.store, &self.key, &self.quotas, cost);
+    }
+}
+
+impl<S, K> Account<S, K>
+where
+    S: Store<K>,
+    K: Send + Sync + 'static,
+{
+    fn charge_on(store: &S, key: &K, quotas: &Quotas, cost: u32) {
+        let most = quotas.max_cost().max(1);
         let mut left = cost;
         while left > 0 {
             let piece = left.min(most);
             left -= piece;
-            if self
-                .store
-                .decide_now(&self.key, &self.quotas, piece, Duration::MAX)
+            if store
+                .decide_now(key, quotas, piece, Duration::MAX)
                 .is_some()
             {
                 continue;
             }
-            let charging = self
-                .store
-                .decide(&self.key, &self.quotas, piece, Duration::MAX);
+            let charging = store.decide(key, quotas, piece, Duration::MAX);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let _ = charging.await;
                 });
             }
+        }
+    }
+}
+
+/// Several keys' places in a store, charged and given back together.
+struct Parts<S, K> {
+    store: S,
+    parts: Arc<[(K, Quotas)]>,
+}
+
+impl<S, K> Ledger for Parts<S, K>
+where
+    S: Store<K>,
+    K: Send + Sync + 'static,
+{
+    fn refund(&self, cost: u32) {
+        self.store.refund_parts(&self.parts, cost);
+    }
+
+    /// Charges `cost` on every part whatever is left, as [`Account::charge`] does.
+    fn charge(&self, cost: u32) {
+        for (key, quotas) in self.parts.iter() {
+            Account::charge_on(&self.store, key, quotas, cost);
         }
     }
 }

@@ -143,6 +143,19 @@ impl RateLimitLayer {
         }
     }
 
+    /// One decision across several keys per request, each with its own quota: per user *and*
+    /// per route *and* global, all or nothing (see [`Scopes`](crate::key::Scopes)). The
+    /// quotas are the scopes'; otherwise as [`new`](Self::new).
+    pub fn scoped<Req: 'static>(
+        scopes: crate::key::Scopes<Req>,
+    ) -> RateLimitLayer<crate::key::Scopes<Req>, Quotas> {
+        let first =
+            scopes.quotas().next().cloned().unwrap_or_else(|| {
+                Quotas::from(crate::Quota::per_second(1).expect("a valid quota"))
+            });
+        Self::new(first).key(scopes)
+    }
+
     /// A global limit whose quotas can change while it runs, through `limits` or any clone
     /// of it (see [`LiveQuotas`](super::LiveQuotas)); otherwise as [`new`](Self::new).
     pub fn live(limits: super::LiveQuotas) -> RateLimitLayer<Global, super::LiveQuotas> {

@@ -14,7 +14,7 @@ use super::layer::{MissingKey, Mode};
 use super::policy::{Cost, QuotaPolicy};
 use super::respond::Refuse;
 use crate::headers::ietf::PartitionKey;
-use crate::key::KeyExtractor;
+use crate::key::{KeyError, KeyExtractor};
 use crate::limiter::{Admission, Admit, Admitted, Refusal, Settle};
 use crate::{Quotas, Store};
 
@@ -148,44 +148,84 @@ where
                 Reservation::None | Reservation::Deciding(_) | Reservation::Waiting(_) => {}
             }
         }
+        if let Some(parts) = shared.key.extract_parts(&request) {
+            return call_parts(inner, shared, request, parts);
+        }
         let key = match shared.key.extract(&request) {
             Ok(key) => key,
-            // Exempt: no store call, no count.
-            Err(error) if error.is_exempt() => {
-                return ResponseFuture::calling(inner.call(request), None);
-            }
-            Err(error) => {
-                let layer = &*shared.admission.name;
-                if error.is_client_error() {
-                    tracing::debug!(target: "tollgate::rate_limit", layer, %error, "request without a key");
-                } else {
-                    tracing::warn!(target: "tollgate::rate_limit", layer, %error, "request without a key");
-                }
-                return match shared.missing_key {
-                    MissingKey::Allow => ResponseFuture::calling(inner.call(request), None),
-                    MissingKey::Reject => {
-                        shared.refuse::<Svc, Req>(Refusal::NoKey(error), &request, None)
-                    }
-                };
-            }
+            Err(error) => return without_key(inner, shared, request, error),
         };
         let quotas = shared.quotas.quotas(&key, &request);
         let quotas = quotas.borrow();
-        let cost = shared.cost.cost(&request);
+        let (charge, settle) = shared.charge(&request);
         // `None` at once unless the layer writes partition keys: no hash otherwise.
         let partition = shared.respond.partition(&key);
-        // Settling from the response, a request pays at least one unit up front, so that a
-        // key with nothing left is refused even when the estimate is zero (counting only
-        // failures); what the response does not use is given back.
-        let (charge, settle) = match shared.settle {
-            true => (cost.max(1), Some(cost)),
-            false => (cost, None),
-        };
         let max_wait = shared.max_wait();
         let admit =
             (shared.admission).admit_to_settle(key, quotas, charge, max_wait, false, settle);
         proceed(inner, shared, request, quotas, admit, None, partition)
     }
+}
+
+/// A request without a key: exempt (no store call, no count), or missing, as the layer's
+/// [`MissingKey`] policy says.
+fn without_key<Svc, Req, K, Q, S, R, C>(
+    inner: &mut Svc,
+    shared: &Arc<Shared<K, Q, S, R, C>>,
+    request: Req,
+    error: KeyError,
+) -> CallFuture<Svc, R, Req>
+where
+    Svc: Service<Req> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Response: Send + 'static,
+    Req: Send + 'static,
+    R: Refuse<Req, Svc::Response, Svc::Error>,
+{
+    if error.is_exempt() {
+        return ResponseFuture::calling(inner.call(request), None);
+    }
+    let layer = &*shared.admission.name;
+    if error.is_client_error() {
+        tracing::debug!(target: "tollgate::rate_limit", layer, %error, "request without a key");
+    } else {
+        tracing::warn!(target: "tollgate::rate_limit", layer, %error, "request without a key");
+    }
+    match shared.missing_key {
+        MissingKey::Allow => ResponseFuture::calling(inner.call(request), None),
+        MissingKey::Reject => shared.refuse::<Svc, Req>(Refusal::NoKey(error), &request, None),
+    }
+}
+
+/// A call decided across several keys at once ([`Scopes`](crate::key::Scopes)).
+#[inline(never)]
+fn call_parts<Svc, Req, K, Q, S, R, C>(
+    inner: &mut Svc,
+    shared: &Arc<Shared<K, Q, S, R, C>>,
+    request: Req,
+    parts: Result<crate::key::KeyParts<K::Key>, KeyError>,
+) -> CallFuture<Svc, R, Req>
+where
+    Svc: Service<Req> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Response: Send + 'static,
+    Req: Send + 'static,
+    K: KeyExtractor<Req>,
+    Q: QuotaPolicy<K::Key, Req>,
+    S: Store<K::Key>,
+    R: Refuse<Req, Svc::Response, Svc::Error>,
+    C: Cost<Req>,
+{
+    let parts = match parts {
+        Ok(parts) if !parts.is_empty() => parts,
+        Ok(_) => return without_key(inner, shared, request, KeyError::missing("no parts")),
+        Err(error) => return without_key(inner, shared, request, error),
+    };
+    let (charge, settle) = shared.charge(&request);
+    let partition = shared.respond.partition(&parts[0].0);
+    let first = parts[0].1.clone();
+    let admit = (shared.admission).admit_parts(parts.into(), charge, shared.max_wait(), settle);
+    proceed(inner, shared, request, &first, admit, None, partition)
 }
 
 /// A call whose first unit was reserved in `poll_ready` (global key, fixed quotas).
@@ -280,11 +320,13 @@ where
     match admit {
         Admit::Now(Ok(mut admitted)) if admitted.decision.wait().is_zero() => {
             let settle = settle_with(&mut admitted, reserved);
+            let quotas = admitted.binding.as_ref().unwrap_or(quotas);
             let note = shared.note(quotas, &admitted.decision, partition);
             ResponseFuture::settling(inner.call(request), note, settle)
         }
         Admit::Now(Ok(mut admitted)) => {
             let settle = settle_with(&mut admitted, reserved);
+            let quotas = admitted.binding.as_ref().unwrap_or(quotas);
             let note = shared.note(quotas, &admitted.decision, partition);
             let inner = take_ready(inner);
             ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(
@@ -308,7 +350,8 @@ where
                     }
                 };
                 let settle = settle_with(&mut admitted, reserved);
-                let note = shared.note(&quotas, &admitted.decision, partition);
+                let quotas = admitted.binding.as_ref().unwrap_or(&quotas);
+                let note = shared.note(quotas, &admitted.decision, partition);
                 call_at::<_, _, R>(inner, request, admitted, note, settle).await
             }))
         }
@@ -396,6 +439,22 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
             self.respond.note(quotas, decision, partition)
         } else {
             None
+        }
+    }
+
+    /// What a request is charged up front, and the estimate its response settles, if it does.
+    /// Settling from the response, a request pays at least one unit up front, so that a key
+    /// with nothing left is refused even when the estimate is zero (counting only failures);
+    /// what the response does not use is given back.
+    #[inline]
+    fn charge<Req>(&self, request: &Req) -> (u32, Option<u32>)
+    where
+        C: Cost<Req>,
+    {
+        let cost = self.cost.cost(request);
+        match self.settle {
+            true => (cost.max(1), Some(cost)),
+            false => (cost, None),
         }
     }
 

@@ -123,6 +123,45 @@ impl Decision {
         }
     }
 
+    /// The decision of a request checked against several keys at once ([`Store::decide_parts`](crate::Store::decide_parts)),
+    /// from each part's decision: the index of the part whose numbers it gives, and those
+    /// numbers. Refused if any part refuses (the one that waits longest binds); allowed, the
+    /// part with the fewest requests left binds, and the request waits for the latest slot.
+    ///
+    /// # Panics
+    ///
+    /// If `parts` is empty.
+    pub fn of_parts(parts: &[Decision]) -> (usize, Decision) {
+        assert!(!parts.is_empty(), "at least one part");
+        let refused = parts
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.allowed)
+            .max_by_key(|(_, d)| d.wait);
+        if let Some((i, decision)) = refused {
+            return (i, *decision);
+        }
+        let wait = parts.iter().map(|d| d.wait).max().unwrap_or(0);
+        let (i, binding) = parts
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, d)| {
+                let status = d.status();
+                (status.remaining(), u64::MAX - status.reset_after_nanos())
+            })
+            .map_or((0, parts[0]), |(i, d)| (i, *d));
+        let later = wait - binding.wait;
+        (
+            i,
+            Decision {
+                wait,
+                // The request goes ahead later: the bucket is that much closer to full then.
+                debt: binding.debt.saturating_sub(later),
+                ..binding
+            },
+        )
+    }
+
     /// Whether the request may pass (after [`wait`](Self::wait), in wait mode).
     #[inline]
     pub fn is_allowed(&self) -> bool {

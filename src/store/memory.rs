@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::table::{self, Evicted, Table};
-use super::{Decision, ResetFuture, Store, StoreError};
+use super::{Decision, PartsFuture, ResetFuture, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::{Gcra, Step};
 use crate::quota::{self, Single, MAX_CARRIED, MAX_QUOTAS};
@@ -222,6 +222,97 @@ impl<C: Clock> MemoryStore<C> {
         ))
     }
 
+    /// Decides a request of `cost` against several keys at once, each with its own quotas, in
+    /// one atomic step: allowed only if every part allows it, and then charged on every part;
+    /// a refusal charges none (see [`Store::decide_parts`]). Answers the index of the part
+    /// whose numbers the decision gives. Quotas carried over from earlier sets
+    /// ([`Quotas::carry_over_from`]) are not looked up here.
+    ///
+    /// ```
+    /// use tollgate::{MemoryStore, Quota, Quotas};
+    ///
+    /// let store = MemoryStore::new();
+    /// let user = Quotas::from(Quota::per_minute(5).unwrap().named("user").unwrap());
+    /// let global = Quotas::from(Quota::per_minute(2).unwrap().named("global").unwrap());
+    /// let parts = [("alice", user.clone()), ("all", global)];
+    /// assert!(store.check_parts(&parts, 1).unwrap().1.is_allowed());
+    /// assert!(store.check_parts(&parts, 1).unwrap().1.is_allowed());
+    /// // The global limit refuses, and alice's tokens are not spent by the refusal.
+    /// let (binding, refused) = store.check_parts(&parts, 1).unwrap();
+    /// assert_eq!((binding, refused.is_allowed()), (1, false));
+    /// assert_eq!(store.status(&"alice", &user).remaining(), 3);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::Empty`] without parts, [`QuotaError::TooMany`] past
+    /// [`MAX_PART_QUOTAS`](super::MAX_PART_QUOTAS) quotas in all, and
+    /// [`QuotaError::CostExceedsBurst`].
+    pub fn check_parts<K: Hash>(
+        &self,
+        parts: &[(K, Quotas)],
+        cost: u32,
+    ) -> Result<(usize, Decision), QuotaError> {
+        self.check_parts_or_wait(parts, cost, Duration::ZERO)
+    }
+
+    /// Like [`check_parts`](Self::check_parts), but a request whose slot comes within
+    /// `max_wait` on every part is allowed with [`Decision::wait`] set and its slots reserved.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_parts`](Self::check_parts).
+    pub fn check_parts_or_wait<K: Hash>(
+        &self,
+        parts: &[(K, Quotas)],
+        cost: u32,
+        max_wait: Duration,
+    ) -> Result<(usize, Decision), QuotaError> {
+        super::check_parts(parts, cost)?;
+        if cost == 0 {
+            let statuses: Vec<Decision> = parts.iter().map(|(k, q)| self.status(k, q)).collect();
+            return Ok(Decision::of_parts(&statuses));
+        }
+        let inner = &*self.inner;
+        let hashes: Vec<u64> = parts
+            .iter()
+            .map(|(k, _)| inner.hasher.hash_one(k))
+            .collect();
+        let (mut ids, mut gcras, mut n) =
+            ([0; MAX_QUOTAS], [Gcra::from_nanos(1, 1); MAX_QUOTAS], 0);
+        for ((_, quotas), &key_hash) in parts.iter().zip(&hashes) {
+            for quota in quotas {
+                ids[n] = table::entry_id(key_hash, quota.id());
+                gcras[n] = Gcra::new(quota);
+                n += 1;
+            }
+        }
+        let mut specs = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for ((_, quotas), &key_hash) in parts.iter().zip(&hashes) {
+            specs.push((key_hash, &ids[at..at + quotas.len()]));
+            at += quotas.len();
+        }
+        let now = inner.clock.now();
+        let steps = inner.table.update_parts(
+            &specs,
+            now,
+            |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
+            |tats| commit_all(&gcras[..n], tats, now, cost, nanos(max_wait)),
+        );
+        let mut decisions = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for (_, quotas) in parts {
+            decisions.push(Decision::from_steps(
+                quotas,
+                &steps[at..at + quotas.len()],
+                now,
+            ));
+            at += quotas.len();
+        }
+        Ok(Decision::of_parts(&decisions))
+    }
+
     /// The state of `key` under `quotas`, without consuming anything.
     pub fn status<K: Hash>(&self, key: &K, quotas: &Quotas) -> Decision {
         let inner = &*self.inner;
@@ -419,6 +510,28 @@ impl<C: Clock, K: Hash> Store<K> for MemoryStore<C> {
     fn reset(&self, key: &K, quotas: &Quotas) -> ResetFuture {
         MemoryStore::reset(self, key, quotas);
         Box::pin(ready(Ok(())))
+    }
+
+    fn decide_parts_now(
+        &self,
+        parts: &[(K, Quotas)],
+        cost: u32,
+        max_wait: Duration,
+    ) -> Option<Result<(usize, Decision), StoreError>> {
+        Some(
+            self.check_parts_or_wait(parts, cost, max_wait)
+                .map_err(StoreError::from),
+        )
+    }
+
+    fn decide_parts(&self, parts: Arc<[(K, Quotas)]>, cost: u32, max_wait: Duration) -> PartsFuture
+    where
+        K: Send + Sync + 'static,
+    {
+        Box::pin(ready(
+            self.check_parts_or_wait(&parts, cost, max_wait)
+                .map_err(StoreError::from),
+        ))
     }
 }
 
@@ -628,34 +741,52 @@ struct DecideAll<'q> {
 }
 
 impl DecideAll<'_> {
-    fn gcra(&self, i: usize) -> Gcra {
-        Gcra::new(&self.quotas.as_slice()[i])
-    }
-
     fn run(&mut self, tats: &[&AtomicU64]) -> Decision {
-        let n = tats.len();
-        let mut current = [0u64; MAX_QUOTAS];
-        let mut steps = [NO_STEP; MAX_QUOTAS];
-        'again: loop {
-            for i in 0..n {
-                current[i] = table::load(tats[i]);
-                steps[i] = self
-                    .gcra(i)
-                    .step(current[i], self.now, self.cost, self.max_wait);
-            }
-            if steps[..n].iter().any(|s| !s.allowed) {
-                return Decision::from_steps(self.quotas, &steps[..n], self.now);
-            }
-            for i in 0..n {
-                if table::swap(tats[i], current[i], steps[i].tat).is_err() {
-                    for (j, tat) in tats.iter().enumerate().take(i) {
-                        table::subtract(tat, self.gcra(j).charge(self.cost));
-                    }
-                    continue 'again;
-                }
-            }
-            return Decision::from_steps(self.quotas, &steps[..n], self.now);
+        let mut gcras = [Gcra::from_nanos(1, 1); MAX_QUOTAS];
+        for (gcra, quota) in gcras.iter_mut().zip(self.quotas) {
+            *gcra = Gcra::new(quota);
         }
+        let steps = commit_all(
+            &gcras[..tats.len()],
+            tats,
+            self.now,
+            self.cost,
+            self.max_wait,
+        );
+        Decision::from_steps(self.quotas, &steps[..tats.len()], self.now)
+    }
+}
+
+/// Decides one request against every TAT of `tats` (one per GCRA of `gcras`) and charges all
+/// or none: read all, decide all, then commit each with a compare-and-swap. If another
+/// request changed a TAT in between, undo the commits made so far and start again.
+fn commit_all(
+    gcras: &[Gcra],
+    tats: &[&AtomicU64],
+    now: u64,
+    cost: u32,
+    max_wait: u64,
+) -> [Step; MAX_QUOTAS] {
+    let n = tats.len();
+    let mut current = [0u64; MAX_QUOTAS];
+    let mut steps = [NO_STEP; MAX_QUOTAS];
+    'again: loop {
+        for i in 0..n {
+            current[i] = table::load(tats[i]);
+            steps[i] = gcras[i].step(current[i], now, cost, max_wait);
+        }
+        if steps[..n].iter().any(|s| !s.allowed) {
+            return steps;
+        }
+        for i in 0..n {
+            if table::swap(tats[i], current[i], steps[i].tat).is_err() {
+                for (gcra, tat) in gcras.iter().zip(tats).take(i) {
+                    table::subtract(tat, gcra.charge(cost));
+                }
+                continue 'again;
+            }
+        }
+        return steps;
     }
 }
 

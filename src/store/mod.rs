@@ -79,10 +79,113 @@ pub trait Store<K: ?Sized>: Clone + Send + Sync + 'static {
 
     /// Forgets `key`'s state under `quotas`: its buckets are full again.
     fn reset(&self, key: &K, quotas: &Quotas) -> ResetFuture;
+
+    /// [`decide_parts`](Store::decide_parts) at once, when the store can (the memory store
+    /// always can).
+    fn decide_parts_now(
+        &self,
+        parts: &[(K, Quotas)],
+        cost: u32,
+        max_wait: Duration,
+    ) -> Option<Result<(usize, Decision), StoreError>>
+    where
+        K: Sized,
+    {
+        let _ = (parts, cost, max_wait);
+        None
+    }
+
+    /// Decides a request of `cost` against several keys at once, each with its own quotas
+    /// (per user *and* per route *and* global): allowed only if every part allows it, and a
+    /// refusal by one part spends nothing of the others. Answers the index of the part whose
+    /// numbers the decision gives ([`Decision::of_parts`]).
+    ///
+    /// The memory store and a single Redis decide all parts in one atomic step. This default,
+    /// which a Redis Cluster uses too (the parts' keys may live on different nodes), charges
+    /// the parts in order and gives back what the earlier parts were charged when a later one
+    /// refuses: no part keeps a charge for a refused request, but between the two, a
+    /// concurrent request may find an earlier part's tokens spent.
+    ///
+    /// `parts` are shared with the caller, which keeps them to give the cost back.
+    fn decide_parts(
+        &self,
+        parts: std::sync::Arc<[(K, Quotas)]>,
+        cost: u32,
+        max_wait: Duration,
+    ) -> PartsFuture
+    where
+        K: Sized + Send + Sync + 'static,
+    {
+        let store = self.clone();
+        Box::pin(async move { in_order(&store, &parts, cost, max_wait).await })
+    }
+
+    /// Gives back the cost of a request allowed by [`decide_parts`](Store::decide_parts) that
+    /// never went ahead, on every part.
+    fn refund_parts(&self, parts: &[(K, Quotas)], cost: u32)
+    where
+        K: Sized,
+    {
+        for (key, quotas) in parts {
+            self.refund(key, quotas, cost);
+        }
+    }
 }
 
 /// The answer to [`Store::reset`].
 pub type ResetFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// The answer to [`Store::decide_parts`]: the binding part's index, and the decision.
+pub type PartsFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<(usize, Decision), StoreError>> + Send>>;
+
+/// The most quotas a decision across several keys holds, all parts together.
+pub const MAX_PART_QUOTAS: usize = crate::quota::MAX_QUOTAS;
+
+/// [`Store::decide_parts`] by charging each part in order and giving back the earlier parts'
+/// charges when a later one refuses.
+pub(crate) async fn in_order<K, S: Store<K>>(
+    store: &S,
+    parts: &[(K, Quotas)],
+    cost: u32,
+    max_wait: Duration,
+) -> Result<(usize, Decision), StoreError> {
+    check_parts(parts, cost)?;
+    let mut decisions = Vec::with_capacity(parts.len());
+    for (i, (key, quotas)) in parts.iter().enumerate() {
+        let decided = match store.decide_now(key, quotas, cost, max_wait) {
+            Some(decided) => decided,
+            None => store.decide(key, quotas, cost, max_wait).await,
+        };
+        match decided {
+            Ok(decision) if decision.is_allowed() => decisions.push(decision),
+            refused => {
+                if cost > 0 {
+                    for (key, quotas) in &parts[..i] {
+                        store.refund(key, quotas, cost);
+                    }
+                }
+                return refused.map(|decision| (i, decision));
+            }
+        }
+    }
+    Ok(Decision::of_parts(&decisions))
+}
+
+/// Checks a decision across parts: at least one, at most [`MAX_PART_QUOTAS`] quotas in all,
+/// and a cost every part can pass.
+pub(crate) fn check_parts<K>(parts: &[(K, Quotas)], cost: u32) -> Result<(), QuotaError> {
+    let quotas: usize = parts.iter().map(|(_, quotas)| quotas.len()).sum();
+    if parts.is_empty() {
+        return Err(QuotaError::Empty);
+    }
+    if quotas > MAX_PART_QUOTAS {
+        return Err(QuotaError::TooMany(quotas));
+    }
+    parts
+        .iter()
+        .try_for_each(|(_, quotas)| quotas.check_cost(cost))
+}
 
 /// Why a store could not decide.
 #[derive(Debug)]

@@ -231,6 +231,46 @@ impl Table {
         self.update_new(self.shard(key_hash), ids, carried, now, on_evict, f)
     }
 
+    /// Runs `f` on the TATs of several keys' entries at once (`parts`: each key's hash and
+    /// its entry ids, in order), claiming slots for the missing ones. The shards' read locks
+    /// are taken in shard order, so that two such calls never wait for each other in a cycle.
+    pub(crate) fn update_parts<R>(
+        &self,
+        parts: &[(u64, &[u64])],
+        now: u64,
+        mut on_evict: impl FnMut(Evicted),
+        mut f: impl FnMut(&[&AtomicU64]) -> R,
+    ) -> R {
+        let shard_of = |key_hash: u64| ((key_hash >> 32) & self.shard_mask) as usize;
+        let mut order: Vec<usize> = parts.iter().map(|(h, _)| shard_of(*h)).collect();
+        order.sort_unstable();
+        order.dedup();
+        loop {
+            for (key_hash, ids) in parts {
+                self.update(*key_hash, ids, &[], now, &mut on_evict, |_, _| ());
+            }
+            let guards: Vec<(usize, RwLockReadGuard<'_, Slots>)> =
+                order.iter().map(|&i| (i, read(&self.shards[i]))).collect();
+            let mut tats = Vec::with_capacity(MAX_QUOTAS);
+            'parts: for (key_hash, ids) in parts {
+                let shard = shard_of(*key_hash);
+                let Some((_, slots)) = guards.iter().find(|(i, _)| *i == shard) else {
+                    break 'parts;
+                };
+                for id in *ids {
+                    // Dropped by a rebuild since it was claimed: claim it again.
+                    let Some(slot) = slots.find(*id) else {
+                        break 'parts;
+                    };
+                    tats.push(&slot.tat);
+                }
+            }
+            if tats.len() == parts.iter().map(|(_, ids)| ids.len()).sum::<usize>() {
+                return f(&tats);
+            }
+        }
+    }
+
     /// Claims what is missing under the read lock if the shard has room; otherwise rebuilds
     /// under the write lock first, evicting at the cap.
     #[cold]

@@ -409,6 +409,43 @@ impl Inner {
     ) -> Result<Answer, StoreError> {
         let keys = self.decision_keys(subject, quotas);
         let args = decision_args(quotas, cost, max_wait_us);
+        self.send(keys, args, quotas.len()).await
+    }
+
+    /// One decision across several subjects' keys, all or nothing, in one script call (on a
+    /// single Redis, where every key is on the one node): each part's share of the answer.
+    async fn call_parts<K: RedisKey>(
+        &self,
+        parts: &[(K, Quotas)],
+        cost: u32,
+        max_wait_us: u64,
+    ) -> Result<Vec<Answer>, StoreError> {
+        let quotas: Vec<&crate::Quota> = parts.iter().flat_map(|(_, q)| q.as_slice()).collect();
+        let keys: Vec<Vec<u8>> = parts
+            .iter()
+            .flat_map(|(subject, quotas)| self.keys(subject, quotas))
+            .collect();
+        let mut args = Vec::with_capacity(4 + 2 * quotas.len());
+        args.extend([quotas.len() as u64, u64::from(cost), max_wait_us, 0]);
+        for quota in &quotas {
+            args.extend([interval_us(&Gcra::new(quota)), script::window_us(quota)]);
+        }
+        let answer = self.send(keys, args, quotas.len()).await?;
+        let lens: Vec<usize> = parts.iter().map(|(_, quotas)| quotas.len()).collect();
+        answer.parts(&lens).ok_or_else(|| {
+            StoreError::Backend("the decision script answered in an unexpected shape".into())
+        })
+    }
+
+    /// Sends one decision (its keys, and its arguments for [`DECIDE`] with `n` quotas):
+    /// through the batcher on a single Redis, in its own call on a cluster (or with batching
+    /// off).
+    async fn send(
+        &self,
+        keys: Vec<Vec<u8>>,
+        args: Vec<u64>,
+        n: usize,
+    ) -> Result<Answer, StoreError> {
         if let Some(batcher) = &self.batcher {
             let answer = batcher.submit(keys, args);
             return match tokio::time::timeout(self.timeout, answer).await {
@@ -433,7 +470,7 @@ impl Inner {
             Ok(Err(error)) => return Err(StoreError::Backend(Box::new(error))),
             Err(_) => return Err(StoreError::Timeout(self.timeout)),
         };
-        Answer::split(&raw, &[quotas.len()])
+        Answer::split(&raw, &[n])
             .and_then(|mut answers| answers.pop())
             .ok_or_else(|| {
                 StoreError::Backend("the decision script answered in an unexpected shape".into())
@@ -452,6 +489,19 @@ impl Inner {
         cost: u32,
         max_wait: Duration,
     ) -> Result<Decision, StoreError> {
+        self.note_failure(&error, group, subject, quotas);
+        self.policy(error, subject, quotas, cost, max_wait)
+    }
+
+    /// Counts a failed call, logs it (at once the first time, then at most once a second),
+    /// and trips `group`'s breaker after repeated failures.
+    fn note_failure<K: RedisKey + ?Sized>(
+        self: &Arc<Self>,
+        error: &StoreError,
+        group: usize,
+        subject: &K,
+        quotas: &Quotas,
+    ) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         crate::metrics::store_error("redis");
         let now = self.clock.now();
@@ -466,13 +516,12 @@ impl Inner {
             tracing::warn!(target: "tollgate::store::redis", %error, errors = self.errors.load(Ordering::Relaxed), policy = ?self.on_failure, "Redis did not decide");
         }
         if let Some(hook) = &self.hook {
-            hook(&error);
+            hook(error);
         }
         if self.breaker.failed(group) {
             tracing::warn!(target: "tollgate::store::redis", failures = TRIP_AFTER, group, policy = ?self.on_failure, "Redis is down: deciding by the failure policy at once, probing in the background");
             self.probe(group, self.key(subject, &quotas.as_slice()[0]));
         }
-        self.policy(error, subject, quotas, cost, max_wait)
     }
 
     /// Starts a background probe of `group`, unless one runs: `EXISTS probe_key` (which goes
@@ -682,6 +731,45 @@ where
     fn reset(&self, key: &K, quotas: &Quotas) -> super::ResetFuture {
         let (store, key, quotas) = (self.clone(), key.clone(), quotas.clone());
         Box::pin(async move { RedisStore::reset(&store, &key, &quotas).await })
+    }
+
+    /// On a single Redis, one atomic script call for every part; on a cluster (the parts'
+    /// keys may live on different nodes), while a part's Redis is down, or when the call
+    /// fails, part by part in order ([`Store::decide_parts`]'s default).
+    fn decide_parts(
+        &self,
+        parts: Arc<[(K, Quotas)]>,
+        cost: u32,
+        max_wait: Duration,
+    ) -> crate::store::PartsFuture {
+        let store = self.clone();
+        Box::pin(async move {
+            crate::store::check_parts(&parts, cost)?;
+            let inner = &store.inner;
+            let groups: Vec<usize> = parts.iter().map(|(key, _)| inner.group(key)).collect();
+            let in_order = inner.connection.is_cluster()
+                || groups.iter().any(|&group| inner.breaker.is_down(group));
+            if in_order {
+                return crate::store::in_order(&store, &parts, cost, max_wait).await;
+            }
+            let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
+            let answers = match inner.call_parts(&parts, cost, max_wait_us).await {
+                Ok(answers) => answers,
+                Err(error) => {
+                    inner.note_failure(&error, groups[0], &parts[0].0, &parts[0].1);
+                    return crate::store::in_order(&store, &parts, cost, max_wait).await;
+                }
+            };
+            inner.breaker.answered(groups[0]);
+            let mut decisions = Vec::with_capacity(parts.len());
+            for ((key, quotas), answer) in parts.iter().zip(&answers) {
+                decisions.push(answer_decision(quotas, cost, answer)?);
+                if let Some(local) = &inner.local {
+                    local.mirror(key, quotas, answer);
+                }
+            }
+            Ok(Decision::of_parts(&decisions))
+        })
     }
 
     fn refund(&self, key: &K, quotas: &Quotas, cost: u32) {

@@ -226,7 +226,7 @@ pub(super) fn decision_args(quotas: &Quotas, cost: u32, max_wait_us: u64) -> Vec
 }
 
 /// The window Redis works with: the microsecond interval times the burst.
-fn window_us(quota: &crate::Quota) -> u64 {
+pub(super) fn window_us(quota: &crate::Quota) -> u64 {
     interval_us(&Gcra::new(quota)).saturating_mul(u64::from(quota.burst()))
 }
 
@@ -301,6 +301,15 @@ impl Answer {
             rest = tail;
         }
         rest.is_empty().then_some(answers)
+    }
+
+    /// Splits the answer of one decision across several keys into each part's share
+    /// (`lens`: each part's number of quotas).
+    pub(super) fn parts(&self, lens: &[usize]) -> Option<Vec<Answer>> {
+        let mut raw = Vec::with_capacity(1 + self.len);
+        raw.push(i64::try_from(self.now_us).ok()?);
+        raw.extend_from_slice(&self.tats[..self.len]);
+        Answer::split(&raw, lens)
     }
 
     fn allowed(&self, i: usize) -> bool {

@@ -1,0 +1,258 @@
+//! One decision across several keys: per user *and* per route *and* global, all or nothing,
+//! so that a request the global limit refuses does not spend the user's tokens.
+//!
+//! ```
+//! use axum::{body::Body, routing::get, Router};
+//! use http::Request;
+//! use tollgate::key::{Global, Header, Scopes};
+//! use tollgate::{Quota, RateLimitLayer};
+//!
+//! # fn main() -> Result<(), tollgate::QuotaError> {
+//! let scopes = Scopes::new()
+//!     .scope("user", Header::new("x-api-key"), Quota::per_second(10)?)
+//!     .scope(
+//!         "route",
+//!         |request: &Request<Body>| Some(request.uri().path().to_owned()),
+//!         Quota::per_second(100)?,
+//!     )
+//!     .scope("global", Global, Quota::per_second(1000)?);
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(RateLimitLayer::scoped(scopes));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Each scope's quotas are named after the scope (`"user"`, `"route"`, `"global"`), so the
+//! `RateLimit` headers of an answer say which scope bound it. The memory store and a single
+//! Redis decide every scope in one atomic step; a Redis Cluster, where the scopes' keys may
+//! live on different nodes, charges them in order and gives back the earlier charges when a
+//! later scope refuses ([`Store::decide_parts`](crate::Store::decide_parts)).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use super::{KeyError, KeyExtractor};
+use crate::{Quota, QuotaError, Quotas};
+
+/// The key a scope of a [`Scopes`] extractor found for a request: the scope's name, and the
+/// key of the scope's own extractor. Hashed (by the memory store) as both; written into Redis
+/// key names as `scope:<name>:` followed by the key's `Debug` form.
+#[derive(Clone)]
+pub struct ScopeKey {
+    scope: Arc<str>,
+    key: Arc<dyn Part>,
+}
+
+/// A scope's key, whatever its type.
+trait Part: Send + Sync {
+    fn hash_into(&self, state: &mut dyn Hasher);
+    fn show(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+}
+
+impl<T: Hash + fmt::Debug + Send + Sync> Part for T {
+    fn hash_into(&self, mut state: &mut dyn Hasher) {
+        self.hash(&mut state);
+    }
+
+    fn show(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl ScopeKey {
+    /// The key `key` in the scope `scope`: what a [`Scopes`] extractor finds for a request,
+    /// for looking its state up in a store.
+    pub fn new<K: Hash + fmt::Debug + Send + Sync + 'static>(scope: &str, key: K) -> Self {
+        Self {
+            scope: Arc::from(scope),
+            key: Arc::new(key),
+        }
+    }
+
+    /// The name of the scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+}
+
+impl Hash for ScopeKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.scope.hash(state);
+        self.key.hash_into(state);
+    }
+}
+
+impl fmt::Debug for ScopeKey {
+    /// `user:"alice"`: the scope, then its key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.scope)?;
+        self.key.show(f)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl crate::store::RedisKey for ScopeKey {
+    fn write_key(&self, out: &mut crate::store::redis::KeyWriter<'_>) {
+        out.tag("scope")
+            .bytes(self.scope.as_bytes())
+            .bytes(b":")
+            .bytes(format!("{:?}", Shown(&*self.key)).as_bytes());
+    }
+}
+
+#[cfg(feature = "redis")]
+struct Shown<'a>(&'a dyn Part);
+
+#[cfg(feature = "redis")]
+impl fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.show(f)
+    }
+}
+
+type Extract<Req> = dyn Fn(&Req) -> Result<ScopeKey, KeyError> + Send + Sync;
+
+/// Several keys per request, each with its own quotas, decided together: see the [module
+/// docs](self). Use it with [`RateLimitLayer::scoped`](crate::RateLimitLayer::scoped).
+///
+/// A request is refused if any scope refuses, and then charged on none.
+///
+/// # Clone
+///
+/// Clones share the extractors. A scope whose
+/// extractor finds no key makes the request's key missing (see
+/// [`MissingKey`](crate::rate_limit::MissingKey)); one whose key is exempt exempts the request.
+pub struct Scopes<Req> {
+    scopes: Vec<Scope<Req>>,
+}
+
+struct Scope<Req> {
+    extract: Arc<Extract<Req>>,
+    quotas: Quotas,
+}
+
+impl<Req> Clone for Scopes<Req> {
+    fn clone(&self) -> Self {
+        Self {
+            scopes: self
+                .scopes
+                .iter()
+                .map(|scope| Scope {
+                    extract: Arc::clone(&scope.extract),
+                    quotas: scope.quotas.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<Req> Scopes<Req> {
+    /// No scopes yet.
+    pub fn new() -> Self {
+        Self { scopes: Vec::new() }
+    }
+
+    /// Adds a scope: its name (1 to 64 printable ASCII characters, as a quota name), the
+    /// extractor of its key, and its quota, renamed after the scope so that the headers
+    /// say which scope bound an answer.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid quota name, or past
+    /// [`MAX_PART_QUOTAS`](crate::store::MAX_PART_QUOTAS) scopes: both are mistakes in code,
+    /// found the first time it runs. [`try_scope`](Self::try_scope) answers with an error.
+    #[must_use]
+    pub fn scope<E>(self, name: &str, extractor: E, quota: Quota) -> Self
+    where
+        E: KeyExtractor<Req>,
+    {
+        match self.try_scope(name, extractor, quota) {
+            Ok(scopes) => scopes,
+            Err(error) => panic!("scope {name:?}: {error}"),
+        }
+    }
+
+    /// [`scope`](Self::scope), with an error for an invalid name or one scope too many.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::InvalidName`], [`QuotaError::DuplicateName`] or [`QuotaError::TooMany`].
+    pub fn try_scope<E>(
+        mut self,
+        name: &str,
+        extractor: E,
+        quota: Quota,
+    ) -> Result<Self, QuotaError>
+    where
+        E: KeyExtractor<Req>,
+    {
+        let quota = quota.named(name)?;
+        if self
+            .scopes
+            .iter()
+            .any(|s| s.quotas.as_slice()[0].name() == name)
+        {
+            return Err(QuotaError::DuplicateName(name.to_owned()));
+        }
+        if self.scopes.len() == crate::store::MAX_PART_QUOTAS {
+            return Err(QuotaError::TooMany(self.scopes.len() + 1));
+        }
+        let scope: Arc<str> = Arc::from(name);
+        self.scopes.push(Scope {
+            extract: Arc::new(move |request| {
+                let key = extractor.extract(request)?;
+                Ok(ScopeKey {
+                    scope: Arc::clone(&scope),
+                    key: Arc::new(key),
+                })
+            }),
+            quotas: Quotas::from(quota),
+        });
+        Ok(self)
+    }
+
+    /// The scopes' quotas, in order.
+    pub fn quotas(&self) -> impl Iterator<Item = &Quotas> {
+        self.scopes.iter().map(|scope| &scope.quotas)
+    }
+}
+
+impl<Req> Default for Scopes<Req> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<Req> fmt::Debug for Scopes<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.scopes.iter().map(|s| &s.quotas.as_slice()[0]))
+            .finish()
+    }
+}
+
+impl<Req: 'static> KeyExtractor<Req> for Scopes<Req> {
+    type Key = ScopeKey;
+
+    /// The first scope's key (the layer asks for [`extract_parts`](Self::extract_parts)).
+    fn extract(&self, request: &Req) -> Result<ScopeKey, KeyError> {
+        match self.scopes.first() {
+            Some(scope) => (scope.extract)(request),
+            None => Err(KeyError::missing("no scopes were configured")),
+        }
+    }
+
+    fn extract_parts(&self, request: &Req) -> Option<Result<super::KeyParts<ScopeKey>, KeyError>> {
+        if self.scopes.is_empty() {
+            return Some(Err(KeyError::missing("no scopes were configured")));
+        }
+        let parts = self
+            .scopes
+            .iter()
+            .map(|scope| Ok(((scope.extract)(request)?, scope.quotas.clone())))
+            .collect();
+        Some(parts)
+    }
+}
