@@ -850,3 +850,43 @@ async fn scoped_decisions_are_one_atomic_call_on_one_redis() {
         .unwrap();
     assert_eq!(bob.remaining(), 2);
 }
+
+/// Over Redis, an exempt request and a blocked key's request cost no script call, and a
+/// blocked key is refused with the block's `Retry-After` while Redis would admit it again.
+#[tokio::test]
+async fn exemptions_and_blocks_spare_redis() {
+    let redis = redis_or_skip!();
+    let key = tollgate::key::exempt_keys(Header::new("x-api-key"), |key: &http::HeaderValue| {
+        key == "internal"
+    });
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(Quota::per_second(2).unwrap())
+            .key(key)
+            .store(redis.store())
+            .block(Quota::per_minute(3).unwrap(), Duration::from_secs(600)),
+    );
+    let addr = serve(app).await;
+    let client = common::client();
+    let url = format!("http://{addr}/");
+    let calls = redis.calls("evalsha");
+    assert_eq!(
+        common::statuses(&client, &url, &[("x-api-key", "internal")], 20).await,
+        [200; 20]
+    );
+    assert_eq!(redis.calls("evalsha"), calls, "exempt: no call");
+    // 2 pass, then refusals; past 3 refusals in a minute the key is blocked.
+    let statuses = common::statuses(&client, &url, &[("x-api-key", "noisy")], 6).await;
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429]);
+    let calls = redis.calls("evalsha");
+    // A second later Redis (which keeps real time) would admit the key again; the block
+    // refuses it without a call.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let blocked = common::fetch(&client, &url, &[("x-api-key", "noisy")]).await;
+    assert_eq!(blocked.status(), 429);
+    let retry_after: u64 = common::header(&blocked, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 590, "the block's end: {retry_after}");
+    assert_eq!(redis.calls("evalsha"), calls, "blocked: no call");
+}
