@@ -191,6 +191,40 @@ fn layers(c: &mut Criterion) {
         "tollgate RateLimitLayer, shadow_headers()",
         tollgate.shadow_headers().layer(NoOp),
     );
+    // Quotas changed at run time through a handle: one atomic load per request.
+    let live = tollgate::rate_limit::LiveQuotas::new(Quota::per_second(1_000_000_000).unwrap());
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer::live (LiveQuotas)",
+        RateLimitLayer::live(live).key(PeerIp::new()).layer(NoOp),
+    );
+    // A set that carries states over from an earlier quota (a changed limit, linked Tiers):
+    // the store's general path.
+    let earlier = Quotas::from(Quota::per_second(500_000_000).unwrap());
+    let carrying =
+        Quotas::from(Quota::per_second(1_000_000_000).unwrap()).carry_over_from(&earlier);
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer, quotas carried over",
+        RateLimitLayer::new(carrying).key(PeerIp::new()).layer(NoOp),
+    );
+    // Two keys per request in one decision: the peer and a global limit.
+    let scopes = tollgate::key::Scopes::new()
+        .scope(
+            "peer",
+            PeerIp::new(),
+            Quota::per_second(1_000_000_000).unwrap(),
+        )
+        .scope(
+            "global",
+            tollgate::key::Global,
+            Quota::per_second(1_000_000_000).unwrap(),
+        );
+    bench_layer(
+        &mut group,
+        "tollgate RateLimitLayer::scoped (peer + global)",
+        RateLimitLayer::scoped(scopes).layer(NoOp),
+    );
     let config = tower_governor::governor::GovernorConfigBuilder::default()
         .per_nanosecond(1)
         .burst_size(1_000_000_000)

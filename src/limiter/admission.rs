@@ -35,7 +35,7 @@ pub(crate) struct Admitted {
     /// Settles the cost from the response, when the layer reads it from there.
     pub(crate) settle: Option<Settle>,
     /// Decided across several keys: the binding part's quotas, which the headers describe.
-    pub(crate) binding: Option<Quotas>,
+    pub(crate) binding: Option<Box<Quotas>>,
 }
 
 /// What an allowed decision leaves to do.
@@ -216,14 +216,14 @@ impl<S> Admission<S> {
             }
         };
         Ok(Admitted {
-            binding: Some(quotas),
+            binding: Some(Box::new(quotas)),
             ..admitted
         })
     }
 
     /// The decision's meaning, reported: done (refused, or admitted with nothing to give back
     /// later), or admitted with a slot or cost to hold.
-    #[inline]
+    #[inline(always)]
     fn verdict<K: Hash + fmt::Debug>(
         &self,
         key: &K,

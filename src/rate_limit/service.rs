@@ -320,13 +320,13 @@ where
     match admit {
         Admit::Now(Ok(mut admitted)) if admitted.decision.wait().is_zero() => {
             let settle = settle_with(&mut admitted, reserved);
-            let quotas = admitted.binding.as_ref().unwrap_or(quotas);
+            let quotas = admitted.binding.as_deref().unwrap_or(quotas);
             let note = shared.note(quotas, &admitted.decision, partition);
             ResponseFuture::settling(inner.call(request), note, settle)
         }
         Admit::Now(Ok(mut admitted)) => {
             let settle = settle_with(&mut admitted, reserved);
-            let quotas = admitted.binding.as_ref().unwrap_or(quotas);
+            let quotas = admitted.binding.as_deref().unwrap_or(quotas);
             let note = shared.note(quotas, &admitted.decision, partition);
             let inner = take_ready(inner);
             ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(
@@ -350,7 +350,7 @@ where
                     }
                 };
                 let settle = settle_with(&mut admitted, reserved);
-                let quotas = admitted.binding.as_ref().unwrap_or(&quotas);
+                let quotas = admitted.binding.as_deref().unwrap_or(&quotas);
                 let note = shared.note(quotas, &admitted.decision, partition);
                 call_at::<_, _, R>(inner, request, admitted, note, settle).await
             }))

@@ -274,10 +274,11 @@ impl<C: Clock> MemoryStore<C> {
             return Ok(Decision::of_parts(&statuses));
         }
         let inner = &*self.inner;
-        let hashes: Vec<u64> = parts
-            .iter()
-            .map(|(k, _)| inner.hasher.hash_one(k))
-            .collect();
+        // At most MAX_PART_QUOTAS quotas in all (checked above), so at most as many parts.
+        let mut hashes = [0; MAX_QUOTAS];
+        for (hash, (key, _)) in hashes.iter_mut().zip(parts) {
+            *hash = inner.hasher.hash_one(key);
+        }
         let (mut ids, mut gcras, mut n) =
             ([0; MAX_QUOTAS], [Gcra::from_nanos(1, 1); MAX_QUOTAS], 0);
         for ((_, quotas), &key_hash) in parts.iter().zip(&hashes) {
@@ -287,30 +288,29 @@ impl<C: Clock> MemoryStore<C> {
                 n += 1;
             }
         }
-        let mut specs = Vec::with_capacity(parts.len());
+        let mut specs: [(u64, &[u64]); MAX_QUOTAS] = [(0, &[]); MAX_QUOTAS];
         let mut at = 0;
-        for ((_, quotas), &key_hash) in parts.iter().zip(&hashes) {
-            specs.push((key_hash, &ids[at..at + quotas.len()]));
+        for ((spec, (_, quotas)), &key_hash) in specs.iter_mut().zip(parts).zip(&hashes) {
+            *spec = (key_hash, &ids[at..at + quotas.len()]);
             at += quotas.len();
         }
         let now = inner.clock.now();
         let steps = inner.table.update_parts(
-            &specs,
+            &specs[..parts.len()],
             now,
             |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
             |tats| commit_all(&gcras[..n], tats, now, cost, nanos(max_wait)),
         );
-        let mut decisions = Vec::with_capacity(parts.len());
+        let decide = |at: usize, quotas: &Quotas| {
+            Decision::from_steps(quotas, &steps[at..at + quotas.len()], now)
+        };
+        let mut decisions = [decide(0, &parts[0].1); MAX_QUOTAS];
         let mut at = 0;
-        for (_, quotas) in parts {
-            decisions.push(Decision::from_steps(
-                quotas,
-                &steps[at..at + quotas.len()],
-                now,
-            ));
+        for (decision, (_, quotas)) in decisions.iter_mut().zip(parts) {
+            *decision = decide(at, quotas);
             at += quotas.len();
         }
-        Ok(Decision::of_parts(&decisions))
+        Ok(Decision::of_parts(&decisions[..parts.len()]))
     }
 
     /// The state of `key` under `quotas`, without consuming anything.
@@ -1180,5 +1180,44 @@ mod tests {
         assert_eq!(admitted(&store, &crate::key::Global, &one, 2), 2);
         let more = Quotas::from(Quota::per_second(6).unwrap()).carry_over_from(&one);
         assert_eq!(admitted(&store, &crate::key::Global, &more, 10), 0);
+    }
+
+    #[test]
+    fn decisions_across_keys_are_all_or_nothing_under_concurrency() {
+        let (store, _) = store();
+        let user = Quotas::from(Quota::per_hour(50).unwrap().named("user").unwrap());
+        let global = Quotas::from(Quota::per_hour(300).unwrap().named("global").unwrap());
+        // 8 threads, 4 users each 2 threads deep: 200 user tokens, 300 global ones.
+        let admitted: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let (store, user, global) = (&store, user.clone(), global.clone());
+                    s.spawn(move || {
+                        let parts = [(format!("user{}", t % 4), user), ("all".into(), global)];
+                        (0..100)
+                            .filter(|_| store.check_parts(&parts, 1).unwrap().1.is_allowed())
+                            .count() as u32
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            admitted.iter().sum::<u32>(),
+            200,
+            "every user spent, global not"
+        );
+        assert_eq!(store.status(&"all".to_owned(), &global).remaining(), 100);
+        // Refusals by the global quota spend nothing of a user's.
+        let tight = Quotas::from(Quota::per_hour(1).unwrap().named("global").unwrap());
+        let parts = [("u".to_owned(), user.clone()), ("g".to_owned(), tight)];
+        assert!(store.check_parts(&parts, 1).unwrap().1.is_allowed());
+        for _ in 0..5 {
+            assert_eq!(store.check_parts(&parts, 1).unwrap().0, 1);
+        }
+        assert_eq!(store.status(&"u".to_owned(), &user).remaining(), 49);
+        // Too many quotas in all is an error, not a panic.
+        let nine: Vec<(String, Quotas)> = (0..9).map(|i| (i.to_string(), user.clone())).collect();
+        assert_eq!(store.check_parts(&nine, 1), Err(QuotaError::TooMany(9)));
     }
 }

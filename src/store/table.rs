@@ -242,31 +242,44 @@ impl Table {
         mut f: impl FnMut(&[&AtomicU64]) -> R,
     ) -> R {
         let shard_of = |key_hash: u64| ((key_hash >> 32) & self.shard_mask) as usize;
-        let mut order: Vec<usize> = parts.iter().map(|(h, _)| shard_of(*h)).collect();
+        let (mut order, mut shards) = ([0; MAX_QUOTAS], 0);
+        for (key_hash, _) in parts.iter().take(MAX_QUOTAS) {
+            order[shards] = shard_of(*key_hash);
+            shards += 1;
+        }
+        let order = &mut order[..shards];
         order.sort_unstable();
-        order.dedup();
+        let wanted: usize = parts.iter().map(|(_, ids)| ids.len()).sum();
         loop {
             for (key_hash, ids) in parts {
                 self.update(*key_hash, ids, &[], now, &mut on_evict, |_, _| ());
             }
-            let guards: Vec<(usize, RwLockReadGuard<'_, Slots>)> =
-                order.iter().map(|&i| (i, read(&self.shards[i]))).collect();
-            let mut tats = Vec::with_capacity(MAX_QUOTAS);
+            let mut guards: [Option<RwLockReadGuard<'_, Slots>>; MAX_QUOTAS] =
+                std::array::from_fn(|_| None);
+            for (i, &shard) in order.iter().enumerate() {
+                // A shard twice in the order is locked once.
+                if i == 0 || order[i - 1] != shard {
+                    guards[i] = Some(read(&self.shards[shard]));
+                }
+            }
+            let (mut tats, mut found) = ([&UNUSED; MAX_QUOTAS], 0);
             'parts: for (key_hash, ids) in parts {
                 let shard = shard_of(*key_hash);
-                let Some((_, slots)) = guards.iter().find(|(i, _)| *i == shard) else {
+                let at = order.partition_point(|&s| s < shard);
+                let Some(slots) = guards.get(at).and_then(Option::as_ref) else {
                     break 'parts;
                 };
                 for id in *ids {
                     // Dropped by a rebuild since it was claimed: claim it again.
-                    let Some(slot) = slots.find(*id) else {
+                    let (Some(slot), Some(tat)) = (slots.find(*id), tats.get_mut(found)) else {
                         break 'parts;
                     };
-                    tats.push(&slot.tat);
+                    *tat = &slot.tat;
+                    found += 1;
                 }
             }
-            if tats.len() == parts.iter().map(|(_, ids)| ids.len()).sum::<usize>() {
-                return f(&tats);
+            if found == wanted {
+                return f(&tats[..found]);
             }
         }
     }
