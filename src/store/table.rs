@@ -250,10 +250,16 @@ impl Table {
         let order = &mut order[..shards];
         order.sort_unstable();
         let wanted: usize = parts.iter().map(|(_, ids)| ids.len()).sum();
+        let mut claim = false;
         loop {
-            for (key_hash, ids) in parts {
-                self.update(*key_hash, ids, &[], now, &mut on_evict, |_, _| ());
+            // Tracked keys are found at the first attempt; a missing slot is claimed (each
+            // key on its own, under its shard's usual path) before the next.
+            if claim {
+                for (key_hash, ids) in parts {
+                    self.update(*key_hash, ids, &[], now, &mut on_evict, |_, _| ());
+                }
             }
+            claim = true;
             let mut guards: [Option<RwLockReadGuard<'_, Slots>>; MAX_QUOTAS] =
                 std::array::from_fn(|_| None);
             for (i, &shard) in order.iter().enumerate() {
