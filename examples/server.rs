@@ -15,6 +15,7 @@
 //! | `GET /api/report` | per client IP: 20 per minute; then per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
 //! | `GET /metrics` | none: the counters of the limits above, in Prometheus text format |
 //! | `GET /admin/limits` | none; from this machine only: each limit's counts and most refused clients, and the memory store's size, as JSON |
+//! | `POST /admin/limits/hello/{per_second}` | none; from this machine only: changes `/api/hello`'s rate (burst twice the rate) while the server runs, each client keeping the share of its burst it has spent |
 //!
 //! The client IP is the TCP peer. When the peer is inside one of the CIDRs of
 //! `TRUSTED_PROXIES` (comma-separated), the client is read from the one forwarding header
@@ -47,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Path, Request};
 use axum::http::{HeaderValue, Response, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
@@ -58,7 +59,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tollgate::key::{ClientIp, Forwarding, Header, LogKeys};
-use tollgate::rate_limit::{LimiterStats, RateLimitLayer, Refusal, Tiers};
+use tollgate::rate_limit::{LimiterStats, LiveQuotas, RateLimitLayer, Refusal, Tiers};
 use tollgate::store::{OnFailure, RedisStore};
 use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
 use tower::{ServiceBuilder, ServiceExt};
@@ -113,8 +114,19 @@ async fn main() -> Result<(), BoxError> {
         }
     };
     let admin = limits.clone();
+    let change = limits.clone();
     let app = app
         .route("/metrics", get(move || render(prometheus.clone())))
+        .route(
+            "/admin/limits/hello/{per_second}",
+            post(
+                move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+                      Path(per_second): Path<u32>| {
+                    let change = change.clone();
+                    async move { change.set_hello(peer.ip(), per_second) }
+                },
+            ),
+        )
         .route(
             "/admin/limits",
             get(
@@ -202,9 +214,30 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
 struct Limits {
     layers: Arc<std::sync::Mutex<Vec<(&'static str, LimiterStats)>>>,
     memory: Arc<std::sync::Mutex<Option<MemoryStore>>>,
+    /// `/api/hello`'s quota, changed at run time by `/admin/limits/hello/{per_second}`.
+    hello: Arc<std::sync::OnceLock<LiveQuotas>>,
 }
 
 impl Limits {
+    /// Sets `/api/hello` to `per_second` a second, burst twice that (local clients only).
+    fn set_hello(&self, peer: IpAddr, per_second: u32) -> (StatusCode, String) {
+        if !peer.is_loopback() {
+            return (StatusCode::NOT_FOUND, String::new());
+        }
+        let quota = Quota::per_second(per_second)
+            .and_then(|q| q.with_burst(per_second.saturating_mul(2)))
+            .and_then(|q| q.named("hello"));
+        match (quota, self.hello.get()) {
+            (Ok(quota), Some(live)) => {
+                let said = format!("/api/hello: {quota}\n");
+                live.set(quota);
+                (StatusCode::OK, said)
+            }
+            (Err(error), _) => (StatusCode::BAD_REQUEST, format!("{error}\n")),
+            (_, None) => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
+        }
+    }
+
     /// Counts for the layer named `name`.
     fn stats(&self, name: &'static str) -> LimiterStats {
         let stats = LimiterStats::new();
@@ -286,7 +319,12 @@ where
         )
         .route(
             "/api/hello",
-            get(|| async { "hello\n" }).layer(per_ip(hello, "hello").near_limit(20)),
+            get(|| async { "hello\n" }).layer(
+                per_ip(hello.clone(), "hello")
+                    // Changed while the server runs, from /admin/limits/hello/{per_second}.
+                    .quotas(limits.hello.get_or_init(|| LiveQuotas::new(hello)).clone())
+                    .near_limit(20),
+            ),
         )
         .route(
             "/api/search",
