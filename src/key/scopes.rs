@@ -1,33 +1,4 @@
-//! One decision across several keys: per user *and* per route *and* global, all or nothing,
-//! so that a request the global limit refuses does not spend the user's tokens.
-//!
-//! ```
-//! use axum::{body::Body, routing::get, Router};
-//! use http::Request;
-//! use tollgate::key::{Global, Header, Scopes};
-//! use tollgate::{Quota, RateLimitLayer};
-//!
-//! # fn main() -> Result<(), tollgate::QuotaError> {
-//! let scopes = Scopes::new()
-//!     .scope("user", Header::new("x-api-key"), Quota::per_second(10)?)
-//!     .scope(
-//!         "route",
-//!         |request: &Request<Body>| Some(request.uri().path().to_owned()),
-//!         Quota::per_second(100)?,
-//!     )
-//!     .scope("global", Global, Quota::per_second(1000)?);
-//! let app: Router = Router::new()
-//!     .route("/", get(|| async { "hello" }))
-//!     .layer(RateLimitLayer::scoped(scopes));
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! Each scope's quotas are named after the scope (`"user"`, `"route"`, `"global"`), so the
-//! `RateLimit` headers of an answer say which scope bound it. The memory store and a single
-//! Redis decide every scope in one atomic step; a Redis Cluster, where the scopes' keys may
-//! live on different nodes, charges them in order and gives back the earlier charges when a
-//! later scope refuses ([`Store::decide_parts`](crate::Store::decide_parts)).
+//! Several keys per request, decided together: [`Scopes`].
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -114,16 +85,45 @@ impl fmt::Debug for Shown<'_> {
 
 type Extract<Req> = dyn Fn(&Req) -> Result<ScopeKey, KeyError> + Send + Sync;
 
-/// Several keys per request, each with its own quotas, decided together: see the [module
-/// docs](self). Use it with [`RateLimitLayer::scoped`](crate::RateLimitLayer::scoped).
+/// One decision across several keys: per user *and* per route *and* global, all or nothing,
+/// so that a request the global limit refuses does not spend the user's tokens.
 ///
-/// A request is refused if any scope refuses, and then charged on none.
+/// ```
+/// use axum::{body::Body, routing::get, Router};
+/// use http::Request;
+/// use tollgate::key::{Global, Header, Scopes};
+/// use tollgate::{Quota, RateLimitLayer};
+///
+/// # fn main() -> Result<(), tollgate::QuotaError> {
+/// let scopes = Scopes::new()
+///     .scope("user", Header::new("x-api-key"), Quota::per_second(10)?)
+///     .scope(
+///         "route",
+///         |request: &Request<Body>| Some(request.uri().path().to_owned()),
+///         Quota::per_second(100)?,
+///     )
+///     .scope("global", Global, Quota::per_second(1000)?);
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(RateLimitLayer::scoped(scopes));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Each scope's quotas are named after the scope (`"user"`, `"route"`, `"global"`), so the
+/// `RateLimit` headers of an answer say which scope bound it. The memory store and a single
+/// Redis decide every scope in one atomic step; a Redis Cluster, where the scopes' keys may
+/// live on different nodes, charges them in order and gives back the earlier charges when a
+/// later scope refuses ([`Store::decide_parts`](crate::Store::decide_parts)).
+///
+/// A request is refused if any scope refuses, and then charged on none. A scope whose
+/// extractor finds no key makes the request's key missing (see
+/// [`MissingKey`](crate::rate_limit::MissingKey)); one whose key is exempt exempts the
+/// request.
 ///
 /// # Clone
 ///
-/// Clones share the extractors. A scope whose
-/// extractor finds no key makes the request's key missing (see
-/// [`MissingKey`](crate::rate_limit::MissingKey)); one whose key is exempt exempts the request.
+/// Clones share the extractors.
 pub struct Scopes<Req> {
     scopes: Vec<Scope<Req>>,
 }
