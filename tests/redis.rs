@@ -890,3 +890,33 @@ async fn exemptions_and_blocks_spare_redis() {
     assert!(retry_after > 590, "the block's end: {retry_after}");
     assert_eq!(redis.calls("evalsha"), calls, "blocked: no call");
 }
+
+/// A quota changed through a `LiveQuotas` handle on a layer over Redis: the clients' debt is
+/// in Redis under the old quota's key, and carries over to the new one.
+#[tokio::test]
+async fn a_live_quota_change_over_redis_keeps_each_clients_debt() {
+    use tollgate::rate_limit::LiveQuotas;
+
+    let redis = redis_or_skip!();
+    let limits = LiveQuotas::new(Quota::per_hour(10).unwrap().named("api").unwrap());
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::live(limits.clone())
+            .key(Header::new("x-api-key"))
+            .store(redis.store()),
+    );
+    let addr = serve(app).await;
+    let client = common::client();
+    let url = format!("http://{addr}/");
+    let spent = common::statuses(&client, &url, &[("x-api-key", "spender")], 8).await;
+    assert_eq!(spent, [200; 8]);
+    assert_eq!(
+        common::statuses(&client, &url, &[("x-api-key", "idle")], 1).await,
+        [200]
+    );
+    limits.set(Quota::per_hour(100).unwrap().named("api").unwrap());
+    // 8 of 10 spent is 80 of 100: 20 left. One of 10 is 10 of 100: 90 left.
+    let after = common::statuses(&client, &url, &[("x-api-key", "spender")], 21).await;
+    assert_eq!(after.iter().filter(|s| **s == 200).count(), 20, "{after:?}");
+    let idle = common::statuses(&client, &url, &[("x-api-key", "idle")], 91).await;
+    assert_eq!(idle.iter().filter(|s| **s == 200).count(), 90);
+}
