@@ -334,8 +334,13 @@ impl Quotas {
     ///
     /// The state moves on a key's first request under the new set; states under `previous`
     /// are left to expire. What `previous` itself carried over from comes along, up to
-    /// [`MAX_CARRIED`] earlier quotas in all, the most recent first. Quotas are matched by
-    /// name: give a quota a new name to start it afresh.
+    /// [`MAX_CARRIED`] earlier quotas in all, the most recent first: a key that makes no
+    /// request through more than that many changes of its quota starts afresh. Quotas are
+    /// matched by name: give a quota a new name to start it afresh.
+    ///
+    /// Debt is added, not only taken by keys that owe nothing under the new quota: a request
+    /// admitted under `previous` that settles its cost after the change charges `previous`'s
+    /// state, and the key's next decision moves that charge over too.
     ///
     /// ```
     /// use tollgate::{MemoryStore, Quota, Quotas};

@@ -527,3 +527,52 @@ async fn scoped_limits_decide_all_or_nothing_and_name_the_binding_scope() {
     // Requests without the user's key are missing a key, and refused as such.
     assert_eq!(fetch(&client, &url, &[]).await.status(), 400);
 }
+
+/// Blocks on a scoped layer count and check the first scope's key (the client's), whichever
+/// scope refused: a client refused by the global scope is blocked, the global key is not.
+#[tokio::test(start_paused = true)]
+async fn blocks_on_a_scoped_layer_fall_on_the_first_scopes_key() {
+    use tollgate::key::{Global, LogKeys, Scopes};
+
+    let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let hook = {
+        let blocked = Arc::clone(&blocked);
+        move |event: &tollgate::rate_limit::LimitEvent<'_>| {
+            if event.kind == LimitEventKind::Blocked {
+                blocked.lock().unwrap().push(format!("{}", event.key));
+            }
+        }
+    };
+    let scopes = Scopes::new()
+        .scope(
+            "user",
+            Header::new("x-api-key"),
+            Quota::per_hour(100).unwrap(),
+        )
+        .scope("global", Global, Quota::per_hour(3).unwrap());
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::scoped(scopes)
+            .store(paused_store())
+            .log_keys(LogKeys::Clear)
+            .on_event(hook)
+            .block(Quota::per_minute(3).unwrap(), Duration::from_secs(600)),
+    );
+    let server = TestServer::start(app).await;
+    let (client, url) = (client(), server.url("/"));
+    let mallory = common::statuses(&client, &url, &[("x-api-key", "mallory")], 8).await;
+    assert_eq!(mallory, [200, 200, 200, 429, 429, 429, 429, 429]);
+    assert_eq!(
+        blocked.lock().unwrap().len(),
+        1,
+        "{:?}",
+        blocked.lock().unwrap()
+    );
+    assert!(blocked.lock().unwrap()[0].contains("mallory"));
+    // The global quota refills in 20 minutes; by then mallory's block (10 minutes) is over,
+    // and bob, never blocked, passes as soon as there is room.
+    tokio::time::advance(Duration::from_secs(1200)).await;
+    assert_eq!(
+        common::statuses(&client, &url, &[("x-api-key", "bob")], 1).await,
+        [200]
+    );
+}

@@ -920,3 +920,32 @@ async fn a_live_quota_change_over_redis_keeps_each_clients_debt() {
     let idle = common::statuses(&client, &url, &[("x-api-key", "idle")], 91).await;
     assert_eq!(idle.iter().filter(|s| **s == 200).count(), 90);
 }
+
+/// A carried debt that rescales to less than a microsecond moves nothing, and fails nothing:
+/// not the decision, nor the others batched with it.
+#[tokio::test]
+async fn a_carried_debt_that_rounds_to_nothing_fails_no_decision() {
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    let before = Quotas::from(Quota::per_day(1000).unwrap());
+    // A window of 100 µs: a day's debt of 86.4 s rescales to 0.1 µs.
+    let tiny = Quota::per(Duration::from_micros(100), 1).unwrap();
+    let after = Quotas::from(tiny.clone()).carry_over_from(&before);
+    let victim = "victim".to_owned();
+    store
+        .decide(&victim, &before, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    let (carried, plain) = tokio::join!(
+        store.decide(&victim, &after, 1, Duration::ZERO),
+        store.decide(
+            &"innocent".to_owned(),
+            &Quotas::from(tiny),
+            1,
+            Duration::ZERO
+        ),
+    );
+    assert!(carried.unwrap().is_allowed());
+    assert!(plain.unwrap().is_allowed());
+    assert_eq!(store.errors(), 0);
+}

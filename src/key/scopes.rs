@@ -8,8 +8,8 @@ use super::{KeyError, KeyExtractor};
 use crate::{Quota, QuotaError, Quotas};
 
 /// The key a scope of a [`Scopes`] extractor found for a request: the scope's name, and the
-/// key of the scope's own extractor. Hashed (by the memory store) as both; written into Redis
-/// key names as `scope:<name>:` followed by the key's `Debug` form.
+/// key of the scope's own extractor. Hashed (by the memory store) as both; for Redis key names,
+/// see its `RedisKey` implementation.
 #[derive(Clone)]
 pub struct ScopeKey {
     scope: Arc<str>,
@@ -63,23 +63,38 @@ impl fmt::Debug for ScopeKey {
     }
 }
 
+/// Written as `scope:<name>:` and the hex of the bytes the key feeds its `Hash`: distinct
+/// keys stay distinct (`Debug` forms are not: a sensitive header value prints as `Sensitive`),
+/// and the hash tag cannot move. Those bytes are the same on every instance of one platform
+/// (a fleet of 64-bit little-endian machines, say); long ones become their SHA-1.
 #[cfg(feature = "redis")]
 impl crate::store::RedisKey for ScopeKey {
     fn write_key(&self, out: &mut crate::store::redis::KeyWriter<'_>) {
+        let mut fed = Fed(Vec::with_capacity(32));
+        self.key.hash_into(&mut fed);
+        let mut hex = Vec::with_capacity(fed.0.len() * 2);
+        for byte in fed.0 {
+            hex.extend_from_slice(format!("{byte:02x}").as_bytes());
+        }
         out.tag("scope")
             .bytes(self.scope.as_bytes())
             .bytes(b":")
-            .bytes(format!("{:?}", Shown(&*self.key)).as_bytes());
+            .bytes(&hex);
     }
 }
 
+/// A `Hasher` that keeps what it is fed.
 #[cfg(feature = "redis")]
-struct Shown<'a>(&'a dyn Part);
+struct Fed(Vec<u8>);
 
 #[cfg(feature = "redis")]
-impl fmt::Debug for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.show(f)
+impl Hasher for Fed {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
     }
 }
 
@@ -115,6 +130,11 @@ type Extract<Req> = dyn Fn(&Req) -> Result<ScopeKey, KeyError> + Send + Sync;
 /// Redis decide every scope in one atomic step; a Redis Cluster, where the scopes' keys may
 /// live on different nodes, charges them in order and gives back the earlier charges when a
 /// later scope refuses ([`Store::decide_parts`](crate::Store::decide_parts)).
+///
+/// Put the client's own scope first (its API key, its IP): [blocks](crate::RateLimitLayer::block)
+/// count the refusals of a request against the first scope's key, whichever scope refused,
+/// and block that key. A shared scope first (a global one) would block everyone for one
+/// client's refusals.
 ///
 /// A request is refused if any scope refuses, and then charged on none. A scope whose
 /// extractor finds no key makes the request's key missing (see
@@ -254,5 +274,50 @@ impl<Req: 'static> KeyExtractor<Req> for Scopes<Req> {
             .map(|scope| Ok(((scope.extract)(request)?, scope.quotas.clone())))
             .collect();
         Some(parts)
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+    use crate::store::redis::KeyWriter;
+    use crate::store::RedisKey;
+    use http::HeaderValue;
+
+    fn written(key: &ScopeKey) -> String {
+        let mut out = Vec::new();
+        key.write_key(&mut KeyWriter(&mut out));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn redis_names_of_distinct_keys_are_distinct() {
+        let mut secret = HeaderValue::from_static("alice");
+        secret.set_sensitive(true);
+        let mut other = HeaderValue::from_static("bob");
+        other.set_sensitive(true);
+        let names = [
+            written(&ScopeKey::new(
+                "user",
+                HeaderValue::from_bytes(b"k\xff").unwrap(),
+            )),
+            written(&ScopeKey::new(
+                "user",
+                HeaderValue::from_bytes(b"k\\xff").unwrap(),
+            )),
+            written(&ScopeKey::new("user", secret)),
+            written(&ScopeKey::new("user", other)),
+            written(&ScopeKey::new("user", "a}b")),
+        ];
+        for (i, name) in names.iter().enumerate() {
+            assert!(name.starts_with("scope:user:"), "{name}");
+            assert!(!name.contains('{') && !name.contains('}'), "{name}");
+            assert!(!names[..i].contains(name), "{name} twice");
+        }
+        assert_eq!(
+            names[4],
+            written(&ScopeKey::new("user", "a}b")),
+            "the same key, the same name"
+        );
     }
 }

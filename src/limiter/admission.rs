@@ -143,7 +143,7 @@ impl<S> Admission<S> {
         S: Store<K>,
         K: Hash + fmt::Debug + Send + Sync + 'static,
     {
-        match self.verdict(&key, quotas, hold, settle.is_some(), decided) {
+        match self.verdict(&key, &key, quotas, hold, settle.is_some(), decided) {
             Verdict::Done(done) => done,
             Verdict::Held { decision, slot } => {
                 let account = Arc::new(Account {
@@ -205,7 +205,9 @@ impl<S> Admission<S> {
         };
         let (key, quotas) = &parts[binding];
         let quotas = quotas.clone();
-        let admitted = match self.verdict(key, &quotas, false, settle.is_some(), decided) {
+        // Blocks count and check the first part's key: the client's own (see `Scopes`).
+        let first = &parts[0].0;
+        let admitted = match self.verdict(key, first, &quotas, false, settle.is_some(), decided) {
             Verdict::Done(done) => done?,
             Verdict::Held { decision, slot } => {
                 let account = Arc::new(Parts {
@@ -227,6 +229,7 @@ impl<S> Admission<S> {
     fn verdict<K: Hash + fmt::Debug>(
         &self,
         key: &K,
+        block_key: &K,
         quotas: &Quotas,
         hold: bool,
         settles: bool,
@@ -240,8 +243,8 @@ impl<S> Admission<S> {
         if !decision.is_allowed() {
             self.event(LimitEventKind::Denied, key, quotas, &decision);
             if let Some(block) = &self.watch.block {
-                if block.refused(key) {
-                    self.event(LimitEventKind::Blocked, key, quotas, &decision);
+                if block.refused(block_key) {
+                    self.event(LimitEventKind::Blocked, block_key, quotas, &decision);
                 }
             }
             if self.watch.shadow {

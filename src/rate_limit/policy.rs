@@ -145,7 +145,8 @@ where
 /// burst a key has spent stays spent, rescaled to the new quota, so raising a limit does not
 /// forgive the keys that spent theirs and lowering one does not reset them. Quotas are
 /// matched by name. A request already deciding when the change lands is decided under the
-/// quotas it read.
+/// quotas it read; what it is charged later moves over on its key's next decision. A key idle
+/// through more than [`MAX_CARRIED`](crate::quota::MAX_CARRIED) changes starts afresh.
 ///
 /// ```
 /// use axum::{routing::get, Router};

@@ -216,7 +216,15 @@ impl<C: Clock> MemoryStore<C> {
             now,
             |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
             |tats, earlier| {
-                carry_over(quotas, tats, earlier, now);
+                if std::mem::size_of::<K>() == 0 {
+                    // The global key's earlier quotas may hold one of its lock-free slots.
+                    let global = inner.global.peek_carried(quotas);
+                    let both: [Option<&AtomicU64>; MAX_CARRIED] =
+                        std::array::from_fn(|j| earlier.get(j).copied().flatten().or(global[j]));
+                    carry_over(quotas, tats, &both[..earlier.len()], now);
+                } else {
+                    carry_over(quotas, tats, earlier, now);
+                }
                 decide_all.run(tats)
             },
         ))
@@ -341,6 +349,12 @@ impl<C: Clock> MemoryStore<C> {
                         .table
                         .load_carried(key_hash, &carried_ids(key_hash, quotas)[..carried]);
                     earlier[..carried].copy_from_slice(&found[..carried]);
+                    if std::mem::size_of::<K>() == 0 {
+                        let global = inner.global.peek_carried(quotas);
+                        for (tat, slot) in earlier.iter_mut().zip(global) {
+                            *tat = (*tat).max(slot.map_or(0, table::load));
+                        }
+                    }
                 }
                 (tats, earlier)
             };
@@ -659,37 +673,44 @@ fn carried_ids(key_hash: u64, quotas: &Quotas) -> [u64; MAX_CARRIED] {
 struct Seeds {
     /// Per quota of the set, the TAT its state takes (0: nothing to carry over).
     tats: [u64; MAX_QUOTAS],
-    /// Per earlier quota, whether its state is carried over.
-    used: [bool; MAX_CARRIED],
+    /// Per earlier quota, the debt (nanoseconds) moved out of its state.
+    moved: [u64; MAX_CARRIED],
 }
 
-/// For each quota of `quotas` under which the key owes nothing (`tats`, at `now`), the most
-/// debt it owes under an earlier quota of that name (`earlier`, the TATs of
-/// [`Quotas::carried`]), rescaled to the quota's window.
+/// For each quota of `quotas`, its state (`tats`, at `now`) plus the debt the key owes under
+/// the earlier quotas of that name (`earlier`, the TATs of [`Quotas::carried`]), rescaled to
+/// the quota's window. Added, not merely taken when the key owes nothing under the new quota:
+/// a request admitted under the earlier quotas that settles its cost after the change (or was
+/// still deciding when it came) charges the earlier state, and that charge moves over too.
 fn carried_seeds(quotas: &Quotas, tats: &[u64], earlier: &[u64], now: u64) -> Seeds {
     let mut seeds = Seeds {
         tats: [0; MAX_QUOTAS],
-        used: [false; MAX_CARRIED],
+        moved: [0; MAX_CARRIED],
     };
     for (j, (carried, &tat)) in quotas.carried().iter().zip(earlier).enumerate() {
         let i = carried.index;
-        if tats[i] > now {
-            continue;
-        }
         let window = quotas.as_slice()[i].window_nanos();
-        let seed = quota::rescaled_tat(tat, now, carried.quota.window_nanos(), window);
-        if seed > 0 {
-            seeds.tats[i] = seeds.tats[i].max(seed);
-            seeds.used[j] = true;
+        let debt =
+            quota::rescaled_tat(tat, now, carried.quota.window_nanos(), window).saturating_sub(now);
+        if tat > now {
+            seeds.moved[j] = tat - now;
+        }
+        if debt > 0 {
+            let base = if seeds.tats[i] > 0 {
+                seeds.tats[i]
+            } else {
+                tats[i].max(now)
+            };
+            seeds.tats[i] = base.saturating_add(debt);
         }
     }
     seeds
 }
 
 /// Moves a key's debt under the quotas `quotas` replaced (`earlier`, where tracked) onto its
-/// states under `quotas` (`tats`) where those owe nothing, rescaled; the earlier states are
-/// emptied, so that a key that moves back (a tier change undone) carries its debt back.
-/// A request deciding at the same moment under the earlier quotas may slip one charge past.
+/// states under `quotas` (`tats`), rescaled; the debt moved is taken off the earlier states,
+/// so that a key that moves back (a tier change undone) carries its debt back, and a charge
+/// that lands on an earlier state meanwhile is moved by the next decision.
 fn carry_over(quotas: &Quotas, tats: &[&AtomicU64], earlier: &[Option<&AtomicU64>], now: u64) {
     if earlier.iter().all(Option::is_none) {
         return;
@@ -708,8 +729,10 @@ fn carry_over(quotas: &Quotas, tats: &[&AtomicU64], earlier: &[Option<&AtomicU64
         moved[i] = seeds.tats[i] > 0 && table::swap(tat, current[i], seeds.tats[i]).is_ok();
     }
     for (j, carried) in quotas.carried().iter().enumerate() {
-        if let (true, true, Some(tat)) = (seeds.used[j], moved[carried.index], earlier[j]) {
-            let _ = table::swap(tat, before[j], 0);
+        if let (true, Some(tat)) = (moved[carried.index], earlier[j]) {
+            if seeds.moved[j] > 0 {
+                table::subtract(tat, seeds.moved[j]);
+            }
         }
     }
 }
@@ -768,6 +791,12 @@ fn commit_all(
     max_wait: u64,
 ) -> [Step; MAX_QUOTAS] {
     let n = tats.len();
+    // One state listed twice (the same key and quota in two parts of a decision) is charged
+    // once, as a single Redis does: its second listing is decided but not committed.
+    let mut repeated = [false; MAX_QUOTAS];
+    for j in 1..n {
+        repeated[j] = tats[..j].iter().any(|tat| std::ptr::eq(*tat, tats[j]));
+    }
     let mut current = [0u64; MAX_QUOTAS];
     let mut steps = [NO_STEP; MAX_QUOTAS];
     'again: loop {
@@ -778,10 +807,10 @@ fn commit_all(
         if steps[..n].iter().any(|s| !s.allowed) {
             return steps;
         }
-        for i in 0..n {
+        for i in (0..n).filter(|&i| !repeated[i]) {
             if table::swap(tats[i], current[i], steps[i].tat).is_err() {
-                for (gcra, tat) in gcras.iter().zip(tats).take(i) {
-                    table::subtract(tat, gcra.charge(cost));
+                for j in (0..i).filter(|&j| !repeated[j]) {
+                    table::subtract(tats[j], gcras[j].charge(cost));
                 }
                 continue 'again;
             }
@@ -1219,5 +1248,49 @@ mod tests {
         // Too many quotas in all is an error, not a panic.
         let nine: Vec<(String, Quotas)> = (0..9).map(|i| (i.to_string(), user.clone())).collect();
         assert_eq!(store.check_parts(&nine, 1), Err(QuotaError::TooMany(9)));
+    }
+
+    #[test]
+    fn a_state_listed_twice_in_one_decision_is_charged_once() {
+        let (store, _) = store();
+        let q = Quotas::from(Quota::per_hour(4).unwrap());
+        let parts = [("alice", q.clone()), ("alice", q.clone())];
+        for _ in 0..4 {
+            assert!(store.check_parts(&parts, 1).unwrap().1.is_allowed());
+        }
+        assert!(!store.check_parts(&parts, 1).unwrap().1.is_allowed());
+        assert_eq!(store.status(&"alice", &q).remaining(), 0);
+    }
+
+    #[test]
+    fn the_global_key_keeps_its_debt_through_many_live_changes() {
+        let (store, _) = store();
+        let mut quotas = Quotas::from(Quota::per_hour(10).unwrap());
+        assert_eq!(admitted(&store, &crate::key::Global, &quotas, 10), 10);
+        // Six changes: more than the global key's four lock-free slots.
+        for n in [20, 30, 40, 50, 60, 70] {
+            quotas = Quotas::from(Quota::per_hour(n).unwrap()).carry_over_from(&quotas);
+            assert_eq!(
+                store.status(&crate::key::Global, &quotas).remaining(),
+                0,
+                "per_hour({n})"
+            );
+            assert_eq!(admitted(&store, &crate::key::Global, &quotas, 5), 0);
+        }
+    }
+
+    #[test]
+    fn a_charge_that_lands_on_the_earlier_quota_after_a_change_moves_over() {
+        let (store, _) = store();
+        let before = Quotas::from(Quota::per_hour(10).unwrap());
+        let after = Quotas::from(Quota::per_hour(20).unwrap()).carry_over_from(&before);
+        assert_eq!(admitted(&store, &"k", &before, 2), 2);
+        assert_eq!(admitted(&store, &"k", &after, 1), 1, "4 of 20 spent, and 1");
+        // A request admitted before the change settles 3 more on the earlier quota.
+        store
+            .check_or_wait(&"k", &before, 3, Duration::MAX)
+            .unwrap();
+        // 6 of 20 more are owed under the new quota: 20 - 5 - 6 left.
+        assert_eq!(admitted(&store, &"k", &after, 20), 9);
     }
 }

@@ -33,7 +33,7 @@ pub trait RedisKey {
 
 /// The sink of [`RedisKey::write_key`].
 #[derive(Debug)]
-pub struct KeyWriter<'a>(pub(super) &'a mut Vec<u8>);
+pub struct KeyWriter<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl KeyWriter<'_> {
     /// Appends a type tag such as `ip`, followed by `:`.

@@ -41,17 +41,21 @@ for _ = 1, tonumber(ARGV[1]) do
   local first, all = #out, true
   local seeds = {}
   if p > 0 then
-    -- A quota under which the key owes nothing takes its debt under an earlier quota of
-    -- that name, rescaled to the same fraction of its window; the earlier key is dropped.
+    -- Each quota takes on the key's debt under the earlier quotas of its name, rescaled to
+    -- the same fraction of its window (added: a charge that reached an earlier key after the
+    -- change moves too); the earlier keys are dropped. A debt that rounds to nothing moves
+    -- nothing.
     for j = 1, p do
       local at = a + 2 * n + 2 * (j - 1)
       local i, from = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
       local key = KEYS[k + n + j]
       local old = written[key] or tonumber(tats[k + n + j]) or 0
-      local own = written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
-      if old > now and own <= now then
-        local seed = now + math.floor((old - now) * tonumber(ARGV[a + 2 * i - 1]) / from)
-        if seed > (seeds[i] or 0) then seeds[i] = seed end
+      if old > now then
+        local debt = math.floor((old - now) * tonumber(ARGV[a + 2 * i - 1]) / from)
+        if debt > 0 then
+          local own = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
+          seeds[i] = (own > now and own or now) + debt
+        end
         if cost > 0 then
           written[key] = 0
           redis.call('DEL', key)
@@ -128,11 +132,13 @@ for _ = 1, count do
   for j = 1, p do
     local at = a + 1 + 3 * (n + j)
     local key, i, from = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
-    local own = tats[ARGV[a + 1 + 3 * i]]
     local old = tats[key]
-    if old > now and own <= now then
-      local seed = now + math.floor((old - now) * tonumber(ARGV[a + 3 + 3 * i]) / from)
-      if seed > (seeds[i] or 0) then seeds[i] = seed end
+    if old > now then
+      local debt = math.floor((old - now) * tonumber(ARGV[a + 3 + 3 * i]) / from)
+      if debt > 0 then
+        local own = seeds[i] or tats[ARGV[a + 1 + 3 * i]]
+        seeds[i] = (own > now and own or now) + debt
+      end
       if cost > 0 then
         tats[key] = 0
         redis.call('DEL', key)
