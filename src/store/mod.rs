@@ -104,7 +104,10 @@ pub trait Store<K: ?Sized>: Clone + Send + Sync + 'static {
     /// which a Redis Cluster uses too (the parts' keys may live on different nodes), charges
     /// the parts in order and gives back what the earlier parts were charged when a later one
     /// refuses: no part keeps a charge for a refused request, but between the two, a
-    /// concurrent request may find an earlier part's tokens spent.
+    /// concurrent request may find an earlier part's tokens spent. A key and quota listed in two
+    /// parts is charged once by the memory store and a single Redis, once per part by this
+    /// default ([`Scopes`](crate::key::Scopes) never lists one twice: each scope's quota is
+    /// named after it).
     ///
     /// `parts` are shared with the caller, which keeps them to give the cost back.
     fn decide_parts(
