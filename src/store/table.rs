@@ -190,8 +190,14 @@ impl Table {
 
     #[inline]
     fn shard(&self, key_hash: u64) -> &Shard {
-        // Bits 32.. pick the shard; slots are picked by the low bits of the entry id.
-        &self.shards[((key_hash >> 32) & self.shard_mask) as usize]
+        &self.shards[self.shard_index(key_hash)]
+    }
+
+    /// The index of `key_hash`'s shard: bits 32.. pick it; slots are picked by the low bits
+    /// of the entry id.
+    #[inline]
+    fn shard_index(&self, key_hash: u64) -> usize {
+        ((key_hash >> 32) & self.shard_mask) as usize
     }
 
     /// [`update`](Self::update) for a single entry: the hot path of single-quota limits.
@@ -241,10 +247,9 @@ impl Table {
         mut on_evict: impl FnMut(Evicted),
         mut f: impl FnMut(&[&AtomicU64]) -> R,
     ) -> R {
-        let shard_of = |key_hash: u64| ((key_hash >> 32) & self.shard_mask) as usize;
         let (mut order, mut shards) = ([0; MAX_QUOTAS], 0);
         for (key_hash, _) in parts.iter().take(MAX_QUOTAS) {
-            order[shards] = shard_of(*key_hash);
+            order[shards] = self.shard_index(*key_hash);
             shards += 1;
         }
         let order = &mut order[..shards];
@@ -270,7 +275,7 @@ impl Table {
             }
             let (mut tats, mut found) = ([&UNUSED; MAX_QUOTAS], 0);
             'parts: for (key_hash, ids) in parts {
-                let shard = shard_of(*key_hash);
+                let shard = self.shard_index(*key_hash);
                 let at = order.partition_point(|&s| s < shard);
                 let Some(slots) = guards.get(at).and_then(Option::as_ref) else {
                     break 'parts;

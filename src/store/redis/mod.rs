@@ -425,11 +425,7 @@ impl Inner {
             .iter()
             .flat_map(|(subject, quotas)| self.keys(subject, quotas))
             .collect();
-        let mut args = Vec::with_capacity(4 + 2 * quotas.len());
-        args.extend([quotas.len() as u64, u64::from(cost), max_wait_us, 0]);
-        for quota in &quotas {
-            args.extend([interval_us(&Gcra::new(quota)), script::window_us(quota)]);
-        }
+        let args = script::decision_args_of(quotas.iter().copied(), &[], cost, max_wait_us);
         let answer = self.send(keys, args, quotas.len()).await?;
         let lens: Vec<usize> = parts.iter().map(|(_, quotas)| quotas.len()).collect();
         answer.parts(&lens).ok_or_else(|| {

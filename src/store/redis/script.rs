@@ -8,7 +8,7 @@
 //! stored to the microsecond.
 
 use crate::gcra::{Gcra, Step};
-use crate::quota::MAX_QUOTAS;
+use crate::quota::{Carried, MAX_QUOTAS};
 use crate::store::Decision;
 use crate::Quotas;
 
@@ -214,7 +214,22 @@ return 1
 /// per quota (microseconds), then the quota index (from 1) and window of each earlier quota
 /// the set carries states over from.
 pub(super) fn decision_args(quotas: &Quotas, cost: u32, max_wait_us: u64) -> Vec<u64> {
-    let carried = quotas.carried();
+    decision_args_of(
+        quotas.as_slice().iter(),
+        quotas.carried(),
+        cost,
+        max_wait_us,
+    )
+}
+
+/// [`decision_args`] for any list of quotas (those of several keys decided together, say),
+/// carrying states over from `carried`.
+pub(super) fn decision_args_of<'q>(
+    quotas: impl ExactSizeIterator<Item = &'q crate::Quota>,
+    carried: &[Carried],
+    cost: u32,
+    max_wait_us: u64,
+) -> Vec<u64> {
     let mut args = Vec::with_capacity(4 + 2 * quotas.len() + 2 * carried.len());
     args.extend([
         quotas.len() as u64,
@@ -341,8 +356,7 @@ impl Answer {
         let nanos = |us: u64| us.saturating_mul(1000);
         let mut steps = [FULL; MAX_QUOTAS];
         for (i, (step, quota)) in steps.iter_mut().zip(quotas).enumerate() {
-            let interval = interval_us(&Gcra::new(quota));
-            let window = interval.saturating_mul(u64::from(quota.burst()));
+            let (interval, window) = (interval_us(&Gcra::new(quota)), window_us(quota));
             let tat = self.tat_us(i);
             // For a denial, the TAT the request would have had.
             let new = if self.allowed(i) {
