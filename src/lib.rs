@@ -9,6 +9,7 @@ pub mod headers;
 pub mod key;
 pub mod learn;
 pub mod limiter;
+mod logs;
 pub mod metrics;
 pub mod observe;
 pub mod quota;

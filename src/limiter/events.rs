@@ -85,23 +85,21 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &LimitEvent<'_>) {
             shadow = event.shadow,
             "request waits for its slot"
         ),
-        LimitEventKind::Blocked => tracing::warn!(
-            target: "tollgate::rate_limit",
+        LimitEventKind::Blocked => crate::logs::capped!(
+            WARN, "tollgate::rate_limit", "key blocked: refused too often";
             layer = event.layer,
             key = %event.key,
             blocked_ms = event.delay.as_millis() as u64,
-            shadow = event.shadow,
-            "key blocked: refused too often"
+            shadow = event.shadow
         ),
-        LimitEventKind::NearLimit => tracing::info!(
-            target: "tollgate::rate_limit",
+        LimitEventKind::NearLimit => crate::logs::capped!(
+            INFO, "tollgate::rate_limit", "key near its limit";
             layer = event.layer,
             key = %event.key,
             quota = event.quota.name(),
             remaining = event.decision.remaining(),
             limit = event.decision.limit(),
-            shadow = event.shadow,
-            "key near its limit"
+            shadow = event.shadow
         ),
     }
     if let Some(hook) = hook {

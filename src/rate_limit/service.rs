@@ -189,7 +189,7 @@ where
     if error.is_client_error() {
         tracing::debug!(target: "tollgate::rate_limit", layer, %error, "request without a key");
     } else {
-        tracing::warn!(target: "tollgate::rate_limit", layer, %error, "request without a key");
+        crate::logs::capped!(WARN, "tollgate::rate_limit", "request without a key"; layer, %error);
     }
     match shared.missing_key {
         MissingKey::Allow => ResponseFuture::calling(inner.call(request), None),

@@ -110,13 +110,12 @@ pub(crate) fn emit(hook: Option<&Hook>, event: &RetryEvent<'_>) {
             destination = ?event.destination,
             "retrying"
         ),
-        RetryAction::GiveUp(GiveUp::Budget) => tracing::warn!(
-            target: "tollgate::retry",
+        RetryAction::GiveUp(GiveUp::Budget) => crate::logs::capped!(
+            WARN, "tollgate::retry", "not retrying: retry budget spent";
             layer = event.layer,
             attempt = event.attempt,
             classification = ?event.classification,
-            destination = ?event.destination,
-            "not retrying: retry budget spent"
+            destination = ?event.destination
         ),
         RetryAction::GiveUp(reason) => tracing::debug!(
             target: "tollgate::retry",

@@ -610,26 +610,23 @@ impl<C: Clock> MemoryStoreBuilder<C> {
 }
 
 /// Reports evictions at the cap: counters on every one, a WARN at most once a minute.
-#[derive(Default)]
 struct Pressure {
-    /// When the last WARN was logged, in clock nanoseconds plus one (0: never).
-    last_warning: AtomicU64,
+    warning: crate::logs::Every,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Self {
+            warning: crate::logs::Every::new(60_000_000_000),
+        }
+    }
 }
 
 impl Pressure {
-    const WARN_EVERY_NANOS: u64 = 60_000_000_000;
-
     #[cold]
     fn evicted(&self, evicted: Evicted, capacity: usize, now: u64) {
         crate::metrics::store_evicted(evicted.states as u64);
-        let last = self.last_warning.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last - 1) >= Self::WARN_EVERY_NANOS;
-        if due
-            && self
-                .last_warning
-                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warning.due(now) {
             tracing::warn!(
                 target: "tollgate::store::memory",
                 capacity,

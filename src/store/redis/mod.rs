@@ -177,8 +177,8 @@ struct Inner {
     write_back: redis::Script,
     over_limit: Option<OverLimit>,
     errors: AtomicU64,
-    /// When the last failure was logged, in clock nanoseconds plus one (0: never).
-    last_logged: AtomicU64,
+    /// Failures are logged at most once a second.
+    failure_log: crate::logs::Every,
     clock: MonotonicClock,
     hook: Option<ErrorHook>,
     /// Which groups of keys count as down (one group on a single Redis).
@@ -263,7 +263,7 @@ impl RedisStore {
                 write_back: redis::Script::new(WRITE_BACK),
                 over_limit: builder.over_limit_cache.then(OverLimit::new),
                 errors: AtomicU64::new(0),
-                last_logged: AtomicU64::new(0),
+                failure_log: crate::logs::Every::new(1_000_000_000),
                 breaker: Breaker::new(connection_is_cluster),
                 clock: MonotonicClock::new(),
                 hook: builder.hook,
@@ -500,15 +500,7 @@ impl Inner {
     ) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         crate::metrics::store_error("redis");
-        let now = self.clock.now();
-        let last = self.last_logged.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last - 1) >= 1_000_000_000;
-        if due
-            && self
-                .last_logged
-                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.failure_log.due(self.clock.now()) {
             tracing::warn!(target: "tollgate::store::redis", %error, errors = self.errors.load(Ordering::Relaxed), policy = ?self.on_failure, "Redis did not decide");
         }
         if let Some(hook) = &self.hook {
