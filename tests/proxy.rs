@@ -29,6 +29,11 @@ const NGINX_REAL_IP_ONLY: &str = "proxy_set_header X-Real-IP $remote_addr;";
 /// nginx replacing `Forwarded` with the peer it saw.
 const NGINX_FORWARDED: &str = "proxy_set_header Forwarded \"for=$remote_addr\";";
 
+/// nginx appending to the client's `Forwarded` (an RFC 7239 chain, as `$proxy_add_x_forwarded_for`
+/// does for `X-Forwarded-For`). With no `Forwarded` from the client it sends `, for=…`.
+const NGINX_FORWARDED_APPEND: &str =
+    "proxy_set_header Forwarded \"$http_forwarded, for=$remote_addr\";";
+
 /// A login route limited to 3 per minute per client, behind nginx on 127.0.0.1; refusals
 /// say why in their body.
 struct Deployment {
@@ -130,6 +135,40 @@ fn nginx_setting_only_x_real_ip() {
 #[test]
 fn nginx_replacing_forwarded() {
     forged_headers_gain_nothing(NGINX_FORWARDED, Forwarding::Forwarded);
+}
+
+#[test]
+fn nginx_appending_to_forwarded() {
+    forged_headers_gain_nothing(NGINX_FORWARDED_APPEND, Forwarding::Forwarded);
+}
+
+#[test]
+fn an_unclosed_quote_cannot_hide_the_proxys_element() {
+    let Some(deployment) = Deployment::start(NGINX_FORWARDED_APPEND, Forwarding::Forwarded) else {
+        return;
+    };
+    // Each form once opened a quoted-string that swallowed nginx's `, for=<client>`, so that
+    // the client picked its address (here the victim's, 127.0.0.3): 12 of 12 logins passed.
+    let forms = [
+        "for=127.0.0.3;by=\"",
+        "for=\"127.0.0.3",
+        "for=127.0.0.3;proto=\"http\\\"",
+        "for=127.0.0.3, for=\"[::1",
+    ];
+    for (i, form) in forms.iter().enumerate() {
+        let attacker = format!("127.0.0.{}", 10 + i);
+        let answers: Vec<(u16, String)> = (0..12)
+            .map(|_| deployment.login(&attacker, &[("Forwarded", form)]))
+            .collect();
+        let passed = answers.iter().filter(|(status, _)| *status == 200).count();
+        assert!(passed <= 3, "{form}: {passed} of 12 passed");
+        for (status, body) in &answers {
+            assert_eq!(*status, 400, "{form}: {body}");
+            assert!(body.contains("never closed"), "{form}: {body}");
+        }
+    }
+    // The victim whose address the forms named was charged nothing.
+    assert_eq!(deployment.honest_logins("127.0.0.3", 5), 3);
 }
 
 #[test]

@@ -1,8 +1,9 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::header::{HeaderName, FORWARDED};
+use http::header::HeaderName;
 use http::{HeaderMap, Request};
 use ipnet::{IpNet, Ipv4Net};
 
@@ -179,17 +180,24 @@ impl ClientIp {
             let value = value
                 .to_str()
                 .map_err(|_| KeyError::invalid(format!("{name} is not visible ASCII")))?;
-            for node in self.header.nodes(value) {
-                if !hops.push(node) {
-                    return Err(KeyError::invalid(format!(
-                        "{name} lists more than {MAX_HOPS} hops"
-                    )));
-                }
-            }
+            self.header
+                .nodes(value, &mut hops)
+                .map_err(|problem| KeyError::invalid(format!("{name} {problem}")))?;
         }
         let hops = hops.as_slice();
         if hops.is_empty() {
-            // No forwarding header: the request began at the proxy.
+            // No forwarding header: the request began at the proxy (a health check), or the
+            // proxy writes another header than the one named here, and then every client
+            // behind it shares the proxy's key. Said once a minute per proxy.
+            crate::metrics::unforwarded(self.header.header_name_str());
+            if UNFORWARDED.due(peer) {
+                crate::logs::capped!(
+                    WARN, "tollgate::key",
+                    "a trusted proxy sent a request without the forwarding header read: it is keyed as the proxy itself, and if the proxy forwards clients this way they all share its limit; make the proxy write that header, or name the header it writes (ClientIp::header; CLIENT_IP_HEADER in the example server). Said once a minute per proxy";
+                    proxy = %peer,
+                    header = self.header.header_name_str()
+                );
+            }
             return Ok(peer);
         }
         if self.header == Forwarding::XRealIp && hops.len() > 1 {
@@ -222,16 +230,12 @@ struct Hops<'a> {
 }
 
 impl<'a> Hops<'a> {
-    /// Adds a node; `false` when the chain is too long.
-    fn push(&mut self, node: &'a str) -> bool {
-        match self.nodes.get_mut(self.len) {
-            Some(slot) => {
-                *slot = node;
-                self.len += 1;
-                true
-            }
-            None => false,
-        }
+    /// Adds a node, unless the chain is already [`MAX_HOPS`] long.
+    fn push(&mut self, node: &'a str) -> Result<(), Malformed> {
+        let slot = self.nodes.get_mut(self.len).ok_or(Malformed::TooLong)?;
+        *slot = node;
+        self.len += 1;
+        Ok(())
     }
 
     fn as_slice(&self) -> &[&'a str] {
@@ -273,25 +277,66 @@ impl fmt::Debug for ClientIp {
 }
 
 impl Forwarding {
-    /// The header's name.
-    pub fn header_name(self) -> HeaderName {
+    fn header_name_str(self) -> &'static str {
         match self {
-            Self::Forwarded => FORWARDED,
-            Self::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
-            Self::XRealIp => HeaderName::from_static("x-real-ip"),
+            Self::Forwarded => "forwarded",
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::XRealIp => "x-real-ip",
         }
     }
 
-    /// The node names of one header value, in order.
-    fn nodes(self, value: &str) -> impl Iterator<Item = &str> {
-        let (forwarded, plain) = match self {
-            Self::Forwarded => (Some(forwarded_for(value)), None),
-            Self::XForwardedFor | Self::XRealIp => (None, Some(value.split(',').map(str::trim))),
+    /// The header's name.
+    pub fn header_name(self) -> HeaderName {
+        HeaderName::from_static(self.header_name_str())
+    }
+
+    /// Adds the node names of one header value to `hops`, in order; what is wrong with the
+    /// value otherwise.
+    fn nodes<'a>(self, value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malformed> {
+        match self {
+            Self::Forwarded => forwarded_for(value, hops),
+            // Commas cannot be quoted in these headers: nothing can hide an element, and
+            // every element right of the client is checked when the walk reaches it.
+            Self::XForwardedFor | Self::XRealIp => {
+                value.split(',').try_for_each(|node| hops.push(node.trim()))
+            }
+        }
+    }
+}
+
+/// Which trusted proxies were last warned about for sending no forwarding header, and when:
+/// 64 slots picked by the proxy's address, so that a fleet of proxies is told about once a
+/// minute each (more often only when two share a slot, and the log budget caps that).
+static UNFORWARDED: Unforwarded = Unforwarded {
+    slots: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 64],
+    every: 60_000_000_000,
+};
+
+struct Unforwarded {
+    /// (a hash of the proxy's address, when it was last warned about plus one).
+    slots: [(AtomicU64, AtomicU64); 64],
+    every: u64,
+}
+
+impl Unforwarded {
+    fn due(&self, proxy: IpAddr) -> bool {
+        let bits = match proxy {
+            IpAddr::V4(v4) => u128::from(v4.to_bits()),
+            IpAddr::V6(v6) => v6.to_bits(),
         };
-        forwarded
-            .into_iter()
-            .flatten()
-            .chain(plain.into_iter().flatten())
+        let hash = ((bits as u64) ^ ((bits >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let (owner, last) = &self.slots[(hash >> 58) as usize];
+        let now = crate::logs::now();
+        let seen = last.load(Ordering::Relaxed);
+        if owner.load(Ordering::Relaxed) == hash
+            && seen != 0
+            && now.saturating_sub(seen) < self.every
+        {
+            return false;
+        }
+        owner.store(hash, Ordering::Relaxed);
+        last.compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 }
 
@@ -313,54 +358,153 @@ impl fmt::Display for Forwarding {
     }
 }
 
-/// The `for=` values of a `Forwarded` field value, one per element (an element without one
-/// yields `""`, which is not an address). Commas and semicolons inside quoted strings are
-/// data, not separators.
-fn forwarded_for(value: &str) -> impl Iterator<Item = &str> {
-    split_unquoted(value, b',').map(|element| {
-        split_unquoted(element, b';')
-            .find_map(|pair| {
-                let (name, value) = pair.split_once('=')?;
-                name.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then_some(value.trim())
-            })
-            .unwrap_or("")
-    })
+/// What is wrong with a forwarding header, for the 400's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Malformed {
+    TooLong,
+    Unterminated,
+    BadEscape,
+    Stray(u8),
+    NoValue,
+    Repeated,
 }
 
-fn split_unquoted(s: &str, separator: u8) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let s = rest?;
-        let mut quoted = false;
-        let mut escaped = false;
-        for (i, b) in s.bytes().enumerate() {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' if quoted => escaped = true,
-                b'"' => quoted = !quoted,
-                _ if b == separator && !quoted => {
-                    rest = Some(&s[i + 1..]);
-                    return Some(&s[..i]);
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLong => write!(f, "lists more than {MAX_HOPS} hops"),
+            Self::Unterminated => f.write_str("has a quoted-string that is never closed"),
+            Self::BadEscape => f.write_str("has a backslash that escapes nothing"),
+            Self::Stray(b) => write!(f, "has a stray {:?} where it cannot be", char::from(*b)),
+            Self::NoValue => f.write_str("has a parameter without `=value`"),
+            Self::Repeated => f.write_str("repeats a parameter within one element"),
+        }
+    }
+}
+
+/// Adds the `for=` value of each element of a `Forwarded` field value to `hops` (`""` for an
+/// element without one, which is not an address), reading the whole value by RFC 7239's
+/// grammar: `element *( "," element )`, `element = [pair] *( ";" [pair] )`,
+/// `pair = token "=" ( token / quoted-string )`, with optional spaces around `,` and `;`.
+///
+/// Anything the grammar does not allow is refused, never guessed around: a quoted-string left
+/// open (`for=6.6.6.6;by="`) would otherwise swallow the element a proxy appended after it,
+/// and the client would pick its own address. Empty elements are skipped (nginx's
+/// `"$http_forwarded, for=$remote_addr"` begins with one when the client sent none).
+/// Unquoted values may hold `:`, `[` and `]` besides token characters (`for=[2001:db8::1]:80`,
+/// as some proxies write it unquoted): none of them can end an element.
+fn forwarded_for<'a>(value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malformed> {
+    let bytes = value.as_bytes();
+    let mut at = 0;
+    loop {
+        // One element: pairs separated by `;`, up to a `,` or the end.
+        let mut for_value = None;
+        let mut names_seen: [&str; 8] = [""; 8];
+        let mut names = 0;
+        let mut empty = true;
+        loop {
+            at = skip_spaces(bytes, at);
+            if at < bytes.len() && bytes[at] != b';' && bytes[at] != b',' {
+                empty = false;
+                let name_start = at;
+                while at < bytes.len() && is_tchar(bytes[at]) {
+                    at += 1;
                 }
-                _ => {}
+                let name = &value[name_start..at];
+                if name.is_empty() {
+                    return Err(Malformed::Stray(bytes[at]));
+                }
+                if bytes.get(at) != Some(&b'=') {
+                    return Err(match bytes.get(at) {
+                        None | Some(b';' | b',' | b' ' | b'\t') => Malformed::NoValue,
+                        Some(&b) => Malformed::Stray(b),
+                    });
+                }
+                at += 1;
+                let (pair_value, next) = pair_value(value, at)?;
+                at = next;
+                if names_seen[..names]
+                    .iter()
+                    .any(|seen| seen.eq_ignore_ascii_case(name))
+                {
+                    return Err(Malformed::Repeated);
+                }
+                if names < names_seen.len() {
+                    names_seen[names] = name;
+                    names += 1;
+                }
+                if name.eq_ignore_ascii_case("for") {
+                    for_value = Some(pair_value);
+                }
+                at = skip_spaces(bytes, at);
+            }
+            match bytes.get(at) {
+                Some(b';') => at += 1,
+                Some(b',') | None => break,
+                Some(&b) => return Err(Malformed::Stray(b)),
             }
         }
-        rest = None;
-        Some(s)
-    })
+        if !empty {
+            hops.push(for_value.unwrap_or(""))?;
+        }
+        match bytes.get(at) {
+            Some(b',') => at += 1,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The value of a pair starting at `at` (a token, or the inside of a quoted-string), and
+/// where it ends.
+fn pair_value(value: &str, mut at: usize) -> Result<(&str, usize), Malformed> {
+    let bytes = value.as_bytes();
+    if bytes.get(at) != Some(&b'"') {
+        let start = at;
+        while at < bytes.len() && (is_tchar(bytes[at]) || matches!(bytes[at], b':' | b'[' | b']')) {
+            at += 1;
+        }
+        return match (at == start, bytes.get(at)) {
+            (true, Some(&b)) if !matches!(b, b';' | b',' | b' ' | b'\t') => {
+                Err(Malformed::Stray(b))
+            }
+            (true, _) => Err(Malformed::NoValue),
+            _ => Ok((&value[start..at], at)),
+        };
+    }
+    let start = at + 1;
+    at = start;
+    loop {
+        match bytes.get(at) {
+            None => return Err(Malformed::Unterminated),
+            Some(b'"') => return Ok((&value[start..at], at + 1)),
+            Some(b'\\') => match bytes.get(at + 1) {
+                Some(&b) if b == b'\t' || (b' '..=b'~').contains(&b) => at += 2,
+                _ => return Err(Malformed::BadEscape),
+            },
+            Some(&b) if b == b'\t' || (b' '..=b'~').contains(&b) => at += 1,
+            Some(&b) => return Err(Malformed::Stray(b)),
+        }
+    }
+}
+
+fn skip_spaces(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t')) {
+        at += 1;
+    }
+    at
+}
+
+/// A token character (RFC 9110's `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// An address from a forwarding node, normalised: `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`,
-/// `[2001:db8::1]`, `[2001:db8::1]:80`, `fe80::1%eth0`, possibly quoted. IPv4-mapped IPv6
-/// becomes IPv4; zone ids are dropped. `None` for anything else, a port above 65535 included.
+/// `[2001:db8::1]`, `[2001:db8::1]:80`, `fe80::1%eth0` (a `Forwarded` value comes here
+/// unquoted). IPv4-mapped IPv6 becomes IPv4; zone ids are dropped. `None` for anything else,
+/// a port above 65535 included.
 fn parse_node(node: &str) -> Option<IpAddr> {
     let node = node.trim();
-    let node = node
-        .strip_prefix('"')
-        .and_then(|n| n.strip_suffix('"'))
-        .unwrap_or(node);
     let ip = if let Some(bracketed) = node.strip_prefix('[') {
         let (v6, port) = bracketed.split_once(']')?;
         if !(port.is_empty() || port.strip_prefix(':').is_some_and(is_port)) {
@@ -680,6 +824,62 @@ mod tests {
                 &real_ip,
                 "10.0.0.1:1",
                 &[("x-real-ip", "1.1.1.1"), ("x-real-ip", "2.2.2.2")]
+            ),
+            Err(KeyErrorKind::Invalid)
+        );
+    }
+
+    #[test]
+    fn forwarded_is_read_by_its_grammar_or_refused() {
+        let ip = trusting_lan().header(Forwarding::Forwarded);
+        // What nginx's `"$http_forwarded, for=$remote_addr"` makes of what clients send: the
+        // proxy's element must never be swallowed by the client's.
+        for (value, expected) in [
+            (", for=198.51.100.1", Ok("198.51.100.1")),
+            ("for=6.6.6.6, for=198.51.100.1", Ok("198.51.100.1")),
+            ("for=6.6.6.1;by=\", for=198.51.100.1", Err("never closed")),
+            ("for=\"6.6.6.1, for=198.51.100.1", Err("never closed")),
+            (
+                "for=6.6.6.1;proto=\"http\\\", for=198.51.100.1",
+                Err("never closed"),
+            ),
+            (
+                "for=6.6.6.1, for=\"[::1, for=198.51.100.1",
+                Err("never closed"),
+            ),
+            ("for=6.6.6.1;proto=\"a\\", Err("escapes nothing")),
+            ("for=6.6.6.1\"x\", for=198.51.100.1", Err("stray")),
+            ("for=\"6.6.6.1\"x, for=198.51.100.1", Err("stray")),
+            ("for=6.6.6.1 for=7.7.7.7, for=198.51.100.1", Err("stray")),
+            ("for=6.6.6.1;for=7.7.7.7, for=198.51.100.1", Err("repeats")),
+            ("for, for=198.51.100.1", Err("without")),
+            ("for=, for=198.51.100.1", Err("without")),
+            ("=x, for=198.51.100.1", Err("stray")),
+            (
+                "for=6.6.6.1;;proto=http , for=198.51.100.1",
+                Ok("198.51.100.1"),
+            ),
+            ("for=\"a\\\"b\", for=198.51.100.1", Ok("198.51.100.1")),
+            ("for=[2001:db8::1]:80", Ok("2001:db8::")),
+            (" , ,for=198.51.100.2 ,", Ok("198.51.100.2")),
+        ] {
+            let got = ip.extract(&request("10.0.0.1:1", &[("forwarded", value)]));
+            match (got, expected) {
+                (Ok(got), Ok(expected)) => assert_eq!(got.to_string(), expected, "{value}"),
+                (Err(error), Err(reason)) => {
+                    assert_eq!(error.kind(), KeyErrorKind::Invalid, "{value}");
+                    assert!(error.detail().contains(reason), "{value}: {error}");
+                }
+                (got, expected) => panic!("{value}: {got:?}, expected {expected:?}"),
+            }
+        }
+        // Quotes are Forwarded's alone: a quoted X-Forwarded-For hop is no address.
+        let xff = trusting_lan();
+        assert_eq!(
+            client(
+                &xff,
+                "10.0.0.1:1",
+                &[("x-forwarded-for", "\"198.51.100.3\"")]
             ),
             Err(KeyErrorKind::Invalid)
         );
