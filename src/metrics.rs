@@ -32,6 +32,8 @@
 //! | `tollgate_store_errors_total` | counter | `store` |
 //! | `tollgate_store_cap_reached_total` | counter | `store` (`memory`): evictions run at the cap |
 //! | `tollgate_store_evicted_total` | counter | `store` (`memory`): live states they dropped |
+//! | `tollgate_blocks_evicted_total` | counter | `layer`: blocks ended early at the block table's cap |
+//! | `tollgate_client_ip_header_missing_total` | counter | `header`: requests from a trusted proxy without the forwarding header `ClientIp` reads |
 //!
 //! Labels are the names given to layers and stores, never keys: the label sets stay small
 //! whatever the traffic. Handles are registered when a layer makes its service, so install the
@@ -229,6 +231,16 @@ mod enabled {
         counter!("tollgate_store_cap_reached_total", "store" => "memory").increment(1);
         counter!("tollgate_store_evicted_total", "store" => "memory").increment(states);
     }
+
+    /// Counts a request from a trusted proxy without the forwarding header `ClientIp` reads.
+    pub(crate) fn unforwarded(header: &'static str) {
+        counter!("tollgate_client_ip_header_missing_total", "header" => header).increment(1);
+    }
+
+    /// Counts blocks ended early to make room at the block table's cap.
+    pub(crate) fn blocks_evicted(layer: &str, blocks: u64) {
+        counter!("tollgate_blocks_evicted_total", "layer" => layer.to_owned()).increment(blocks);
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -319,6 +331,12 @@ mod disabled {
 
     #[inline]
     pub(crate) fn store_evicted(_: u64) {}
+
+    #[inline]
+    pub(crate) fn unforwarded(_: &'static str) {}
+
+    #[inline]
+    pub(crate) fn blocks_evicted(_: &str, _: u64) {}
 }
 
 #[cfg(feature = "metrics")]

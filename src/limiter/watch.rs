@@ -3,6 +3,7 @@
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::gcra::Gcra;
 use crate::store::table::{entry_id, Table};
@@ -21,29 +22,59 @@ pub(crate) struct Watch {
 
 /// Blocks: a key refused faster than a quota of refusals allows (say 10 a minute) is refused
 /// for a set time without asking the store (rate-limiter-flexible's `blockDuration`).
+///
+/// Two tables, so that a flood of refusals never ends a block: the refusal counters (what a
+/// key has been refused lately) and the blocks (when each ends). Counters are only evidence
+/// and go first: their own table holds [`MAX_COUNTED`], and past that the least indebted are
+/// forgotten. Blocks hold up to [`MAX_BLOCKED`] (about 1.25 million, at most 32 MiB, the
+/// memory store's own default cap); past that, the blocks nearest their end make room, each
+/// counted in `tollgate_blocks_evicted_total` and warned about at most once a minute. Expired
+/// blocks take no room.
 pub(crate) struct Block {
     /// The refusals a key may have: each refusal is a request against this GCRA.
     refusals: Gcra,
     refusals_id: u64,
     duration: u64,
-    /// (key hash, refusals) → the refusals' TAT; (key hash, block) → when the block ends.
-    table: Table,
+    /// (key hash, refusals) → the refusals' TAT.
+    counted: Table,
+    /// (key hash, block) → when the block ends.
+    blocks: Table,
     hasher: foldhash::quality::RandomState,
     start: tokio::time::Instant,
+    /// The layer's name, for the eviction counter and warning.
+    layer: Arc<str>,
+    evictions_warning: crate::logs::Every,
 }
 
 /// The entry tag of a key's block.
 const BLOCKED: u64 = 0xb10c;
+/// The most blocks held at once.
+pub(crate) const MAX_BLOCKED: usize = 1_250_000;
+/// The most refusal counters held at once.
+const MAX_COUNTED: usize = 1 << 18;
 
 impl Block {
-    pub(crate) fn new(refusals: &Quota, duration: std::time::Duration) -> Self {
+    pub(crate) fn new(refusals: &Quota, duration: std::time::Duration, layer: Arc<str>) -> Self {
+        Self::holding(refusals, duration, layer, MAX_COUNTED, MAX_BLOCKED)
+    }
+
+    fn holding(
+        refusals: &Quota,
+        duration: std::time::Duration,
+        layer: Arc<str>,
+        counted: usize,
+        blocks: usize,
+    ) -> Self {
         Self {
             refusals: Gcra::new(refusals),
             refusals_id: refusals.id(),
             duration: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
-            table: Table::new(16, REMEMBERED),
+            counted: Table::new(16, counted),
+            blocks: Table::new(64, blocks),
             hasher: foldhash::quality::RandomState::default(),
             start: tokio::time::Instant::now(),
+            layer,
+            evictions_warning: crate::logs::Every::new(60_000_000_000),
         }
     }
 
@@ -54,7 +85,7 @@ impl Block {
     /// How long `key` stays blocked, in nanoseconds; `None` if it is not.
     pub(crate) fn blocked<K: Hash>(&self, key: &K) -> Option<u64> {
         let key_hash = self.hasher.hash_one(key);
-        let until = self.table.load(key_hash, &[entry_id(key_hash, BLOCKED)])[0];
+        let until = self.blocks.load(key_hash, &[entry_id(key_hash, BLOCKED)])[0];
         let now = self.now();
         (until > now).then(|| until - now)
     }
@@ -63,18 +94,12 @@ impl Block {
     pub(crate) fn refused<K: Hash>(&self, key: &K) -> bool {
         let key_hash = self.hasher.hash_one(key);
         let now = self.now();
-        let ids = [
-            entry_id(key_hash, self.refusals_id),
-            entry_id(key_hash, BLOCKED),
-        ];
-        self.table.update(
+        let over = self.counted.update_one(
             key_hash,
-            &ids,
-            &[],
-            now,
+            entry_id(key_hash, self.refusals_id),
+            || now,
             |_evicted| {},
-            |entries, _| {
-                let (refusals, blocked) = (entries[0], entries[1]);
+            |refusals| {
                 let tat = refusals.load(Ordering::Acquire);
                 let step = self.refusals.step(tat, now, 1, 0);
                 if step.allowed {
@@ -87,14 +112,44 @@ impl Block {
                     );
                     return false;
                 }
-                // Too many: blocked, and the refusals start again after the block.
-                let until = now.saturating_add(self.duration);
-                let started = blocked.load(Ordering::Acquire) <= now;
-                blocked.store(until, Ordering::Release);
+                // Too many: the refusals start again after the block.
                 refusals.store(0, Ordering::Release);
-                started
+                true
             },
+        );
+        if !over {
+            return false;
+        }
+        let until = now.saturating_add(self.duration);
+        self.blocks.update_one(
+            key_hash,
+            entry_id(key_hash, BLOCKED),
+            || now,
+            |evicted| self.evicted(evicted.states as u64, now),
+            |blocked| blocked.swap(until, Ordering::AcqRel) <= now,
         )
+    }
+
+    /// Blocks ended early to make room: counted, and warned about at most once a minute.
+    #[cold]
+    fn evicted(&self, blocks: u64, now: u64) {
+        crate::metrics::blocks_evicted(&self.layer, blocks);
+        if self.evictions_warning.due(now) {
+            tracing::warn!(
+                target: "tollgate::rate_limit",
+                layer = &*self.layer,
+                evicted = blocks,
+                capacity = self.blocks.capacity(),
+                "block table full: ending the blocks nearest their end early (a distributed \
+                 attack?); logged at most once a minute"
+            );
+        }
+    }
+
+    /// Blocks ended early to make room, since the layer was made.
+    #[cfg(test)]
+    fn evicted_blocks(&self) -> u64 {
+        self.blocks.evicted()
     }
 }
 
@@ -164,9 +219,84 @@ impl NearLimit {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::gcra::Gcra;
     use crate::Quotas;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_million_blocks_last_their_whole_time() {
+        let refusals = Quota::per_minute(1).unwrap();
+        let block = Block::new(&refusals, Duration::from_secs(900), Arc::from("login"));
+        let blocked = 1_000_000u32;
+        for key in 0..blocked {
+            assert!(!block.refused(&key), "the first refusal is tolerated");
+            assert!(block.refused(&key), "the second starts a block");
+        }
+        assert_eq!(block.evicted_blocks(), 0);
+        tokio::time::advance(Duration::from_secs(899)).await;
+        for key in (0..blocked).step_by(997) {
+            let left = block.blocked(&key).expect("still blocked");
+            assert!(left <= 1_000_000_000, "{left}");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(block.blocked(&0u32), None, "and no longer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_cap_the_blocks_nearest_their_end_go_first() {
+        let refusals = Quota::per_minute(1).unwrap();
+        // A table of 64 shards, 8 blocks each at most; counters are plenty.
+        let block = Block::holding(
+            &refusals,
+            Duration::from_secs(900),
+            Arc::from("login"),
+            1 << 16,
+            512,
+        );
+        let mut key = 0u32;
+        let mut block_more = |n: u32| {
+            for _ in 0..n {
+                key += 1;
+                block.refused(&key);
+                block.refused(&key);
+            }
+            key
+        };
+        let first = block_more(100);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        block_more(5_000);
+        assert!(block.evicted_blocks() > 4_000, "{}", block.evicted_blocks());
+        // The earliest blocks (nearest their end) went; the newest stay.
+        let earliest = (1..=first).filter(|k| block.blocked(k).is_some()).count();
+        assert!(earliest < 10, "{earliest} of the earliest blocks are left");
+        assert!(block.blocked(&key).is_some());
+        assert!(block.blocked(&(key - 1)).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_refusals_evicts_counters_never_blocks() {
+        let refusals = Quota::per_minute(1).unwrap();
+        let block = Block::holding(
+            &refusals,
+            Duration::from_secs(900),
+            Arc::from("login"),
+            256,
+            1 << 16,
+        );
+        // Blocked first...
+        for key in 0..1_000u32 {
+            block.refused(&key);
+            block.refused(&key);
+        }
+        // ...then 100,000 clients refused once each: the counters' table overflows.
+        for key in 1_000..101_000u32 {
+            block.refused(&key);
+        }
+        assert!((0..1_000u32).all(|key| block.blocked(&key).is_some()));
+        assert_eq!(block.evicted_blocks(), 0);
+    }
 
     #[test]
     fn a_key_is_reported_once_per_window() {

@@ -505,8 +505,9 @@ where
                     .watching(Watch {
                         shadow: self.options.shadow != Shadow::Off,
                         near_limit: self.options.near_limit.map(NearLimit::new),
-                        block: (self.options.block.as_ref())
-                            .map(|(refusals, duration)| Block::new(refusals, *duration)),
+                        block: (self.options.block.as_ref()).map(|(refusals, duration)| {
+                            Block::new(refusals, *duration, Arc::clone(&self.options.name))
+                        }),
                         stats: self.options.stats.clone(),
                     }),
                 ),
