@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod clock;
 pub mod concurrency;
 pub mod gcra;

@@ -49,6 +49,7 @@ pub use exempt::{exempt_keys, exempt_requests, ExemptKeys, ExemptRequests};
 pub use header::Header;
 pub(crate) use logged::partition_hash;
 pub use logged::{LogKeys, LoggedKey};
+pub(crate) use peer::peer_addr;
 pub use peer::{IpPrefix, PeerIp};
 pub use scopes::{ScopeKey, Scopes};
 
