@@ -77,8 +77,8 @@ impl crate::store::RedisKey for ScopeKey {
             hex.extend_from_slice(format!("{byte:02x}").as_bytes());
         }
         out.tag("scope")
-            .bytes(self.scope.as_bytes())
-            .bytes(b":")
+            .public(self.scope.as_bytes())
+            .public(b":")
             .bytes(&hex);
     }
 }
@@ -286,7 +286,7 @@ mod tests {
 
     fn written(key: &ScopeKey) -> String {
         let mut out = Vec::new();
-        key.write_key(&mut KeyWriter(&mut out));
+        key.write_key(&mut KeyWriter::into_vec(&mut out));
         String::from_utf8(out).unwrap()
     }
 

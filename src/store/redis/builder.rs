@@ -22,6 +22,8 @@ pub struct RedisStoreBuilder {
     pub(super) over_limit_cache: bool,
     pub(super) batching: bool,
     pub(super) hook: Option<ErrorHook>,
+    pub(super) key_secret: Option<Vec<u8>>,
+    pub(super) hash_all_keys: bool,
 }
 
 impl RedisStoreBuilder {
@@ -36,6 +38,8 @@ impl RedisStoreBuilder {
             over_limit_cache: true,
             batching: true,
             hook: None,
+            key_secret: None,
+            hash_all_keys: false,
         }
     }
 
@@ -114,6 +118,40 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The fleet's secret for key names: subjects that may be secrets (API keys, tokens, any
+    /// [`RedisKey`](super::RedisKey) part written with
+    /// [`KeyWriter::bytes`](super::KeyWriter::bytes)) are written as 128 bits of their
+    /// HMAC-SHA-256 under it, never in clear, in key names and so in every command Redis
+    /// sees (`MONITOR`, the slow log, replicas, backups). Addresses and host names stay
+    /// readable unless [`hash_all_keys`](Self::hash_all_keys) says otherwise.
+    ///
+    /// Give every instance the same secret (at least 16 bytes; 32 random ones is good), so
+    /// that they share one limit per key. Changing it starts every key afresh, as a new
+    /// prefix would. Without one, [`connect`](Self::connect) says at start-up (WARN) that
+    /// such keys are stored in clear.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tollgate::StoreError> {
+    /// use tollgate::store::RedisStore;
+    /// let secret = std::env::var("TOLLGATE_KEY_SECRET").expect("the fleet's key secret");
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379")
+    ///     .key_secret(secret)
+    ///     .connect()
+    ///     .await?;
+    /// # drop(store); Ok(()) }
+    /// ```
+    pub fn key_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.key_secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
+    /// With a [`key_secret`](Self::key_secret), hash every subject, client addresses and host
+    /// names included (default off: they are no secrets, and readable names help an operator).
+    pub fn hash_all_keys(mut self, on: bool) -> Self {
+        self.hash_all_keys = on;
+        self
+    }
+
     /// Calls `hook` on every failed call to Redis.
     pub fn on_error(mut self, hook: impl Fn(&StoreError) + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
@@ -156,6 +194,7 @@ impl RedisStoreBuilder {
             ),
         };
         let unusable = |what: String| StoreError::Unusable(format!("{shown}: {what}"));
+        self.check_key_secret().map_err(unusable)?;
         let patience = self.timeout.max(Duration::from_secs(2));
         let in_time = |what: &'static str| {
             let shown = shown.clone();
@@ -310,7 +349,19 @@ impl RedisStoreBuilder {
             ))
         })?;
         // The checked connection is the store's.
-        Ok(RedisStore::assemble(self, connection))
+        let store = RedisStore::assemble(self, connection);
+        if store.inner.subjects.in_clear() {
+            tracing::warn!(
+                target: "tollgate::store::redis",
+                store = %shown,
+                "no key secret: keys that may be secrets (API keys and tokens from headers, \
+                 string keys) are written into Redis key names in clear, and long ones as \
+                 an unsalted SHA-1; set RedisStoreBuilder::key_secret (TOLLGATE_KEY_SECRET in \
+                 the example server). Client addresses and host names are written in clear \
+                 either way"
+            );
+        }
+        Ok(store)
     }
 
     /// The store. Connects lazily, in the background: Redis need not be up yet (until it is,
@@ -322,6 +373,7 @@ impl RedisStoreBuilder {
     /// [`StoreError::Backend`] when the URL is not a Redis URL, or for a store through
     /// Sentinel, which must ask the Sentinels first: use [`connect`](Self::connect).
     pub fn build(self) -> Result<RedisStore, StoreError> {
+        self.check_key_secret().map_err(StoreError::Unusable)?;
         let connection = Connection::lazy(&self.target, &self.tls, self.timeout)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(RedisStore::assemble(self, connection))
@@ -329,6 +381,23 @@ impl RedisStoreBuilder {
 }
 
 /// Whether a text in `value` (a text, or a map or array of them) has the line `wanted`.
+impl RedisStoreBuilder {
+    fn check_key_secret(&self) -> Result<(), String> {
+        match &self.key_secret {
+            Some(secret) if secret.len() < super::key::MIN_SECRET => Err(format!(
+                "the key secret has {} bytes, fewer than {}: use a long random one (32 bytes \
+                 or more)",
+                secret.len(),
+                super::key::MIN_SECRET
+            )),
+            None if self.hash_all_keys => {
+                Err("hash_all_keys needs a key secret (RedisStoreBuilder::key_secret)".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 fn has_line(value: &redis::Value, wanted: &str) -> bool {
     use redis::Value;
     match value {

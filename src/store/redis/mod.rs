@@ -168,6 +168,8 @@ struct Inner {
     /// Natural batching of decisions, on a single Redis.
     batcher: Option<Batcher>,
     prefix: String,
+    /// How subjects are written into key names (hashed with the key secret).
+    subjects: key::Subjects,
     timeout: Duration,
     on_failure: OnFailure,
     /// The local store of [`OnFailure::Local`], with its share and what it owes Redis.
@@ -255,6 +257,7 @@ impl RedisStore {
                 connection,
                 batcher,
                 prefix: builder.prefix,
+                subjects: key::Subjects::new(builder.key_secret.as_deref(), builder.hash_all_keys),
                 timeout: builder.timeout,
                 on_failure: builder.on_failure,
                 local,
@@ -368,7 +371,7 @@ impl Inner {
         let mut key = Vec::with_capacity(self.prefix.len() + 64);
         key.extend_from_slice(self.prefix.as_bytes());
         key.extend_from_slice(b":{");
-        key.extend_from_slice(&key::subject_tag(subject));
+        key.extend_from_slice(&self.subjects.tag(subject));
         key.extend_from_slice(b"}:");
         key.extend_from_slice(quota.name().as_bytes());
         // Written straight into the key, without an intermediate String.
@@ -379,7 +382,7 @@ impl Inner {
     /// The breaker group of `subject`'s keys (their hash slot's, on a cluster).
     fn group<K: RedisKey + ?Sized>(&self, subject: &K) -> usize {
         self.breaker
-            .group_of(|| slots::slot_of(&key::subject_tag(subject)))
+            .group_of(|| slots::slot_of(&self.subjects.tag(subject)))
     }
 
     fn keys<K: RedisKey + ?Sized>(&self, subject: &K, quotas: &Quotas) -> Vec<Vec<u8>> {

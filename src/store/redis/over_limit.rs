@@ -28,7 +28,7 @@ impl OverLimit {
     fn id<K: RedisKey + ?Sized>(&self, subject: &K, quotas: &Quotas) -> u64 {
         use std::hash::BuildHasher;
         let mut bytes = Vec::with_capacity(64);
-        subject.write_key(&mut KeyWriter(&mut bytes));
+        subject.write_key(&mut KeyWriter::into_vec(&mut bytes));
         // Never 0, the table's empty slot.
         self.hasher.hash_one((bytes, quotas.identity())) | 1
     }
