@@ -13,14 +13,29 @@
 //! | `GET /api/search` | none enforced: a candidate limit of 2 per second per client IP runs in shadow mode, counted in `tollgate_rate_limit_limited_total{layer="search",shadow="true"}` |
 //! | `POST /api/login` | per client IP: 3 per minute (its own limit); past 10 refusals a minute, blocked for 15 minutes |
 //! | `GET /api/report` | per client IP: 20 per minute; then per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
-//! | `GET /metrics` | none: the counters of the limits above, in Prometheus text format |
-//! | `GET /admin/limits` | none; from this machine only: each limit's counts and most refused clients, and the memory store's size, as JSON |
-//! | `POST /admin/limits/hello/{per_second}` | none; from this machine only: changes `/api/hello`'s rate (burst twice the rate) while the server runs, each client keeping the share of its burst it has spent |
+//!
+//! Each limit is attached to the handler it protects (`MethodRouter::route_layer`), so that a
+//! 404 or a 405 (a `GET` to the login route, say) spends nothing.
+//!
+//! The operator's routes are on a listener of their own, at `ADMIN_ADDR` (for example
+//! `127.0.0.1:9000`; none without it), never on the public port, behind a
+//! [`tollgate::admin::AdminGuard`]: they answer only to their own address as `Host`, refuse
+//! cross-site requests, and take changes only with `Authorization: Bearer $ADMIN_TOKEN`
+//! (refused, saying so, when `ADMIN_TOKEN` is unset). Keep `ADMIN_ADDR` on loopback or a
+//! private network your proxy does not forward to.
+//!
+//! | admin route | what |
+//! | --- | --- |
+//! | `GET /admin/limits` | each limit's counts and most refused clients (keys shown as in the logs), and the memory store's size, as JSON |
+//! | `POST /admin/limits/hello/{per_second}` | changes `/api/hello`'s rate (burst twice the rate) while the server runs, each client keeping the share of its burst it has spent; needs the token |
+//! | `GET /metrics` | the counters of the limits, in Prometheus text format |
 //!
 //! The client IP is the TCP peer. When the peer is inside one of the CIDRs of
 //! `TRUSTED_PROXIES` (comma-separated), the client is read from the one forwarding header
 //! named by `CLIENT_IP_HEADER`: `x-forwarded-for` (the default), `forwarded` or `x-real-ip`.
-//! Every other forwarding header is ignored: name the one your proxy writes.
+//! Every other forwarding header is ignored: name the one your proxy writes. A trusted proxy
+//! whose requests lack that header is warned about once a minute (it would be keyed as
+//! itself, and all its clients would share its limits).
 //!
 //! With `REDIS_URL` set (`redis://127.0.0.1:6379`, or `rediss://` for TLS, with
 //! `REDIS_CA_FILE` naming a PEM file of a private CA), the limits live in Redis, so that
@@ -33,18 +48,23 @@
 //! checked at start-up: a wrong URL, password, certificate or a cluster named as a single
 //! Redis stops the server with a message that says which. Should Redis fail later, each copy
 //! limits with its own memory and its share of each limit, `1/FLEET_SIZE` (default 1: set it
-//! to the number of copies).
+//! to the number of copies). API keys are written into Redis key names as a keyed hash
+//! under `TOLLGATE_KEY_SECRET` (give every copy the same one, 16 bytes or more); without it
+//! they are written in clear, as the server says at start-up.
 //!
 //! Against slow and idle clients: a request's headers must arrive within 10 s (an idle
 //! keep-alive connection is closed after as long), a request must be answered within 10 s
 //! (408 otherwise), a client that stops reading its responses is dropped when a write has
 //! waited 10 s, at most 10,000 connections are served at once (further ones wait in the
-//! kernel's accept queue; keep the process's file-descriptor limit above that), an accept
+//! kernel's accept queue; keep the process's file-descriptor limit above that) and at most
+//! `MAX_CONNECTIONS_PER_IP` (default 100) from one client address (an IPv6 /64), so that one
+//! address cannot hold every slot (trusted proxies are exempt: cap clients there), an accept
 //! error pauses accepting for a second, and Ctrl-C closes the listener, then lets requests in
 //! flight finish for up to 10 s (a second Ctrl-C stops at once).
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -58,7 +78,8 @@ use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tollgate::key::{ClientIp, Forwarding, Header, LogKeys};
+use tollgate::admin::AdminGuard;
+use tollgate::key::{ClientIp, Forwarding, Header, IpPrefix, LogKeys};
 use tollgate::rate_limit::{LimiterStats, LiveQuotas, RateLimitLayer, Refusal, Tiers};
 use tollgate::store::{OnFailure, RedisStore};
 use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
@@ -77,6 +98,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// The most connections served at once.
 const MAX_CONNECTIONS: usize = 10_000;
+/// The most connections served at once from one client address, by default.
+const MAX_CONNECTIONS_PER_IP: usize = 100;
+/// The most connections the admin listener serves at once.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// How long Ctrl-C waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -100,6 +125,23 @@ async fn main() -> Result<(), BoxError> {
     let client_ip =
         ClientIp::trusting(trusted.split(',').map(str::trim).filter(|s| !s.is_empty()))?
             .header(header);
+    let per_ip_cap: usize = match std::env::var("MAX_CONNECTIONS_PER_IP") {
+        Ok(n) => match n.parse() {
+            Ok(0) | Err(_) => {
+                return Err(
+                    format!("MAX_CONNECTIONS_PER_IP={n:?}: give a number, 1 or more").into(),
+                )
+            }
+            Ok(n) => n,
+        },
+        Err(_) => MAX_CONNECTIONS_PER_IP,
+    };
+    let admin_addr: Option<SocketAddr> = match std::env::var("ADMIN_ADDR") {
+        Ok(addr) => Some(addr.parse().map_err(|_| {
+            format!("ADMIN_ADDR={addr:?} is not an address and port (127.0.0.1:9000)")
+        })?),
+        Err(_) => None,
+    };
 
     // The recorder goes in first: layers register their counters when they are built.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
@@ -113,45 +155,70 @@ async fn main() -> Result<(), BoxError> {
             (app, "memory".to_owned())
         }
     };
-    let admin = limits.clone();
-    let change = limits.clone();
-    let app = app
-        .route("/metrics", get(move || render(prometheus.clone())))
-        .route(
-            "/admin/limits/hello/{per_second}",
-            post(
-                move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-                      Path(per_second): Path<u32>| {
-                    let change = change.clone();
-                    async move { change.set_hello(peer.ip(), per_second) }
-                },
-            ),
-        )
-        .route(
-            "/admin/limits",
-            get(
-                move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| {
-                    let admin = admin.clone();
-                    async move { admin.report(peer.ip()) }
-                },
-            ),
-        )
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ));
+    let app = app.layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT,
+    ));
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(
         address = %listener.local_addr()?,
         %store,
         trusted_proxies = ?client_ip.trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
         client_ip_header = %client_ip.forwarding(),
+        max_connections_per_ip = per_ip_cap,
         "serving: GET / (no limit), GET /api/hello (5/s, burst 10 per IP), \
          GET /api/search (2/s per IP in shadow: nothing refused), POST /api/login (3/min per IP), GET /api/report (20/min per IP, then per x-api-key: \
-         100/min premium-demo, 2/min others), GET /metrics"
+         100/min premium-demo, 2/min others)"
     );
-    serve(listener, app).await;
+    let per_ip = PerIp::new(per_ip_cap, client_ip.clone());
+    let public = serve(listener, app, MAX_CONNECTIONS, Some(per_ip));
+    match admin_addr {
+        None => {
+            tracing::info!(
+                "no admin listener (ADMIN_ADDR unset): /admin/limits and /metrics are not served"
+            );
+            public.await;
+        }
+        Some(addr) => {
+            let guard = AdminGuard::new(addr).token_from_env("ADMIN_TOKEN");
+            let admin_listener = TcpListener::bind(addr).await?;
+            tracing::info!(
+                address = %admin_listener.local_addr()?,
+                changes = if guard.allows_changes() { "with the ADMIN_TOKEN bearer token" } else { "refused: ADMIN_TOKEN is unset" },
+                "admin listener: GET /admin/limits, POST /admin/limits/hello/{{per_second}}, GET /metrics; \
+                 keep it off the internet"
+            );
+            let admin = admin(&limits, prometheus).layer(guard);
+            let admin = serve(admin_listener, admin, MAX_ADMIN_CONNECTIONS, None);
+            tokio::join!(public, admin);
+        }
+    }
     Ok(())
+}
+
+/// The operator's routes, for the admin listener only.
+fn admin(limits: &Limits, prometheus: PrometheusHandle) -> Router {
+    let (report, change) = (limits.clone(), limits.clone());
+    Router::new()
+        .route("/metrics", get(move || render(prometheus.clone())))
+        .route(
+            "/admin/limits/hello/{per_second}",
+            post(move |Path(per_second): Path<u32>| {
+                let change = change.clone();
+                async move { change.set_hello(per_second) }
+            }),
+        )
+        .route(
+            "/admin/limits",
+            get(move || {
+                let report = report.clone();
+                async move { report.report() }
+            }),
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
 }
 
 /// The routes and their limits, with their state in `store`.
@@ -199,6 +266,11 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
         ),
         Err(_) => builder,
     };
+    // API keys go into key names as a keyed hash under the fleet's secret.
+    let builder = match std::env::var("TOLLGATE_KEY_SECRET") {
+        Ok(secret) => builder.key_secret(secret),
+        Err(_) => builder,
+    };
     // Should Redis fail, each copy goes on limiting with its own memory, and its share.
     let store = builder
         .on_failure(OnFailure::Local(MemoryStore::new()))
@@ -212,18 +284,15 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
 /// Every layer's counts, and the memory store's, for `/admin/limits`.
 #[derive(Clone, Default)]
 struct Limits {
-    layers: Arc<std::sync::Mutex<Vec<(&'static str, LimiterStats)>>>,
-    memory: Arc<std::sync::Mutex<Option<MemoryStore>>>,
+    layers: Arc<Mutex<Vec<(&'static str, LimiterStats)>>>,
+    memory: Arc<Mutex<Option<MemoryStore>>>,
     /// `/api/hello`'s quota, changed at run time by `/admin/limits/hello/{per_second}`.
     hello: Arc<std::sync::OnceLock<LiveQuotas>>,
 }
 
 impl Limits {
-    /// Sets `/api/hello` to `per_second` a second, burst twice that (local clients only).
-    fn set_hello(&self, peer: IpAddr, per_second: u32) -> (StatusCode, String) {
-        if !peer.is_loopback() {
-            return (StatusCode::NOT_FOUND, String::new());
-        }
+    /// Sets `/api/hello` to `per_second` a second, burst twice that.
+    fn set_hello(&self, per_second: u32) -> (StatusCode, String) {
         let quota = Quota::per_second(per_second)
             .and_then(|q| q.with_burst(per_second.saturating_mul(2)))
             .and_then(|q| q.named("hello"));
@@ -245,15 +314,9 @@ impl Limits {
         stats
     }
 
-    /// The JSON of `/admin/limits`, for a client on this machine only (404 elsewhere: behind a
-    /// proxy, keep the route off the public paths as well).
-    fn report(&self, peer: IpAddr) -> Response<Body> {
-        if !peer.is_loopback() {
-            return Response::builder()
-                .status(StatusCode::NOT_FOUND)
-                .body(Body::empty())
-                .unwrap();
-        }
+    /// The JSON of `/admin/limits`: keys as the layers log them (client IPs in clear, API
+    /// keys hashed).
+    fn report(&self) -> Response<Body> {
         let layers: serde_json::Map<String, serde_json::Value> = (self.layers.lock().unwrap())
             .iter()
             .map(|(name, stats)| {
@@ -319,7 +382,7 @@ where
         )
         .route(
             "/api/hello",
-            get(|| async { "hello\n" }).layer(
+            get(|| async { "hello\n" }).route_layer(
                 per_ip(hello.clone(), "hello")
                     // Changed while the server runs, from /admin/limits/hello/{per_second}.
                     .quotas(limits.hello.get_or_init(|| LiveQuotas::new(hello)).clone())
@@ -330,11 +393,11 @@ where
             "/api/search",
             // Trying a limit on real traffic before enforcing it: nothing is refused, the
             // metrics and logs say what would have been.
-            get(|| async { "results\n" }).layer(per_ip(search, "search").shadow()),
+            get(|| async { "results\n" }).route_layer(per_ip(search, "search").shadow()),
         )
         .route(
             "/api/login",
-            post(|| async { "logged in\n" }).layer(
+            post(|| async { "logged in\n" }).route_layer(
                 // Past 10 refusals a minute, a client is shut out for 15 minutes.
                 per_ip(login, "login").block(Quota::per_minute(10)?, Duration::from_secs(900)),
             ),
@@ -342,7 +405,7 @@ where
         .route(
             "/api/report",
             // The per-IP limit first (outermost), then the per-key one.
-            get(|| async { "report\n" }).layer(
+            get(|| async { "report\n" }).route_layer(
                 ServiceBuilder::new()
                     .layer(per_ip(report_per_ip, "report-ip"))
                     .layer(per_api_key),
@@ -350,12 +413,13 @@ where
         ))
 }
 
-/// Serves `app` on `listener` until Ctrl-C, with the timeouts and the connection bound above.
-async fn serve(listener: TcpListener, app: Router) {
+/// Serves `app` on `listener` until Ctrl-C, with the timeouts above, at most `max_connections`
+/// at once, and with `per_ip`, at most its cap from one client address.
+async fn serve(listener: TcpListener, app: Router, max_connections: usize, per_ip: Option<PerIp>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
@@ -376,6 +440,15 @@ async fn serve(listener: TcpListener, app: Router) {
             },
             _ = ctrl_c.as_mut() => break,
         };
+        // One address holding its cap: closed at once, before a byte is read.
+        let per_ip_permit = match per_ip.as_ref().map(|cap| cap.admit(peer.ip())) {
+            Some(None) => {
+                tracing::debug!(%peer, "connection refused: this address holds its cap");
+                continue;
+            }
+            Some(permit) => permit,
+            None => None,
+        };
         // A client that never reads its responses would hold the connection (and the kernel's
         // buffers) forever: a write that cannot go on for WRITE_TIMEOUT ends it.
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
@@ -393,7 +466,7 @@ async fn serve(listener: TcpListener, app: Router) {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, per_ip_permit));
         });
     }
     // New connections are refused from now on, not left waiting.
@@ -406,6 +479,69 @@ async fn serve(listener: TcpListener, app: Router) {
             }
         }
         _ = tokio::signal::ctrl_c() => tracing::warn!("second Ctrl-C: stopping at once"),
+    }
+}
+
+/// Connections per client address (an IPv6 /64), at most `cap` each; trusted proxies carry
+/// many clients and are not capped.
+#[derive(Clone)]
+struct PerIp {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    cap: usize,
+    proxies: ClientIp,
+}
+
+/// One connection counted against its address (none for a trusted proxy); uncounted when
+/// dropped.
+struct PerIpPermit {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: Option<IpAddr>,
+}
+
+impl PerIp {
+    fn new(cap: usize, proxies: ClientIp) -> Self {
+        Self {
+            open: Arc::default(),
+            cap,
+            proxies,
+        }
+    }
+
+    /// A permit for one more connection from `peer`, unless it holds its cap; a trusted
+    /// proxy's connections are not counted.
+    fn admit(&self, peer: IpAddr) -> Option<PerIpPermit> {
+        let peer = peer.to_canonical();
+        let open = Arc::clone(&self.open);
+        if self.proxies.trusted().iter().any(|net| net.contains(&peer)) {
+            return Some(PerIpPermit {
+                open,
+                address: None,
+            });
+        }
+        let address = IpPrefix::default().group(peer);
+        let mut counts = self.open.lock().unwrap();
+        let count = counts.entry(address).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpPermit {
+            open,
+            address: Some(address),
+        })
+    }
+}
+
+impl Drop for PerIpPermit {
+    fn drop(&mut self) {
+        let Some(address) = self.address else { return };
+        let mut open = self.open.lock().unwrap();
+        if let Some(count) = open.get_mut(&address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&address);
+            }
+        }
     }
 }
 

@@ -325,7 +325,7 @@ where
                 let peer = crate::key::peer_addr(&request);
                 crate::logs::capped!(
                     WARN, "tollgate::admin", "admin request refused";
-                    peer = ?peer,
+                    peer = %peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
                     method = %request.method(),
                     path = request.uri().path(),
                     reason = %refused.reason
