@@ -21,29 +21,37 @@ pub(crate) const RATE: u64 = 10;
 /// Events the budget lets through at once after a quiet spell.
 pub(crate) const BURST: u64 = 20;
 
-const INTERVAL_NANOS: u64 = 1_000_000_000 / RATE;
+/// The process-wide budget.
+static BUDGET: Budget = Budget::new(RATE, BURST);
 
-/// The process-wide budget: a GCRA over nanoseconds since the first event.
-static BUDGET: Budget = Budget {
-    tat: AtomicU64::new(0),
-};
-
-struct Budget {
+/// `rate` lines a second, bursts of `burst`: a GCRA over nanoseconds since the first event.
+pub(crate) struct Budget {
     tat: AtomicU64,
+    interval: u64,
+    tolerance: u64,
 }
 
 impl Budget {
-    fn take(&self, now: u64) -> bool {
-        let tolerance = (BURST - 1) * INTERVAL_NANOS;
+    pub(crate) const fn new(rate: u64, burst: u64) -> Self {
+        let interval = 1_000_000_000 / rate;
+        Self {
+            tat: AtomicU64::new(0),
+            interval,
+            tolerance: (burst - 1) * interval,
+        }
+    }
+
+    /// Whether a line may be written at `now` ([`now`]); takes its place if so.
+    pub(crate) fn take(&self, now: u64) -> bool {
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let start = tat.max(now);
-            if start - now > tolerance {
+            if start - now > self.tolerance {
                 return false;
             }
             match self.tat.compare_exchange_weak(
                 tat,
-                start + INTERVAL_NANOS,
+                start + self.interval,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -148,9 +156,7 @@ mod tests {
 
     #[test]
     fn the_budget_lets_a_burst_then_the_rate_through_and_counts_the_rest() {
-        let budget = Budget {
-            tat: AtomicU64::new(0),
-        };
+        let budget = Budget::new(RATE, BURST);
         let start = 1_000_000_000_000;
         let burst = (0..1_000).filter(|_| budget.take(start)).count();
         assert_eq!(burst as u64, BURST);

@@ -188,14 +188,20 @@ impl ClientIp {
         if hops.is_empty() {
             // No forwarding header: the request began at the proxy (a health check), or the
             // proxy writes another header than the one named here, and then every client
-            // behind it shares the proxy's key. Said once a minute per proxy.
+            // behind it shares the proxy's key. Said once a minute per proxy (and at most once a
+            // second in all, bursts of ten), outside the log budget: a flood must not drown a
+            // misconfiguration.
             crate::metrics::unforwarded(self.header.header_name_str());
             if UNFORWARDED.due(peer) {
-                crate::logs::capped!(
-                    WARN, "tollgate::key",
-                    "a trusted proxy sent a request without the forwarding header read: it is keyed as the proxy itself, and if the proxy forwards clients this way they all share its limit; make the proxy write that header, or name the header it writes (ClientIp::header; CLIENT_IP_HEADER in the example server). Said once a minute per proxy";
+                tracing::warn!(
+                    target: "tollgate::key",
                     proxy = %peer,
-                    header = self.header.header_name_str()
+                    header = self.header.header_name_str(),
+                    "a trusted proxy sent a request without the forwarding header read: it is \
+                     keyed as the proxy itself, and if the proxy forwards clients this way they \
+                     all share its limit; make the proxy write that header, or name the header \
+                     it writes (ClientIp::header; CLIENT_IP_HEADER in the example server). Said \
+                     once a minute per proxy"
                 );
             }
             return Ok(peer);
@@ -310,16 +316,23 @@ impl Forwarding {
 static UNFORWARDED: Unforwarded = Unforwarded {
     slots: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 64],
     every: 60_000_000_000,
+    any: crate::logs::Budget::new(1, 10),
 };
 
 struct Unforwarded {
     /// (a hash of the proxy's address, when it was last warned about plus one).
     slots: [(AtomicU64, AtomicU64); 64],
     every: u64,
+    /// At most one warning a second whatever the proxies, bursts of ten.
+    any: crate::logs::Budget,
 }
 
 impl Unforwarded {
     fn due(&self, proxy: IpAddr) -> bool {
+        self.due_for(proxy) && self.any.take(crate::logs::now())
+    }
+
+    fn due_for(&self, proxy: IpAddr) -> bool {
         let bits = match proxy {
             IpAddr::V4(v4) => u128::from(v4.to_bits()),
             IpAddr::V6(v6) => v6.to_bits(),
