@@ -13,6 +13,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+use tollgate::store::Ask;
+use tollgate::Store;
 use tollgate::{MemoryStore, Quota, Quotas};
 
 struct Counting;
@@ -66,7 +68,12 @@ fn main() {
         let store = MemoryStore::builder().max_keys(2 * KEYS as usize).build();
         let quotas = Quotas::from(Quota::per_hour(10).unwrap());
         for i in 0..KEYS {
-            assert!(store.check(&ip(i), &quotas, 1).unwrap().is_allowed());
+            let key = ip(i);
+            assert!(store
+                .decide(&Ask::new(&key, &quotas))
+                .into_inner()
+                .unwrap()
+                .is_allowed());
         }
         store
     });

@@ -23,6 +23,8 @@ use common::once;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Request, Response};
 use tollgate::key::PeerIp;
+use tollgate::store::Ask;
+use tollgate::Store;
 use tollgate::{MemoryStore, Quota, Quotas, RateLimitLayer};
 use tower::{Layer, Service};
 
@@ -61,12 +63,14 @@ fn decisions(c: &mut Criterion) {
             .with_burst(1_000_000)
             .unwrap(),
     );
-    keys.iter().for_each(|k| drop(store.check(k, &quotas, 1)));
+    keys.iter()
+        .for_each(|k| drop(store.decide(&Ask::new(k, &quotas)).into_inner()));
     let mut i = 0;
-    group.bench_function("tollgate MemoryStore::check", |b| {
+    group.bench_function("tollgate MemoryStore::decide", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
-            black_box(store.check(&keys[i], &quotas, 1).unwrap().is_allowed())
+            let ask = Ask::new(&keys[i], &quotas);
+            black_box(store.decide(&ask).into_inner().unwrap().is_allowed())
         })
     });
     group.finish();
@@ -80,14 +84,10 @@ fn decisions(c: &mut Criterion) {
     });
     let store = MemoryStore::new();
     let quotas = Quotas::from(Quota::per_second(1_000_000_000).unwrap());
-    group.bench_function("tollgate MemoryStore::check(&Global)", |b| {
+    group.bench_function("tollgate MemoryStore::decide(&Global)", |b| {
         b.iter(|| {
-            black_box(
-                store
-                    .check(&tollgate::key::Global, &quotas, 1)
-                    .unwrap()
-                    .is_allowed(),
-            )
+            let ask = Ask::new(&tollgate::key::Global, &quotas);
+            black_box(store.decide(&ask).into_inner().unwrap().is_allowed())
         })
     });
     group.finish();

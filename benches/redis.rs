@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tollgate::store::Ask;
 use tollgate::store::RedisStore;
 use tollgate::{Quota, Quotas, Store};
 
@@ -188,7 +189,7 @@ async fn run(store: RedisStore, ports: &[u16], in_flight: usize) -> Run {
     let quotas = Quotas::from(Quota::per_second(10).unwrap());
     for n in 0..2000u64 {
         store
-            .decide(&format!("warm{n}"), &quotas, 1, Duration::ZERO)
+            .decide(&Ask::new(&format!("warm{n}"), &quotas))
             .await
             .unwrap();
     }
@@ -218,10 +219,7 @@ async fn run(store: RedisStore, ports: &[u16], in_flight: usize) -> Run {
                 seed ^= seed << 17;
                 let key = format!("{:012}", seed % KEYS);
                 let asked = Instant::now();
-                store
-                    .decide(&key, &quotas, 1, Duration::ZERO)
-                    .await
-                    .unwrap();
+                store.decide(&Ask::new(&key, &quotas)).await.unwrap();
                 seen.push(asked.elapsed());
             }
             latencies.lock().unwrap().extend(seen);

@@ -65,7 +65,7 @@ impl Gcra {
 
     /// From the interval and the window (`interval × burst`), in nanoseconds.
     #[inline]
-    pub(crate) fn from_nanos(interval: u64, window: u64) -> Self {
+    pub(crate) const fn from_nanos(interval: u64, window: u64) -> Self {
         Self { interval, window }
     }
 

@@ -343,12 +343,13 @@ impl Quotas {
     /// state, and the key's next decision moves that charge over too.
     ///
     /// ```
-    /// use tollgate::{MemoryStore, Quota, Quotas};
+    /// use tollgate::store::Ask;
+    /// use tollgate::{MemoryStore, Quota, Quotas, Store};
     ///
     /// let store = MemoryStore::new();
     /// let old = Quotas::from(Quota::per_minute(10).unwrap());
     /// for _ in 0..8 {
-    ///     store.check(&"alice", &old, 1).unwrap();
+    ///     store.decide(&Ask::new(&"alice", &old)).into_inner().unwrap();
     /// }
     /// // Ten times the rate and the burst: alice has spent 80% of hers, so 20 of 100 are left.
     /// let raised = Quotas::from(Quota::per_minute(100).unwrap()).carry_over_from(&old);

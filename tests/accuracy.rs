@@ -3,6 +3,8 @@
 //!
 //! This checks an upper bound over whatever time the run took; it does not time anything.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,10 @@ fn hammer(quotas: &Quotas, threads: usize, attempts: u64) -> (u64, Duration) {
         for _ in 0..threads {
             s.spawn(|| {
                 for _ in 0..attempts {
-                    if store.check(&"hot", quotas, 1).unwrap().is_allowed() {
+                    if common::check(&store, &"hot", quotas, 1)
+                        .unwrap()
+                        .is_allowed()
+                    {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }

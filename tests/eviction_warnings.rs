@@ -27,7 +27,7 @@ fn evictions_warn_at_most_once_a_minute() {
     let mut flood = |n: u32| {
         for _ in 0..n {
             key += 1;
-            store.check(&key, &q, 1).unwrap();
+            common::check(&store, &key, &q, 1).unwrap();
         }
     };
     flood(10_000);

@@ -141,7 +141,9 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     let small = MemoryStore::builder().max_keys(64).shards(1).build();
     let per_hour = tollgate::Quotas::from(Quota::per_hour(1).unwrap());
     for flood_key in 0..1_000u32 {
-        assert!(small.check(&flood_key, &per_hour, 1).unwrap().is_allowed());
+        assert!(common::check(&small, &flood_key, &per_hour, 1)
+            .unwrap()
+            .is_allowed());
     }
     assert!(small.evicted() > 900, "{}", small.evicted());
 

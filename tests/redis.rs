@@ -2,6 +2,7 @@
 //! temporary directory, nothing on disk. Without `redis-server` on `PATH` the tests say they
 //! were skipped, unless `TOLLGATE_REQUIRE_REDIS=1` (as in CI), which makes that a failure.
 
+use common::DecideOne;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,8 +32,14 @@ async fn the_same_requests_get_the_same_answers_as_from_the_memory_store() {
     // Spot checks that the scenario says something.
     assert!(memory[..5].iter().all(|s| s.allowed) && !memory[5].allowed);
     assert_eq!(memory[5].retry_after_s, 720);
-    // The quota change at the end: 60 of 100 left, three costs of 20 pass, none left after.
+    // Across keys, last: two allowed, the third refused by the global part (index 1), and
+    // frank's own quota spent twice, not three times.
     let n = memory.len();
+    assert!(memory[n - 7].allowed && memory[n - 5].allowed && !memory[n - 3].allowed);
+    assert_eq!(memory[n - 2].remaining, 0);
+    assert_eq!(memory[n - 1].remaining, 3);
+    // The quota change before it: 60 of 100 left, three costs of 20 pass, none left after.
+    let n = n - 7;
     assert_eq!(memory[n - 7].remaining, 60);
     assert!(memory[n - 6..n - 3].iter().all(|s| s.allowed) && !memory[n - 3].allowed);
     assert_eq!(
@@ -61,7 +68,7 @@ async fn a_quota_change_moves_each_keys_debt_to_the_new_key_in_redis() {
         let after = Quotas::from(new.clone()).carry_over_from(&before);
         for _ in 0..5 {
             store
-                .decide(&key, &before, 1, Duration::ZERO)
+                .decide_one(&key, &before, 1, Duration::ZERO)
                 .await
                 .unwrap();
         }
@@ -70,7 +77,10 @@ async fn a_quota_change_moves_each_keys_debt_to_the_new_key_in_redis() {
         assert_eq!(peek.remaining(), 10, "half of 20 left");
         let old_key = store.key_of(&key, &old);
         assert_ne!(redis.cli(&["GET", &old_key]).unwrap().trim(), "");
-        let first = store.decide(&key, &after, 1, Duration::ZERO).await.unwrap();
+        let first = store
+            .decide_one(&key, &after, 1, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(first.remaining(), 9);
         assert_eq!(redis.cli(&["GET", &old_key]).unwrap().trim(), "", "moved");
         let new_value: u64 = redis
@@ -93,7 +103,7 @@ async fn keys_hold_one_microsecond_tat_and_expire_when_full() {
     let quotas = Quotas::from(quota.clone());
     let key = "203.0.113.7".parse::<std::net::IpAddr>().unwrap();
     store
-        .decide(&key, &quotas, 1, Duration::ZERO)
+        .decide_one(&key, &quotas, 1, Duration::ZERO)
         .await
         .unwrap();
     let name = store.key_of(&key, &quota);
@@ -107,11 +117,14 @@ async fn keys_hold_one_microsecond_tat_and_expire_when_full() {
     assert!((1..=100).contains(&ttl), "expires when full: {ttl} ms");
     // A denial writes nothing.
     let tight = Quotas::from(Quota::per_hour(1).unwrap());
-    store.decide(&key, &tight, 1, Duration::ZERO).await.unwrap();
+    store
+        .decide_one(&key, &tight, 1, Duration::ZERO)
+        .await
+        .unwrap();
     let tight_key = store.key_of(&key, &tight.as_slice()[0]);
     let before = redis.cli(&["GET", &tight_key]).unwrap();
     assert!(!store
-        .decide(&key, &tight, 1, Duration::ZERO)
+        .decide_one(&key, &tight, 1, Duration::ZERO)
         .await
         .unwrap()
         .is_allowed());
@@ -133,7 +146,7 @@ async fn two_instances_share_one_quota_under_concurrent_load() {
         tasks.push(tokio::spawn(async move {
             for _ in 0..150 {
                 if store
-                    .decide(&"shared".to_owned(), &quotas, 1, Duration::ZERO)
+                    .decide_one(&"shared".to_owned(), &quotas, 1, Duration::ZERO)
                     .await
                     .unwrap()
                     .is_allowed()
@@ -162,13 +175,13 @@ async fn noscript_after_script_flush_is_recovered() {
     let store = redis.store();
     let quotas = Quotas::from(Quota::per_minute(10).unwrap());
     assert!(store
-        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"k".to_owned(), &quotas, 1, Duration::ZERO)
         .await
         .unwrap()
         .is_allowed());
     assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).unwrap().trim(), "OK");
     let decision = store
-        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"k".to_owned(), &quotas, 1, Duration::ZERO)
         .await
         .unwrap();
     assert!(decision.is_allowed());
@@ -184,13 +197,13 @@ async fn denied_keys_are_answered_locally_until_their_retry_after() {
     let key = "hammer".to_owned();
     for _ in 0..3 {
         let _ = store
-            .decide(&key, &quotas, 1, Duration::ZERO)
+            .decide_one(&key, &quotas, 1, Duration::ZERO)
             .await
             .unwrap();
     }
     let round_trips = redis.calls("evalsha");
     for _ in 0..100 {
-        let cached = Store::<String>::decide_now(&store, &key, &quotas, 1, Duration::ZERO)
+        let cached = DecideOne::<String>::at_once(&store, &key, &quotas, 1, Duration::ZERO)
             .expect("answered locally")
             .unwrap();
         assert!(!cached.is_allowed());
@@ -203,7 +216,7 @@ async fn denied_keys_are_answered_locally_until_their_retry_after() {
     );
     // Other keys still go to Redis.
     assert!(
-        Store::<String>::decide_now(&store, &"other".to_owned(), &quotas, 1, Duration::ZERO)
+        DecideOne::<String>::at_once(&store, &"other".to_owned(), &quotas, 1, Duration::ZERO)
             .is_none()
     );
     // Turned off, every decision asks Redis.
@@ -212,10 +225,10 @@ async fn denied_keys_are_answered_locally_until_their_retry_after() {
         .build()
         .unwrap();
     let _ = uncached
-        .decide(&key, &quotas, 1, Duration::ZERO)
+        .decide_one(&key, &quotas, 1, Duration::ZERO)
         .await
         .unwrap();
-    assert!(Store::<String>::decide_now(&uncached, &key, &quotas, 1, Duration::ZERO).is_none());
+    assert!(DecideOne::<String>::at_once(&uncached, &key, &quotas, 1, Duration::ZERO).is_none());
 }
 
 /// Decides `n` times for fresh keys; how long the slowest call took.
@@ -229,7 +242,7 @@ async fn slowest_of<S: Store<String>>(
     for i in 0..n {
         let start = Instant::now();
         let result = store
-            .decide(&format!("k{i}"), quotas, 1, Duration::ZERO)
+            .decide_one(&format!("k{i}"), quotas, 1, Duration::ZERO)
             .await;
         slowest = slowest.max(start.elapsed());
         results.push(result.map_err(|e| e.to_string()));
@@ -241,7 +254,7 @@ async fn slowest_of<S: Store<String>>(
 async fn once_redis_answers(store: &RedisStore, key: &str, quotas: &Quotas) -> Option<Decision> {
     for _ in 0..100 {
         if let Ok(decision) = store
-            .decide(&key.to_owned(), quotas, 1, Duration::ZERO)
+            .decide_one(&key.to_owned(), quotas, 1, Duration::ZERO)
             .await
         {
             return Some(decision);
@@ -278,7 +291,7 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
     for (i, store) in [&deny, &allow, &local].into_iter().enumerate() {
         let warm = format!("warm-{i}");
         assert!(store
-            .decide(&warm, &quotas, 1, Duration::ZERO)
+            .decide_one(&warm, &quotas, 1, Duration::ZERO)
             .await
             .unwrap()
             .is_allowed());
@@ -309,11 +322,11 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
     // The local fallback limits for real: one per minute per key.
     let key = "local".to_owned();
     let first = local
-        .decide(&key, &quotas, 1, Duration::ZERO)
+        .decide_one(&key, &quotas, 1, Duration::ZERO)
         .await
         .unwrap();
     let second = local
-        .decide(&key, &quotas, 1, Duration::ZERO)
+        .decide_one(&key, &quotas, 1, Duration::ZERO)
         .await
         .unwrap();
     assert!(first.is_allowed() && !second.is_allowed());
@@ -333,7 +346,7 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     let during = deny
-        .decide(&"slow".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"slow".to_owned(), &quotas, 1, Duration::ZERO)
         .await;
     assert!(
         start.elapsed() <= timeout + margin,
@@ -353,7 +366,7 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
     let resumed = once_redis_answers(&deny, "again", &quotas).await;
     assert!(resumed.expect("Redis answers again").is_allowed());
     let denied = deny
-        .decide(&"again".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"again".to_owned(), &quotas, 1, Duration::ZERO)
         .await
         .unwrap();
     assert!(!denied.is_allowed(), "the state is in Redis again");
@@ -475,7 +488,7 @@ async fn connect_fails_at_start_up_and_says_why() {
     let store = RedisStore::builder(right).connect().await.unwrap();
     let quotas = Quotas::from(Quota::per_minute(1).unwrap());
     assert!(store
-        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"k".to_owned(), &quotas, 1, Duration::ZERO)
         .await
         .unwrap()
         .is_allowed());
@@ -491,7 +504,7 @@ async fn connect_fails_at_start_up_and_says_why() {
         .await
         .unwrap();
     assert!(store
-        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"k".to_owned(), &quotas, 1, Duration::ZERO)
         .await
         .unwrap()
         .is_allowed());
@@ -538,7 +551,7 @@ async fn a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_ans
         .build()
         .unwrap();
     assert!(store
-        .decide(&"warm".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"warm".to_owned(), &quotas, 1, Duration::ZERO)
         .await
         .unwrap()
         .is_allowed());
@@ -622,7 +635,7 @@ async fn while_redis_is_down_a_dropped_wait_is_given_back_to_the_local_store() {
     // Three failures: Redis counts as down, and the local store decides.
     for i in 0..3 {
         let _ = store
-            .decide(&format!("trip-{i}"), &quotas, 1, Duration::ZERO)
+            .decide_one(&format!("trip-{i}"), &quotas, 1, Duration::ZERO)
             .await;
     }
     let limiter = tollgate::RateLimiter::keyed(Quota::per_minute(1).unwrap()).store(store);
@@ -649,7 +662,8 @@ async fn one_key_many_times_in_one_batch_is_charged_each_time() {
     let store = redis.store();
     let quotas = Quotas::from(Quota::per_hour(3).unwrap());
     // Twenty decisions for one key, all queued at once: they share script calls.
-    let decisions = (0..20).map(|_| store.decide(&"same".to_owned(), &quotas, 1, Duration::ZERO));
+    let decisions =
+        (0..20).map(|_| store.decide_one(&"same".to_owned(), &quotas, 1, Duration::ZERO));
     let mut allowed = 0;
     for decision in futures_util::future::join_all(decisions).await {
         allowed += usize::from(decision.unwrap().is_allowed());
@@ -780,14 +794,14 @@ async fn scoped_decisions_are_one_atomic_call_on_one_redis() {
         let calls = redis.calls("evalsha");
         for _ in 0..3 {
             let (_, decision) = store
-                .decide_parts(parts("alice"), 1, Duration::ZERO)
+                .decide_across(parts("alice"), 1, Duration::ZERO)
                 .await
                 .unwrap();
             assert!(decision.is_allowed());
         }
         assert_eq!(redis.calls("evalsha") - calls, 3, "one call per decision");
         let (binding, refused) = store
-            .decide_parts(parts("alice"), 1, Duration::ZERO)
+            .decide_across(parts("alice"), 1, Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(
@@ -796,14 +810,14 @@ async fn scoped_decisions_are_one_atomic_call_on_one_redis() {
             "alice's own quota"
         );
         assert!(store
-            .decide_parts(parts("bob"), 1, Duration::ZERO)
+            .decide_across(parts("bob"), 1, Duration::ZERO)
             .await
             .unwrap()
             .1
             .is_allowed());
         for _ in 0..2 {
             let (binding, refused) = store
-                .decide_parts(parts("bob"), 1, Duration::ZERO)
+                .decide_across(parts("bob"), 1, Duration::ZERO)
                 .await
                 .unwrap();
             assert_eq!(
@@ -933,12 +947,12 @@ async fn a_carried_debt_that_rounds_to_nothing_fails_no_decision() {
     let after = Quotas::from(tiny.clone()).carry_over_from(&before);
     let victim = "victim".to_owned();
     store
-        .decide(&victim, &before, 1, Duration::ZERO)
+        .decide_one(&victim, &before, 1, Duration::ZERO)
         .await
         .unwrap();
     let (carried, plain) = tokio::join!(
-        store.decide(&victim, &after, 1, Duration::ZERO),
-        store.decide(
+        store.decide_one(&victim, &after, 1, Duration::ZERO),
+        store.decide_one(
             &"innocent".to_owned(),
             &Quotas::from(tiny),
             1,

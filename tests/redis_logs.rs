@@ -3,10 +3,11 @@
 
 mod common;
 
+use common::DecideOne;
 use std::time::Duration;
 
 use tollgate::store::{OnFailure, RedisStore};
-use tollgate::{Quota, Quotas, Store};
+use tollgate::{Quota, Quotas};
 
 #[tokio::test]
 async fn the_first_failure_is_logged_at_once() {
@@ -19,7 +20,7 @@ async fn the_first_failure_is_logged_at_once() {
         .unwrap();
     let quotas = Quotas::from(Quota::per_second(1).unwrap());
     let decision = store
-        .decide(&"k".to_owned(), &quotas, 1, Duration::ZERO)
+        .decide_one(&"k".to_owned(), &quotas, 1, Duration::ZERO)
         .await
         .unwrap();
     assert!(decision.is_allowed(), "fail open");

@@ -7,12 +7,13 @@
 //! Redis keeps time with `TIME`, so these tests run in real time: 2 s before the outage, 5 s
 //! of outage, 2 s after.
 
+use common::DecideOne;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::store::{OnFailure, RedisStore};
-use tollgate::{MemoryStore, Quota, Quotas, Store};
+use tollgate::{MemoryStore, Quota, Quotas};
 
 mod common;
 
@@ -75,7 +76,7 @@ async fn hot_key_through_an_outage(instances: u32, fault: Fault) -> Option<Outco
                 tick.tick().await;
                 let asked = Instant::now();
                 let decision = store
-                    .decide(&hot, &quotas, 1, Duration::ZERO)
+                    .decide_one(&hot, &quotas, 1, Duration::ZERO)
                     .await
                     .unwrap();
                 let took = asked.elapsed();

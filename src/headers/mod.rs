@@ -21,11 +21,12 @@
 //! ```
 //! use std::time::Duration;
 //! use tollgate::headers::{ietf, retry_after};
-//! use tollgate::{MemoryStore, Quota, Quotas};
+//! use tollgate::store::Ask;
+//! use tollgate::{MemoryStore, Quota, Quotas, Store};
 //!
 //! let quotas = Quotas::from(Quota::per_second(5).unwrap().with_burst(10).unwrap());
 //! assert_eq!(ietf::policy(&quotas), "\"default\";q=10;w=2");
-//! let decision = MemoryStore::new().check(&"k", &quotas, 1).unwrap();
+//! let decision = MemoryStore::new().decide(&Ask::new(&"k", &quotas)).into_inner().unwrap();
 //! assert_eq!(ietf::ratelimit(&quotas, &decision), "\"default\";r=9;t=1");
 //! assert_eq!(retry_after::seconds(Duration::from_millis(1)), 1);
 //! ```

@@ -58,16 +58,6 @@ where
         self.inner.extract(request)
     }
 
-    fn extract_parts(&self, request: &Req) -> Option<Result<super::KeyParts<E::Key>, KeyError>> {
-        if (self.exempt)(request) {
-            return self
-                .inner
-                .extract_parts(request)
-                .map(|_| Err(KeyError::exempt("the request is exempt")));
-        }
-        self.inner.extract_parts(request)
-    }
-
     // No `global_key`: a slot reserved before the request exists could not be exempted.
 }
 
@@ -84,16 +74,5 @@ where
             return Err(KeyError::exempt("the key is exempt"));
         }
         Ok(key)
-    }
-
-    /// Exempt when any part's key is.
-    fn extract_parts(&self, request: &Req) -> Option<Result<super::KeyParts<E::Key>, KeyError>> {
-        let parts = self.inner.extract_parts(request)?;
-        Some(parts.and_then(|parts| {
-            if parts.iter().any(|(key, _)| (self.exempt)(key)) {
-                return Err(KeyError::exempt("the key is exempt"));
-            }
-            Ok(parts)
-        }))
     }
 }

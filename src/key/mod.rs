@@ -37,6 +37,8 @@ mod exempt;
 mod header;
 mod logged;
 mod peer;
+#[cfg(feature = "redis")]
+mod redis;
 mod scopes;
 
 use std::borrow::Cow;
@@ -51,11 +53,10 @@ pub(crate) use logged::partition_hash;
 pub use logged::{LogKeys, LoggedKey};
 pub(crate) use peer::peer_addr;
 pub use peer::{IpPrefix, PeerIp};
-pub use scopes::{ScopeKey, Scopes};
-
-/// Several keys of one request, each with the quotas it is decided under
-/// ([`KeyExtractor::extract_parts`]).
-pub type KeyParts<K> = Vec<(K, crate::Quotas)>;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{KeyWriter, RedisKey};
+pub use scopes::{ScopeKey, ScopedKeys, Scopes};
 
 /// Turns a request into the key it is counted under.
 ///
@@ -71,14 +72,6 @@ pub trait KeyExtractor<Req>: Send + Sync + 'static {
     /// The key of every request, when all share one: the rate-limit layer can then reserve a
     /// slot in `poll_ready`, before a request exists. Only [`Global`] has one.
     fn global_key(&self) -> Option<Self::Key> {
-        None
-    }
-
-    /// Several keys for `request`, each with its quotas, to decide together; `None` (every
-    /// extractor but [`Scopes`]) for one key and the layer's quotas.
-    #[inline]
-    fn extract_parts(&self, request: &Req) -> Option<Result<KeyParts<Self::Key>, KeyError>> {
-        let _ = request;
         None
     }
 }

@@ -68,8 +68,8 @@ impl fmt::Debug for ScopeKey {
 /// and the hash tag cannot move. Those bytes are the same on every instance of one platform
 /// (a fleet of 64-bit little-endian machines, say); long ones become their SHA-1.
 #[cfg(feature = "redis")]
-impl crate::store::RedisKey for ScopeKey {
-    fn write_key(&self, out: &mut crate::store::redis::KeyWriter<'_>) {
+impl super::RedisKey for ScopeKey {
+    fn write_key(&self, out: &mut super::KeyWriter<'_>) {
         let mut fed = Fed(Vec::with_capacity(32));
         self.key.hash_into(&mut fed);
         let mut hex = Vec::with_capacity(fed.0.len() * 2);
@@ -129,7 +129,7 @@ type Extract<Req> = dyn Fn(&Req) -> Result<ScopeKey, KeyError> + Send + Sync;
 /// `RateLimit` headers of an answer say which scope bound it. The memory store and a single
 /// Redis decide every scope in one atomic step; a Redis Cluster, where the scopes' keys may
 /// live on different nodes, charges them in order and gives back the earlier charges when a
-/// later scope refuses ([`Store::decide_parts`](crate::Store::decide_parts)).
+/// later scope refuses (see [`Ask::across`](crate::store::Ask::across)).
 ///
 /// Put the client's own scope first (its API key, its IP): [blocks](crate::RateLimitLayer::block)
 /// count the refusals of a request against the first scope's key, whichever scope refused,
@@ -181,7 +181,7 @@ impl<Req> Scopes<Req> {
     /// # Panics
     ///
     /// If `name` is not a valid quota name, or past
-    /// [`MAX_PART_QUOTAS`](crate::store::MAX_PART_QUOTAS) scopes: both are mistakes in code,
+    /// eight scopes: both are mistakes in code,
     /// found the first time it runs. [`try_scope`](Self::try_scope) answers with an error.
     #[must_use]
     pub fn scope<E>(self, name: &str, extractor: E, quota: Quota) -> Self
@@ -216,7 +216,7 @@ impl<Req> Scopes<Req> {
         {
             return Err(QuotaError::DuplicateName(name.to_owned()));
         }
-        if self.scopes.len() == crate::store::MAX_PART_QUOTAS {
+        if self.scopes.len() == crate::quota::MAX_QUOTAS {
             return Err(QuotaError::TooMany(self.scopes.len() + 1));
         }
         let scope: Arc<str> = Arc::from(name);
@@ -254,34 +254,54 @@ impl<Req> fmt::Debug for Scopes<Req> {
 }
 
 impl<Req: 'static> KeyExtractor<Req> for Scopes<Req> {
-    type Key = ScopeKey;
+    type Key = ScopedKeys;
 
-    /// The first scope's key (the layer asks for [`extract_parts`](Self::extract_parts)).
-    fn extract(&self, request: &Req) -> Result<ScopeKey, KeyError> {
-        match self.scopes.first() {
-            Some(scope) => (scope.extract)(request),
-            None => Err(KeyError::missing("no scopes were configured")),
-        }
-    }
-
-    fn extract_parts(&self, request: &Req) -> Option<Result<super::KeyParts<ScopeKey>, KeyError>> {
+    /// Every scope's key, with its quotas, in order.
+    fn extract(&self, request: &Req) -> Result<ScopedKeys, KeyError> {
         if self.scopes.is_empty() {
-            return Some(Err(KeyError::missing("no scopes were configured")));
+            return Err(KeyError::missing("no scopes were configured"));
         }
         let parts = self
             .scopes
             .iter()
             .map(|scope| Ok(((scope.extract)(request)?, scope.quotas.clone())))
-            .collect();
-        Some(parts)
+            .collect::<Result<_, KeyError>>()?;
+        Ok(ScopedKeys(parts))
+    }
+}
+
+/// The keys a [`Scopes`] extractor finds for a request, each with its scope's quotas: what
+/// a scoped layer asks of its store in one all-or-nothing decision.
+#[derive(Clone)]
+pub struct ScopedKeys(Vec<(ScopeKey, Quotas)>);
+
+impl ScopedKeys {
+    /// Each scope's key with its quotas, in order.
+    pub fn parts(&self) -> &[(ScopeKey, Quotas)] {
+        &self.0
+    }
+}
+
+impl Hash for ScopedKeys {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for (key, _) in &self.0 {
+            key.hash(state);
+        }
+    }
+}
+
+impl fmt::Debug for ScopedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(key, _)| key))
+            .finish()
     }
 }
 
 #[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
-    use crate::store::redis::KeyWriter;
-    use crate::store::RedisKey;
+    use crate::key::{KeyWriter, RedisKey};
     use http::HeaderValue;
 
     fn written(key: &ScopeKey) -> String {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::events::{emit, Hook, LimitEvent, LimitEventKind};
@@ -12,7 +13,7 @@ use super::refusal::{RateLimited, Refusal};
 use super::watch::Watch;
 use crate::key::{LogKeys, LoggedKey};
 use crate::metrics::LimiterMetrics;
-use crate::store::StoreError;
+use crate::store::{Ask, StoreError};
 use crate::{Decision, Quotas, Store};
 
 /// What every decision of one limiter (or one layer) shares: the store, and how denials and
@@ -25,6 +26,17 @@ pub(crate) struct Admission<S> {
     pub(crate) metrics: LimiterMetrics,
     /// Shadow mode and near-limit events; nothing by default.
     pub(crate) watch: Watch,
+}
+
+/// What an admitted request holds until it goes ahead, named.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Hold {
+    /// Hold the slot with a guard that gives it back if dropped unused, even when there is
+    /// nothing to wait for (a reservation made before its request exists). A request that
+    /// must wait always holds its slot.
+    pub(crate) slot: bool,
+    /// The request's estimated cost, to settle from its response ([`Settle`]).
+    pub(crate) settle: Option<u32>,
 }
 
 /// An admitted request: the store's decision, and the slot held until it is used.
@@ -65,6 +77,22 @@ impl<S> Admission<S> {
         }
     }
 
+    /// The same admission over `store`: name, hook, key display, shadow mode and statistics
+    /// kept (near-limit reports and blocks, which hold tables of their own, start afresh).
+    pub(crate) fn with_store<S2>(&self, store: S2) -> Admission<S2> {
+        Admission::new(
+            store,
+            Arc::clone(&self.name),
+            self.hook.clone(),
+            self.log_keys,
+        )
+        .watching(Watch {
+            shadow: self.watch.shadow,
+            stats: self.watch.stats.clone(),
+            ..Watch::default()
+        })
+    }
+
     /// Watches decisions as `watch` says (shadow mode, near-limit events).
     pub(crate) fn watching(mut self, watch: Watch) -> Self {
         self.metrics = LimiterMetrics::new(&self.name, watch.shadow);
@@ -72,57 +100,31 @@ impl<S> Admission<S> {
         self
     }
 
-    /// The one admission path: a request of `cost` for `key` under `quotas`, waiting at most
-    /// `max_wait` for its slot. With `hold`, the slot is held by a guard even when there is
-    /// nothing to wait for (a reservation made before its request exists).
+    /// The one admission path: `ask`, holding what `hold` names. Blocks are checked first
+    /// (without the store); then the store decides, at once or later, and the decision is
+    /// reported once: allowed, waiting (its slot held), or refused.
     #[inline]
-    pub(crate) fn admit<K>(
-        self: &Arc<Self>,
-        key: K,
-        quotas: &Quotas,
-        cost: u32,
-        max_wait: Duration,
-        hold: bool,
-    ) -> Admit
+    pub(crate) fn admit<K>(self: &Arc<Self>, ask: Ask<'_, K>, hold: Hold) -> Admit
     where
         S: Store<K>,
-        K: Hash + fmt::Debug + Send + Sync + 'static,
+        K: Hash + fmt::Debug + Clone + Send + Sync + 'static,
     {
-        self.admit_to_settle(key, quotas, cost, max_wait, hold, None)
-    }
-
-    /// [`admit`](Self::admit), and with `settle` (the request's estimated cost) an admitted
-    /// request carries a [`Settle`] that charges or gives back the difference between what
-    /// was charged (`cost`) and what its response says it really cost (the estimate when it
-    /// says nothing).
-    #[inline]
-    pub(crate) fn admit_to_settle<K>(
-        self: &Arc<Self>,
-        key: K,
-        quotas: &Quotas,
-        cost: u32,
-        max_wait: Duration,
-        hold: bool,
-        settle: Option<u32>,
-    ) -> Admit
-    where
-        S: Store<K>,
-        K: Hash + fmt::Debug + Send + Sync + 'static,
-    {
-        if let Err(error) = quotas.check_cost(cost) {
-            return Admit::Now(Err(Refusal::TooCostly(error)));
+        if self.watch.block.is_some() && !ask.is_empty() {
+            let (key, quotas) = ask.part(0);
+            if let Some(refused) = self.blocked(key, quotas) {
+                return Admit::Now(Err(refused));
+            }
         }
-        if let Some(refused) = self.blocked(&key, quotas) {
-            return Admit::Now(Err(refused));
-        }
-        match self.store.decide_now(&key, quotas, cost, max_wait) {
-            Some(decided) => Admit::Now(self.settle(key, quotas, cost, hold, settle, decided)),
-            None => {
-                let deciding = self.store.decide(&key, quotas, cost, max_wait);
-                let (this, quotas) = (Arc::clone(self), quotas.clone());
+        let mut deciding = self.store.decide(&ask);
+        let mut at_once = Context::from_waker(Waker::noop());
+        match Pin::new(&mut deciding).poll(&mut at_once) {
+            Poll::Ready(decided) => Admit::Now(self.conclude(ask, hold, decided)),
+            Poll::Pending => {
+                // A network store: what the conclusion needs is kept with the future.
+                let (this, owned) = (Arc::clone(self), Owned::of(&ask));
                 Admit::Later(Box::pin(async move {
                     let decided = deciding.await;
-                    this.settle(key, &quotas, cost, hold, settle, decided)
+                    this.conclude(owned.ask(), hold, decided)
                 }))
             }
         }
@@ -130,95 +132,38 @@ impl<S> Admission<S> {
 
     /// What the store's answer means for the request, reported once.
     #[inline]
-    fn settle<K>(
+    fn conclude<K>(
         &self,
-        key: K,
-        quotas: &Quotas,
-        cost: u32,
-        hold: bool,
-        settle: Option<u32>,
+        ask: Ask<'_, K>,
+        hold: Hold,
         decided: Result<Decision, StoreError>,
     ) -> Result<Admitted, Refusal>
     where
         S: Store<K>,
-        K: Hash + fmt::Debug + Send + Sync + 'static,
+        K: Hash + fmt::Debug + Clone + Send + Sync + 'static,
     {
-        match self.verdict(&key, &key, quotas, hold, settle.is_some(), decided) {
-            Verdict::Done(done) => done,
+        let part = decided
+            .as_ref()
+            .map_or(0, Decision::part)
+            .min(ask.len().saturating_sub(1));
+        let (key, quotas) = ask.part(part);
+        // Blocks count and check the first part's key: the client's own (see `Scopes`).
+        let first = ask.part(0).0;
+        let admitted = match self.verdict(key, first, quotas, hold, decided) {
+            Verdict::Done(done) => done?,
             Verdict::Held { decision, slot } => {
                 let account = Arc::new(Account {
                     store: self.store.clone(),
-                    key,
-                    quotas: quotas.clone(),
+                    ask: Owned::of(&ask),
                 });
-                Ok(Admitted::held(decision, account, cost, slot, settle))
-            }
-        }
-    }
-
-    /// Admits a request of `cost` checked against several keys at once, each with its own
-    /// quotas ([`Store::decide_parts`]): reported, refused and given back as the binding
-    /// part's, whose quotas the admission carries for the headers.
-    pub(crate) fn admit_parts<K>(
-        self: &Arc<Self>,
-        parts: Arc<[(K, Quotas)]>,
-        cost: u32,
-        max_wait: Duration,
-        settle: Option<u32>,
-    ) -> Admit
-    where
-        S: Store<K>,
-        K: Hash + fmt::Debug + Send + Sync + 'static,
-    {
-        if let Some((key, quotas)) = parts.first() {
-            if let Some(refused) = self.blocked(key, quotas) {
-                return Admit::Now(Err(refused));
-            }
-        }
-        match self.store.decide_parts_now(&parts, cost, max_wait) {
-            Some(decided) => Admit::Now(self.settle_parts(parts, cost, settle, decided)),
-            None => {
-                let deciding = self.store.decide_parts(Arc::clone(&parts), cost, max_wait);
-                let this = Arc::clone(self);
-                Admit::Later(Box::pin(async move {
-                    let decided = deciding.await;
-                    this.settle_parts(parts, cost, settle, decided)
-                }))
-            }
-        }
-    }
-
-    fn settle_parts<K>(
-        &self,
-        parts: Arc<[(K, Quotas)]>,
-        cost: u32,
-        settle: Option<u32>,
-        decided: Result<(usize, Decision), StoreError>,
-    ) -> Result<Admitted, Refusal>
-    where
-        S: Store<K>,
-        K: Hash + fmt::Debug + Send + Sync + 'static,
-    {
-        let (binding, decided) = match decided {
-            Ok((binding, decision)) => (binding.min(parts.len() - 1), Ok(decision)),
-            Err(error) => (0, Err(error)),
-        };
-        let (key, quotas) = &parts[binding];
-        let quotas = quotas.clone();
-        // Blocks count and check the first part's key: the client's own (see `Scopes`).
-        let first = &parts[0].0;
-        let admitted = match self.verdict(key, first, &quotas, false, settle.is_some(), decided) {
-            Verdict::Done(done) => done?,
-            Verdict::Held { decision, slot } => {
-                let account = Arc::new(Parts {
-                    store: self.store.clone(),
-                    parts,
-                });
-                Admitted::held(decision, account, cost, slot, settle)
+                Admitted::held(decision, account, ask.cost(), slot, hold.settle)
             }
         };
+        if ask.len() == 1 {
+            return Ok(admitted);
+        }
         Ok(Admitted {
-            binding: Some(Box::new(quotas)),
+            binding: Some(Box::new(quotas.clone())),
             ..admitted
         })
     }
@@ -231,8 +176,7 @@ impl<S> Admission<S> {
         key: &K,
         block_key: &K,
         quotas: &Quotas,
-        hold: bool,
-        settles: bool,
+        hold: Hold,
         decided: Result<Decision, StoreError>,
     ) -> Verdict {
         let decision = match decided {
@@ -274,12 +218,12 @@ impl<S> Admission<S> {
             // Goes at once, its slot charged where it would have waited.
             return Verdict::Done(Ok(Admitted::now(decision.at_once())));
         }
-        if !(waits || hold || settles) {
+        if !(waits || hold.slot || hold.settle.is_some()) {
             return Verdict::Done(Ok(Admitted::now(decision)));
         }
         Verdict::Held {
             decision,
-            slot: waits || hold,
+            slot: waits || hold.slot,
         }
     }
 
@@ -408,10 +352,52 @@ trait Ledger: Send + Sync {
     fn charge(&self, cost: u32);
 }
 
+/// An ask, owned: what a decision made later, and a ledger that gives back or charges after
+/// the decision, keep of it.
+struct Owned<K> {
+    parts: OwnedParts<K>,
+    cost: u32,
+    max_wait: Duration,
+}
+
+enum OwnedParts<K> {
+    One(K, Quotas),
+    Many(Arc<[(K, Quotas)]>),
+}
+
+impl<K: Clone> Owned<K> {
+    fn of(ask: &Ask<'_, K>) -> Self {
+        let parts = match ask.single() {
+            Some((key, quotas)) => OwnedParts::One(key.clone(), quotas.clone()),
+            None => OwnedParts::Many(
+                ask.parts()
+                    .map(|(key, quotas)| (key.clone(), quotas.clone()))
+                    .collect(),
+            ),
+        };
+        Self {
+            parts,
+            cost: ask.cost(),
+            max_wait: ask.max_wait(),
+        }
+    }
+}
+
+impl<K> Owned<K> {
+    /// The ask again.
+    fn ask(&self) -> Ask<'_, K> {
+        let ask = match &self.parts {
+            OwnedParts::One(key, quotas) => Ask::new(key, quotas),
+            OwnedParts::Many(parts) => Ask::across(parts),
+        };
+        ask.with_cost(self.cost).with_max_wait(self.max_wait)
+    }
+}
+
+/// A request's place in a store, for what is given back or charged after the decision.
 struct Account<S, K> {
     store: S,
-    key: K,
-    quotas: Quotas,
+    ask: Owned<K>,
 }
 
 impl<S, K> Ledger for Account<S, K>
@@ -420,62 +406,33 @@ where
     K: Send + Sync + 'static,
 {
     fn refund(&self, cost: u32) {
-        self.store.refund(&self.key, &self.quotas, cost);
+        self.store.refund(&self.ask.ask(), cost);
     }
 
     /// Charges `cost` whatever is left: a decision that may wait for ever always passes and
-    /// moves the TAT. Over a burst, in pieces of the largest cost the quotas accept.
+    /// moves the TAT. Over a burst, in pieces of the largest cost every quota accepts.
     fn charge(&self, cost: u32) {
-        Self::charge_on(&self.store, &self.key, &self.quotas, cost);
-    }
-}
-
-impl<S, K> Account<S, K>
-where
-    S: Store<K>,
-    K: Send + Sync + 'static,
-{
-    fn charge_on(store: &S, key: &K, quotas: &Quotas, cost: u32) {
-        let most = quotas.max_cost().max(1);
+        let ask = self.ask.ask();
+        let most = ask
+            .parts()
+            .map(|(_, quotas)| quotas.max_cost())
+            .min()
+            .unwrap_or(0)
+            .max(1);
         let mut left = cost;
         while left > 0 {
             let piece = left.min(most);
             left -= piece;
-            if store
-                .decide_now(key, quotas, piece, Duration::MAX)
-                .is_some()
-            {
+            let mut charging = self.store.decide(&ask.again(piece, Duration::MAX));
+            let mut at_once = Context::from_waker(Waker::noop());
+            if Pin::new(&mut charging).poll(&mut at_once).is_ready() {
                 continue;
             }
-            let charging = store.decide(key, quotas, piece, Duration::MAX);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let _ = charging.await;
                 });
             }
-        }
-    }
-}
-
-/// Several keys' places in a store, charged and given back together.
-struct Parts<S, K> {
-    store: S,
-    parts: Arc<[(K, Quotas)]>,
-}
-
-impl<S, K> Ledger for Parts<S, K>
-where
-    S: Store<K>,
-    K: Send + Sync + 'static,
-{
-    fn refund(&self, cost: u32) {
-        self.store.refund_parts(&self.parts, cost);
-    }
-
-    /// Charges `cost` on every part whatever is left, as [`Account::charge`] does.
-    fn charge(&self, cost: u32) {
-        for (key, quotas) in self.parts.iter() {
-            Account::charge_on(&self.store, key, quotas, cost);
         }
     }
 }

@@ -8,12 +8,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::admission::{Admission, Admit};
+use super::admission::{Admission, Admit, Hold};
 use super::events::LimitEvent;
 use super::refusal::Refusal;
+use crate::clock::Clock;
 use crate::key::{Global, LogKeys};
 use crate::metrics::LimiterMetrics;
-use crate::store::StoreError;
+use crate::store::{Ask, Reset, StoreError};
 use crate::{Decision, MemoryStore, Quotas, Store};
 
 /// The longest wait [`RateLimiter::acquire`] accepts by default: in effect, none is too long
@@ -63,17 +64,12 @@ impl<K> RateLimiter<K> {
 
 impl<K, S> RateLimiter<K, S> {
     /// The same limit over another store: a [`MemoryStore`] you configured or keep a clone
-    /// of, or a network store such as `RedisStore` (the `redis` feature).
+    /// of, or a network store such as `RedisStore` (the `redis` feature). Everything else set
+    /// before or after (name, hook, statistics) is kept.
     #[must_use]
     pub fn store<S2>(self, store: S2) -> RateLimiter<K, S2> {
-        let admission = &self.admission;
         RateLimiter {
-            admission: Arc::new(Admission::new(
-                store,
-                Arc::clone(&admission.name),
-                admission.hook.clone(),
-                admission.log_keys,
-            )),
+            admission: Arc::new(self.admission.with_store(store)),
             quotas: self.quotas,
             max_wait: self.max_wait,
             _key: PhantomData,
@@ -129,27 +125,14 @@ impl<K, S: Clone> RateLimiter<K, S> {
         self.reconfigure(|admission| admission.log_keys = shown)
     }
 
+    /// Every setting goes through here: the limiter's clones keep the configuration they
+    /// were made with, this one gets its own with `change` applied.
     fn reconfigure(mut self, change: impl FnOnce(&mut Admission<S>)) -> Self {
-        let admission = match Arc::get_mut(&mut self.admission) {
-            Some(admission) => admission,
-            None => {
-                let shared = &self.admission;
-                self.admission = Arc::new(
-                    Admission::new(
-                        shared.store.clone(),
-                        Arc::clone(&shared.name),
-                        shared.hook.clone(),
-                        shared.log_keys,
-                    )
-                    .watching(super::Watch {
-                        stats: shared.watch.stats.clone(),
-                        ..super::Watch::default()
-                    }),
-                );
-                Arc::get_mut(&mut self.admission).expect("just made")
-            }
-        };
-        change(admission);
+        if Arc::get_mut(&mut self.admission).is_none() {
+            let store = self.admission.store.clone();
+            self.admission = Arc::new(self.admission.with_store(store));
+        }
+        change(Arc::get_mut(&mut self.admission).expect("not shared"));
         self
     }
 }
@@ -192,8 +175,35 @@ impl<S: Store<Global>> RateLimiter<Global, S> {
     }
 
     /// Fills the bucket again.
-    pub async fn reset(&self) -> Result<(), StoreError> {
+    pub async fn reset(&self) -> Result<(), StoreError>
+    where
+        S: Reset<Global>,
+    {
         self.key(Global).reset().await
+    }
+}
+
+impl<C: Clock> RateLimiter<Global, MemoryStore<C>> {
+    /// Takes one unit now, or is refused without waiting: [`try_acquire`](Self::try_acquire)
+    /// without a future, for a limiter in memory (governor's `check`, tokio's
+    /// `Semaphore::try_acquire`).
+    ///
+    /// ```
+    /// use tollgate::{Quota, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::new(Quota::per_second(2)?);
+    /// assert!(limiter.check().is_ok());
+    /// assert!(limiter.check().is_ok());
+    /// let refused = limiter.check().unwrap_err();
+    /// assert!(refused.retry_after().unwrap().as_millis() <= 500);
+    /// # Ok::<(), tollgate::QuotaError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Limited`] over the limit.
+    pub fn check(&self) -> Result<Decision, Refusal> {
+        self.key(Global).check()
     }
 }
 
@@ -258,13 +268,40 @@ where
     /// The key's state now: remaining, reset, limit (nothing is taken).
     pub async fn status(self) -> Result<Decision, StoreError> {
         let store = &self.limiter.admission.store;
-        store.status(&self.key, &self.limiter.quotas).await
+        let peek = Ask::new(&self.key, &self.limiter.quotas).with_cost(0);
+        store.decide(&peek).await
     }
 
     /// Fills the key's bucket again.
-    pub async fn reset(self) -> Result<(), StoreError> {
+    pub async fn reset(self) -> Result<(), StoreError>
+    where
+        S: Reset<K>,
+    {
         let store = &self.limiter.admission.store;
-        store.reset(&self.key, &self.limiter.quotas).await
+        store.reset_key(&self.key, &self.limiter.quotas).await
+    }
+}
+
+impl<K, C> Keyed<'_, K, MemoryStore<C>>
+where
+    C: Clock,
+    K: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+{
+    /// Takes one unit now, or is refused without waiting, without a future (see
+    /// [`RateLimiter::check`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Limited`] over the limit.
+    pub fn check(self) -> Result<Decision, Refusal> {
+        let ask = Ask::new(&self.key, &self.limiter.quotas);
+        match self.limiter.admission.admit(ask, Hold::default()) {
+            Admit::Now(admitted) => admitted.map(|admitted| admitted.decision),
+            // The memory store always answers at once; were it ever not to, say so.
+            Admit::Later(_) => Err(Refusal::StoreFailed(StoreError::Backend(
+                "the memory store did not answer at once".into(),
+            ))),
+        }
     }
 }
 
@@ -315,13 +352,10 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let admitted = self.limiter.admission.admit(
-            self.key,
-            &self.limiter.quotas,
-            self.cost,
-            self.max_wait,
-            false,
-        );
+        let ask = Ask::new(&self.key, &self.limiter.quotas)
+            .with_cost(self.cost)
+            .with_max_wait(self.max_wait);
+        let admitted = self.limiter.admission.admit(ask, Hold::default());
         Box::pin(async move {
             let admitted = match admitted {
                 Admit::Now(admitted) => admitted?,

@@ -55,7 +55,7 @@ mod refusal;
 mod stats;
 mod watch;
 
-pub(crate) use admission::{Admission, Admit, Admitted, Settle};
+pub(crate) use admission::{Admission, Admit, Admitted, Hold, Settle};
 pub use direct::{Acquire, Keyed, RateLimiter};
 pub(crate) use events::Hook;
 pub use events::{LimitEvent, LimitEventKind};

@@ -148,12 +148,14 @@ impl RateLimitLayer {
     /// quotas are the scopes'; otherwise as [`new`](Self::new).
     pub fn scoped<Req: 'static>(
         scopes: crate::key::Scopes<Req>,
-    ) -> RateLimitLayer<crate::key::Scopes<Req>, Quotas> {
+    ) -> RateLimitLayer<crate::key::Scopes<Req>, super::policy::ScopedQuotas> {
         let first =
             scopes.quotas().next().cloned().unwrap_or_else(|| {
                 Quotas::from(crate::Quota::per_second(1).expect("a valid quota"))
             });
-        Self::new(first).key(scopes)
+        Self::new(first.clone())
+            .key(scopes)
+            .quotas(super::policy::ScopedQuotas { first })
     }
 
     /// A global limit whose quotas can change while it runs, through `limits` or any clone

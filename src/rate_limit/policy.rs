@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::key::{ScopeKey, ScopedKeys};
+use crate::store::Ask;
 use crate::Quotas;
 
 /// Picks the quotas that apply to a request: the same for all ([`Quotas`]), by tier
@@ -14,8 +16,16 @@ pub trait QuotaPolicy<K, Req>: Send + Sync + 'static {
     where
         Self: 'a;
 
+    /// The key the store counts under: the request's key itself, or (for
+    /// [`Scopes`](crate::key::Scopes)) each of its scopes' keys.
+    type Key;
+
     /// The quotas for `request`, whose key is `key`.
     fn quotas<'a>(&'a self, key: &K, request: &Req) -> Self::Quotas<'a>;
+
+    /// What a request of key `key` under `quotas` asks of the store: one part, the key with
+    /// its quotas, unless the policy says otherwise.
+    fn ask<'k>(key: &'k K, quotas: &'k Quotas) -> Ask<'k, Self::Key>;
 
     /// The quotas every request gets, when they never vary. A global limit in wait mode needs
     /// them to reserve a slot in `poll_ready`, before there is a request.
@@ -26,6 +36,12 @@ pub trait QuotaPolicy<K, Req>: Send + Sync + 'static {
 
 impl<K, Req> QuotaPolicy<K, Req> for Quotas {
     type Quotas<'a> = &'a Quotas;
+    type Key = K;
+
+    #[inline]
+    fn ask<'k>(key: &'k K, quotas: &'k Quotas) -> Ask<'k, K> {
+        Ask::new(key, quotas)
+    }
 
     #[inline]
     fn quotas<'a>(&'a self, _: &K, _: &Req) -> &'a Quotas {
@@ -42,9 +58,14 @@ where
     F: Fn(&K, &Req) -> Quotas + Send + Sync + 'static,
 {
     type Quotas<'a> = Quotas;
+    type Key = K;
 
     fn quotas(&self, key: &K, request: &Req) -> Quotas {
         self(key, request)
+    }
+
+    fn ask<'k>(key: &'k K, quotas: &'k Quotas) -> Ask<'k, K> {
+        Ask::new(key, quotas)
     }
 }
 
@@ -131,9 +152,14 @@ where
     T: Send + Sync + 'static,
 {
     type Quotas<'a> = &'a Quotas;
+    type Key = K;
 
     fn quotas<'a>(&'a self, key: &K, _: &Req) -> &'a Quotas {
         self.for_key(key)
+    }
+
+    fn ask<'k>(key: &'k K, quotas: &'k Quotas) -> Ask<'k, K> {
+        Ask::new(key, quotas)
     }
 }
 
@@ -222,10 +248,37 @@ impl fmt::Debug for CurrentQuotas {
 
 impl<K, Req> QuotaPolicy<K, Req> for LiveQuotas {
     type Quotas<'a> = CurrentQuotas;
+    type Key = K;
+
+    #[inline]
+    fn ask<'k>(key: &'k K, quotas: &'k Quotas) -> Ask<'k, K> {
+        Ask::new(key, quotas)
+    }
 
     #[inline]
     fn quotas(&self, _: &K, _: &Req) -> CurrentQuotas {
         CurrentQuotas(self.current.load())
+    }
+}
+
+/// The policy of [`RateLimitLayer::scoped`](super::RateLimitLayer::scoped): each scope's key
+/// under its own quotas, in one ask. The layer's own quotas (the first scope's) describe a
+/// refusal made before any scope was decided.
+#[derive(Debug, Clone)]
+pub struct ScopedQuotas {
+    pub(crate) first: Quotas,
+}
+
+impl<Req> QuotaPolicy<ScopedKeys, Req> for ScopedQuotas {
+    type Quotas<'a> = &'a Quotas;
+    type Key = ScopeKey;
+
+    fn quotas<'a>(&'a self, _: &ScopedKeys, _: &Req) -> &'a Quotas {
+        &self.first
+    }
+
+    fn ask<'k>(key: &'k ScopedKeys, _: &'k Quotas) -> Ask<'k, ScopeKey> {
+        Ask::across(key.parts())
     }
 }
 

@@ -1,6 +1,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
@@ -15,7 +16,7 @@ use super::policy::{Cost, QuotaPolicy};
 use super::respond::Refuse;
 use crate::headers::ietf::PartitionKey;
 use crate::key::{KeyError, KeyExtractor};
-use crate::limiter::{Admission, Admit, Admitted, Refusal, Settle};
+use crate::limiter::{Admission, Admit, Admitted, Hold, Refusal, Settle};
 use crate::{Quotas, Store};
 
 /// The service made by [`RateLimitLayer`](super::RateLimitLayer).
@@ -109,7 +110,8 @@ where
     Req: Send + 'static,
     K: KeyExtractor<Req>,
     Q: QuotaPolicy<K::Key, Req>,
-    S: Store<K::Key>,
+    Q::Key: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+    S: Store<Q::Key>,
     R: Refuse<Req, Svc::Response, Svc::Error>,
     C: Cost<Req>,
 {
@@ -148,9 +150,6 @@ where
                 Reservation::None | Reservation::Deciding(_) | Reservation::Waiting(_) => {}
             }
         }
-        if let Some(parts) = shared.key.extract_parts(&request) {
-            return call_parts(inner, shared, request, parts);
-        }
         let key = match shared.key.extract(&request) {
             Ok(key) => key,
             Err(error) => return without_key(inner, shared, request, error),
@@ -160,9 +159,16 @@ where
         let (charge, settle) = shared.charge(&request);
         // `None` at once unless the layer writes partition keys: no hash otherwise.
         let partition = shared.respond.partition(&key);
-        let max_wait = shared.max_wait();
-        let admit =
-            (shared.admission).admit_to_settle(key, quotas, charge, max_wait, false, settle);
+        let ask = Q::ask(&key, quotas)
+            .with_cost(charge)
+            .with_max_wait(shared.max_wait());
+        let admit = (shared.admission).admit(
+            ask,
+            Hold {
+                slot: false,
+                settle,
+            },
+        );
         proceed(inner, shared, request, quotas, admit, None, partition)
     }
 }
@@ -197,37 +203,6 @@ where
     }
 }
 
-/// A call decided across several keys at once ([`Scopes`](crate::key::Scopes)).
-#[inline(never)]
-fn call_parts<Svc, Req, K, Q, S, R, C>(
-    inner: &mut Svc,
-    shared: &Arc<Shared<K, Q, S, R, C>>,
-    request: Req,
-    parts: Result<crate::key::KeyParts<K::Key>, KeyError>,
-) -> CallFuture<Svc, R, Req>
-where
-    Svc: Service<Req> + Clone + Send + 'static,
-    Svc::Future: Send + 'static,
-    Svc::Response: Send + 'static,
-    Req: Send + 'static,
-    K: KeyExtractor<Req>,
-    Q: QuotaPolicy<K::Key, Req>,
-    S: Store<K::Key>,
-    R: Refuse<Req, Svc::Response, Svc::Error>,
-    C: Cost<Req>,
-{
-    let parts = match parts {
-        Ok(parts) if !parts.is_empty() => parts,
-        Ok(_) => return without_key(inner, shared, request, KeyError::missing("no parts")),
-        Err(error) => return without_key(inner, shared, request, error),
-    };
-    let (charge, settle) = shared.charge(&request);
-    let partition = shared.respond.partition(&parts[0].0);
-    let first = parts[0].1.clone();
-    let admit = (shared.admission).admit_parts(parts.into(), charge, shared.max_wait(), settle);
-    proceed(inner, shared, request, &first, admit, None, partition)
-}
-
 /// A call whose first unit was reserved in `poll_ready` (global key, fixed quotas).
 fn call_reserved<Svc, Req, K, Q, S, R, C>(
     inner: &mut Svc,
@@ -242,7 +217,8 @@ where
     Req: Send + 'static,
     K: KeyExtractor<Req>,
     Q: QuotaPolicy<K::Key, Req>,
-    S: Store<K::Key>,
+    Q::Key: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+    S: Store<Q::Key>,
     R: Refuse<Req, Svc::Response, Svc::Error>,
     C: Cost<Req>,
 {
@@ -277,9 +253,17 @@ where
                 drop(reserved);
                 return shared.refuse::<Svc, Req>(Refusal::TooCostly(error), &request, partition);
             }
-            let (settle, max_wait) = (shared.settle.then_some(cost - 1), shared.max_wait());
-            let admission = &shared.admission;
-            let admit = admission.admit_to_settle(key, quotas, cost - 1, max_wait, false, settle);
+            let settle = shared.settle.then_some(cost - 1);
+            let ask = Q::ask(&key, quotas)
+                .with_cost(cost - 1)
+                .with_max_wait(shared.max_wait());
+            let admit = shared.admission.admit(
+                ask,
+                Hold {
+                    slot: false,
+                    settle,
+                },
+            );
             proceed(
                 inner,
                 shared,
@@ -313,7 +297,8 @@ where
     Req: Send + 'static,
     K: KeyExtractor<Req>,
     Q: QuotaPolicy<K::Key, Req>,
-    S: Store<K::Key>,
+    Q::Key: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+    S: Store<Q::Key>,
     R: Refuse<Req, Svc::Response, Svc::Error>,
     C: Cost<Req>,
 {
@@ -364,7 +349,8 @@ impl<Svc, K, Q, S, R, C> RateLimit<Svc, K, Q, S, R, C> {
     where
         K: KeyExtractor<Req>,
         Q: QuotaPolicy<K::Key, Req>,
-        S: Store<K::Key>,
+        Q::Key: Hash + fmt::Debug + Clone + Send + Sync + 'static,
+        S: Store<Q::Key>,
     {
         let shared = &*self.shared;
         let (Some(_), Some(quotas)) = (shared.key.global_key(), shared.quotas.fixed()) else {
@@ -373,9 +359,9 @@ impl<Svc, K, Q, S, R, C> RateLimit<Svc, K, Q, S, R, C> {
         loop {
             let admitted = match &mut self.reservation {
                 Reservation::None => match shared.key.global_key().map(|key| {
-                    let admission = &shared.admission;
+                    let ask = Q::ask(&key, quotas).with_max_wait(max_wait);
                     let settle = shared.settle.then_some(1);
-                    admission.admit_to_settle(key, quotas, 1, max_wait, true, settle)
+                    shared.admission.admit(ask, Hold { slot: true, settle })
                 }) {
                     None => return Poll::Ready(()),
                     Some(Admit::Now(admitted)) => admitted,

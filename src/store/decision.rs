@@ -7,13 +7,16 @@ use crate::Quotas;
 ///
 /// When several quotas apply, the numbers are those of the *binding* quota: the one that
 /// denied (the longest wait among those that did), or, when all allowed, the one with the
-/// fewest requests left. [`quota_index`](Self::quota_index) says which.
+/// fewest requests left. [`quota_index`](Self::quota_index) says which, and, for a request
+/// asked across several keys ([`Ask::across`](super::Ask::across)), [`part`](Self::part) says
+/// whose.
 ///
 /// A `Decision` keeps the raw state and computes the numbers when asked, so a caller that
 /// only wants to know "allowed?" pays for no division.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     allowed: bool,
+    part: u8,
     quota: u8,
     wait: u64,
     /// `tat - at`: how far the binding bucket is from full when the request goes ahead.
@@ -27,6 +30,7 @@ impl Decision {
     pub(crate) fn single(gcra: Gcra, step: Step, now: u64) -> Self {
         Self {
             allowed: step.allowed,
+            part: 0,
             quota: 0,
             wait: step.wait,
             debt: step.tat.saturating_sub(if step.allowed {
@@ -54,6 +58,7 @@ impl Decision {
     pub(crate) fn denied(quota: usize, wait: u64, debt: u64, gcra: Gcra) -> Self {
         Self {
             allowed: false,
+            part: 0,
             quota: u8::try_from(quota).unwrap_or(u8::MAX),
             wait,
             debt,
@@ -61,28 +66,25 @@ impl Decision {
         }
     }
 
+    /// A placeholder, for arrays filled before use.
+    pub(crate) const fn empty() -> Self {
+        Self {
+            allowed: true,
+            part: 0,
+            quota: 0,
+            wait: 0,
+            debt: 0,
+            gcra: Gcra::from_nanos(1, 1),
+        }
+    }
+
     /// Combines the steps of every quota of a set, each decided at `now` with
-    /// [`Gcra::step`](crate::gcra::Gcra::step): the decision a [`Store`](crate::Store) returns.
-    /// This is how a store outside this crate answers; `steps` holds one step per quota, in
-    /// the set's order (a request is allowed only if every step allows it, and a store must
-    /// then commit every step's TAT, or none).
-    ///
-    /// ```
-    /// use tollgate::gcra::Gcra;
-    /// use tollgate::{Decision, Quota, Quotas};
-    ///
-    /// let quotas = Quotas::from(Quota::per_second(2).unwrap());
-    /// let (tat, now) = (0, 1_000_000_000);
-    /// let step = Gcra::new(&quotas.as_slice()[0]).step(tat, now, 1, 0);
-    /// let decision = Decision::from_steps(&quotas, &[step], now);
-    /// assert!(decision.is_allowed());
-    /// assert_eq!(decision.remaining(), 1);
-    /// ```
+    /// [`Gcra::step`]: a request is allowed only if every step allows it.
     ///
     /// # Panics
     ///
     /// If `steps` is empty or longer than `quotas`.
-    pub fn from_steps(quotas: &Quotas, steps: &[Step], now: u64) -> Self {
+    pub(crate) fn from_steps(quotas: &Quotas, steps: &[Step], now: u64) -> Self {
         assert!(
             !steps.is_empty() && steps.len() <= quotas.len(),
             "one step per quota of the set"
@@ -96,6 +98,7 @@ impl Decision {
         if let Some((i, step)) = denied {
             return Self {
                 allowed: false,
+                part: 0,
                 quota: i as u8,
                 wait: step.wait,
                 debt: step.tat.saturating_sub(now),
@@ -116,6 +119,7 @@ impl Decision {
         };
         Self {
             allowed: true,
+            part: 0,
             quota: binding as u8,
             wait,
             debt: steps[binding].tat.saturating_sub(at),
@@ -123,23 +127,27 @@ impl Decision {
         }
     }
 
-    /// The decision of a request checked against several keys at once ([`Store::decide_parts`](crate::Store::decide_parts)),
-    /// from each part's decision: the index of the part whose numbers it gives, and those
-    /// numbers. Refused if any part refuses (the one that waits longest binds); allowed, the
-    /// part with the fewest requests left binds, and the request waits for the latest slot.
+    /// The decision of a request asked across several keys, from each part's decision, with
+    /// the binding part's index in [`part`](Self::part): refused if any part refuses (the one
+    /// that waits longest binds); allowed, the part with the fewest requests left binds, and the
+    /// request waits for the latest slot.
     ///
     /// # Panics
     ///
     /// If `parts` is empty.
-    pub fn of_parts(parts: &[Decision]) -> (usize, Decision) {
+    pub(crate) fn of_parts(parts: &[Decision]) -> Decision {
         assert!(!parts.is_empty(), "at least one part");
+        let part = |i: usize, decision: Decision| Decision {
+            part: u8::try_from(i).unwrap_or(u8::MAX),
+            ..decision
+        };
         let refused = parts
             .iter()
             .enumerate()
             .filter(|(_, d)| !d.allowed)
             .max_by_key(|(_, d)| d.wait);
         if let Some((i, decision)) = refused {
-            return (i, *decision);
+            return part(i, *decision);
         }
         let wait = parts.iter().map(|d| d.wait).max().unwrap_or(0);
         let (i, binding) = parts
@@ -151,7 +159,7 @@ impl Decision {
             })
             .map_or((0, parts[0]), |(i, d)| (i, *d));
         let later = wait - binding.wait;
-        (
+        part(
             i,
             Decision {
                 wait,
@@ -160,6 +168,15 @@ impl Decision {
                 ..binding
             },
         )
+    }
+
+    /// `decision`, refused by part `i` of a request asked across several keys.
+    #[cfg(feature = "redis")]
+    pub(crate) fn of_parts_refused(i: usize, decision: Decision) -> Decision {
+        Decision {
+            part: u8::try_from(i).unwrap_or(u8::MAX),
+            ..decision
+        }
     }
 
     /// Whether the request may pass (after [`wait`](Self::wait), in wait mode).
@@ -213,15 +230,22 @@ impl Decision {
         self.status().reset_after()
     }
 
-    /// Index, in the [`Quotas`] set, of the quota these numbers describe.
+    /// Index, in its part's [`Quotas`] set, of the quota these numbers describe.
     #[inline]
     pub fn quota_index(&self) -> usize {
         usize::from(self.quota)
     }
 
+    /// Index of the part (the key, for a request asked across several) whose quota these
+    /// numbers describe; 0 for a request of one key.
+    #[inline]
+    pub fn part(&self) -> usize {
+        usize::from(self.part)
+    }
+
     /// The binding quota's state when the request goes ahead (or, denied, now).
     #[inline]
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.gcra.status(self.debt, 0)
     }
 }
@@ -237,6 +261,7 @@ impl std::fmt::Debug for Decision {
             .field("retry_after", &self.retry_after())
             .field("wait", &self.wait())
             .field("quota_index", &self.quota_index())
+            .field("part", &self.part())
             .finish()
     }
 }

@@ -1,193 +1,167 @@
-//! Where the state of each key lives, and the [`Decision`] a store gives for a request.
+//! Where the state of each key lives, and the [`Decision`] a store gives for an [`Ask`].
 //!
-//! A store applies the [GCRA](crate::gcra) to one theoretical arrival time per key and quota.
-//! [`MemoryStore`] is the embedded default: keyed, lock-free per key, bounded. Other stores
-//! (a network store such as Redis) implement the same [`Store`] trait and answer through a
-//! future; the memory store's future is ready at once, so the layer pays nothing for the
-//! generality.
+//! A store applies the [GCRA](crate::gcra) to one theoretical arrival time (TAT) per key and
+//! quota. [`MemoryStore`] is the embedded default: keyed, lock-free per key, bounded.
+//! `RedisStore` (the `redis` feature) shares the states of a fleet. Every store implements
+//! the [`Store`] trait: a decision, which may be ready at once (the memory store's always is)
+//! or come later (a network store's), and a refund.
 //!
 //! ```
 //! use std::time::Duration;
-//! use tollgate::{MemoryStore, Quota, Quotas};
+//! use tollgate::store::{Ask, MemoryStore, Store};
+//! use tollgate::{Quota, Quotas};
 //!
 //! let store = MemoryStore::new();
 //! let quotas = Quotas::from(Quota::per_minute(2).unwrap());
-//! let first = store.check(&"alice", &quotas, 1).unwrap();
-//! assert!(first.is_allowed());
-//! assert_eq!(first.remaining(), 1);
-//! store.check(&"alice", &quotas, 1).unwrap();
-//! let third = store.check(&"alice", &quotas, 1).unwrap();
+//! let decide = |key: &&str| store.decide(&Ask::new(key, &quotas)).into_inner().unwrap();
+//! assert_eq!(decide(&"alice").remaining(), 1);
+//! decide(&"alice");
+//! let third = decide(&"alice");
 //! assert!(!third.is_allowed());
 //! assert!(third.retry_after() > Duration::from_secs(29));
 //! // Other keys have their own buckets.
-//! assert!(store.check(&"bob", &quotas, 1).unwrap().is_allowed());
+//! assert!(decide(&"bob").is_allowed());
 //! ```
+//!
+//! # Writing a store
+//!
+//! A store keeps one TAT (a `u64`, nanoseconds on its own monotonic clock, 0 for "none": a
+//! full bucket) per key and [`Quota::id`](crate::Quota::id). To decide an [`Ask`], read the
+//! TATs of its [`states`](Ask::states), call [`Ask::apply`], and write them all back, as one
+//! atomic step; to refund, the same with [`Ask::give_back`]. The arithmetic, carried-over
+//! quotas included, is the crate's: `tests/custom_store.rs` is a store on a `Mutex<HashMap>`
+//! that passes the conformance scenario every store of the crate passes.
 
+mod ask;
 mod decision;
 mod memory;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 pub(crate) mod table;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub(crate) use ask::carry_over;
+pub use ask::Ask;
 pub use decision::Decision;
-pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_KEYS};
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
-pub use redis::{OnFailure, RedisKey, RedisStore, RedisStoreBuilder};
+pub use redis::{OnFailure, RedisStore, RedisStoreBuilder};
 
-use crate::{QuotaError, Quotas};
+use crate::QuotaError;
 
-/// A place that keeps GCRA state per key and decides requests against it.
+/// A place that keeps GCRA state per key and decides [`Ask`]s against it.
 ///
-/// Implementations must give the answers of [`crate::gcra`]: every quota of the set is checked,
-/// all are charged or none, and a denial changes nothing.
-pub trait Store<K: ?Sized>: Clone + Send + Sync + 'static {
-    /// The answer to [`decide`](Store::decide).
-    type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
+/// # The contract
+///
+/// - **All or nothing.** An ask is allowed only if every quota of every part allows it, and
+///   then every one is charged its cost; refused, none is. Its [`Decision`] gives the binding
+///   quota's numbers ([`Decision::quota_index`], [`Decision::part`]).
+/// - **Cost 0 is a peek**: allowed, nothing changes, the numbers say what is left. A cost
+///   above a burst can never pass: answer [`StoreError::Quota`].
+/// - **Waits.** With a [`max_wait`](Ask::max_wait) above zero, a request whose slot comes
+///   within it is allowed with [`Decision::wait`] set and its slot reserved (the TAT moves
+///   forward, in arrival order per key); the caller sleeps, then goes ahead, or gives the slot
+///   back with [`refund`](Store::refund).
+/// - **Carried-over quotas.** A [`Quotas`](crate::Quotas) set built with
+///   [`carry_over_from`](crate::Quotas::carry_over_from) (a live change, a tier move) names
+///   earlier quotas ([`Ask::states`] lists their states after the set's own): a key's debt
+///   under them moves to the new quota of the same name, rescaled, before deciding.
+///   [`Ask::apply`] does this.
+/// - **Answers at once or later.** [`decide`](Store::decide) returns a future; a store that
+///   can answer without waiting (from memory, from a cache) returns one that is ready on its
+///   first poll, which callers take without a task switch.
+///
+/// Status and reset are not part of the trait: each store has inherent methods for them
+/// ([`MemoryStore::status`], [`MemoryStore::reset`]).
+pub trait Store<K>: Clone + Send + Sync + 'static {
+    /// The answer to [`decide`](Store::decide): ready at once when the store can answer so.
+    type Future: Future<Output = Result<Decision, StoreError>> + Unpin + Send + 'static;
 
-    /// Decides at once when the store can do so without waiting (the memory store always
-    /// can; a network store can when it answers from a local cache). `None` sends the caller
-    /// to [`decide`](Store::decide).
-    fn decide_now(
-        &self,
-        key: &K,
-        quotas: &Quotas,
-        cost: u32,
-        max_wait: Duration,
-    ) -> Option<Result<Decision, StoreError>> {
-        let _ = (key, quotas, cost, max_wait);
-        None
+    /// Decides `ask`, charging it when allowed (see [the contract](Store#the-contract)).
+    fn decide(&self, ask: &Ask<'_, K>) -> Self::Future;
+
+    /// Gives back `cost` on every quota of every part of an allowed `ask` that did not use
+    /// it all (a reservation dropped, a cost settled lower). Best effort: a network store may
+    /// do it in the background.
+    fn refund(&self, ask: &Ask<'_, K>, cost: u32);
+}
+
+/// Stores whose keys the direct limiter can reset ([`RateLimiter::reset`](crate::RateLimiter::reset)):
+/// the crate's own. Sealed: a store of yours resets keys through inherent methods.
+pub(crate) use sealed::Reset;
+
+mod sealed {
+    use std::future::Future;
+
+    use super::StoreError;
+    use crate::Quotas;
+
+    /// Forgets a key's states: its buckets are full again.
+    pub trait Reset<K> {
+        /// Forgets `key`'s states under `quotas`.
+        fn reset_key(
+            &self,
+            key: &K,
+            quotas: &Quotas,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send;
     }
 
-    /// Decides a request of `cost` for `key` against every quota of `quotas`.
-    ///
-    /// With `max_wait` above zero, a request whose slot comes within `max_wait` is allowed
-    /// with [`Decision::wait`] set, and its slot is reserved; the caller sleeps that long
-    /// before going ahead, or calls [`refund`](Store::refund) if it gives up.
-    fn decide(&self, key: &K, quotas: &Quotas, cost: u32, max_wait: Duration) -> Self::Future;
-
-    /// Gives back the cost of an allowed request that never went ahead (a reservation that was
-    /// dropped). Best effort: a network store may do it in the background.
-    fn refund(&self, key: &K, quotas: &Quotas, cost: u32);
-
-    /// The state of `key` under `quotas`, without consuming anything: a decision of cost 0.
-    fn status(&self, key: &K, quotas: &Quotas) -> Self::Future {
-        self.decide(key, quotas, 0, Duration::ZERO)
+    impl<K: std::hash::Hash, C: crate::clock::Clock> Reset<K> for super::MemoryStore<C> {
+        fn reset_key(
+            &self,
+            key: &K,
+            quotas: &Quotas,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.reset(key, quotas);
+            std::future::ready(Ok(()))
+        }
     }
 
-    /// Forgets `key`'s state under `quotas`: its buckets are full again.
-    fn reset(&self, key: &K, quotas: &Quotas) -> ResetFuture;
-
-    /// [`decide_parts`](Store::decide_parts) at once, when the store can (the memory store
-    /// always can).
-    fn decide_parts_now(
-        &self,
-        parts: &[(K, Quotas)],
-        cost: u32,
-        max_wait: Duration,
-    ) -> Option<Result<(usize, Decision), StoreError>>
+    #[cfg(feature = "redis")]
+    impl<K> Reset<K> for super::RedisStore
     where
-        K: Sized,
+        K: crate::key::RedisKey + std::hash::Hash + Sync,
     {
-        let _ = (parts, cost, max_wait);
-        None
-    }
-
-    /// Decides a request of `cost` against several keys at once, each with its own quotas
-    /// (per user *and* per route *and* global): allowed only if every part allows it, and a
-    /// refusal by one part spends nothing of the others. Answers the index of the part whose
-    /// numbers the decision gives ([`Decision::of_parts`]).
-    ///
-    /// The memory store and a single Redis decide all parts in one atomic step. This default,
-    /// which a Redis Cluster uses too (the parts' keys may live on different nodes), charges
-    /// the parts in order and gives back what the earlier parts were charged when a later one
-    /// refuses: no part keeps a charge for a refused request, but between the two, a
-    /// concurrent request may find an earlier part's tokens spent. A key and quota listed in two
-    /// parts is charged once by the memory store and a single Redis, once per part by this
-    /// default ([`Scopes`](crate::key::Scopes) never lists one twice: each scope's quota is
-    /// named after it).
-    ///
-    /// `parts` are shared with the caller, which keeps them to give the cost back.
-    fn decide_parts(
-        &self,
-        parts: std::sync::Arc<[(K, Quotas)]>,
-        cost: u32,
-        max_wait: Duration,
-    ) -> PartsFuture
-    where
-        K: Sized + Send + Sync + 'static,
-    {
-        let store = self.clone();
-        Box::pin(async move { in_order(&store, &parts, cost, max_wait).await })
-    }
-
-    /// Gives back the cost of a request allowed by [`decide_parts`](Store::decide_parts) that
-    /// never went ahead, on every part.
-    fn refund_parts(&self, parts: &[(K, Quotas)], cost: u32)
-    where
-        K: Sized,
-    {
-        for (key, quotas) in parts {
-            self.refund(key, quotas, cost);
+        fn reset_key(
+            &self,
+            key: &K,
+            quotas: &Quotas,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.reset(key, quotas)
         }
     }
 }
 
-/// The answer to [`Store::reset`].
-pub type ResetFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
-
-/// The answer to [`Store::decide_parts`]: the binding part's index, and the decision.
-pub type PartsFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<(usize, Decision), StoreError>> + Send>>;
-
-/// The most quotas a decision across several keys holds, all parts together.
-pub const MAX_PART_QUOTAS: usize = crate::quota::MAX_QUOTAS;
-
-/// [`Store::decide_parts`] by charging each part in order and giving back the earlier parts'
-/// charges when a later one refuses.
+/// The decision of `ask` as a series of one-part asks, in order, giving back the earlier
+/// parts' charges when a later one refuses: for a store whose parts' keys may live in places
+/// that cannot decide together (a Redis Cluster's nodes).
+#[cfg(feature = "redis")]
 pub(crate) async fn in_order<K, S: Store<K>>(
     store: &S,
-    parts: &[(K, Quotas)],
-    cost: u32,
-    max_wait: Duration,
-) -> Result<(usize, Decision), StoreError> {
-    check_parts(parts, cost)?;
-    let mut decisions = Vec::with_capacity(parts.len());
-    for (i, (key, quotas)) in parts.iter().enumerate() {
-        let decided = match store.decide_now(key, quotas, cost, max_wait) {
-            Some(decided) => decided,
-            None => store.decide(key, quotas, cost, max_wait).await,
-        };
-        match decided {
-            Ok(decision) if decision.is_allowed() => decisions.push(decision),
+    ask: &Ask<'_, K>,
+) -> Result<Decision, StoreError> {
+    ask.check()?;
+    let mut decisions = [Decision::empty(); crate::quota::MAX_QUOTAS];
+    for (i, (key, quotas)) in ask.parts().enumerate() {
+        let part = Ask::new(key, quotas)
+            .with_cost(ask.cost())
+            .with_max_wait(ask.max_wait());
+        match store.decide(&part).await {
+            Ok(decision) if decision.is_allowed() => decisions[i] = decision,
             refused => {
-                if cost > 0 {
-                    for (key, quotas) in &parts[..i] {
-                        store.refund(key, quotas, cost);
+                if ask.cost() > 0 {
+                    for j in 0..i {
+                        let (key, quotas) = ask.part(j);
+                        store.refund(&Ask::new(key, quotas), ask.cost());
                     }
                 }
-                return refused.map(|decision| (i, decision));
+                return refused.map(|decision| Decision::of_parts_refused(i, decision));
             }
         }
     }
-    Ok(Decision::of_parts(&decisions))
-}
-
-/// Checks a decision across parts: at least one, at most [`MAX_PART_QUOTAS`] quotas in all,
-/// and a cost every part can pass.
-pub(crate) fn check_parts<K>(parts: &[(K, Quotas)], cost: u32) -> Result<(), QuotaError> {
-    let quotas: usize = parts.iter().map(|(_, quotas)| quotas.len()).sum();
-    if parts.is_empty() {
-        return Err(QuotaError::Empty);
-    }
-    if quotas > MAX_PART_QUOTAS {
-        return Err(QuotaError::TooMany(quotas));
-    }
-    parts
-        .iter()
-        .try_for_each(|(_, quotas)| quotas.check_cost(cost))
+    Ok(Decision::of_parts(&decisions[..ask.len()]))
 }
 
 /// Why a store could not decide.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use tollgate::store::Ask;
 use tollgate::{Decision, Quota, Quotas, Store};
 
 /// What conformance compares of a decision; waits to the second, since the two stores run
@@ -44,7 +45,15 @@ pub async fn scenario<S: Store<String>>(store: &S) -> Vec<Seen> {
     .unwrap();
     let mut out = Vec::new();
     let decide = |key: &str, quotas: &Quotas, cost: u32, max_wait: Duration| {
-        let future = store.decide(&key.to_owned(), quotas, cost, max_wait);
+        let key = key.to_owned();
+        let ask = Ask::new(&key, quotas)
+            .with_cost(cost)
+            .with_max_wait(max_wait);
+        let future = store.decide(&ask);
+        async move { future.await.unwrap() }
+    };
+    let across = |parts: &[(String, Quotas)], cost: u32| {
+        let future = store.decide(&Ask::across(parts).with_cost(cost));
         async move { future.await.unwrap() }
     };
     for _ in 0..7 {
@@ -79,5 +88,33 @@ pub async fn scenario<S: Store<String>>(store: &S) -> Vec<Seen> {
     }
     out.push(seen(&decide("erin", &back, 0, Duration::ZERO).await));
     out.push(seen(&decide("erin", &back, 1, Duration::ZERO).await));
+    // Across keys, all or nothing: the global part refuses the third, and frank's own quota
+    // is not spent by it.
+    let user = Quotas::from(Quota::per_hour(5).unwrap().named("user").unwrap());
+    let global = Quotas::from(Quota::per_hour(2).unwrap().named("global").unwrap());
+    let parts = [
+        ("frank".to_owned(), user.clone()),
+        ("all".to_owned(), global),
+    ];
+    for _ in 0..3 {
+        let decision = across(&parts, 1).await;
+        out.push(seen(&decision));
+        out.push(Seen::part(decision.part()));
+    }
+    out.push(seen(&decide("frank", &user, 0, Duration::ZERO).await));
     out
+}
+
+impl Seen {
+    /// A part's index, as a `Seen` of its own for the comparison.
+    fn part(part: usize) -> Self {
+        Seen {
+            allowed: true,
+            quota: part,
+            remaining: 0,
+            limit: 0,
+            retry_after_s: 0,
+            wait_s: 0,
+        }
+    }
 }

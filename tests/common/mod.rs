@@ -13,6 +13,72 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 
+/// The decisions of the tests, in the shape they were written in: a key, its quotas, a cost
+/// and a wait; several parts; or "at once, if the store can".
+pub trait DecideOne<K>: tollgate::Store<K> {
+    fn decide_one(
+        &self,
+        key: &K,
+        quotas: &tollgate::Quotas,
+        cost: u32,
+        max_wait: std::time::Duration,
+    ) -> Self::Future {
+        self.decide(
+            &tollgate::store::Ask::new(key, quotas)
+                .with_cost(cost)
+                .with_max_wait(max_wait),
+        )
+    }
+
+    /// Across several keys: the binding part's index, and the decision.
+    fn decide_across(
+        &self,
+        parts: std::sync::Arc<[(K, tollgate::Quotas)]>,
+        cost: u32,
+        max_wait: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<(usize, tollgate::Decision), tollgate::StoreError>>
+    {
+        let future = self.decide(
+            &tollgate::store::Ask::across(&parts)
+                .with_cost(cost)
+                .with_max_wait(max_wait),
+        );
+        async move { future.await.map(|decision| (decision.part(), decision)) }
+    }
+
+    /// The decision, if the store answers without waiting (its future ready at the first poll).
+    fn at_once(
+        &self,
+        key: &K,
+        quotas: &tollgate::Quotas,
+        cost: u32,
+        max_wait: std::time::Duration,
+    ) -> Option<Result<tollgate::Decision, tollgate::StoreError>> {
+        use std::future::Future;
+        let mut future = self.decide_one(key, quotas, cost, max_wait);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut future).poll(&mut cx) {
+            std::task::Poll::Ready(decided) => Some(decided),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
+
+impl<K, S: tollgate::Store<K>> DecideOne<K> for S {}
+
+/// A memory store's decision, at once.
+pub fn check<K: std::hash::Hash, C: tollgate::clock::Clock>(
+    store: &tollgate::MemoryStore<C>,
+    key: &K,
+    quotas: &tollgate::Quotas,
+    cost: u32,
+) -> Result<tollgate::Decision, tollgate::StoreError> {
+    use tollgate::Store;
+    store
+        .decide(&tollgate::store::Ask::new(key, quotas).with_cost(cost))
+        .into_inner()
+}
+
 pub mod conformance;
 pub mod logs;
 pub mod nginx;

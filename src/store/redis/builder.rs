@@ -43,14 +43,14 @@ impl RedisStoreBuilder {
         }
     }
 
-    /// The first part of every key (default [`DEFAULT_PREFIX`]).
+    /// The first part of every key (default `tollgate`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
     /// How long a call to Redis may take before the failure policy applies (default
-    /// [`DEFAULT_TIMEOUT`], 50 ms).
+    /// 50 ms).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -80,7 +80,7 @@ impl RedisStoreBuilder {
     }
 
     /// Whether decisions queued on the connection go to Redis together, in one script call
-    /// (default on; see [Throughput](super#throughput)). On a cluster, the decisions of one
+    /// (default on; see [Throughput](RedisStore#throughput)). On a cluster, the decisions of one
     /// node go together, which needs Redis 7 or later.
     pub fn batching(mut self, on: bool) -> Self {
         self.batching = on;
@@ -119,8 +119,8 @@ impl RedisStoreBuilder {
     }
 
     /// The fleet's secret for key names: subjects that may be secrets (API keys, tokens, any
-    /// [`RedisKey`](super::RedisKey) part written with
-    /// [`KeyWriter::bytes`](super::KeyWriter::bytes)) are written as 128 bits of their
+    /// [`RedisKey`](crate::key::RedisKey) part written with
+    /// [`KeyWriter::bytes`](crate::key::KeyWriter::bytes)) are written as 128 bits of their
     /// HMAC-SHA-256 under it, never in clear, in key names and so in every command Redis
     /// sees (`MONITOR`, the slow log, replicas, backups). Addresses and host names stay
     /// readable unless [`hash_all_keys`](Self::hash_all_keys) says otherwise.

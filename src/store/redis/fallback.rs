@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::script::Answer;
 use crate::clock::Clock;
 use crate::quota::MAX_QUOTAS;
-use crate::store::{Decision, MemoryStore, StoreError};
+use crate::store::{Ask, Decision, MemoryStore, StoreError};
 use crate::{Quota, Quotas};
 
 /// The most keys remembered for the write-back; beyond it, keys decided locally are not
@@ -127,7 +127,11 @@ impl Local {
         max_wait: Duration,
     ) -> Result<Decision, StoreError> {
         let share = self.share(quotas);
-        let decision = self.store.check_or_wait(key, &share, cost, max_wait)?;
+        let decision = self.store.decide_now(
+            &Ask::new(key, &share)
+                .with_cost(cost)
+                .with_max_wait(max_wait),
+        )?;
         // Denied keys too: their debt (mirrored from Redis) must survive a Redis that comes
         // back empty.
         if cost > 0 {
@@ -217,7 +221,7 @@ impl Local {
     }
 
     pub(super) fn refund<K: Hash>(&self, key: &K, quotas: &Quotas, cost: u32) {
-        self.store.refund(key, &self.share(quotas), cost);
+        self.store.give_back(key, &self.share(quotas), cost);
     }
 
     pub(super) fn reset<K: Hash>(&self, key: &K, quotas: &Quotas) {

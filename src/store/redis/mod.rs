@@ -1,96 +1,4 @@
-//! A store on Redis (or Valkey): one limit shared by every instance of a service, on one
-//! Redis, the primary Redis Sentinels name, or a Redis Cluster, plain or over TLS.
-//!
-//! ```no_run
-//! use tollgate::key::PeerIp;
-//! use tollgate::store::{OnFailure, RedisStore};
-//! use tollgate::{Quota, RateLimitLayer};
-//!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // One Redis (`rediss://` with the `redis-tls` feature); checked now, not at the first request.
-//! let store = RedisStore::builder("redis://127.0.0.1:6379")
-//!     .prefix("myapp")
-//!     .on_failure(OnFailure::Local(tollgate::MemoryStore::new()))
-//!     .fleet_size(4)
-//!     .connect()
-//!     .await?;
-//! let layer = RateLimitLayer::new(Quota::per_second(5)?).key(PeerIp::new()).store(store);
-//!
-//! // A Redis Cluster, found from any of its nodes.
-//! let cluster = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
-//!     .connect()
-//!     .await?;
-//! # drop((layer, cluster)); Ok(()) }
-//! ```
-//!
-//! # How a decision is made
-//!
-//! One round trip: a Lua script, loaded once and then called by its SHA1 (and loaded again
-//! when Redis answers `NOSCRIPT`), runs the same GCRA as the memory store ([`crate::gcra`]) on
-//! every quota of the key at once. It reads the time from Redis `TIME`, so that the instances'
-//! clocks never disagree; keeps one value per key and quota, the TAT in integer microseconds,
-//! expiring when the bucket is full again; charges all the quotas or none; and writes nothing
-//! on a denial.
-//!
-//! Keys read `PREFIX:{SUBJECT}:QUOTA:INTERVAL_US:BURST`, for example
-//! `tollgate:{ip:203.0.113.7}:hello:200000:10`: the braces are a Redis Cluster hash tag, so
-//! that the quotas of one subject share a slot and one script can touch them all, on a
-//! cluster as on one node. Braces and `%` inside a subject are percent-escaped.
-//!
-//! Microseconds are Redis's unit: intervals are rounded down to a whole microsecond (at least
-//! one), so quotas faster than a million per second are not expressible here.
-//!
-//! # Redis Cluster
-//!
-//! [`RedisStore::cluster`] takes seed nodes and finds the rest. Each decision goes to the node
-//! of its subject's slot; `MOVED` and `ASK` are followed, and the slot map is refreshed when
-//! a node fails over. A subject's keys share a slot, so its decision stays one atomic script
-//! call. [`connect`](RedisStoreBuilder::connect) refuses a cluster node given to
-//! [`RedisStore::builder`] (a single-node client would get `MOVED` for most keys) and a lone
-//! Redis given to [`RedisStore::cluster`].
-//!
-//! # Throughput
-//!
-//! Decisions queued on the connection are *batched*: while calls are out, the decisions that
-//! arrive wait for the next call, and all of them go in it, one `EVALSHA`, one `TIME` and one
-//! read of every key for many (see `BENCHMARKS.md` for the figures). Nothing waits to fill a
-//! batch: under light load each decision has its own call. On a cluster the decisions of one
-//! node go together: grouped by a slot map read with `CLUSTER SLOTS`, in a script that may
-//! touch the slots of its node (the `allow-cross-slot-keys` flag of Redis 7); if a slot has
-//! moved, that call changes nothing and its decisions go again one at a time while the map is
-//! read again. [`RedisStoreBuilder::batching`] turns batching off.
-//!
-//! # When Redis fails
-//!
-//! Every call has a timeout ([`DEFAULT_TIMEOUT`], 50 ms, by default). When Redis is down, slow
-//! or in error, [`OnFailure`] decides: allow, deny (HTTP 503 from the layer, or a
-//! [`StoreError`] to other callers), or decide with a local [`MemoryStore`] until Redis is
-//! back. No request waits longer than the timeout, and after three failed calls in a row none
-//! waits at all: Redis counts as down, the policy decides at once (13.9 µs for the slowest of
-//! 50 decisions in `a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_answers`),
-//! and a background probe `PING`s it with backoff (50 ms doubling to 1 s) until it answers.
-//! Failed calls are counted ([`RedisStore::errors`]), reported to a hook, and logged, the
-//! first at once and then at most once a second; the connection is re-established in the
-//! background, and decisions go back to Redis as soon as the probe reaches it.
-//!
-//! With [`OnFailure::Local`], the fleet stays near one limit through an outage:
-//!
-//! - each instance decides with its share of every quota, 1/[`fleet_size`](RedisStoreBuilder::fleet_size);
-//! - the local store starts where Redis left off: every answer from Redis is mirrored into it
-//!   (one local write beside the round trip), so a hot key gets no fresh burst when Redis goes
-//!   away;
-//! - when Redis answers again, the debt of every key decided locally is written back to it as
-//!   a max-merge of TATs, so the return brings no fresh burst either.
-//!
-//! While Redis is away, the decisions (and so the `RateLimit` header) describe the instance's
-//! share (2 left at most where the whole is 10 on 5 instances), while `RateLimit-Policy` still
-//! names the whole quota.
-//!
-//! # Fewer round trips
-//!
-//! A key that was just denied is answered locally until its retry-after, without asking Redis
-//! (the over-limit cache of Envoy's rate-limit service): a client hammering a denied key costs
-//! Redis nothing. It is on by default ([`RedisStoreBuilder::over_limit_cache`]).
+//! [`RedisStore`]: the Redis store, its connection, scripts, batching, breaker and fallback.
 
 mod batch;
 mod breaker;
@@ -111,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use builder::RedisStoreBuilder;
-pub use key::{KeyWriter, RedisKey, MAX_SUBJECT};
 
 use self::batch::{Batcher, Route};
 use self::breaker::{Breaker, TRIP_AFTER};
@@ -123,17 +30,18 @@ use self::script::{
     WRITE_BACK,
 };
 use self::slots::SlotMap;
-use super::{Decision, MemoryStore, Store, StoreError};
+use super::{Ask, Decision, MemoryStore, Store, StoreError};
 use crate::clock::{Clock, MonotonicClock};
 use crate::gcra::Gcra;
+use crate::key::RedisKey;
 use crate::quota::MAX_QUOTAS;
 use crate::Quotas;
 
 /// The default timeout of a call to Redis.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The default key prefix.
-pub const DEFAULT_PREFIX: &str = "tollgate";
+pub(crate) const DEFAULT_PREFIX: &str = "tollgate";
 
 /// What a [`RedisStore`] does when Redis cannot answer in time.
 #[derive(Debug, Clone)]
@@ -152,7 +60,100 @@ pub enum OnFailure {
 /// Called on every failed call to Redis.
 type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 
-/// A store on Redis: see the [module docs](self).
+/// A store on Redis (or Valkey): one limit shared by every instance of a service, on one
+/// Redis, the primary Redis Sentinels name, or a Redis Cluster, plain or over TLS.
+///
+/// ```no_run
+/// use tollgate::key::PeerIp;
+/// use tollgate::store::{OnFailure, RedisStore};
+/// use tollgate::{Quota, RateLimitLayer};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // One Redis (`rediss://` with the `redis-tls` feature); checked now, not at the first request.
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .prefix("myapp")
+///     .on_failure(OnFailure::Local(tollgate::MemoryStore::new()))
+///     .fleet_size(4)
+///     .connect()
+///     .await?;
+/// let layer = RateLimitLayer::new(Quota::per_second(5)?).key(PeerIp::new()).store(store);
+///
+/// // A Redis Cluster, found from any of its nodes.
+/// let cluster = RedisStore::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+///     .connect()
+///     .await?;
+/// # drop((layer, cluster)); Ok(()) }
+/// ```
+///
+/// # How a decision is made
+///
+/// One round trip: a Lua script, loaded once and then called by its SHA1 (and loaded again
+/// when Redis answers `NOSCRIPT`), runs the same GCRA as the memory store ([`crate::gcra`]) on
+/// every quota of the key at once. It reads the time from Redis `TIME`, so that the instances'
+/// clocks never disagree; keeps one value per key and quota, the TAT in integer microseconds,
+/// expiring when the bucket is full again; charges all the quotas or none; and writes nothing
+/// on a denial.
+///
+/// Keys read `PREFIX:{SUBJECT}:QUOTA:INTERVAL_US:BURST`, for example
+/// `tollgate:{ip:203.0.113.7}:hello:200000:10`: the braces are a Redis Cluster hash tag, so
+/// that the quotas of one subject share a slot and one script can touch them all, on a
+/// cluster as on one node. Braces and `%` inside a subject are percent-escaped.
+///
+/// Microseconds are Redis's unit: intervals are rounded down to a whole microsecond (at least
+/// one), so quotas faster than a million per second are not expressible here.
+///
+/// # Redis Cluster
+///
+/// [`RedisStore::cluster`] takes seed nodes and finds the rest. Each decision goes to the node
+/// of its subject's slot; `MOVED` and `ASK` are followed, and the slot map is refreshed when
+/// a node fails over. A subject's keys share a slot, so its decision stays one atomic script
+/// call. [`connect`](RedisStoreBuilder::connect) refuses a cluster node given to
+/// [`RedisStore::builder`] (a single-node client would get `MOVED` for most keys) and a lone
+/// Redis given to [`RedisStore::cluster`].
+///
+/// # Throughput
+///
+/// Decisions queued on the connection are *batched*: while calls are out, the decisions that
+/// arrive wait for the next call, and all of them go in it, one `EVALSHA`, one `TIME` and one
+/// read of every key for many (see `BENCHMARKS.md` for the figures). Nothing waits to fill a
+/// batch: under light load each decision has its own call. On a cluster the decisions of one
+/// node go together: grouped by a slot map read with `CLUSTER SLOTS`, in a script that may
+/// touch the slots of its node (the `allow-cross-slot-keys` flag of Redis 7); if a slot has
+/// moved, that call changes nothing and its decisions go again one at a time while the map is
+/// read again. [`RedisStoreBuilder::batching`] turns batching off.
+///
+/// # When Redis fails
+///
+/// Every call has a timeout (50 ms by default). When Redis is down, slow
+/// or in error, [`OnFailure`] decides: allow, deny (HTTP 503 from the layer, or a
+/// [`StoreError`] to other callers), or decide with a local [`MemoryStore`] until Redis is
+/// back. No request waits longer than the timeout, and after three failed calls in a row none
+/// waits at all: Redis counts as down, the policy decides at once (13.9 µs for the slowest of
+/// 50 decisions in `a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_answers`),
+/// and a background probe `PING`s it with backoff (50 ms doubling to 1 s) until it answers.
+/// Failed calls are counted ([`RedisStore::errors`]), reported to a hook, and logged, the
+/// first at once and then at most once a second; the connection is re-established in the
+/// background, and decisions go back to Redis as soon as the probe reaches it.
+///
+/// With [`OnFailure::Local`], the fleet stays near one limit through an outage:
+///
+/// - each instance decides with its share of every quota, 1/[`fleet_size`](RedisStoreBuilder::fleet_size);
+/// - the local store starts where Redis left off: every answer from Redis is mirrored into it
+///   (one local write beside the round trip), so a hot key gets no fresh burst when Redis goes
+///   away;
+/// - when Redis answers again, the debt of every key decided locally is written back to it as
+///   a max-merge of TATs, so the return brings no fresh burst either.
+///
+/// While Redis is away, the decisions (and so the `RateLimit` header) describe the instance's
+/// share (2 left at most where the whole is 10 on 5 instances), while `RateLimit-Policy` still
+/// names the whole quota.
+///
+/// # Fewer round trips
+///
+/// A key that was just denied is answered locally until its retry-after, without asking Redis
+/// (the over-limit cache of Envoy's rate-limit service): a client hammering a denied key costs
+/// Redis nothing. It is on by default ([`RedisStoreBuilder::over_limit_cache`]).
+///
 ///
 /// # Clone
 ///
@@ -663,19 +664,47 @@ fn down() -> StoreError {
     StoreError::Backend("Redis is down; the failure policy decides until a probe reaches it".into())
 }
 
+/// The answer of [`RedisStore`] to a decision: at once (the breaker's policy, the over-limit
+/// cache) or after a round trip.
+type Answering = futures_util::future::Either<
+    std::future::Ready<Result<Decision, StoreError>>,
+    Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>,
+>;
+
 impl<K> Store<K> for RedisStore
 where
     K: RedisKey + std::hash::Hash + Clone + Send + Sync + 'static,
 {
-    type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+    type Future = Answering;
 
-    fn decide_now(
+    fn decide(&self, ask: &Ask<'_, K>) -> Answering {
+        use futures_util::future::Either;
+        match ask.single() {
+            Some((key, quotas)) => match self.decide_at_once(key, quotas, ask) {
+                Some(decided) => Either::Left(std::future::ready(decided)),
+                None => Either::Right(self.round_trip(key, quotas, ask)),
+            },
+            None => Either::Right(self.round_trip_across(ask)),
+        }
+    }
+
+    fn refund(&self, ask: &Ask<'_, K>, cost: u32) {
+        for (key, quotas) in ask.parts() {
+            self.refund_one(key, quotas, cost);
+        }
+    }
+}
+
+impl RedisStore {
+    /// A decision without a round trip, when there is one: while Redis is down (the failure
+    /// policy decides), or for a denial the over-limit cache remembers.
+    fn decide_at_once<K: RedisKey + std::hash::Hash>(
         &self,
         key: &K,
         quotas: &Quotas,
-        cost: u32,
-        max_wait: Duration,
+        ask: &Ask<'_, K>,
     ) -> Option<Result<Decision, StoreError>> {
+        let (cost, max_wait) = (ask.cost(), ask.max_wait());
         if self.inner.breaker.is_down(self.inner.group(key)) {
             // No call, no timeout to pay: the policy decides at once.
             return Some(self.inner.policy(down(), key, quotas, cost, max_wait));
@@ -692,10 +721,23 @@ where
             .map(Ok)
     }
 
-    fn decide(&self, key: &K, quotas: &Quotas, cost: u32, max_wait: Duration) -> Self::Future {
+    /// One key's decision by Redis.
+    fn round_trip<K>(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+        ask: &Ask<'_, K>,
+    ) -> Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>
+    where
+        K: RedisKey + std::hash::Hash + Clone + Send + Sync + 'static,
+    {
         let inner = Arc::clone(&self.inner);
-        let (key, quotas) = (key.clone(), quotas.clone());
+        let (key, quotas, cost, max_wait) =
+            (key.clone(), quotas.clone(), ask.cost(), ask.max_wait());
         Box::pin(async move {
+            if let Err(error) = quotas.check_cost(cost) {
+                return Err(StoreError::Quota(error));
+            }
             let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
             let group = inner.group(&key);
             if inner.breaker.is_down(group) {
@@ -719,36 +761,39 @@ where
         })
     }
 
-    fn reset(&self, key: &K, quotas: &Quotas) -> super::ResetFuture {
-        let (store, key, quotas) = (self.clone(), key.clone(), quotas.clone());
-        Box::pin(async move { RedisStore::reset(&store, &key, &quotas).await })
-    }
-
-    /// On a single Redis, one atomic script call for every part; on a cluster (the parts'
-    /// keys may live on different nodes), while a part's Redis is down, or when the call
-    /// fails, part by part in order ([`Store::decide_parts`]'s default).
-    fn decide_parts(
+    /// Several keys' decision: on a single Redis, one atomic script call for every part; on a
+    /// cluster (the parts' keys may live on different nodes), while a part's Redis is down, or
+    /// when the call fails, part by part in order, giving back the earlier parts' charges when
+    /// a later one refuses.
+    fn round_trip_across<K>(
         &self,
-        parts: Arc<[(K, Quotas)]>,
-        cost: u32,
-        max_wait: Duration,
-    ) -> crate::store::PartsFuture {
+        ask: &Ask<'_, K>,
+    ) -> Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>
+    where
+        K: RedisKey + std::hash::Hash + Clone + Send + Sync + 'static,
+    {
         let store = self.clone();
+        let parts: Vec<(K, Quotas)> = ask
+            .parts()
+            .map(|(key, quotas)| (key.clone(), quotas.clone()))
+            .collect();
+        let (cost, max_wait) = (ask.cost(), ask.max_wait());
         Box::pin(async move {
-            crate::store::check_parts(&parts, cost)?;
+            let ask = Ask::across(&parts).with_cost(cost).with_max_wait(max_wait);
+            ask.check()?;
             let inner = &store.inner;
             let groups: Vec<usize> = parts.iter().map(|(key, _)| inner.group(key)).collect();
             let in_order = inner.connection.is_cluster()
                 || groups.iter().any(|&group| inner.breaker.is_down(group));
             if in_order {
-                return crate::store::in_order(&store, &parts, cost, max_wait).await;
+                return crate::store::in_order(&store, &ask).await;
             }
             let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
             let answers = match inner.call_parts(&parts, cost, max_wait_us).await {
                 Ok(answers) => answers,
                 Err(error) => {
                     inner.note_failure(&error, groups[0], &parts[0].0, &parts[0].1);
-                    return crate::store::in_order(&store, &parts, cost, max_wait).await;
+                    return crate::store::in_order(&store, &ask).await;
                 }
             };
             inner.breaker.answered(groups[0]);
@@ -763,7 +808,8 @@ where
         })
     }
 
-    fn refund(&self, key: &K, quotas: &Quotas, cost: u32) {
+    /// Gives back `cost` of `key`'s charge under `quotas`, in the background.
+    fn refund_one<K: RedisKey + std::hash::Hash>(&self, key: &K, quotas: &Quotas, cost: u32) {
         // While Redis is down, what is given back was decided by the failure policy: by the
         // local store (give it back there), or by no store at all (nothing to give back).
         if self.inner.breaker.is_down(self.inner.group(key)) {

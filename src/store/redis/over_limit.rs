@@ -4,8 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::key::{KeyWriter, RedisKey};
 use crate::gcra::Gcra;
+use crate::key::{KeyWriter, RedisKey};
 use crate::store::table::Table;
 use crate::store::Decision;
 use crate::Quotas;
