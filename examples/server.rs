@@ -57,8 +57,10 @@
 //! (408 otherwise), a client that stops reading its responses is dropped when a write has
 //! waited 10 s, at most 10,000 connections are served at once (further ones wait in the
 //! kernel's accept queue; keep the process's file-descriptor limit above that) and at most
-//! `MAX_CONNECTIONS_PER_IP` (default 100) from one client address (an IPv6 /64), so that one
-//! address cannot hold every slot (trusted proxies are exempt: cap clients there), an accept
+//! `MAX_CONNECTIONS_PER_IP` (default 100) from one client address (an IPv6 /64) and ten times
+//! that from one network (an IPv4 /24, an IPv6 /48), so that neither one address nor the
+//! addresses of one network can hold every slot (trusted proxies are exempt: cap clients
+//! there), at most 8 from one address on the admin listener, an accept
 //! error pauses accepting for a second, and Ctrl-C closes the listener, then lets requests in
 //! flight finish for up to 10 s (a second Ctrl-C stops at once).
 
@@ -100,8 +102,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 10_000;
 /// The most connections served at once from one client address, by default.
 const MAX_CONNECTIONS_PER_IP: usize = 100;
-/// The most connections the admin listener serves at once.
+/// The most connections the admin listener serves at once, and from one address.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+const MAX_ADMIN_CONNECTIONS_PER_IP: usize = 8;
 /// How long Ctrl-C waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -189,7 +192,9 @@ async fn main() -> Result<(), BoxError> {
                  keep it off the internet"
             );
             let admin = admin(&limits, prometheus).layer(guard);
-            let admin = serve(admin_listener, admin, MAX_ADMIN_CONNECTIONS, None);
+            // A local process holding every admin connection would lock operators out.
+            let per_ip = PerIp::new(MAX_ADMIN_CONNECTIONS_PER_IP, ClientIp::new(Vec::new()));
+            let admin = serve(admin_listener, admin, MAX_ADMIN_CONNECTIONS, Some(per_ip));
             tokio::join!(public, admin);
         }
     }
@@ -482,64 +487,76 @@ async fn serve(listener: TcpListener, app: Router, max_connections: usize, per_i
     }
 }
 
-/// Connections per client address (an IPv6 /64), at most `cap` each; trusted proxies carry
-/// many clients and are not capped.
+/// Connections per client address (an IPv6 /64), at most `per_address` each, and per network
+/// (an IPv4 /24, an IPv6 /48), at most `per_network`, so that one address cannot hold every
+/// slot, nor a hundred addresses of one network; trusted proxies carry many clients and are
+/// not counted.
 #[derive(Clone)]
 struct PerIp {
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    cap: usize,
+    per_address: usize,
+    per_network: usize,
     proxies: ClientIp,
 }
 
-/// One connection counted against its address (none for a trusted proxy); uncounted when
-/// dropped.
+/// One connection counted against its address and network (none for a trusted proxy);
+/// uncounted when dropped.
 struct PerIpPermit {
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    address: Option<IpAddr>,
+    counted: Option<[IpAddr; 2]>,
 }
 
 impl PerIp {
-    fn new(cap: usize, proxies: ClientIp) -> Self {
+    fn new(per_address: usize, proxies: ClientIp) -> Self {
         Self {
             open: Arc::default(),
-            cap,
+            per_address,
+            per_network: per_address.saturating_mul(10),
             proxies,
         }
     }
 
-    /// A permit for one more connection from `peer`, unless it holds its cap; a trusted
-    /// proxy's connections are not counted.
+    /// A permit for one more connection from `peer`, unless its address or its network
+    /// holds its cap; a trusted proxy's connections are not counted.
     fn admit(&self, peer: IpAddr) -> Option<PerIpPermit> {
         let peer = peer.to_canonical();
         let open = Arc::clone(&self.open);
         if self.proxies.trusted().iter().any(|net| net.contains(&peer)) {
             return Some(PerIpPermit {
                 open,
-                address: None,
+                counted: None,
             });
         }
         let address = IpPrefix::default().group(peer);
+        let bits = if peer.is_ipv4() { 24 } else { 48 };
+        let network = ipnet::IpNet::new(peer, bits).map_or(peer, |net| net.trunc().addr());
         let mut counts = self.open.lock().unwrap();
-        let count = counts.entry(address).or_insert(0);
-        if *count >= self.cap {
+        let full = |counts: &HashMap<IpAddr, usize>, at: IpAddr, cap: usize| {
+            counts.get(&at).is_some_and(|&n| n >= cap)
+        };
+        if full(&counts, address, self.per_address) || full(&counts, network, self.per_network) {
             return None;
         }
-        *count += 1;
+        for at in [address, network] {
+            *counts.entry(at).or_insert(0) += 1;
+        }
         Some(PerIpPermit {
             open,
-            address: Some(address),
+            counted: Some([address, network]),
         })
     }
 }
 
 impl Drop for PerIpPermit {
     fn drop(&mut self) {
-        let Some(address) = self.address else { return };
+        let Some(counted) = self.counted else { return };
         let mut open = self.open.lock().unwrap();
-        if let Some(count) = open.get_mut(&address) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&address);
+        for at in counted {
+            if let Some(count) = open.get_mut(&at) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&at);
+                }
             }
         }
     }

@@ -226,11 +226,14 @@ struct Refused {
 impl Rules {
     fn check<B>(&self, request: &Request<B>) -> Result<(), Refused> {
         let headers = request.headers();
+        // Two `Host` lines are a malformed request (RFC 9112), whichever comes first.
+        let hosts = headers.get_all(HOST).iter().count();
         let host = request
             .uri()
             .authority()
             .map(|authority| authority.as_str())
-            .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()));
+            .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+            .filter(|_| hosts <= 1);
         if !host.is_some_and(|host| self.is_own(host)) {
             return Err(Refused {
                 status: StatusCode::MISDIRECTED_REQUEST,
@@ -285,14 +288,25 @@ impl Rules {
 /// Whether a browser says the request comes from another site: `Sec-Fetch-Site` other than
 /// `same-origin` or `none` (typed by the user), or an `Origin` that is not the listener's.
 fn is_cross_site(headers: &HeaderMap, own_origin: impl Fn(&str) -> bool) -> bool {
-    let fetched_from = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
-    if fetched_from.is_some_and(|site| site != b"same-origin" && site != b"none") {
+    let fetched_from = headers.get_all("sec-fetch-site").iter();
+    if fetched_from
+        .map(HeaderValue::as_bytes)
+        .any(|site| site != b"same-origin" && site != b"none")
+    {
         return true;
     }
     headers
         .get_all(ORIGIN)
         .iter()
         .any(|origin| !origin.to_str().is_ok_and(&own_origin))
+}
+
+/// At most 64 characters of `text`, for a log line whatever a client sent.
+fn shortened(text: &str) -> &str {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
 }
 
 /// The token of `Bearer <token>` (the scheme is case-insensitive).
@@ -327,7 +341,7 @@ where
                     WARN, "tollgate::admin", "admin request refused";
                     peer = %peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
                     method = %request.method(),
-                    path = request.uri().path(),
+                    path = %shortened(request.uri().path()),
                     reason = %refused.reason
                 );
                 let mut response = Response::new(ResBody::from(format!("{}\n", refused.reason)));
@@ -376,6 +390,8 @@ mod tests {
             assert_eq!(check(&guard, "GET", &[("host", host)]), Err(421), "{host}");
         }
         assert_eq!(check(&guard, "GET", &[]), Err(421), "no Host at all");
+        let twice = [("host", "127.0.0.1:9000"), ("host", "evil.example")];
+        assert_eq!(check(&guard, "GET", &twice), Err(421), "two Host lines");
         let v6 = AdminGuard::new("[::1]:80".parse().unwrap()).host("admin.internal:80");
         for host in ["[::1]:80", "[::1]", "localhost", "admin.internal:80"] {
             assert_eq!(check(&v6, "GET", &[("host", host)]), Ok(()), "{host}");
@@ -398,6 +414,12 @@ mod tests {
             with_token.push(("authorization", "Bearer t"));
             assert_eq!(check(&guard, "POST", &with_token), Err(403), "{headers:?}");
         }
+        let two_sites = [
+            own,
+            ("sec-fetch-site", "none"),
+            ("sec-fetch-site", "cross-site"),
+        ];
+        assert_eq!(check(&guard, "GET", &two_sites), Err(403));
         for headers in [
             [own, ("origin", "http://127.0.0.1:9000")],
             [own, ("sec-fetch-site", "same-origin")],

@@ -384,3 +384,26 @@ fn one_address_cannot_hold_every_connection() {
         200
     );
 }
+
+#[test]
+fn the_addresses_of_one_network_cannot_hold_every_connection() {
+    // 20 a network at a cap of 2 an address: 10 addresses of 127.0.9.0/24 fill it.
+    let server = Server::start(false, &[("MAX_CONNECTIONS_PER_IP", "2")]);
+    let held: Vec<TcpStream> = (1..=10)
+        .flat_map(|host| {
+            let from: IpAddr = format!("127.0.9.{host}").parse().unwrap();
+            [(); 2].map(|_| bind_and_connect(from, server.public).unwrap())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        try_ask("127.0.9.11", server.public, "GET", "/api/hello", &[]),
+        None,
+        "a new address of a full network is closed unanswered"
+    );
+    assert_eq!(
+        ask("127.0.10.1", server.public, "GET", "/api/hello", &[]).0,
+        200
+    );
+    drop(held);
+}

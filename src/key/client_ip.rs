@@ -311,42 +311,53 @@ impl Forwarding {
 }
 
 /// Which trusted proxies were last warned about for sending no forwarding header, and when:
-/// 64 slots picked by the proxy's address, so that a fleet of proxies is told about once a
-/// minute each (more often only when two share a slot, and the log budget caps that).
+/// 256 slots picked by the proxy's address, so that a fleet of proxies is told about once a
+/// minute each (more often only when two share a slot, and the budget caps that).
 static UNFORWARDED: Unforwarded = Unforwarded {
-    slots: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 64],
+    slots: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 256],
     every: 60_000_000_000,
     any: crate::logs::Budget::new(1, 10),
 };
 
 struct Unforwarded {
     /// (a hash of the proxy's address, when it was last warned about plus one).
-    slots: [(AtomicU64, AtomicU64); 64],
+    slots: [(AtomicU64, AtomicU64); 256],
     every: u64,
     /// At most one warning a second whatever the proxies, bursts of ten.
     any: crate::logs::Budget,
 }
 
 impl Unforwarded {
+    /// Whether `proxy` is to be warned about now: not within a minute (unless another proxy
+    /// took its slot since), and within the budget, which is asked first so that a proxy
+    /// the budget turns away is not marked as told.
     fn due(&self, proxy: IpAddr) -> bool {
-        self.due_for(proxy) && self.any.take(crate::logs::now())
+        let now = crate::logs::now();
+        !self.told(proxy, now) && self.any.take(now) && self.mark(proxy, now)
     }
 
-    fn due_for(&self, proxy: IpAddr) -> bool {
+    fn slot(proxy: IpAddr) -> (u64, usize) {
         let bits = match proxy {
             IpAddr::V4(v4) => u128::from(v4.to_bits()),
             IpAddr::V6(v6) => v6.to_bits(),
         };
         let hash = ((bits as u64) ^ ((bits >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let (owner, last) = &self.slots[(hash >> 58) as usize];
-        let now = crate::logs::now();
+        (hash, (hash >> 56) as usize)
+    }
+
+    /// Whether `proxy` was warned about within the last minute.
+    fn told(&self, proxy: IpAddr, now: u64) -> bool {
+        let (hash, slot) = Self::slot(proxy);
+        let (owner, last) = &self.slots[slot];
         let seen = last.load(Ordering::Relaxed);
-        if owner.load(Ordering::Relaxed) == hash
-            && seen != 0
-            && now.saturating_sub(seen) < self.every
-        {
-            return false;
-        }
+        owner.load(Ordering::Relaxed) == hash && seen != 0 && now.saturating_sub(seen) < self.every
+    }
+
+    /// Marks `proxy` as warned about at `now`; false when another thread just did.
+    fn mark(&self, proxy: IpAddr, now: u64) -> bool {
+        let (hash, slot) = Self::slot(proxy);
+        let (owner, last) = &self.slots[slot];
+        let seen = last.load(Ordering::Relaxed);
         owner.store(hash, Ordering::Relaxed);
         last.compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
