@@ -223,3 +223,30 @@ async fn a_cost_above_the_burst_is_refused_in_wait_mode_too() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn settings_in_any_order_give_the_same_limiter() {
+    use tollgate::rate_limit::LimiterStats;
+    // Statistics set before the store, or after it, count alike (the store used to drop
+    // what was set before it), and so does a name.
+    let (before, after) = (LimiterStats::new(), LimiterStats::new());
+    let quota = Quota::per_minute(1).unwrap();
+    let stats_first = RateLimiter::keyed(quota.clone())
+        .stats(before.clone())
+        .name("first")
+        .store(MemoryStore::new());
+    let store_first = RateLimiter::keyed(quota)
+        .store(MemoryStore::new())
+        .name("first")
+        .stats(after.clone());
+    for limiter in [&stats_first, &store_first] {
+        assert!(limiter.key("k").try_acquire().await.is_ok());
+        assert!(limiter.key("k").try_acquire().await.is_err());
+    }
+    assert_eq!(before.snapshot(), after.snapshot());
+    assert_eq!(
+        (before.snapshot().allowed, before.snapshot().refused),
+        (1, 1)
+    );
+    assert_eq!(format!("{stats_first:?}"), format!("{store_first:?}"));
+}

@@ -166,74 +166,61 @@ impl RateLimitLayer {
 }
 
 impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
-    /// How requests become keys: a [`KeyExtractor`](crate::key::KeyExtractor) such as
-    /// [`PeerIp`](crate::key::PeerIp), or a closure `Fn(&Request) -> Option<Key>`.
-    pub fn key<K2>(self, key: K2) -> RateLimitLayer<K2, Q, S, R, C> {
+    /// Every setting goes through here: a change to the configuration starts a new shared
+    /// state for the services the layer makes from now on.
+    fn change(mut self, set: impl FnOnce(&mut Self)) -> Self {
+        set(&mut self);
+        self.shared = Arc::default();
+        self
+    }
+
+    /// The same layer with its parts replaced by `map`'s (a setter that changes a type), and
+    /// a new shared state.
+    fn rebuild<K2, Q2, S2, R2, C2>(
+        self,
+        map: impl FnOnce(K, Q, S, R, C) -> (K2, Q2, S2, R2, C2),
+    ) -> RateLimitLayer<K2, Q2, S2, R2, C2> {
+        let (key, quotas, store, respond, cost) =
+            map(self.key, self.quotas, self.store, self.respond, self.cost);
         RateLimitLayer {
             key,
-            quotas: self.quotas,
-            store: self.store,
-            respond: self.respond,
-            cost: self.cost,
-            options: self.options,
-            shared: Arc::default(),
-        }
-    }
-
-    /// Which quotas apply: the same for every request ([`Quotas`]), by tier
-    /// ([`Tiers`](super::Tiers)), or from a closure `Fn(&Key, &Request) -> Quotas`.
-    pub fn quotas<Q2>(self, quotas: Q2) -> RateLimitLayer<K, Q2, S, R, C> {
-        RateLimitLayer {
-            key: self.key,
             quotas,
-            store: self.store,
-            respond: self.respond,
-            cost: self.cost,
-            options: self.options,
-            shared: Arc::default(),
-        }
-    }
-
-    /// Where the state lives: the [`MemoryStore`] by default (give it your own to configure
-    /// it, or to query it), or any [`Store`](crate::Store).
-    pub fn store<S2>(self, store: S2) -> RateLimitLayer<K, Q, S2, R, C> {
-        RateLimitLayer {
-            key: self.key,
-            quotas: self.quotas,
             store,
-            respond: self.respond,
-            cost: self.cost,
-            options: self.options,
-            shared: Arc::default(),
-        }
-    }
-
-    /// What a request costs: a closure `Fn(&Request) -> u32` (1 per request by default).
-    pub fn cost<C2>(self, cost: C2) -> RateLimitLayer<K, Q, S, R, C2> {
-        RateLimitLayer {
-            key: self.key,
-            quotas: self.quotas,
-            store: self.store,
-            respond: self.respond,
+            respond,
             cost,
             options: self.options,
             shared: Arc::default(),
         }
     }
 
+    /// How requests become keys: a [`KeyExtractor`](crate::key::KeyExtractor) such as
+    /// [`PeerIp`](crate::key::PeerIp), or a closure `Fn(&Request) -> Option<Key>`.
+    pub fn key<K2>(self, key: K2) -> RateLimitLayer<K2, Q, S, R, C> {
+        self.rebuild(|_, quotas, store, respond, cost| (key, quotas, store, respond, cost))
+    }
+
+    /// Which quotas apply: the same for every request ([`Quotas`]), by tier
+    /// ([`Tiers`](super::Tiers)), or from a closure `Fn(&Key, &Request) -> Quotas`.
+    pub fn quotas<Q2>(self, quotas: Q2) -> RateLimitLayer<K, Q2, S, R, C> {
+        self.rebuild(|key, _, store, respond, cost| (key, quotas, store, respond, cost))
+    }
+
+    /// Where the state lives: the [`MemoryStore`] by default (give it your own to configure
+    /// it, or to query it), or any [`Store`](crate::Store).
+    pub fn store<S2>(self, store: S2) -> RateLimitLayer<K, Q, S2, R, C> {
+        self.rebuild(|key, quotas, _, respond, cost| (key, quotas, store, respond, cost))
+    }
+
+    /// What a request costs: a closure `Fn(&Request) -> u32` (1 per request by default).
+    pub fn cost<C2>(self, cost: C2) -> RateLimitLayer<K, Q, S, R, C2> {
+        self.rebuild(|key, quotas, store, respond, _| (key, quotas, store, respond, cost))
+    }
+
     /// Answer with errors instead of HTTP responses: for services that are not HTTP. A refused
     /// request fails with a boxed [`RateLimited`](super::RateLimited), and the inner errors are
     /// boxed too.
     pub fn errors(self) -> RateLimitLayer<K, Q, S, Errors, C> {
-        RateLimitLayer {
-            key: self.key,
-            quotas: self.quotas,
-            store: self.store,
-            respond: Errors,
-            cost: self.cost,
-            options: self.options,
-            shared: Arc::default(),
-        }
+        self.rebuild(|key, quotas, store, _, cost| (key, quotas, store, Errors, cost))
     }
 
     /// Wait mode: a request over the limit waits for its slot, in arrival order per key, if
@@ -242,42 +229,40 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// With the global key and fixed quotas the wait happens in `poll_ready` (backpressure:
     /// the service is not ready until a slot is reserved); otherwise in the response future.
     /// Waiting needs a tokio runtime's timer.
-    pub fn wait(mut self, max_wait: Duration) -> Self {
-        self.shared = Arc::default();
-        self.options.mode = Mode::Wait(max_wait);
-        self
+    pub fn wait(self, max_wait: Duration) -> Self {
+        self.change(|layer| {
+            layer.options.mode = Mode::Wait(max_wait);
+        })
     }
 
     /// Reject mode, the default: a request over the limit is refused at once.
-    pub fn reject(mut self) -> Self {
-        self.shared = Arc::default();
-        self.options.mode = Mode::Reject;
-        self
+    pub fn reject(self) -> Self {
+        self.change(|layer| {
+            layer.options.mode = Mode::Reject;
+        })
     }
 
     /// What to do with requests whose key cannot be extracted (default:
     /// [`MissingKey::Reject`]). Either way, a `tracing` event says why.
-    pub fn on_missing_key(mut self, policy: MissingKey) -> Self {
-        self.shared = Arc::default();
-        self.options.missing_key = policy;
-        self
+    pub fn on_missing_key(self, policy: MissingKey) -> Self {
+        self.change(|layer| {
+            layer.options.missing_key = policy;
+        })
     }
 
     /// Calls `hook` for every denied request and every request made to wait, with its key
     /// (shown as [`log_keys`](Self::log_keys) says) and delay. A `tracing` event (target
     /// `tollgate::rate_limit`, level DEBUG) is emitted either way.
-    pub fn on_event(mut self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
-        self.shared = Arc::default();
-        self.options.hook = Some(Arc::new(hook));
-        self
+    pub fn on_event(self, hook: impl Fn(&LimitEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.change(|layer| layer.options.hook = Some(Arc::new(hook)))
     }
 
     /// How keys are shown in `tracing` events and hook events: a short keyed hash by default,
     /// since keys may be secrets; [`LogKeys::Clear`] for keys that are not (client IPs).
-    pub fn log_keys(mut self, shown: LogKeys) -> Self {
-        self.shared = Arc::default();
-        self.options.log_keys = shown;
-        self
+    pub fn log_keys(self, shown: LogKeys) -> Self {
+        self.change(|layer| {
+            layer.options.log_keys = shown;
+        })
     }
 
     /// Shadow mode: the layer decides and records as usual (the store's state, events with
@@ -290,18 +275,18 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// (`tollgate_rate_limit_limited_total{shadow="true"}`, or
     /// [`LimitEventKind::Denied`](crate::rate_limit::LimitEventKind::Denied) events).
     /// [`shadow_headers`](Self::shadow_headers) writes the headers too.
-    pub fn shadow(mut self) -> Self {
-        self.shared = Arc::default();
-        self.options.shadow = Shadow::On { headers: false };
-        self
+    pub fn shadow(self) -> Self {
+        self.change(|layer| {
+            layer.options.shadow = Shadow::On { headers: false };
+        })
     }
 
     /// Shadow mode ([`shadow`](Self::shadow)) that still writes the rate-limit headers, so
     /// that clients can be seen to react before the limit is enforced.
-    pub fn shadow_headers(mut self) -> Self {
-        self.shared = Arc::default();
-        self.options.shadow = Shadow::On { headers: true };
-        self
+    pub fn shadow_headers(self) -> Self {
+        self.change(|layer| {
+            layer.options.shadow = Shadow::On { headers: true };
+        })
     }
 
     /// Reports a key whose remaining share falls to `percent_left` of its burst or below
@@ -310,10 +295,10 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// an INFO `tracing` event and `tollgate_rate_limit_near_limit_total`, at most once per
     /// key and quota per window (the time the bucket takes to refill), so that a hot key does
     /// not flood the hook. Off by default, and free when off.
-    pub fn near_limit(mut self, percent_left: u8) -> Self {
-        self.shared = Arc::default();
-        self.options.near_limit = Some(percent_left);
-        self
+    pub fn near_limit(self, percent_left: u8) -> Self {
+        self.change(|layer| {
+            layer.options.near_limit = Some(percent_left);
+        })
     }
 
     /// Blocks a key refused faster than `refusals` allows (`Quota::per_minute(10)`: more than
@@ -337,20 +322,20 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// # drop(login);
     /// # Ok::<(), tollgate::QuotaError>(())
     /// ```
-    pub fn block(mut self, refusals: crate::Quota, duration: Duration) -> Self {
-        self.shared = Arc::default();
-        self.options.block = Some((refusals, duration));
-        self
+    pub fn block(self, refusals: crate::Quota, duration: Duration) -> Self {
+        self.change(|layer| {
+            layer.options.block = Some((refusals, duration));
+        })
     }
 
     /// Counts what this layer decides into `stats` (allowed, refused, waited, near-limit
     /// reports, blocks, and the most refused keys), for an operator to read with
     /// [`LimiterStats::snapshot`]. Every service the layer makes counts into it. Off by
     /// default: a layer without it pays nothing.
-    pub fn stats(mut self, stats: LimiterStats) -> Self {
-        self.shared = Arc::default();
-        self.options.stats = Some(stats);
-        self
+    pub fn stats(self, stats: LimiterStats) -> Self {
+        self.change(|layer| {
+            layer.options.stats = Some(stats);
+        })
     }
 
     /// Settles each request's cost from its response: the cost charged up front (one, or what
@@ -393,17 +378,17 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
     /// # drop(app);
     /// # Ok::<(), tollgate::QuotaError>(())
     /// ```
-    pub fn settle_cost(mut self) -> Self {
-        self.shared = Arc::default();
-        self.options.settle = true;
-        self
+    pub fn settle_cost(self) -> Self {
+        self.change(|layer| {
+            layer.options.settle = true;
+        })
     }
 
     /// Names the limiter in events and logs (default `rate_limit`).
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.shared = Arc::default();
-        self.options.name = name.into();
-        self
+    pub fn name(self, name: impl Into<Arc<str>>) -> Self {
+        self.change(|layer| {
+            layer.options.name = name.into();
+        })
     }
 
     /// The store, to query or reset keys.
@@ -415,17 +400,17 @@ impl<K, Q, S, R, C> RateLimitLayer<K, Q, S, R, C> {
 impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
     /// Which rate-limit headers to send (default: IETF `RateLimit` and `RateLimit-Policy`, on
     /// every response).
-    pub fn headers(mut self, options: HeaderOptions) -> Self {
-        self.shared = Arc::default();
-        self.respond.set_headers(options);
-        self
+    pub fn headers(self, options: HeaderOptions) -> Self {
+        self.change(|layer| {
+            layer.respond.set_headers(options);
+        })
     }
 
     /// The status of a response over the limit (default 429 Too Many Requests).
-    pub fn refusal_status(mut self, status: StatusCode) -> Self {
-        self.shared = Arc::default();
-        self.respond.status = status;
-        self
+    pub fn refusal_status(self, status: StatusCode) -> Self {
+        self.change(|layer| {
+            layer.respond.status = status;
+        })
     }
 
     /// Builds refusals with `build` instead of an empty body; the layer still adds
@@ -447,29 +432,18 @@ impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
     /// # drop(layer);
     /// ```
     pub fn refuse_with<G>(self, build: G) -> RateLimitLayer<K, Q, S, Http<G>, C> {
-        RateLimitLayer {
-            key: self.key,
-            quotas: self.quotas,
-            store: self.store,
-            respond: self.respond.replace_body(build),
-            cost: self.cost,
-            options: self.options,
-            shared: Arc::default(),
-        }
+        self.rebuild(|key, quotas, store, respond, cost| {
+            (key, quotas, store, respond.replace_body(build), cost)
+        })
     }
 
     /// Answers gRPC calls: refusals become gRPC statuses (`RESOURCE_EXHAUSTED` with
     /// `grpc-retry-pushback-ms` when over the limit), not HTTP 429. See [`Grpc`].
     pub fn grpc(self) -> RateLimitLayer<K, Q, S, Grpc, C> {
-        RateLimitLayer {
-            key: self.key,
-            quotas: self.quotas,
-            store: self.store,
-            respond: Grpc::new(self.respond.replace_body(EmptyBody)),
-            cost: self.cost,
-            options: self.options,
-            shared: Arc::default(),
-        }
+        self.rebuild(|key, quotas, store, respond, cost| {
+            let grpc = Grpc::new(respond.replace_body(EmptyBody));
+            (key, quotas, store, grpc, cost)
+        })
     }
 
     /// Refusals with an empty body again.
