@@ -45,17 +45,14 @@ fn get_request(url: String) -> Request<Full<Bytes>> {
 }
 
 /// One request per second per host, waiting (up to 10 s) for the slot: a polite client.
-fn per_host_limit() -> RateLimitLayer<
-    key::Destination,
-    tollgate::Quotas,
-    MemoryStore<TokioClock>,
-    tollgate::rate_limit::Errors,
-> {
-    RateLimitLayer::new(Quota::per_second(1).unwrap())
-        .key(key::Destination)
-        .store(paused_store())
-        .wait(Duration::from_secs(10))
-        .errors()
+macro_rules! per_host_limit {
+    () => {
+        RateLimitLayer::new(Quota::per_second(1).unwrap())
+            .key(key::Destination)
+            .store(paused_store())
+            .wait(Duration::from_secs(10))
+            .errors()
+    };
 }
 
 fn arrivals(upstream: &Upstream) -> Vec<Instant> {
@@ -70,7 +67,7 @@ async fn client_retry_then_timeout_then_rate_limit_spends_a_token_on_every_attem
     let client = ServiceBuilder::new()
         .layer(RetryLayer::new().backoff(Backoff::standard().with_max_attempts(3)))
         .timeout(Duration::from_secs(5))
-        .layer(per_host_limit())
+        .layer(per_host_limit!())
         .service(hyper_client::<ReplayBody<Full<Bytes>>>());
 
     let response = client
@@ -93,7 +90,7 @@ async fn a_rate_limit_outside_the_retry_counts_calls_and_lets_retries_through_un
     // in a burst.
     let (upstream, addr) = start_upstream([reply(503), reply(503), reply(200)]).await;
     let client = ServiceBuilder::new()
-        .layer(per_host_limit())
+        .layer(per_host_limit!())
         .layer(RetryLayer::new().backoff(Backoff::standard().with_max_attempts(3)))
         .service(hyper_client::<ReplayBody<Full<Bytes>>>());
 
@@ -124,7 +121,7 @@ async fn the_timeout_bounds_the_wait_for_a_slot_and_the_retry_tries_again() {
                 .without_budget(),
         )
         .timeout(Duration::from_millis(600))
-        .layer(per_host_limit())
+        .layer(per_host_limit!())
         .service(hyper_client::<ReplayBody<Full<Bytes>>>());
 
     let first = client

@@ -183,7 +183,7 @@ where
         let ready = service.ready().await.unwrap();
         passed.push(ready.call(http::Request::new(())).await.is_ok());
     }
-    let left = tollgate::limiter::RateLimiter::new(quota)
+    let left = tollgate::RateLimiter::new(quota)
         .store(store)
         .available()
         .await

@@ -11,7 +11,7 @@ use super::service::{Concurrency, Shared};
 use super::slots::Slots;
 use crate::key::LogKeys;
 use crate::metrics::ConcurrencyMetrics;
-use crate::rate_limit::{EmptyBody, Errors, Grpc, Http};
+use crate::respond::{EmptyBody, Errors, Grpc, Http};
 
 /// Limits the requests in flight per key. See the [module docs](super).
 ///

@@ -15,7 +15,7 @@ use super::slots::{Held, Slots};
 use crate::key::{KeyExtractor, LogKeys, LoggedKey};
 use crate::limiter::{NoSlot, Refusal};
 use crate::metrics::ConcurrencyMetrics;
-use crate::rate_limit::Refuse;
+use crate::respond::Refuse;
 
 /// The service made by [`ConcurrencyLayer`](super::ConcurrencyLayer).
 ///

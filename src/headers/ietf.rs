@@ -119,7 +119,7 @@ fn non_negative(params: &sfv::Parameters, key: &str) -> Option<Option<u64>> {
 /// What a quota counts, as the `qu` parameter of `RateLimit-Policy` says it (the draft's
 /// registry of quota units).
 ///
-/// The layer charges every quota of a set the same [cost](crate::rate_limit::Cost), so one
+/// The layer charges every quota of a set the same [cost](crate::RateLimitLayer::cost), so one
 /// unit describes them all: say `ContentBytes` when the cost is the request's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -22,7 +22,48 @@ use crate::{Decision, MemoryStore, Quotas, Store};
 const FOREVER: Duration = Duration::from_secs(1 << 31);
 
 /// A rate limit used directly: `acquire().await` waits for a slot, `try_acquire().await`
-/// refuses at once. See the [module docs](super).
+/// refuses at once, and over the memory store [`check`](RateLimiter::check) decides without
+/// a future.
+///
+/// A background job that calls a third-party API at 10 per second, bursts of 20, waiting when
+/// over:
+///
+/// ```
+/// use tollgate::{Quota, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = RateLimiter::new(Quota::per_second(10)?.with_burst(20)?);
+/// for _ in 0..22 {
+///     limiter.acquire().await?; // the first 20 at once, then one every 100 ms, in order
+///     // call_the_api().await;
+/// }
+/// assert!(limiter.try_acquire().await.is_err()); // over the limit: refused at once...
+/// let refused = limiter.try_acquire().await.unwrap_err();
+/// assert!(refused.retry_after().unwrap().as_millis() <= 100); // ...saying when to come back
+/// # Ok(()) }
+/// ```
+///
+/// Per key, and over any [`Store`](crate::Store) (a `RedisStore`, with the `redis` feature, shares the
+/// limit with every instance):
+///
+/// ```
+/// use tollgate::{MemoryStore, Quota, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let per_user = RateLimiter::keyed(Quota::per_minute(2)?).store(MemoryStore::new());
+/// assert!(per_user.key("alice").try_acquire().await.is_ok());
+/// assert!(per_user.key("alice").try_acquire().cost(2).await.is_err()); // 1 left, not 2
+/// assert_eq!(per_user.key("bob").available().await?, 2);
+/// per_user.key("alice").reset().await?;
+/// assert_eq!(per_user.key("alice").available().await?, 2);
+/// # Ok(()) }
+/// ```
+///
+/// Every method is `async` because a network store answers over the network; over the memory
+/// store the futures are ready at once.
+///
 ///
 /// `K` is the key type ([`Global`] for one limit over everything), `S` the [`Store`].
 ///

@@ -25,7 +25,7 @@ use crate::key::{LogKeys, LoggedKey};
 
 /// How many keys the most-refused sketch follows: any key with more than 1/64 of all
 /// refusals is among them.
-pub const TOP_KEYS: usize = 64;
+pub(crate) const TOP_KEYS: usize = 64;
 
 /// How many of them a snapshot lists.
 const LISTED: usize = 16;
@@ -65,8 +65,8 @@ pub struct Stats {
     pub blocked: u64,
     /// The 16 most refused keys, most first, as logs show them (a keyed hash unless the
     /// limiter logs keys in clear), with their refusal counts: a Space-Saving sketch of
-    /// [`TOP_KEYS`] entries, so memory is fixed whatever the number of keys. A key refused
-    /// more than 1/[`TOP_KEYS`] of all refusals is always followed; a count may be over by
+    /// 64 entries, so memory is fixed whatever the number of keys. A key refused
+    /// more than 1/64 of all refusals is always followed; a count may be over by
     /// the number of refusals of keys it displaced (Metwally et al.'s bound).
     pub top_refused: Vec<(String, u64)>,
 }

@@ -4,8 +4,8 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 
-use super::respond::Respond;
 use crate::limiter::Settle;
+use crate::respond::Respond;
 
 /// A boxed future for the paths that wait: a slot later in time, or a network store.
 pub(crate) type Waiting<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;

@@ -6,10 +6,10 @@ use http::StatusCode;
 use tower_layer::Layer;
 
 use super::policy::OnePerRequest;
-use super::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use super::service::{RateLimit, Shared};
 use crate::key::{Global, LogKeys};
 use crate::limiter::{Admission, Block, Hook, LimitEvent, LimiterStats, NearLimit, Watch};
+use crate::respond::{EmptyBody, Errors, Grpc, HeaderOptions, Http};
 use crate::{MemoryStore, Quotas};
 
 /// Applies rate limits to a tower service. See the [module docs](super) for a tour.
@@ -437,8 +437,17 @@ impl<K, Q, S, F, C> RateLimitLayer<K, Q, S, Http<F>, C> {
         })
     }
 
-    /// Answers gRPC calls: refusals become gRPC statuses (`RESOURCE_EXHAUSTED` with
-    /// `grpc-retry-pushback-ms` when over the limit), not HTTP 429. See [`Grpc`].
+    /// Answers gRPC calls (tonic servers among them): a refusal is a trailers-only response,
+    /// HTTP 200 with a gRPC status, never an HTTP 429 that gRPC clients would report as a
+    /// transport failure. The rate-limit fields go along as metadata.
+    ///
+    /// | refusal | `grpc-status` |
+    /// | --- | --- |
+    /// | over the limit | 8, `RESOURCE_EXHAUSTED`, with `grpc-retry-pushback-ms` (and `retry-after`) |
+    /// | no key, the client's mistake | 3, `INVALID_ARGUMENT` |
+    /// | no key, the server's mistake | 13, `INTERNAL` |
+    /// | a cost above the burst | 3, `INVALID_ARGUMENT` |
+    /// | the store failed | 14, `UNAVAILABLE` |
     pub fn grpc(self) -> RateLimitLayer<K, Q, S, Grpc, C> {
         self.rebuild(|key, quotas, store, respond, cost| {
             let grpc = Grpc::new(respond.replace_body(EmptyBody));

@@ -32,10 +32,11 @@
 //!
 //! 1. The [key extractor](crate::key) names the request's bucket; without a key, the request
 //!    is refused (400 or 500) or let through ([`MissingKey`]).
-//! 2. The [quota policy](QuotaPolicy) picks the quotas, and the [cost](Cost) says how many
-//!    units the request takes (1 by default).
+//! 2. The quotas are picked ([`RateLimitLayer::quotas`]: the same for all, by
+//!    [`Tiers`], [`LiveQuotas`] or a closure), and the [cost](RateLimitLayer::cost) says how
+//!    many units the request takes (1 by default).
 //! 3. The [store](crate::Store) decides, through the same admission path as a direct
-//!    [`RateLimiter`](crate::RateLimiter): allowed, allowed after a wait (wait mode), or
+//!    [`RateLimiter`]: allowed, allowed after a wait (wait mode), or
 //!    denied.
 //! 4. Allowed requests go to the inner service, and its response gets the rate-limit headers;
 //!    denied ones are answered by the layer: 429 with `Retry-After` for HTTP,
@@ -62,17 +63,13 @@
 mod future;
 mod layer;
 mod policy;
-mod respond;
 mod service;
 
 pub use crate::limiter::{
-    LimitEvent, LimitEventKind, LimiterStats, RateLimited, Refusal, Stats, TOP_KEYS,
+    Acquire, Keyed, LimitEvent, LimitEventKind, LimiterStats, RateLimited, RateLimiter, Refusal,
+    Stats,
 };
-pub use future::ResponseFuture;
+pub use crate::respond::{ActualCost, HeaderOptions};
 pub use layer::{MissingKey, RateLimitLayer};
-pub use policy::{Cost, CurrentQuotas, LiveQuotas, OnePerRequest, QuotaPolicy, Tiers};
-pub use respond::{
-    ActualCost, EmptyBody, Errors, Grpc, HeaderNote, HeaderOptions, Http, RefusalResponse, Refuse,
-    Respond,
-};
+pub use policy::{LiveQuotas, Tiers};
 pub use service::RateLimit;

@@ -194,7 +194,7 @@ where
 /// Clones share the quotas: a change made through one is seen by every layer built with any.
 ///
 /// A layer whose quotas can change gets no slot reserved in `poll_ready` for a global key in
-/// wait mode ([`QuotaPolicy::fixed`] is `None`): its requests wait in their response futures.
+/// wait mode: its requests wait in their response futures.
 #[derive(Clone)]
 pub struct LiveQuotas {
     current: Arc<ArcSwap<Quotas>>,

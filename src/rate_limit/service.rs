@@ -13,10 +13,10 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::{MissingKey, Mode};
 use super::policy::{Cost, QuotaPolicy};
-use super::respond::Refuse;
 use crate::headers::ietf::PartitionKey;
 use crate::key::{KeyError, KeyExtractor};
 use crate::limiter::{Admission, Admit, Admitted, Hold, Refusal, Settle};
+use crate::respond::Refuse;
 use crate::{Quotas, Store};
 
 /// The service made by [`RateLimitLayer`](super::RateLimitLayer).
@@ -417,7 +417,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         quotas: &Quotas,
         decision: &crate::Decision,
         partition: Option<PartitionKey>,
-    ) -> Option<<R as super::respond::Respond<T, E>>::Note>
+    ) -> Option<<R as crate::respond::Respond<T, E>>::Note>
     where
         R: Refuse<Req, T, E>,
     {
