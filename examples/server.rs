@@ -81,7 +81,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tollgate::admin::AdminGuard;
-use tollgate::key::{ClientIp, Forwarding, Header, IpPrefix, LogKeys};
+use tollgate::key::{ClientIp, Forwarding, Header, LogKeys};
 use tollgate::rate_limit::{LimiterStats, LiveQuotas, RateLimitLayer, Refusal, Tiers};
 use tollgate::store::{OnFailure, RedisStore};
 use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
@@ -527,9 +527,12 @@ impl PerIp {
                 counted: None,
             });
         }
-        let address = IpPrefix::default().group(peer);
-        let bits = if peer.is_ipv4() { 24 } else { 48 };
-        let network = ipnet::IpNet::new(peer, bits).map_or(peer, |net| net.trunc().addr());
+        let group = |v4: u8, v6: u8| {
+            let bits = if peer.is_ipv4() { v4 } else { v6 };
+            ipnet::IpNet::new(peer, bits).map_or(peer, |net| net.trunc().addr())
+        };
+        // An address (an IPv6 /64, as the limits see clients), and its network.
+        let (address, network) = (group(32, 64), group(24, 48));
         let mut counts = self.open.lock().unwrap();
         let full = |counts: &HashMap<IpAddr, usize>, at: IpAddr, cap: usize| {
             counts.get(&at).is_some_and(|&n| n >= cap)

@@ -1,24 +1,50 @@
 //! Where "now" comes from: one clock per store, read once per decision.
 //!
-//! - [`MonotonicClock`], the default: the CPU's time-stamp counter through `quanta` where it is
-//!   invariant across cores, the OS's monotonic clock elsewhere (see [its docs](MonotonicClock#across-cores)).
+//! - The default: the CPU's time-stamp counter through `quanta` where it is invariant across
+//!   cores, the OS's monotonic clock elsewhere (see [Across cores](#across-cores)).
 //! - [`TokioClock`]: tokio's clock, which `tokio::time::pause` and `advance` control. Use it in
 //!   tests, so that waits and refills are exact and take no wall time.
-//! - [`ManualClock`]: a number you move by hand, for tests without a runtime.
+//! - Any other [`Clock`] of yours.
 //!
 //! ```
 //! use std::time::Duration;
-//! use tollgate::clock::{Clock, ManualClock};
+//! use tollgate::clock::{Clock, TokioClock};
+//! use tollgate::{MemoryStore, Quota, RateLimiter};
 //!
-//! let clock = ManualClock::new();
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let clock = TokioClock::new();
 //! let before = clock.now();
-//! clock.advance(Duration::from_millis(250));
+//! tokio::time::advance(Duration::from_millis(250)).await;
 //! assert_eq!(clock.now() - before, 250_000_000);
+//!
+//! // A limiter whose refills follow paused time.
+//! let store = MemoryStore::builder().clock(TokioClock::new()).build();
+//! let limiter = RateLimiter::new(Quota::per_second(1).unwrap()).store(store);
+//! assert!(limiter.check().is_ok() && limiter.check().is_err());
+//! tokio::time::advance(Duration::from_secs(1)).await;
+//! assert!(limiter.check().is_ok());
+//! # }
 //! ```
+//!
+//! # Across cores
+//!
+//! governor's users saw its TSC clock go backwards between cores (governor issue 299). quanta
+//! reads the TSC only where the processor has an *invariant* TSC and `rdtscp` (synchronised
+//! across cores, constant rate through power states; checked with `cpuid` once), and reads the
+//! OS's monotonic clock otherwise. Where it does read the TSC, what skew remains between cores
+//! is small (nanoseconds to a microsecond), and it moves a decision by no more than itself: a
+//! reading behind the others sees that much more debt (`TAT − now`) and is stricter by it, a
+//! reading ahead sees that much less and may admit that much early. The OS clock
+//! (`std::time::Instant`) would remove even that, at a measured cost: 26.3 ns a read against
+//! 10.1 ns here (`cargo bench --bench rate_limit -- "clock read"`, BENCHMARKS.md), which would
+//! more than double an unkeyed decision.
 
-use std::fmt;
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(test)]
 use std::sync::Arc;
+#[cfg(test)]
 use std::time::Duration;
 
 /// A monotonic source of time in nanoseconds since an origin of the clock's choosing.
@@ -30,64 +56,59 @@ pub trait Clock: Clone + Send + Sync + 'static {
     fn now(&self) -> u64;
 }
 
-/// The default clock: the time-stamp counter read through [`quanta`], calibrated once per
-/// process.
-///
-/// It follows real time, not tokio's paused clock: tests that pause time should give the store
-/// a [`TokioClock`].
-///
-/// # Across cores
-///
-/// governor's users saw its TSC clock go backwards between cores (governor issue 299). quanta
-/// reads the TSC only where the processor has an *invariant* TSC and `rdtscp` (synchronised
-/// across cores, constant rate through power states; checked with `cpuid` once), and reads the
-/// OS's monotonic clock otherwise. Where it does read the TSC, what skew remains between cores
-/// is small (nanoseconds to a microsecond), and it moves a decision by no more than itself: a
-/// reading behind the others sees that much more debt (`TAT − now`) and is stricter by it, a
-/// reading ahead sees that much less and may admit that much early. The OS clock
-/// (`std::time::Instant`) would remove even that, at a measured cost: 26.3 ns a read against
-/// 10.1 ns here (`cargo
-/// bench --bench rate_limit -- "clock read"`, BENCHMARKS.md), which would more than double an
-/// unkeyed decision. A store can be given any other [`Clock`].
-#[derive(Clone)]
-pub struct MonotonicClock {
-    clock: quanta::Clock,
-    origin: u64,
-}
+pub(crate) use self::default::MonotonicClock;
 
-impl MonotonicClock {
-    /// A clock whose origin is now.
-    pub fn new() -> Self {
-        let clock = quanta::Clock::new();
-        let origin = clock.raw();
-        Self { clock, origin }
+/// The default clock, named by the stores' default type parameters but by no user: public in a
+/// private module.
+mod default {
+    use std::fmt;
+    use std::time::Duration;
+
+    use super::Clock;
+
+    /// The default clock: the time-stamp counter read through `quanta`, calibrated once per
+    /// process (see the [module docs](self#across-cores)). It follows real time, not tokio's
+    /// paused clock.
+    #[derive(Clone)]
+    pub struct MonotonicClock {
+        clock: quanta::Clock,
+        origin: u64,
     }
-}
 
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        Self::new()
+    impl MonotonicClock {
+        /// A clock whose origin is now.
+        pub(crate) fn new() -> Self {
+            let clock = quanta::Clock::new();
+            let origin = clock.raw();
+            Self { clock, origin }
+        }
     }
-}
 
-impl Clock for MonotonicClock {
-    #[inline]
-    fn now(&self) -> u64 {
-        self.clock.delta_as_nanos(self.origin, self.clock.raw())
+    impl Default for MonotonicClock {
+        fn default() -> Self {
+            Self::new()
+        }
     }
-}
 
-impl fmt::Debug for MonotonicClock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MonotonicClock")
-            .field("now", &Duration::from_nanos(self.now()))
-            .finish()
+    impl Clock for MonotonicClock {
+        #[inline]
+        fn now(&self) -> u64 {
+            self.clock.delta_as_nanos(self.origin, self.clock.raw())
+        }
+    }
+
+    impl fmt::Debug for MonotonicClock {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("MonotonicClock")
+                .field("now", &Duration::from_nanos(self.now()))
+                .finish()
+        }
     }
 }
 
 /// tokio's clock: paused, advanced and auto-advanced by `tokio::time::pause` and `advance`.
 ///
-/// Reading it costs more than [`MonotonicClock`] (tokio looks up the runtime's clock when its
+/// Reading it costs more than the default clock (tokio looks up the runtime's clock when its
 /// `test-util` feature is on), so it is meant for tests.
 #[derive(Clone, Debug)]
 pub struct TokioClock {
@@ -117,11 +138,13 @@ impl Clock for TokioClock {
 }
 
 /// A clock that moves only when told to. Clones share the time.
+#[cfg(test)]
 #[derive(Clone, Debug, Default)]
-pub struct ManualClock {
+pub(crate) struct ManualClock {
     nanos: Arc<AtomicU64>,
 }
 
+#[cfg(test)]
 impl ManualClock {
     /// A clock at its origin.
     pub fn new() -> Self {
@@ -129,7 +152,7 @@ impl ManualClock {
     }
 
     /// Moves the clock forward by `by` (saturating).
-    pub fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         let _ = self
             .nanos
@@ -139,6 +162,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> u64 {
         self.nanos.load(Ordering::Acquire)

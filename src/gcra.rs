@@ -2,19 +2,17 @@
 //! theoretical arrival time (TAT), the current time and a request's cost. No I/O, no clock,
 //! no storage: the memory store and the Redis script both follow these rules.
 //!
-//! ```
-//! use tollgate::gcra::Gcra;
-//! use tollgate::Quota;
-//!
-//! let g = Gcra::new(&Quota::per_second(2).unwrap()); // one per 500 ms, burst 2
-//! let now = 10_000_000_000; // nanoseconds on some monotonic clock
-//! let first = g.step(0, now, 1, 0); // 0: no state yet, a full bucket
-//! assert!(first.allowed);
+//! ```text
+//! let g = Gcra::new(&Quota::per_second(2)?); // one per 500 ms, burst 2
+//! let now = 10_000_000_000;                   // nanoseconds on some monotonic clock
+//! let first = g.step(0, now, 1, 0);           // 0: no state yet, a full bucket
 //! let second = g.step(first.tat, now, 1, 0);
-//! let third = g.step(second.tat, now, 1, 0);
-//! assert!(second.allowed && !third.allowed);
-//! assert_eq!(third.wait, 500_000_000); // the next token comes in 500 ms
+//! let third = g.step(second.tat, now, 1, 0);  // denied: third.wait == 500 ms
 //! ```
+//!
+//! (The module is the crate's own: stores outside it decide with
+//! [`Ask::apply`](crate::store::Ask::apply). This example runs as the unit test
+//! `the_module_example`.)
 //!
 //! # The model
 //!
@@ -191,6 +189,18 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_module_example() {
+        let g = Gcra::new(&Quota::per_second(2).unwrap());
+        let now = 10_000_000_000;
+        let first = g.step(0, now, 1, 0);
+        assert!(first.allowed);
+        let second = g.step(first.tat, now, 1, 0);
+        let third = g.step(second.tat, now, 1, 0);
+        assert!(second.allowed && !third.allowed);
+        assert_eq!(third.wait, 500_000_000);
+    }
     use proptest::prelude::*;
 
     const SEC: u64 = 1_000_000_000;

@@ -5,7 +5,7 @@
 pub mod admin;
 pub mod clock;
 pub mod concurrency;
-pub mod gcra;
+mod gcra;
 pub mod headers;
 pub mod key;
 pub mod learn;

@@ -39,7 +39,7 @@ use std::time::Duration;
 const MAX_WINDOW_NANOS: u64 = 1 << 62;
 
 /// The most quotas one [`Quotas`] set may hold.
-pub const MAX_QUOTAS: usize = 8;
+pub(crate) const MAX_QUOTAS: usize = 8;
 
 /// A rate limit: a steady rate and a burst, with a name for the rate-limit headers.
 ///
@@ -227,7 +227,7 @@ impl fmt::Display for Quota {
 /// The quotas that apply to one key together: a request passes only when every one of them
 /// allows it, and a denial by one consumes nothing from the others.
 ///
-/// Cheap to clone (one `Arc`). Holds 1 to [`MAX_QUOTAS`] quotas with distinct names.
+/// Cheap to clone (one `Arc`). Holds 1 to 8 quotas with distinct names.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Quotas {
     /// The only quota's numbers when the set holds one, kept inline so that the hot path of
@@ -268,7 +268,7 @@ struct QuotasInner {
 
 /// The most earlier quotas a set carries states over from: the last few changes of a live
 /// limit, or the other tiers of a [`Tiers`](crate::rate_limit::Tiers).
-pub const MAX_CARRIED: usize = 8;
+pub(crate) const MAX_CARRIED: usize = 8;
 
 /// A quota a set replaced: a key with no state under the set's quota `index` takes its state
 /// from `quota`'s, rescaled.
@@ -295,7 +295,7 @@ impl Quotas {
     ///
     /// # Errors
     ///
-    /// [`QuotaError::Empty`], [`QuotaError::TooMany`] past [`MAX_QUOTAS`], or
+    /// [`QuotaError::Empty`], [`QuotaError::TooMany`] past 8, or
     /// [`QuotaError::DuplicateName`] when two quotas share a name (give each its own with
     /// [`Quota::named`]).
     pub fn new(quotas: impl IntoIterator<Item = Quota>) -> Result<Self, QuotaError> {
@@ -334,7 +334,7 @@ impl Quotas {
     ///
     /// The state moves on a key's first request under the new set; states under `previous`
     /// are left to expire. What `previous` itself carried over from comes along, up to
-    /// [`MAX_CARRIED`] earlier quotas in all, the most recent first: a key that makes no
+    /// 8 earlier quotas in all, the most recent first: a key that makes no
     /// request through more than that many changes of its quota starts afresh. Quotas are
     /// matched by name: give a quota a new name to start it afresh.
     ///
@@ -498,7 +498,8 @@ pub enum QuotaError {
     InvalidName(String),
     /// A set of quotas must hold at least one.
     Empty,
-    /// A set holds at most [`MAX_QUOTAS`] quotas; this many were given.
+    /// A set holds at most 8 quotas (and a request across keys 8 in all); this many were
+    /// given.
     TooMany(usize),
     /// Two quotas of one set share this name.
     DuplicateName(String),

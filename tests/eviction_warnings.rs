@@ -7,18 +7,17 @@ mod common;
 
 use std::time::Duration;
 
-use tollgate::clock::ManualClock;
+use tollgate::clock::TokioClock;
 use tollgate::{MemoryStore, Quota, Quotas};
 
-#[test]
-fn evictions_warn_at_most_once_a_minute() {
+#[tokio::test(start_paused = true)]
+async fn evictions_warn_at_most_once_a_minute() {
     let (logs, _guard) = common::logs::capture(tracing::Level::INFO);
     let warnings = || logs.text().matches("memory store at its cap").count();
 
-    let clock = ManualClock::new();
-    clock.advance(Duration::from_secs(1000));
+    tokio::time::advance(Duration::from_secs(1000)).await;
     let store = MemoryStore::builder()
-        .clock(clock.clone())
+        .clock(TokioClock::new())
         .max_keys(100)
         .shards(1)
         .build();
@@ -33,10 +32,10 @@ fn evictions_warn_at_most_once_a_minute() {
     flood(10_000);
     assert!(store.evicted() > 9_000);
     assert_eq!(warnings(), 1, "one WARN for a minute of evictions");
-    clock.advance(Duration::from_secs(59));
+    tokio::time::advance(Duration::from_secs(59)).await;
     flood(1_000);
     assert_eq!(warnings(), 1);
-    clock.advance(Duration::from_secs(2));
+    tokio::time::advance(Duration::from_secs(2)).await;
     flood(1_000);
     assert_eq!(warnings(), 2, "and one more a minute later");
 }

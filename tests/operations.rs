@@ -186,12 +186,12 @@ async fn services_made_by_one_layer_share_its_reports() {
 
 #[tokio::test(start_paused = true)]
 async fn exempt_requests_and_keys_pass_without_a_store_call() {
-    use tollgate::key::{exempt_keys, exempt_requests};
+    use tollgate::key::Exempt;
     let store = paused_store();
-    let key = exempt_keys(Header::new("x-api-key"), |key: &http::HeaderValue| {
+    let key = Exempt::keys(Header::new("x-api-key"), |key: &http::HeaderValue| {
         key == "internal"
     });
-    let key = exempt_requests(key, |request: &http::Request<axum::body::Body>| {
+    let key = Exempt::requests(key, |request: &http::Request<axum::body::Body>| {
         request.uri().path() == "/healthz"
     });
     let app = Router::new()

@@ -870,7 +870,7 @@ async fn scoped_decisions_are_one_atomic_call_on_one_redis() {
 #[tokio::test]
 async fn exemptions_and_blocks_spare_redis() {
     let redis = redis_or_skip!();
-    let key = tollgate::key::exempt_keys(Header::new("x-api-key"), |key: &http::HeaderValue| {
+    let key = tollgate::key::Exempt::keys(Header::new("x-api-key"), |key: &http::HeaderValue| {
         key == "internal"
     });
     let app = Router::new().route("/", get(|| async { "ok" })).layer(

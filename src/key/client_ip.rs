@@ -54,8 +54,8 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// Every hop is normalised before the trust check: IPv4-mapped IPv6 addresses become IPv4,
 /// IPv6 zone ids (`fe80::1%eth0`) are dropped, ports (`192.0.2.1:8080`, `[2001:db8::1]:443`)
 /// must be 0 to 65535. A chain from a trusted proxy whose deciding entry is not an address
-/// (`unknown`, an obfuscated `_name`, garbage), that lists more than [`MAX_HOPS`] hops, or an
-/// `X-Real-IP` with more than one address, is [invalid](super::KeyErrorKind::Invalid): the
+/// (`unknown`, an obfuscated `_name`, garbage), that lists more than 32 hops, or an
+/// `X-Real-IP` with more than one address, is invalid: the
 /// layer answers 400 with the reason in its `tracing` event, never guessing around it. A
 /// trusted proxy that sends no forwarding header is itself the client (health checks, say).
 ///
@@ -109,7 +109,7 @@ pub enum Forwarding {
 }
 
 /// The longest forwarding chain read; a longer one is refused rather than walked.
-pub const MAX_HOPS: usize = 32;
+pub(crate) const MAX_HOPS: usize = 32;
 
 impl ClientIp {
     /// Trusts proxies in the given networks, written as CIDRs (`10.0.0.0/8`, `fd00::/8`) or
@@ -117,7 +117,7 @@ impl ClientIp {
     ///
     /// # Errors
     ///
-    /// [`InvalidProxy`] naming the first entry that is neither.
+    /// [`InvalidProxy::Network`] naming the first entry that is neither.
     pub fn trusting<S: AsRef<str>>(
         proxies: impl IntoIterator<Item = S>,
     ) -> Result<Self, InvalidProxy> {
@@ -127,7 +127,7 @@ impl ClientIp {
                 let entry = entry.as_ref().trim();
                 IpNet::from_str(entry)
                     .or_else(|_| IpAddr::from_str(entry).map(IpNet::from))
-                    .map_err(|_| InvalidProxy(entry.to_owned()))
+                    .map_err(|_| InvalidProxy::Network(entry.to_owned()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self::new(trusted))
@@ -151,10 +151,13 @@ impl ClientIp {
         self
     }
 
-    /// Groups IPv6 clients by another prefix (default /64).
+    /// Groups IPv6 clients by the first `bits` bits of their address (default 64: one client
+    /// per /64, which a host is routinely given whole and could rotate through). At most 64:
+    /// a longer prefix is taken as 64, so that no client escapes its limit by rotating within
+    /// its /64.
     #[must_use]
-    pub fn ipv6_prefix(mut self, prefix: IpPrefix) -> Self {
-        self.prefix = prefix;
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.prefix = IpPrefix::v6(bits.min(64)).unwrap_or_default();
         self
     }
 
@@ -365,14 +368,14 @@ impl Unforwarded {
 }
 
 impl FromStr for Forwarding {
-    type Err = UnknownForwarding;
+    type Err = InvalidProxy;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         let name = name.trim();
         [Self::XForwardedFor, Self::Forwarded, Self::XRealIp]
             .into_iter()
             .find(|header| header.header_name().as_str().eq_ignore_ascii_case(name))
-            .ok_or_else(|| UnknownForwarding(name.to_owned()))
+            .ok_or_else(|| InvalidProxy::Header(name.to_owned()))
     }
 }
 
@@ -577,37 +580,32 @@ fn canonical_net(net: IpNet) -> IpNet {
     }
 }
 
-/// A trusted-proxy entry that is neither a CIDR nor an address.
+/// A proxy setting that is not valid, naming the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidProxy(pub String);
+#[non_exhaustive]
+pub enum InvalidProxy {
+    /// A trusted-proxy entry that is neither a CIDR nor an IP address.
+    Network(String),
+    /// A forwarding header name that is none of `x-forwarded-for`, `forwarded`, `x-real-ip`.
+    Header(String),
+}
 
 impl fmt::Display for InvalidProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "trusted proxy {:?} is neither a CIDR (10.0.0.0/8) nor an IP address",
-            self.0
-        )
+        match self {
+            Self::Network(entry) => write!(
+                f,
+                "trusted proxy {entry:?} is neither a CIDR (10.0.0.0/8) nor an IP address"
+            ),
+            Self::Header(name) => write!(
+                f,
+                "forwarding header {name:?} is none of x-forwarded-for, forwarded, x-real-ip"
+            ),
+        }
     }
 }
 
 impl std::error::Error for InvalidProxy {}
-
-/// A forwarding header name that is none of `x-forwarded-for`, `forwarded`, `x-real-ip`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownForwarding(pub String);
-
-impl fmt::Display for UnknownForwarding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "forwarding header {:?} is none of x-forwarded-for, forwarded, x-real-ip",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnknownForwarding {}
 
 #[cfg(test)]
 mod tests {
@@ -698,7 +696,7 @@ mod tests {
         assert_eq!("x-real-ip".parse(), Ok(Forwarding::XRealIp));
         assert_eq!(
             "x-client-ip".parse::<Forwarding>(),
-            Err(UnknownForwarding("x-client-ip".into()))
+            Err(InvalidProxy::Header("x-client-ip".into()))
         );
         assert_eq!(Forwarding::XRealIp.to_string(), "x-real-ip");
     }
@@ -939,7 +937,7 @@ mod tests {
     fn bad_proxy_lists_are_errors() {
         assert_eq!(
             ClientIp::trusting(["10.0.0.0/8", "not-a-net"]).unwrap_err(),
-            InvalidProxy("not-a-net".into())
+            InvalidProxy::Network("not-a-net".into())
         );
         assert!(ClientIp::trusting(["10.0.0.0/33"]).is_err());
         assert!(ClientIp::trusting::<&str>([]).unwrap().trusted().is_empty());

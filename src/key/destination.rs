@@ -7,7 +7,7 @@ use super::{KeyError, KeyExtractor};
 ///
 /// Case-insensitive, as hosts are. A request with a relative URI falls back to its `Host`
 /// header (as a server sees requests); with neither, the key is
-/// [missing](super::KeyErrorKind::Missing).
+/// missing (a [`KeyError`](super::KeyError)).
 ///
 /// ```
 /// use http::Request;

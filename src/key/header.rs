@@ -5,7 +5,7 @@ use super::{KeyError, KeyExtractor};
 
 /// A request header's value: an API key, a token, a tenant id.
 ///
-/// A request without the header has a [missing](super::KeyErrorKind::Missing) key (400 from
+/// A request without the header has a missing key (400 from
 /// the layer), unless [`or`](Self::or) names a value that such requests share: then all of
 /// them are counted together, as one anonymous client.
 ///

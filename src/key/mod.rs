@@ -45,22 +45,24 @@ use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
 
-pub use client_ip::{ClientIp, Forwarding, InvalidProxy, UnknownForwarding, MAX_HOPS};
+pub use client_ip::{ClientIp, Forwarding, InvalidProxy};
 pub use destination::Destination;
-pub use exempt::{exempt_keys, exempt_requests, ExemptKeys, ExemptRequests};
+pub use exempt::Exempt;
 pub use header::Header;
 pub(crate) use logged::partition_hash;
 pub use logged::{LogKeys, LoggedKey};
 pub(crate) use peer::peer_addr;
-pub use peer::{IpPrefix, PeerIp};
+pub(crate) use peer::IpPrefix;
+pub use peer::PeerIp;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{KeyWriter, RedisKey};
-pub use scopes::{ScopeKey, ScopedKeys, Scopes};
+pub(crate) use scopes::ScopedKeys;
+pub use scopes::{ScopeKey, Scopes};
 
 /// Turns a request into the key it is counted under.
 ///
-/// Implemented by closures `Fn(&Req) -> Option<K>` (`None` is a [missing](KeyErrorKind::Missing)
+/// Implemented by closures `Fn(&Req) -> Option<K>` (`None` is a missing
 /// key) and by the extractors of this module.
 pub trait KeyExtractor<Req>: Send + Sync + 'static {
     /// The key: hashed by the memory store, shown (with `Debug`) in hooks and logs.
@@ -117,8 +119,7 @@ pub struct KeyError {
 
 /// Whose mistake a [`KeyError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum KeyErrorKind {
+pub(crate) enum KeyErrorKind {
     /// The request lacks what its key is made of (a header, say): the client's mistake.
     Missing,
     /// The request carries it, malformed (a forwarded chain that is not addresses): the
@@ -128,7 +129,7 @@ pub enum KeyErrorKind {
     /// `into_make_service_with_connect_info` is missing): the server's mistake.
     Unavailable,
     /// Not a mistake: the request or its key is exempt from the limit
-    /// ([`exempt_requests`], [`exempt_keys`]).
+    /// ([`Exempt`]).
     /// The layer lets it through without a store call, whatever its
     /// [`MissingKey`](crate::rate_limit::MissingKey) policy.
     Exempt,
@@ -173,7 +174,8 @@ impl KeyError {
     }
 
     /// Whose mistake it is.
-    pub fn kind(&self) -> KeyErrorKind {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> KeyErrorKind {
         self.kind
     }
 

@@ -11,10 +11,10 @@ use super::{KeyError, KeyExtractor};
 /// `into_make_service_with_connect_info::<SocketAddr>()`), tonic's `TcpConnectInfo` (with the
 /// `tonic` feature; tonic's server records it by itself), or a plain `SocketAddr` (insert it
 /// in a hyper `service_fn`, as the tests do). IPv4-mapped IPv6 addresses count as IPv4, and
-/// IPv6 addresses are grouped by their [`IpPrefix`] (a /64 by default), since one subscriber
+/// IPv6 addresses are grouped by a prefix ([`ipv6_prefix`](PeerIp::ipv6_prefix), a /64 by default), since one subscriber
 /// is given at least a /64 and could otherwise rotate through 2⁶⁴ addresses.
 ///
-/// Without an address the key is [unavailable](super::KeyErrorKind::Unavailable): a server
+/// Without an address the key is unavailable: a server
 /// setup mistake, answered with 500 by the layer.
 ///
 /// Behind a proxy every request has the proxy's address: use [`ClientIp`](super::ClientIp).
@@ -29,10 +29,13 @@ impl PeerIp {
         Self::default()
     }
 
-    /// Groups IPv6 peers by another prefix.
+    /// Groups IPv6 peers by the first `bits` bits of their address (default 64: one client
+    /// per /64, which a host is routinely given whole and could rotate through). At most 64:
+    /// a longer prefix is taken as 64, so that no client escapes its limit by rotating within
+    /// its /64.
     #[must_use]
-    pub fn ipv6_prefix(mut self, prefix: IpPrefix) -> Self {
-        self.prefix = prefix;
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.prefix = IpPrefix::v6(bits.min(64)).unwrap_or_default();
         self
     }
 }
@@ -96,14 +99,14 @@ pub(crate) fn no_peer_address() -> KeyError {
 /// Longer prefixes are refused: a host is routinely given a whole /64, and could rotate
 /// through it to escape a per-address limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpPrefix(u8);
+pub(crate) struct IpPrefix(u8);
 
 impl IpPrefix {
     /// The default: one client per /64.
-    pub const SUBNET_64: IpPrefix = IpPrefix(64);
+    pub(crate) const SUBNET_64: IpPrefix = IpPrefix(64);
 
     /// A prefix of `bits` bits, if `bits` is at most 64.
-    pub const fn v6(bits: u8) -> Option<Self> {
+    pub(crate) const fn v6(bits: u8) -> Option<Self> {
         if bits <= 64 {
             Some(Self(bits))
         } else {
@@ -114,7 +117,7 @@ impl IpPrefix {
     /// Maps an address to its client key: IPv4 (also when mapped into IPv6) as it is, IPv6
     /// truncated to the prefix.
     #[inline]
-    pub fn group(self, ip: IpAddr) -> IpAddr {
+    pub(crate) fn group(self, ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V4(_) => ip,
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -200,7 +203,7 @@ mod tests {
         assert_eq!(a.to_string(), "2001:db8:1:2::");
         let mapped = peer.extract(&request_from("[::ffff:192.0.2.1]:1")).unwrap();
         assert_eq!(mapped.to_string(), "192.0.2.1");
-        let wide = PeerIp::new().ipv6_prefix(IpPrefix::v6(48).unwrap());
+        let wide = PeerIp::new().ipv6_prefix(48);
         assert_eq!(
             wide.extract(&request_from("[2001:db8:1:3::1]:1"))
                 .unwrap()

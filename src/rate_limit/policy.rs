@@ -172,7 +172,7 @@ where
 /// forgive the keys that spent theirs and lowering one does not reset them. Quotas are
 /// matched by name. A request already deciding when the change lands is decided under the
 /// quotas it read; what it is charged later moves over on its key's next decision. A key idle
-/// through more than [`MAX_CARRIED`](crate::quota::MAX_CARRIED) changes starts afresh.
+/// through more than 8 changes starts afresh.
 ///
 /// ```
 /// use axum::{routing::get, Router};

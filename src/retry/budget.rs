@@ -13,7 +13,7 @@ use crate::clock::{Clock, MonotonicClock};
 /// retries stay near `ratio` of the traffic instead of multiplying it by the attempt count,
 /// the storm that turns an outage into a longer one. Clones share the budget.
 ///
-/// Time comes from the crate's [`MonotonicClock`] unless [`with_clock`](Self::with_clock) says
+/// Time comes from the crate's default clock unless [`with_clock`](Self::with_clock) says
 /// otherwise (a [`TokioClock`](crate::clock::TokioClock) in tests with paused time).
 /// Concurrent withdrawals may overdraw by at most one retry each.
 ///

@@ -1,6 +1,6 @@
 //! Where the state of each key lives, and the [`Decision`] a store gives for an [`Ask`].
 //!
-//! A store applies the [GCRA](crate::gcra) to one theoretical arrival time (TAT) per key and
+//! A store applies the GCRA (the generic cell rate algorithm) to one theoretical arrival time (TAT) per key and
 //! quota. [`MemoryStore`] is the embedded default: keyed, lock-free per key, bounded.
 //! `RedisStore` (the `redis` feature) shares the states of a fleet. Every store implements
 //! the [`Store`] trait: a decision, which may be ready at once (the memory store's always is)

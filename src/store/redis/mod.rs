@@ -88,7 +88,7 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// # How a decision is made
 ///
 /// One round trip: a Lua script, loaded once and then called by its SHA1 (and loaded again
-/// when Redis answers `NOSCRIPT`), runs the same GCRA as the memory store ([`crate::gcra`]) on
+/// when Redis answers `NOSCRIPT`), runs the same GCRA as the memory store on
 /// every quota of the key at once. It reads the time from Redis `TIME`, so that the instances'
 /// clocks never disagree; keeps one value per key and quota, the TAT in integer microseconds,
 /// expiring when the bucket is full again; charges all the quotas or none; and writes nothing
