@@ -11,8 +11,8 @@ use tower_service::Service;
 use super::attempts::RequestSource;
 use super::budget::RetryBudget;
 use super::classify::{Classification, Classify, Outcome};
+use super::config::Config;
 use super::events::{emit, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent};
-use super::layer::Config;
 use crate::BoxError;
 
 pin_project! {

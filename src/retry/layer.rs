@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::backoff::{Backoff, Jitter, RandomJitter};
-use super::body::DEFAULT_BODY_CAP;
+use super::backoff::{Backoff, Jitter};
 use super::budget::{PerDestination, RetryBudget};
 use super::classify::{GrpcClassifier, HttpClassifier};
-use super::events::{Hook, RetryEvent};
+use super::config::{Budgets, Config};
+use super::events::RetryEvent;
 use super::service::Retry;
 use crate::metrics::RetryMetrics;
 
@@ -35,86 +35,10 @@ pub struct Replaying {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cloning;
 
-/// The default maximum wait a server may ask for: 30 s.
-pub const DEFAULT_MAX_PUSHBACK: Duration = Duration::from_secs(30);
-
-pub(crate) struct Config<C> {
-    pub(crate) classifier: C,
-    pub(crate) backoff: Backoff,
-    pub(crate) jitter: Arc<dyn Jitter>,
-    pub(crate) budget: Budgets,
-    pub(crate) deadline: Option<Duration>,
-    pub(crate) max_pushback: Duration,
-    pub(crate) body_cap: usize,
-    pub(crate) hook: Option<Hook>,
-    pub(crate) name: Arc<str>,
-    /// Registered when the layer makes a service.
-    pub(crate) metrics: Option<RetryMetrics>,
-}
-
-#[derive(Clone)]
-pub(crate) enum Budgets {
-    Off,
-    Shared(RetryBudget),
-    PerDestination(PerDestination),
-}
-
-impl Budgets {
-    /// Records a request; returns the budget of its destination when budgets are per
-    /// destination (the shared one is reached through the configuration, without a clone).
-    #[inline]
-    pub(crate) fn deposit(
-        &self,
-        destination: Option<&http::uri::Authority>,
-    ) -> Option<RetryBudget> {
-        match self {
-            Self::Off => None,
-            Self::Shared(budget) => {
-                budget.deposit();
-                None
-            }
-            Self::PerDestination(budgets) => {
-                let budget = budgets.get(destination);
-                budget.deposit();
-                Some(budget)
-            }
-        }
-    }
-
-    /// The budget to withdraw from: the destination's, or the shared one.
-    pub(crate) fn for_retry<'a>(
-        &'a self,
-        destination: Option<&'a RetryBudget>,
-    ) -> Option<&'a RetryBudget> {
-        match self {
-            Self::Off => None,
-            Self::Shared(budget) => Some(budget),
-            Self::PerDestination(_) => destination,
-        }
-    }
-}
-
-impl<C: Clone> Clone for Config<C> {
-    fn clone(&self) -> Self {
-        Self {
-            classifier: self.classifier.clone(),
-            backoff: self.backoff,
-            jitter: Arc::clone(&self.jitter),
-            budget: self.budget.clone(),
-            deadline: self.deadline,
-            max_pushback: self.max_pushback,
-            body_cap: self.body_cap,
-            hook: self.hook.clone(),
-            name: Arc::clone(&self.name),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
 impl RetryLayer {
     /// Retries for HTTP clients, with the defaults: [`HttpClassifier`],
     /// [`Backoff::standard`] (3 attempts), a shared [`RetryBudget::default`] (20% plus 10 per
-    /// second), no deadline, server delays up to [`DEFAULT_MAX_PUSHBACK`], bodies kept up to
+    /// second), no deadline, server delays up to [`DEFAULT_MAX_PUSHBACK`](super::DEFAULT_MAX_PUSHBACK), bodies kept up to
     /// 64 KiB.
     pub fn new() -> Self {
         Self::with(HttpClassifier, Replaying::default())
@@ -150,38 +74,15 @@ impl<C> RetryLayer<C, Cloning> {
 impl<C, M> RetryLayer<C, M> {
     fn with(classifier: C, mode: M) -> Self {
         Self {
-            config: Config {
-                classifier,
-                backoff: Backoff::standard(),
-                jitter: Arc::new(RandomJitter::new()),
-                budget: Budgets::Shared(RetryBudget::default()),
-                deadline: None,
-                max_pushback: DEFAULT_MAX_PUSHBACK,
-                body_cap: DEFAULT_BODY_CAP,
-                hook: None,
-                name: Arc::from("retry"),
-                metrics: None,
-            },
+            config: Config::new(classifier),
             mode,
         }
     }
 
     /// Decides what is retried: a [`Classify`](super::Classify) implementation or a closure.
     pub fn classify<C2>(self, classifier: C2) -> RetryLayer<C2, M> {
-        let config = self.config;
         RetryLayer {
-            config: Config {
-                classifier,
-                backoff: config.backoff,
-                jitter: config.jitter,
-                budget: config.budget,
-                deadline: config.deadline,
-                max_pushback: config.max_pushback,
-                body_cap: config.body_cap,
-                hook: config.hook,
-                name: config.name,
-                metrics: config.metrics,
-            },
+            config: self.config.with_classifier(classifier),
             mode: self.mode,
         }
     }
@@ -236,7 +137,7 @@ impl<C, M> RetryLayer<C, M> {
     }
 
     /// The longest wait a server may ask for; past it, the response is returned at once, not
-    /// waited for nor retried. Default [`DEFAULT_MAX_PUSHBACK`].
+    /// waited for nor retried. Default [`DEFAULT_MAX_PUSHBACK`](super::DEFAULT_MAX_PUSHBACK).
     pub fn max_pushback(mut self, max: Duration) -> Self {
         self.config.max_pushback = max;
         self

@@ -69,6 +69,7 @@ mod backoff;
 mod body;
 mod budget;
 mod classify;
+mod config;
 mod events;
 mod future;
 mod layer;
@@ -81,9 +82,10 @@ pub use budget::RetryBudget;
 pub use classify::{
     classify_error, pushback, Classification, Classify, GrpcClassifier, HttpClassifier, Outcome,
 };
+pub use config::DEFAULT_MAX_PUSHBACK;
 pub use events::{
     Attempts, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent, Retryable,
 };
 pub use future::ResponseFuture;
-pub use layer::{Cloning, Replaying, RetryLayer, DEFAULT_MAX_PUSHBACK};
+pub use layer::{Cloning, Replaying, RetryLayer};
 pub use service::Retry;

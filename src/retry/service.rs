@@ -9,9 +9,10 @@ use tower_service::Service;
 use super::attempts::{ClonedRequest, ReplayedRequest, RequestSource};
 use super::body::ReplayBody;
 use super::classify::Classify;
+use super::config::Config;
 use super::events::Attempts as AttemptCount;
 use super::future::ResponseFuture;
-use super::layer::{Cloning, Config, Replaying};
+use super::layer::{Cloning, Replaying};
 use crate::BoxError;
 
 /// The service made by [`RetryLayer`](super::RetryLayer).
