@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backoff::{Backoff, Jitter, RandomJitter};
-use super::body::DEFAULT_BODY_CAP;
 use super::budget::{PerDestination, RetryBudget};
 use super::events::Hook;
 use crate::metrics::RetryMetrics;
 
-/// The default maximum wait a server may ask for: 30 s.
-pub const DEFAULT_MAX_PUSHBACK: Duration = Duration::from_secs(30);
+/// The longest wait a server may ask for, unless the layer is told otherwise: 30 s.
+pub(crate) const DEFAULT_MAX_PUSHBACK: Duration = Duration::from_secs(30);
+
+/// How much of a request body is kept to replay it, unless the layer is told otherwise: 64 KiB.
+pub(crate) const DEFAULT_BODY_CAP: usize = 64 * 1024;
 
 pub(crate) struct Config<C> {
     pub(crate) classifier: C,

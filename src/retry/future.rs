@@ -16,7 +16,8 @@ use super::events::{emit, DeadlineExceeded, GiveUp, RetryAction, RetryError, Ret
 use crate::BoxError;
 
 pin_project! {
-    /// The response future of [`Retry`](super::Retry): one attempt after another, each
+    /// The response future of [`Retry`](super::Retry) (never named by users: `pub` in a
+    /// private module, not re-exported): one attempt after another, each
     /// after the inner service is ready, with the waits in between, until an outcome is final
     /// or the layer gives up.
     pub struct ResponseFuture<S, P, C>

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::backoff::{Backoff, Jitter};
+use super::attempts::{Cloning, Replaying};
+use super::backoff::Backoff;
 use super::budget::{PerDestination, RetryBudget};
 use super::classify::{GrpcClassifier, HttpClassifier};
 use super::config::{Budgets, Config};
@@ -15,6 +16,11 @@ use crate::metrics::RetryMetrics;
 /// Retries what is safe to retry, within a budget, a deadline and the server's wishes. See the
 /// [module docs](super) for a tour.
 ///
+/// Made by [`new`](RetryLayer::new) for HTTP clients, [`grpc`](RetryLayer::grpc) for gRPC
+/// clients, and [`cloning`](RetryLayer::cloning) for services of any request type; the second
+/// type parameter, which says how each attempt's request is made, follows from the choice and
+/// is never written out.
+///
 /// # Clone
 ///
 /// Clones, and every service they make, share the retry budget and the hooks.
@@ -24,22 +30,11 @@ pub struct RetryLayer<C = HttpClassifier, M = Replaying> {
     mode: M,
 }
 
-/// Requests are HTTP requests: recorded and replayed, retried only when idempotent (for
-/// [`RetryLayer::new`]), or whatever their method (gRPC calls, for [`RetryLayer::grpc`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Replaying {
-    pub(crate) any_method: bool,
-}
-
-/// Requests of any type, cloned for each attempt (as `tower::retry` does).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cloning;
-
 impl RetryLayer {
     /// Retries for HTTP clients, with the defaults: [`HttpClassifier`],
     /// [`Backoff::standard`] (3 attempts), a shared [`RetryBudget::default`] (20% plus 10 per
-    /// second), no deadline, server delays up to [`DEFAULT_MAX_PUSHBACK`](super::DEFAULT_MAX_PUSHBACK), bodies kept up to
-    /// 64 KiB.
+    /// second), no deadline, server delays up to 30 s ([`max_pushback`](Self::max_pushback)),
+    /// bodies kept up to 64 KiB ([`body_cap`](Self::body_cap)).
     pub fn new() -> Self {
         Self::with(HttpClassifier, Replaying::default())
     }
@@ -93,9 +88,12 @@ impl<C, M> RetryLayer<C, M> {
         self
     }
 
-    /// Where the backoff's randomness comes from: fix it in tests (`|| 0.5`).
-    pub fn jitter(mut self, jitter: impl Jitter) -> Self {
-        self.config.jitter = Arc::new(jitter);
+    /// Where the backoff's randomness comes from: a closure that draws a number in `[0, 1)`
+    /// (values outside are clamped) for each computed wait. By default a fast pseudo-random
+    /// sequence seeded at random per layer; fix it in tests (`.jitter(|| 0.5)`: half of each
+    /// ceiling).
+    pub fn jitter(mut self, draw: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        self.config.jitter = Arc::new(draw);
         self
     }
 
@@ -129,7 +127,8 @@ impl<C, M> RetryLayer<C, M> {
     }
 
     /// A deadline over all attempts and waits: the layer never sleeps past it, and an attempt
-    /// still running at the deadline fails with [`DeadlineExceeded`](super::DeadlineExceeded).
+    /// still running at the deadline fails with [`DeadlineExceeded`](super::DeadlineExceeded)
+    /// (inside a [`RetryError`](super::RetryError) that [gave up](super::GiveUp::Deadline)).
     /// Put a `tower::timeout::TimeoutLayer` inside for a per-attempt limit.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = Some(deadline);
@@ -137,7 +136,7 @@ impl<C, M> RetryLayer<C, M> {
     }
 
     /// The longest wait a server may ask for; past it, the response is returned at once, not
-    /// waited for nor retried. Default [`DEFAULT_MAX_PUSHBACK`](super::DEFAULT_MAX_PUSHBACK).
+    /// waited for nor retried. Default 30 s.
     pub fn max_pushback(mut self, max: Duration) -> Self {
         self.config.max_pushback = max;
         self
