@@ -6,7 +6,7 @@ pub mod admin;
 pub mod clock;
 pub mod concurrency;
 pub mod gcra;
-pub mod headers;
+mod headers;
 pub mod key;
 pub mod learn;
 pub mod limiter;

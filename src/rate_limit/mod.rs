@@ -65,6 +65,8 @@ mod policy;
 mod respond;
 mod service;
 
+pub use crate::headers::ietf::QuotaUnit;
+pub use crate::headers::legacy::Reset;
 pub use crate::limiter::{
     LimitEvent, LimitEventKind, LimiterStats, RateLimited, Refusal, Stats, TOP_KEYS,
 };
