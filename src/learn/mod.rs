@@ -20,7 +20,7 @@
 //!         .unwrap();
 //!     Ok::<_, Infallible>(response)
 //! });
-//! // Refuse locally rather than wait (by default it waits, up to `max_wait`: 60 s).
+//! // Refuse locally rather than wait (by default, `.wait(max)`: wait up to 60 s).
 //! let client = LearnLayer::new().reject().layer(host);
 //! let request = || Request::get("http://api.example/items").body(()).unwrap();
 //!
@@ -64,7 +64,7 @@
 //!
 //! Malformed values are ignored, never guessed at (a negative, fractional, `NaN`, `1e400` or
 //! overflowing count, an unknown duration unit, a resource name that is not a short token),
-//! and no value can make a request wait longer than [`max_wait`](LearnLayer::max_wait):
+//! and no value can make a request wait longer than [`wait`](LearnLayer::wait)'s maximum:
 //! past it, the request is refused locally.
 //!
 //! # Hosts that say nothing
