@@ -291,7 +291,9 @@ async fn the_concurrency_layer_answers_on_a_router_without_handle_error_layer() 
             }),
         )
         .layer(
-            ConcurrencyLayer::new(1, Header::new("x-api-key")).max_wait(Duration::from_millis(100)),
+            ConcurrencyLayer::new(1)
+                .key(Header::new("x-api-key"))
+                .wait(Duration::from_millis(100)),
         );
     let server = TestServer::start(app).await;
     let url = server.url("/slow");

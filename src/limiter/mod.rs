@@ -59,6 +59,6 @@ pub(crate) use admission::{Admission, Admit, Admitted, Settle};
 pub use direct::{Acquire, Keyed, RateLimiter};
 pub(crate) use events::Hook;
 pub use events::{LimitEvent, LimitEventKind};
-pub use refusal::{NoSlot, RateLimited, Refusal};
+pub use refusal::{RateLimited, Refusal};
 pub use stats::{LimiterStats, Stats, TOP_KEYS};
 pub(crate) use watch::{Block, NearLimit, Watch};
