@@ -503,7 +503,7 @@ fn retry_over_learn() -> impl tower::Service<
 > + Clone {
     tower::ServiceBuilder::new()
         .layer(RetryLayer::new()) // max_pushback 30 s
-        .layer(LearnLayer::new()) // max_wait 60 s
+        .layer(LearnLayer::new()) // waits up to 60 s
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>())
 }
 
@@ -563,7 +563,7 @@ async fn a_delay_past_the_retrys_maximum_is_not_waited_by_learn_either() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn every_wait_of_a_request_comes_out_of_one_max_wait() {
+async fn every_wait_of_a_request_comes_out_of_one_maximum_wait() {
     // The host cools down for 1 s (a 429 with Retry-After: 1), then its default quota (one
     // per 2 s) has its next slot 1 s later: 2 s in all, past the 1.5 s allowed. Each wait
     // alone fits; together they must not.
