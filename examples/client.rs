@@ -133,7 +133,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .errors();
     let learn = args
         .learn
-        .then(|| LearnLayer::new().max_wait(Duration::from_secs(60)));
+        .then(|| LearnLayer::new().wait(Duration::from_secs(60)));
     let client = Client::builder(TokioExecutor::new()).build_http();
     let service = ServiceBuilder::new()
         .layer(retry)

@@ -52,7 +52,7 @@ async fn main() -> Result<(), BoxError> {
 
     let client = ServiceBuilder::new()
         .layer(RetryLayer::new())
-        .layer(LearnLayer::new().max_wait(Duration::from_secs(5)))
+        .layer(LearnLayer::new().wait(Duration::from_secs(5)))
         .layer(
             RateLimitLayer::new(Quota::per_second(20)?)
                 .key(Destination)

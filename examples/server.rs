@@ -575,6 +575,11 @@ async fn render(prometheus: PrometheusHandle) -> Response<Body> {
     response
 }
 
+/// Whole seconds, rounded up, as `Retry-After` says them: "retry in 0 s" would be a lie.
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// Refusals with a body that says why, for people trying the server with curl.
 fn explain(refusal: &Refusal) -> Response<Body> {
     let text = match refusal {
@@ -583,7 +588,7 @@ fn explain(refusal: &Refusal) -> Response<Body> {
             limited.quota().name(),
             limited.quota().burst(),
             limited.quota().interval(),
-            tollgate::headers::retry_after::seconds(limited.retry_after()),
+            whole_seconds(limited.retry_after()),
         ),
         other => format!("{other}\n"),
     };

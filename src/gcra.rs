@@ -67,9 +67,10 @@ impl Gcra {
         Self { interval, window }
     }
 
-    /// The interval, in nanoseconds.
+    /// The interval, in nanoseconds (the Redis store's scripts take it).
     #[inline]
-    pub fn interval_nanos(&self) -> u64 {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn interval_nanos(&self) -> u64 {
         self.interval
     }
 

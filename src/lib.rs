@@ -6,7 +6,7 @@ pub mod admin;
 pub mod clock;
 pub mod concurrency;
 mod gcra;
-pub mod headers;
+mod headers;
 pub mod key;
 pub mod learn;
 mod limiter;

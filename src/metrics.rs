@@ -2,15 +2,41 @@
 //! `metrics` feature; without it, these are empty and cost nothing.
 //!
 //! ```
-//! use tollgate::retry::RetryLayer;
-//! use tollgate::{Quota, RateLimitLayer};
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
 //!
-//! // Install the recorder first (`PrometheusBuilder::new().install_recorder()`, say), then
-//! // name the layers: the names are the labels.
-//! let api = RateLimitLayer::new(Quota::per_second(100)?).name("api");
-//! let outbound = RetryLayer::new().name("payments");
-//! # drop((api, outbound));
-//! # Ok::<(), tollgate::QuotaError>(())
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use metrics_exporter_prometheus::PrometheusBuilder;
+//! use tollgate::retry::{ReplayBody, RetryLayer};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // An upstream that fails once with 503, then answers.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let upstream = service_fn(move |_: Request<ReplayBody<Full<Bytes>>>| {
+//!     let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 { 503 } else { 200 };
+//!     async move { Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap()) }
+//! });
+//! // The recorder first (a server installs its exporter once, at start-up:
+//! // `PrometheusBuilder::new().install_recorder()`), then the layers, named: the names are
+//! // the labels, and each layer registers its handles when it makes its service.
+//! let recorder = PrometheusBuilder::new().build_recorder();
+//! let prometheus = recorder.handle();
+//! let client = metrics::with_local_recorder(&recorder, || {
+//!     RetryLayer::new().name("payments").layer(upstream)
+//! });
+//!
+//! let request = Request::get("http://example/").body(Full::default()).unwrap();
+//! assert_eq!(client.oneshot(request).await.unwrap().status(), 200);
+//! let rendered = prometheus.render();
+//! assert!(rendered.contains(
+//!     r#"tollgate_retry_retries_total{layer="payments",reason="transient"} 1"#
+//! ));
+//! # }
 //! ```
 //!
 //! | metric | kind | labels |

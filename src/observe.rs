@@ -11,18 +11,54 @@
 //! A hook can be written once for every layer, through [`Event`]:
 //!
 //! ```
-//! use std::time::Duration;
-//! use tollgate::observe::Event;
-//! use tollgate::retry::RetryLayer;
-//! use tollgate::{Quota, RateLimitLayer};
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::{Arc, Mutex};
 //!
-//! fn log(event: &dyn Event) {
-//!     println!("{}: {}", event.layer(), event.kind());
+//! use http::{Request, Response, StatusCode};
+//! use tollgate::observe::Event;
+//! use tollgate::retry::{ReplayBody, RetryLayer};
+//! use tollgate::{Quota, RateLimitLayer};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! // One log for every layer: each event says its layer's name and what happened.
+//! fn logger(log: &Arc<Mutex<Vec<String>>>) -> impl Fn(&dyn Event) + Send + Sync + 'static {
+//!     let log = Arc::clone(log);
+//!     move |event| log.lock().unwrap().push(format!("{}: {}", event.layer(), event.kind()))
 //! }
-//! let limit = RateLimitLayer::new(Quota::per_second(5)?).name("api").on_event(|e| log(e));
-//! let retry = RetryLayer::new().name("payments").on_event(|e| log(e));
-//! # drop((limit, retry));
-//! # Ok::<(), tollgate::QuotaError>(())
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let log = Arc::new(Mutex::new(Vec::new()));
+//!
+//! // A server limit of one request a minute.
+//! let hook = logger(&log);
+//! let api = RateLimitLayer::new(Quota::per_minute(1)?)
+//!     .name("api")
+//!     .on_event(move |event| hook(event))
+//!     .layer(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
+//! api.clone().oneshot(Request::new(())).await?;
+//! let refused = api.oneshot(Request::new(())).await?;
+//! assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+//!
+//! // A client whose upstream fails once with 503.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let upstream = service_fn(move |_: Request<ReplayBody<String>>| {
+//!     let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 { 503 } else { 200 };
+//!     async move { Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap()) }
+//! });
+//! let hook = logger(&log);
+//! let payments = RetryLayer::new()
+//!     .name("payments")
+//!     .jitter(|| 0.0)
+//!     .on_event(move |event| hook(event))
+//!     .layer(upstream);
+//! let paid = payments.oneshot(Request::get("http://pay.example/").body(String::new())?).await?;
+//! assert_eq!(paid.status(), StatusCode::OK);
+//!
+//! assert_eq!(*log.lock().unwrap(), ["api: denied", "payments: retry"]);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Keys in events are [`LoggedKey`](crate::key::LoggedKey)s: a keyed hash unless a layer is
@@ -37,6 +73,7 @@ pub trait Event: fmt::Debug {
     fn layer(&self) -> &str;
 
     /// What happened, as a short word that does not change between versions: `denied`,
-    /// `waiting`, `retry`, `gave_up`, `refused`, `learned`.
+    /// `waiting`, `near_limit`, `blocked` (rate limits); `retry`, `gave_up` (retries);
+    /// `waiting`, `refused`, `learned` (learned limits); `waiting`, `refused` (concurrency).
     fn kind(&self) -> &'static str;
 }

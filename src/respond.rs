@@ -133,8 +133,7 @@ impl HeaderOptions {
     /// ```
     /// use std::convert::Infallible;
     /// use http::{Request, Response};
-    /// use tollgate::headers::ietf::QuotaUnit;
-    /// use tollgate::rate_limit::HeaderOptions;
+    /// use tollgate::rate_limit::{HeaderOptions, QuotaUnit};
     /// use tollgate::{Quota, RateLimitLayer};
     /// use tower::{service_fn, Layer, ServiceExt};
     ///
@@ -162,8 +161,10 @@ impl HeaderOptions {
     }
 
     /// Whether to write the partition key, `pk`, on the `RateLimit` and `RateLimit-Policy`
-    /// items (default: no): a keyed hash of the request's rate-limit key, never the key
-    /// (see [`PartitionKey`]). A client then sees which of its requests share a quota.
+    /// items (default: no): 48 bits of a hash of the request's rate-limit key, keyed with a
+    /// per-process secret of its own (not the logs'), never the key. A client then sees which
+    /// of its requests share a quota; the value is stable for the life of the process, not
+    /// across instances or restarts.
     ///
     /// Its cost, only when on: a hash of the key per request, and both values written per
     /// response instead of reused.

@@ -276,7 +276,11 @@ fn with_token(url: String, token: &'static str) -> Request<Full<Bytes>> {
 async fn at_most_three_in_flight_per_token_under_load_within_the_rate() {
     let (server, in_flight) = slow_server(Duration::from_secs(1)).await;
     let client = ServiceBuilder::new()
-        .layer(ConcurrencyLayer::new(3, key::Header::new("authorization")).errors())
+        .layer(
+            ConcurrencyLayer::new(3)
+                .key(key::Header::new("authorization"))
+                .errors(),
+        )
         .layer(
             RateLimitLayer::new(Quota::per_second(100).unwrap())
                 .key(key::Header::new("authorization"))
@@ -307,8 +311,9 @@ async fn a_cancelled_call_gives_its_slot_back() {
     let (server, in_flight) = slow_server(Duration::from_secs(3600)).await;
     let client = ServiceBuilder::new()
         .layer(
-            ConcurrencyLayer::new(2, key::Header::new("authorization"))
-                .max_wait(Duration::from_secs(1))
+            ConcurrencyLayer::new(2)
+                .key(key::Header::new("authorization"))
+                .wait(Duration::from_secs(1))
                 .errors(),
         )
         .service(hyper_client::<Full<Bytes>>());

@@ -291,7 +291,9 @@ async fn the_concurrency_layer_answers_on_a_router_without_handle_error_layer() 
             }),
         )
         .layer(
-            ConcurrencyLayer::new(1, Header::new("x-api-key")).max_wait(Duration::from_millis(100)),
+            ConcurrencyLayer::new(1)
+                .key(Header::new("x-api-key"))
+                .wait(Duration::from_millis(100)),
         );
     let server = TestServer::start(app).await;
     let url = server.url("/slow");
@@ -346,9 +348,10 @@ fn partition_key_of(value: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn quota_units_and_partition_keys_when_configured() {
-    use tollgate::headers::ietf::QuotaUnit;
-    use tollgate::headers::server;
-    use tollgate::rate_limit::HeaderOptions;
+    use tollgate::learn::{LearnEventKind, LearnLayer};
+    use tollgate::rate_limit::{HeaderOptions, QuotaUnit};
+    use tollgate::retry::Classification;
+    use tower::{Layer, ServiceExt};
 
     const KEY: &str = "sk-live-5ecret-api-key";
     let quotas = Quotas::new([
@@ -410,13 +413,35 @@ async fn quota_units_and_partition_keys_when_configured() {
     assert_ne!(partition_key_of(header(&other, "ratelimit").unwrap()), pk);
 
     // A client reads the answer as ever: `qu="requests"` is a count of requests, `pk` is
-    // not in the way.
-    let said = server::read(refused.headers());
-    assert_eq!(said.delay, Some(std::time::Duration::from_secs(30)));
-    let limits = said.limits.unwrap();
+    // not in the way. The retry layer's reading:
     assert_eq!(
-        (limits.name.as_deref(), limits.remaining, limits.limit),
-        (Some("calls"), 0, Some(2))
+        Classification::pushback(refused.headers()),
+        Some(Classification::RetryAfter(std::time::Duration::from_secs(
+            30
+        )))
+    );
+    // The learn layer's, through the same reader, from a host that answers those headers.
+    let learned = Arc::new(Mutex::new(None));
+    let record = Arc::clone(&learned);
+    let refused_headers = refused.headers().clone();
+    let host = tower::service_fn(move |_: http::Request<()>| {
+        let mut response = http::Response::new(());
+        *response.headers_mut() = refused_headers.clone();
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    let learner = LearnLayer::new()
+        .on_event(move |event| {
+            if event.kind == LearnEventKind::Learned {
+                let name = event.limit_name.map(str::to_owned);
+                *record.lock().unwrap() = Some((name, event.remaining, event.limit));
+            }
+        })
+        .layer(host);
+    let request = http::Request::get("http://api.example/").body(()).unwrap();
+    learner.oneshot(request).await.unwrap();
+    assert_eq!(
+        learned.lock().unwrap().take(),
+        Some((Some("calls".to_owned()), Some(0), Some(2)))
     );
 }
 

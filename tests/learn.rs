@@ -223,6 +223,54 @@ async fn reject_mode_refuses_locally_instead_of_sending() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn wait_and_reject_choose_the_mode_as_on_the_rate_limit_layer() {
+    let (upstream, addr) = start().await;
+    // The last word wins: `.wait(max)` after `.reject()` is wait mode again, up to `max`.
+    let svc = LearnLayer::new()
+        .reject()
+        .wait(Duration::from_secs(30))
+        .layer(client());
+    for _ in 0..5 {
+        svc.clone()
+            .oneshot(get_req(addr, "/limited/x-delta"))
+            .await
+            .unwrap();
+    }
+    let sent = Instant::now();
+    let sixth = svc
+        .clone()
+        .oneshot(get_req(addr, "/limited/x-delta"))
+        .await
+        .unwrap();
+    assert_eq!(sixth.status(), StatusCode::OK);
+    assert_eq!(
+        Instant::now() - sent,
+        Duration::from_secs(10),
+        "waited for the reset"
+    );
+    assert_eq!(upstream.refused(), 0);
+    // And `.reject()` after `.wait(max)` is reject mode: refused locally, never sent.
+    let (upstream, addr) = start().await;
+    let rejecting = LearnLayer::new()
+        .wait(Duration::from_secs(30))
+        .reject()
+        .layer(client());
+    for _ in 0..5 {
+        rejecting
+            .clone()
+            .oneshot(get_req(addr, "/limited/x-delta"))
+            .await
+            .unwrap();
+    }
+    let error = rejecting
+        .oneshot(get_req(addr, "/limited/x-delta"))
+        .await
+        .unwrap_err();
+    assert!(error.downcast_ref::<ServerLimit>().is_some(), "{error}");
+    assert_eq!(upstream.hits(), 5);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_429_with_retry_after_cools_the_host_down() {
     let (upstream, addr) = start().await;
     let svc = LearnLayer::new().layer(client());
@@ -246,7 +294,7 @@ async fn a_429_with_retry_after_cools_the_host_down() {
 async fn hostile_values_are_ignored_or_capped() {
     let (upstream, addr) = start().await;
     let svc = LearnLayer::new()
-        .max_wait(Duration::from_secs(5))
+        .wait(Duration::from_secs(5))
         .layer(client());
     // Malformed: ignored, the next request goes at once.
     for pairs in [
@@ -455,7 +503,7 @@ fn retry_over_learn() -> impl tower::Service<
 > + Clone {
     tower::ServiceBuilder::new()
         .layer(RetryLayer::new()) // max_pushback 30 s
-        .layer(LearnLayer::new()) // max_wait 60 s
+        .layer(LearnLayer::new()) // waits up to 60 s
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>())
 }
 
@@ -515,13 +563,13 @@ async fn a_delay_past_the_retrys_maximum_is_not_waited_by_learn_either() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn every_wait_of_a_request_comes_out_of_one_max_wait() {
+async fn every_wait_of_a_request_comes_out_of_one_maximum_wait() {
     // The host cools down for 1 s (a 429 with Retry-After: 1), then its default quota (one
     // per 2 s) has its next slot 1 s later: 2 s in all, past the 1.5 s allowed. Each wait
     // alone fits; together they must not.
     let (_, addr) = start().await;
     let layer = LearnLayer::new()
-        .max_wait(Duration::from_millis(1500))
+        .wait(Duration::from_millis(1500))
         .default_quota(Quota::per(Duration::from_secs(2), 1).unwrap());
     let svc = layer.layer(client());
     let throttled = svc

@@ -123,8 +123,8 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     assert!(learning.clone().oneshot(get()).await.is_err());
 
     // One slot per key: a second request waits, then is refused.
-    let slot_held = tollgate::concurrency::ConcurrencyLayer::new(1, |_: &u32| Some(()))
-        .max_wait(Duration::from_millis(10))
+    let slot_held = tollgate::concurrency::ConcurrencyLayer::new(1)
+        .wait(Duration::from_millis(10))
         .name("one-at-a-time")
         .errors()
         .layer(tower::service_fn(|_: u32| async {

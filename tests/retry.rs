@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,8 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollgate::retry::{
-    Attempts, Backoff, GiveUp, ReplayBody, RetryAction, RetryBudget, RetryError, RetryLayer,
-    Retryable,
+    Attempts, Backoff, Classification, GiveUp, Outcome, ReplayBody, RetryAction, RetryBudget,
+    RetryError, RetryLayer, Retryable,
 };
 use tollgate::BoxError;
 use tower::{Layer, ServiceBuilder, ServiceExt};
@@ -348,4 +349,56 @@ async fn get_and_other_idempotent_methods_are_retried() {
         assert_eq!(upstream.hits(), 2, "{method}");
         let _ = response.into_body().collect().await;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_request_type_is_retried_by_cloning_with_a_classifier_of_its_own() {
+    // A service of plain strings whose first two calls find the connection reset.
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    let service = tower::service_fn(move |request: String| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match n {
+                0 | 1 => Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset",
+                )),
+                _ => Ok(request.len()),
+            }
+        }
+    });
+    // Errors read as the built-in classifiers read them; every answer is a success.
+    let classify = |outcome: Outcome<'_, usize>| match outcome {
+        Outcome::Response(_) => Classification::Success,
+        Outcome::Error(error) => Classification::of_error(error),
+    };
+    let layer = RetryLayer::cloning(classify)
+        .jitter(|| 0.5)
+        .without_budget();
+    let started = Instant::now();
+    let answer = layer
+        .layer(service)
+        .oneshot("hello".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(answer, 5);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Backoff::standard with jitter 0.5: half of 100 ms, then half of 200 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(150));
+
+    // A server's delay, read for a classifier of one's own, and a server that says "never".
+    let mut headers = http::HeaderMap::new();
+    headers.insert("retry-after", "7".parse().unwrap());
+    assert_eq!(
+        Classification::pushback(&headers),
+        Some(Classification::RetryAfter(Duration::from_secs(7)))
+    );
+    headers.insert("content-type", "application/grpc".parse().unwrap());
+    headers.insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
+    assert_eq!(
+        Classification::pushback(&headers),
+        Some(Classification::Final)
+    );
+    assert_eq!(Classification::pushback(&http::HeaderMap::new()), None);
 }

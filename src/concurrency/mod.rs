@@ -3,15 +3,41 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum::{routing::get, Router};
+//!
+//! use axum::{body::Body, routing::get, Router};
+//! use http::{Request, StatusCode};
 //! use tollgate::concurrency::ConcurrencyLayer;
 //! use tollgate::key::Header;
+//! use tower::ServiceExt;
 //!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
 //! // At most 3 calls in flight per API token (as the Autotask API demands); a call waits at
 //! // most 30 s for its turn, then gets 503. No `HandleErrorLayer` needed.
-//! let app: Router = Router::new().route("/", get(|| async { "ok" })).layer(
-//!     ConcurrencyLayer::new(3, Header::new("authorization")).max_wait(Duration::from_secs(30)),
-//! );
+//! let app: Router = Router::new()
+//!     .route("/report", get(|| async {
+//!         tokio::time::sleep(Duration::from_secs(60)).await; // a slow report
+//!         "done"
+//!     }))
+//!     .layer(
+//!         ConcurrencyLayer::new(3)
+//!             .key(Header::new("authorization"))
+//!             .wait(Duration::from_secs(30)),
+//!     );
+//! let call = |token: &str| {
+//!     let request = Request::get("/report").header("authorization", token);
+//!     tokio::spawn(app.clone().oneshot(request.body(Body::empty()).unwrap()))
+//! };
+//! let first_three: Vec<_> = (0..3).map(|_| call("Bearer t1")).collect();
+//! let fourth = call("Bearer t1");
+//! let other_token = call("Bearer t2");
+//! // The fourth waited 30 s for one of the three, each 60 s long: no slot came free.
+//! let refused = fourth.await.unwrap().unwrap();
+//! assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! for call in first_three.into_iter().chain([other_token]) {
+//!     assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+//! }
+//! # }
 //! ```
 //!
 //! A slot is taken before the call and given back when the response future completes or is
@@ -29,12 +55,13 @@
 //! memory store, a key is held as a 64-bit keyed hash: two keys would share their slots only
 //! on a hash collision, which makes them stricter, never looser.
 
+mod error;
 mod events;
 mod layer;
 mod service;
 mod slots;
 
-pub use crate::limiter::NoSlot;
+pub use error::NoSlot;
 pub use events::{ConcurrencyEvent, ConcurrencyEventKind};
 pub use layer::ConcurrencyLayer;
 pub use service::Concurrency;

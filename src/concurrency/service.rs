@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use tower_service::Service;
 
+use super::error::NoSlot;
 use super::events::{emit, ConcurrencyEvent, ConcurrencyEventKind, Hook};
 use super::slots::{Held, Slots};
 use crate::key::{KeyExtractor, LogKeys, LoggedKey};
-use crate::limiter::{NoSlot, Refusal};
+use crate::limiter::Refusal;
 use crate::metrics::ConcurrencyMetrics;
 use crate::respond::Refuse;
 
@@ -201,7 +202,8 @@ mod tests {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let (now, max) = (Arc::clone(&in_flight), Arc::clone(&peak));
-        let svc = ConcurrencyLayer::new(2, |r: &(u32, u64)| Some(r.0))
+        let svc = ConcurrencyLayer::new(2)
+            .key(|r: &(u32, u64)| Some(r.0))
             .errors()
             .layer(service_fn(move |(_, ms): (u32, u64)| {
                 let (now, max) = (Arc::clone(&now), Arc::clone(&max));
@@ -236,8 +238,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_bounded_wait_fails_with_no_slot() {
-        let svc = ConcurrencyLayer::new(1, |_: &u64| Some(()))
-            .max_wait(Duration::from_millis(50))
+        let svc = ConcurrencyLayer::new(1)
+            .key(|_: &u64| Some(()))
+            .wait(Duration::from_millis(50))
             .errors()
             .layer(service_fn(|ms: u64| async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -247,6 +250,30 @@ mod tests {
         tokio::task::yield_now().await;
         let error = svc.clone().oneshot(1).await.unwrap_err();
         assert_eq!(error.downcast_ref::<NoSlot>().unwrap().limit, 1);
+        long.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_key_one_limit_for_all_and_a_reconfigured_layer_has_its_own_slots() {
+        let sleep = |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, BoxError>(ms)
+        };
+        let layer = ConcurrencyLayer::new(1).wait(Duration::ZERO).errors();
+        let svc = layer.clone().layer(service_fn(sleep));
+        let long = tokio::spawn(svc.clone().oneshot(1_000));
+        tokio::task::yield_now().await;
+        // Any request: the one slot of the layer is taken, and `wait(ZERO)` refuses at once.
+        let refused = svc.clone().oneshot(1).await.unwrap_err();
+        assert_eq!(
+            refused.downcast_ref::<NoSlot>().unwrap().waited,
+            Duration::ZERO
+        );
+        // A clone of the layer shares its slots; a layer changed by a setter does not.
+        let shared = layer.clone().layer(service_fn(sleep));
+        assert!(shared.oneshot(1).await.is_err());
+        let renamed = layer.name("other").layer(service_fn(sleep));
+        assert_eq!(renamed.oneshot(1).await.unwrap(), 1);
         long.await.unwrap().unwrap();
     }
 }

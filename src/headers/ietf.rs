@@ -120,7 +120,16 @@ fn non_negative(params: &sfv::Parameters, key: &str) -> Option<Option<u64>> {
 /// registry of quota units).
 ///
 /// The layer charges every quota of a set the same [cost](crate::RateLimitLayer::cost), so one
-/// unit describes them all: say `ContentBytes` when the cost is the request's size.
+/// unit describes them all: say `ContentBytes` when the cost is the request's size. Given to
+/// [`HeaderOptions::quota_unit`](crate::rate_limit::HeaderOptions::quota_unit).
+///
+/// ```
+/// use tollgate::rate_limit::{HeaderOptions, QuotaUnit};
+///
+/// assert_eq!(QuotaUnit::ContentBytes.as_str(), "content-bytes");
+/// let options = HeaderOptions::default().quota_unit(QuotaUnit::ContentBytes);
+/// assert_ne!(options, HeaderOptions::default());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum QuotaUnit {
@@ -155,17 +164,23 @@ impl QuotaUnit {
 /// restart, give one key different partition keys. It is a keyed hash, not a MAC: it hides
 /// keys from those who see it, not from a determined analysis of many keys and their
 /// partition keys.
+///
+/// Never named by users (`pub`, because the public `Respond` and `Refuse` traits of
+/// [`rate_limit`](crate::rate_limit) carry it, in a module private to the crate): the layer
+/// writes it when [`HeaderOptions::partition_key`](crate::rate_limit::HeaderOptions::partition_key)
+/// says to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PartitionKey(u64);
 
 impl PartitionKey {
     /// The partition key of a rate-limit key.
-    pub fn of<K: Hash + ?Sized>(key: &K) -> Self {
+    pub(crate) fn of<K: Hash + ?Sized>(key: &K) -> Self {
         Self(crate::key::partition_hash(key))
     }
 
     /// Its six bytes, as the byte sequence of `pk` holds them.
-    pub fn to_bytes(self) -> [u8; 6] {
+    #[cfg(test)]
+    pub(crate) fn to_bytes(self) -> [u8; 6] {
         let b = self.0.to_be_bytes();
         [b[2], b[3], b[4], b[5], b[6], b[7]]
     }
@@ -195,12 +210,14 @@ impl std::fmt::Debug for PartitionKey {
 }
 
 /// The `RateLimit-Policy` value of a set of quotas.
-pub fn policy(quotas: &Quotas) -> String {
+#[cfg(test)]
+pub(crate) fn policy(quotas: &Quotas) -> String {
     policy_buf(quotas, None, None).as_str().to_owned()
 }
 
 /// The `RateLimit` value of a decision.
-pub fn ratelimit(quotas: &Quotas, decision: &Decision) -> String {
+#[cfg(test)]
+pub(crate) fn ratelimit(quotas: &Quotas, decision: &Decision) -> String {
     ratelimit_buf(quotas, decision).as_str().to_owned()
 }
 

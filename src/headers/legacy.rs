@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::server::{Found, Limits};
+use super::said::{Found, Limits};
 use super::{ceil_seconds, number};
 use crate::Decision;
 
@@ -40,7 +40,18 @@ const X_RATELIMIT_RESET_AFTER: HeaderName = HeaderName::from_static("x-ratelimit
 /// The longest limit name kept; a longer one is ignored, not cut.
 const MAX_NAME: usize = 64;
 
-/// How `X-RateLimit-Reset` is written.
+/// How `X-RateLimit-Reset` is written, for
+/// [`HeaderOptions::legacy`](crate::rate_limit::HeaderOptions::legacy).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tollgate::rate_limit::Reset;
+///
+/// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+/// let full_in = Duration::from_millis(1_500);
+/// assert_eq!(Reset::DeltaSeconds.seconds(full_in, now), 2);
+/// assert_eq!(Reset::EpochSeconds.seconds(full_in, now), 1_700_000_002);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reset {
     /// Seconds until the bucket is full again, rounded up.

@@ -1,9 +1,21 @@
-//! The rate-limit header dialects, written by the rate-limit layer (and read by clients).
+//! The rate-limit header dialects, written by the rate-limit layer and read by the client
+//! layers. Private to the crate: users configure the fields through
+//! [`HeaderOptions`](crate::rate_limit::HeaderOptions) (with the two public enums of this
+//! module, re-exported as [`rate_limit::QuotaUnit`](crate::rate_limit::QuotaUnit) and
+//! [`rate_limit::Reset`](crate::rate_limit::Reset)), and read what servers say through
+//! [`Classification::pushback`](crate::retry::Classification::pushback) and the
+//! [`LearnLayer`](crate::learn::LearnLayer).
+//!
+//! Writers and readers of one dialect each, and the one reader of them all:
 //!
 //! - [`ietf`]: `RateLimit-Policy` and `RateLimit`, draft-ietf-httpapi-ratelimit-headers-10.
-//! - [`legacy`]: `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+//! - [`legacy`]: `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`, and the
+//!   draft's earlier `RateLimit-Limit`, `-Remaining`, `-Reset`.
 //! - [`retry_after`]: `Retry-After`, always in whole seconds, rounded up.
-//! - [`server`]: the one reader of what a server says, every dialect at once, for clients.
+//! - `openai`: OpenAI's `x-ratelimit-*-requests` and `x-ratelimit-*-tokens` (read only).
+//! - [`server`]: the one reader of what a server says, every dialect at once, for clients;
+//!   above the readers. What they find (`said`) is below them, so that no reader imports from
+//!   the module that imports it.
 //!
 //! What the fields say for a token bucket (the numbers of the [binding
 //! quota](crate::Decision)):
@@ -15,27 +27,15 @@
 //! | `Retry-After: S` | on refusals: seconds until this request would pass, rounded up, at least 1 |
 //! | `X-RateLimit-Limit` / `-Remaining` | `Q` / `R` |
 //! | `X-RateLimit-Reset` | seconds until the bucket is full again, as a delta (default) or as Unix epoch seconds (GitHub's style) |
-//! | `qu="unit"` on `RateLimit-Policy` items | only when [configured](crate::rate_limit::HeaderOptions::quota_unit): what `Q` counts ([`ietf::QuotaUnit`]) |
+//! | `qu="unit"` on `RateLimit-Policy` items | only when [configured](crate::rate_limit::HeaderOptions::quota_unit): what `Q` counts ([`QuotaUnit`](crate::rate_limit::QuotaUnit)) |
 //! | `pk=:…:` on `RateLimit` and `RateLimit-Policy` items | only when [configured](crate::rate_limit::HeaderOptions::partition_key): a keyed hash of the request's key, never the key ([`ietf::PartitionKey`]) |
-//!
-//! ```
-//! use std::time::Duration;
-//! use tollgate::headers::{ietf, retry_after};
-//! use tollgate::store::Ask;
-//! use tollgate::{MemoryStore, Quota, Quotas, Store};
-//!
-//! let quotas = Quotas::from(Quota::per_second(5).unwrap().with_burst(10).unwrap());
-//! assert_eq!(ietf::policy(&quotas), "\"default\";q=10;w=2");
-//! let decision = MemoryStore::new().decide(&Ask::new(&"k", &quotas)).into_inner().unwrap();
-//! assert_eq!(ietf::ratelimit(&quotas, &decision), "\"default\";r=9;t=1");
-//! assert_eq!(retry_after::seconds(Duration::from_millis(1)), 1);
-//! ```
 
-pub mod ietf;
-pub mod legacy;
+pub(crate) mod ietf;
+pub(crate) mod legacy;
 mod openai;
-pub mod retry_after;
-pub mod server;
+pub(crate) mod retry_after;
+pub(crate) mod said;
+pub(crate) mod server;
 
 use std::time::Duration;
 
@@ -128,6 +128,7 @@ impl FieldBuf {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(self.bytes()).unwrap_or("")
     }
@@ -143,6 +144,17 @@ impl FieldBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_fields_say_for_a_token_bucket() {
+        use crate::{MemoryStore, Quota, Quotas};
+
+        let quotas = Quotas::from(Quota::per_second(5).unwrap().with_burst(10).unwrap());
+        assert_eq!(ietf::policy(&quotas), "\"default\";q=10;w=2");
+        let decision = MemoryStore::new().check(&"k", &quotas, 1).unwrap();
+        assert_eq!(ietf::ratelimit(&quotas, &decision), "\"default\";r=9;t=1");
+        assert_eq!(retry_after::seconds(Duration::from_millis(1)), 1);
+    }
 
     #[test]
     fn rounds_up() {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName};
 
 use super::number;
-use super::server::{Found, Limits};
+use super::said::{Found, Limits};
 
 /// `x-ratelimit-limit-requests`.
 const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");

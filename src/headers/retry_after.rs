@@ -1,16 +1,6 @@
 //! `Retry-After` (RFC 9110 §10.2.3): written as delay-seconds, rounded up; read in both forms
 //! (seconds, HTTP-date).
 //!
-//! ```
-//! use std::time::Duration;
-//! use tollgate::headers::retry_after;
-//!
-//! // What the layer writes: whole seconds, rounded up, never 0 when a wait is needed.
-//! assert_eq!(retry_after::seconds(Duration::from_millis(1)), 1);
-//! assert_eq!(retry_after::seconds(Duration::from_millis(1500)), 2);
-//! assert_eq!(retry_after::seconds(Duration::ZERO), 0);
-//! ```
-//!
 //! Clients read it, with every other dialect, through [`server::read`](super::server::read).
 
 use std::time::{Duration, SystemTime};
@@ -34,7 +24,7 @@ pub(crate) fn parse(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
 
 /// The seconds to send for a wait: rounded up, and at least 1 when any wait is needed, so
 /// that no client is told to retry at once when it cannot pass yet.
-pub fn seconds(wait: Duration) -> u64 {
+pub(crate) fn seconds(wait: Duration) -> u64 {
     ceil_seconds(wait).max(u64::from(!wait.is_zero()))
 }
 

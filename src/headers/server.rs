@@ -1,36 +1,14 @@
 //! The one reader of what a server says about its limits, in every dialect, shared by
 //! [`RetryLayer`](crate::RetryLayer) and [`LearnLayer`](crate::learn::LearnLayer), so that a
-//! stack of both agrees on one delay instead of waiting the sum of what each read.
+//! stack of both agrees on one delay instead of waiting the sum of what each read. Users reach
+//! it through [`Classification::pushback`](crate::retry::Classification::pushback) and
+//! [`LearnEvent`](crate::learn::LearnEvent); the table of the fields it reads is in the
+//! [`learn`](crate::learn#what-it-reads) module's docs, public, and is kept there.
 //!
-//! ```
-//! use std::time::Duration;
-//! use http::HeaderMap;
-//! use tollgate::headers::server;
-//!
-//! let mut headers = HeaderMap::new();
-//! headers.insert("retry-after", "1".parse().unwrap());
-//! headers.insert("ratelimit", "\"default\";r=0;t=40".parse().unwrap());
-//! let said = server::read(&headers);
-//! // The later of what the fields say: the bucket is empty for 40 s, whatever Retry-After says.
-//! assert_eq!(said.delay, Some(Duration::from_secs(40)));
-//! assert_eq!(said.limits.unwrap().remaining, 0);
-//! ```
-//!
-//! | field | who sends it | read as |
-//! | --- | --- | --- |
-//! | `Retry-After` | RFC 9110 | seconds, or an HTTP-date measured against the response's own `Date` (clock skew does not count); a date in the past is no delay, so the caller's own backoff applies |
-//! | `RateLimit` (+ `RateLimit-Policy`) | draft-ietf-httpapi-ratelimit-headers-10 | every item, named by its policy; the policy's `q` is its limit; an item whose policy counts in other units (`qu` not `"requests"`) counts only when exhausted; `pk` is not read |
-//! | `RateLimit-Limit` / `-Remaining` / `-Reset` | the draft's earlier versions | the reset as a delay |
-//! | `X-RateLimit-Limit` / `-Remaining` / `-Reset` | many APIs; GitHub | the reset as Unix seconds, Unix milliseconds or a delay, told apart by size |
-//! | `X-RateLimit-Reset-After` | Discord, others | the reset as seconds from now, decimals allowed (`1.234`); preferred to `X-RateLimit-Reset`, since no clock is involved |
-//! | `X-RateLimit-Used`, `X-RateLimit-Resource` | GitHub | remaining = `-Limit` − used when `-Remaining` is absent (the fewer of the two when both are sent); the resource (`core`, `search`…) names the limit |
-//! | `x-ratelimit-limit-requests` / `-remaining-requests` / `-reset-requests`, the same with `-tokens` | OpenAI and the APIs that copy it | two quotas, named `requests` and `tokens`, resets as Go durations (`6m0s`, `20ms`, `1h2m3.5s`); tokens count only when exhausted |
-//! | `grpc-retry-pushback-ms` | gRPC (gRFC A6) | on gRPC responses only (`content-type: application/grpc…`): a delay, or "do not retry" when negative; ignored on plain HTTP |
-//!
-//! **Which limit.** [`Limits`] counts requests, because that is what a client spends: one per
-//! request. Of every limit stated, in every dialect, it is the one with the fewest left (and,
-//! among those, the latest reset); when nothing is left of it, its reset, if still to come,
-//! is a delay. A quota in other units (OpenAI's tokens, an IETF policy of `content-bytes`)
+//! **Which limit.** [`Limits`](super::said::Limits) counts requests, because that is what a
+//! client spends: one per request. Of every limit stated, in every dialect, it is the one with
+//! the fewest left (and, among those, the latest reset); when nothing is left of it, its
+//! reset, if still to come, is a delay. A quota in other units (OpenAI's tokens, an IETF policy of `content-bytes`)
 //! says nothing of how many requests are left, until it is spent: 0 is 0 in any unit. So
 //! such a quota is the binding one exactly when it is exhausted (and then its reset is a
 //! delay like any other, and its `limit`, in other units, is left out); otherwise the request
@@ -44,67 +22,30 @@
 //! Malformed values are ignored, never guessed at: a negative, fractional, `NaN`, `1e400`
 //! or overflowing count, an unknown duration unit, a resource name that is not a short
 //! token. Bounding what a hostile but well-formed value may ask for is the caller's job
-//! (`max_pushback`, `max_wait`).
+//! (the retry layer's `max_pushback`, the learn layer's `wait`).
 
 use std::time::{Duration, SystemTime};
 
 use http::header::{CONTENT_TYPE, DATE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName};
 
+use super::said::{Found, Limits, ServerSaid};
 use super::{ietf, legacy, openai, retry_after};
 
 /// The header of gRPC's server pushback (gRFC A6).
 pub(crate) const GRPC_RETRY_PUSHBACK_MS: HeaderName =
     HeaderName::from_static("grpc-retry-pushback-ms");
 
-/// What a response says about the server's limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServerSaid {
-    /// How long the server asked the client to wait before its next request: the *later* of
-    /// every field that asks for one. A `Retry-After` date or a reset already past is none
-    /// (only gRPC's pushback can say "0 ms": retry now).
-    pub delay: Option<Duration>,
-    /// A gRPC server said not to retry (a negative pushback).
-    pub stop: bool,
-    /// The most constraining limit it announced, if any.
-    pub limits: Option<Limits>,
-}
-
-/// A limit a server announced: the one with the fewest requests left, among every dialect
-/// (see [the module docs](self) for quotas in other units).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Limits {
-    /// Requests left (0 as well when a quota in other units is spent).
-    pub remaining: u64,
-    /// When the allowance comes back, if said.
-    pub reset: Option<Duration>,
-    /// What it comes back to, in requests, if said.
-    pub limit: Option<u64>,
-    /// The server's name for the limit, if it gave one: the IETF policy's name, GitHub's
-    /// `X-RateLimit-Resource`, or `requests` / `tokens` for OpenAI's two quotas.
-    pub name: Option<String>,
-}
-
-/// A limit as one dialect states it, before the binding one is chosen.
-#[derive(Debug)]
-pub(crate) struct Found {
-    pub(crate) limits: Limits,
-    /// Its units are requests; otherwise it binds only when exhausted.
-    pub(crate) counts_requests: bool,
-}
-
 /// Whether a 403 Forbidden that said `said` is a rate limit rather than a refusal of access:
 /// it is when the server asked for a delay with it (`Retry-After`, or a limit with 0 left
 /// and a reset), as GitHub does. The one rule of [`RetryLayer`](crate::RetryLayer)'s
 /// classifier and of [`LearnLayer`](crate::learn::LearnLayer).
-pub fn forbidden_by_rate_limit(said: &ServerSaid) -> bool {
+pub(crate) fn forbidden_by_rate_limit(said: &ServerSaid) -> bool {
     said.delay.is_some() && !said.stop
 }
 
 /// Reads every dialect of `headers` (a response's).
-pub fn read(headers: &HeaderMap) -> ServerSaid {
+pub(crate) fn read(headers: &HeaderMap) -> ServerSaid {
     let now = headers
         .get(DATE)
         .and_then(|d| d.to_str().ok())

@@ -19,7 +19,8 @@ use crate::{MemoryStore, Quotas, RateLimiter};
 ///
 /// # Clone
 ///
-/// Clones, and the services they make, share what was learned.
+/// Clones, and the services they make, share what was learned. Every setter makes a new
+/// layer with nothing learned yet: configure the layer before you use it.
 #[derive(Clone)]
 #[must_use]
 pub struct LearnLayer {
@@ -106,8 +107,8 @@ impl ServerLimit {
 }
 
 impl LearnLayer {
-    /// Learns from responses, waits up to 60 s when told to, and leaves hosts that say nothing
-    /// unlimited.
+    /// Learns from responses, waits up to 60 s when told to ([`wait`](Self::wait)), and leaves
+    /// hosts that say nothing unlimited.
     pub fn new() -> Self {
         Self::with_settings(Settings {
             wait: true,
@@ -149,13 +150,19 @@ impl LearnLayer {
         Self::with_settings(settings)
     }
 
-    /// The longest a request may wait for its host (default 60 s); beyond, it is refused with
-    /// [`ServerLimit`]. It also caps what a hostile header can ask for.
-    pub fn max_wait(self, max_wait: Duration) -> Self {
-        self.change(|s| s.max_wait = max_wait)
+    /// Wait mode (the default) with `max` as the longest a request may wait for its host
+    /// (default 60 s), the same word as [`RateLimitLayer::wait`](crate::RateLimitLayer::wait):
+    /// past it, the request is refused with [`ServerLimit`]. It also caps what a hostile header
+    /// can ask for, in either mode.
+    pub fn wait(self, max: Duration) -> Self {
+        self.change(|s| {
+            s.wait = true;
+            s.max_wait = max;
+        })
     }
 
-    /// Refuses at once, with [`ServerLimit`], instead of waiting.
+    /// Reject mode: refuses at once, with [`ServerLimit`], instead of waiting (as
+    /// [`RateLimitLayer::reject`](crate::RateLimitLayer::reject) does).
     pub fn reject(self) -> Self {
         self.change(|s| s.wait = false)
     }

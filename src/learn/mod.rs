@@ -2,41 +2,70 @@
 //! so that it slows down before the server has to answer 429.
 //!
 //! ```
+//! use std::convert::Infallible;
 //! use std::time::Duration;
-//! use tollgate::learn::LearnLayer;
-//! use tollgate::Quota;
 //!
-//! // Wait (up to 30 s) when a host says to; 10 per second to hosts that say nothing.
-//! let layer = LearnLayer::new()
-//!     .max_wait(Duration::from_secs(30))
-//!     .default_quota(Quota::per_second(10).unwrap());
-//! # drop(layer);
+//! use http::{Request, Response};
+//! use tollgate::learn::{LearnLayer, ServerLimit};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // A host that answers, and says that nothing is left for 30 s.
+//! let host = service_fn(|_: Request<()>| async {
+//!     let response = Response::builder()
+//!         .header("x-ratelimit-remaining", "0")
+//!         .header("x-ratelimit-reset", "30")
+//!         .body(())
+//!         .unwrap();
+//!     Ok::<_, Infallible>(response)
+//! });
+//! // Refuse locally rather than wait (by default, `.wait(max)`: wait up to 60 s).
+//! let client = LearnLayer::new().reject().layer(host);
+//! let request = || Request::get("http://api.example/items").body(()).unwrap();
+//!
+//! client.clone().oneshot(request()).await.unwrap();
+//! let refused = client.oneshot(request()).await.unwrap_err();
+//! let limit = refused.downcast_ref::<ServerLimit>().unwrap();
+//! assert_eq!(limit.retry_after(), Duration::from_secs(30));
+//! # }
 //! ```
 //!
 //! # What it reads
 //!
 //! Per destination (the URI's authority), from every response, through the one reader the
-//! retry layer uses too ([`server::read`](crate::headers::server), whose table lists every
-//! dialect):
+//! retry layer uses too (so a stack of both waits once, not the sum of what each read):
 //!
-//! - `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10): the item with the fewest requests
-//!   left, its `r` and `t`; `RateLimit-Policy`'s `q` as the limit it comes back to;
-//! - the older draft's `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`;
-//! - `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds, Unix
-//!   milliseconds or a delay, told apart by size), with `X-RateLimit-Reset-After` (seconds
-//!   from now) and GitHub's `X-RateLimit-Used` and `X-RateLimit-Resource`;
-//! - OpenAI's `x-ratelimit-*-requests` and `x-ratelimit-*-tokens` (resets as `6m0s`): the
-//!   request count, or the tokens when they are spent;
-//! - `Retry-After` on a 429 or a 503, or on a 403 (GitHub's rate limits): the host is cooled
-//!   down until then.
+//! | field | who sends it | read as |
+//! | --- | --- | --- |
+//! | `Retry-After` | RFC 9110 | seconds, or an HTTP-date measured against the response's own `Date` (clock skew does not count); a date in the past is no delay; on a 429 or a 503, or a 403 (GitHub's rate limits), the host is cooled down until then |
+//! | `RateLimit` (+ `RateLimit-Policy`) | draft-ietf-httpapi-ratelimit-headers-10 | every item, named by its policy; the policy's `q` is its limit; an item whose policy counts in other units (`qu` not `"requests"`) counts only when exhausted; `pk` is not read |
+//! | `RateLimit-Limit` / `-Remaining` / `-Reset` | the draft's earlier versions | the reset as a delay |
+//! | `X-RateLimit-Limit` / `-Remaining` / `-Reset` | many APIs; GitHub | the reset as Unix seconds, Unix milliseconds or a delay, told apart by size |
+//! | `X-RateLimit-Reset-After` | Discord, others | the reset as seconds from now, decimals allowed (`1.234`); preferred to `X-RateLimit-Reset`, since no clock is involved |
+//! | `X-RateLimit-Used`, `X-RateLimit-Resource` | GitHub | remaining = `-Limit` − used when `-Remaining` is absent (the fewer of the two when both are sent); the resource (`core`, `search`…) names the limit |
+//! | `x-ratelimit-limit-requests` / `-remaining-requests` / `-reset-requests`, the same with `-tokens` | OpenAI and the APIs that copy it | two quotas, named `requests` and `tokens`, resets as Go durations (`6m0s`, `20ms`, `1h2m3.5s`); tokens count only when exhausted |
+//! | `grpc-retry-pushback-ms` | gRPC (gRFC A6) | on gRPC responses only (`content-type: application/grpc…`): a delay, or "do not retry" when negative; ignored on plain HTTP |
+//!
+//! Limits count requests, because that is what a client spends: of every limit stated, in
+//! every dialect, the binding one is the one with the fewest left (and, among those, the
+//! latest reset). A quota in other units (OpenAI's tokens, an IETF policy of
+//! `content-bytes`) says nothing of how many requests are left until it is spent, so it binds
+//! only once it is exhausted, and then its reset is waited for. Where several fields ask for a
+//! delay, the later wins. A 403 is a rate limit when it comes with a delay (GitHub answers its
+//! limits with 403, "0 left" and a reset, or with `Retry-After`); any other 403 is what it
+//! says. [`Classification::pushback`](crate::retry::Classification::pushback) gives the same
+//! reading to classifiers of your own.
 //!
 //! After "0 left, reset in 30 s", the next request to that host waits until the reset (in
 //! wait mode, the default) or is refused locally with a [`ServerLimit`] error (in reject mode)
 //! instead of being sent and refused by the server. Requests still in flight count against
 //! what the server said is left, so the client never sends more than the server allows.
 //!
-//! Malformed values are ignored, and no value can make a request wait longer than
-//! [`max_wait`](LearnLayer::max_wait): past it, the request is refused locally.
+//! Malformed values are ignored, never guessed at (a negative, fractional, `NaN`, `1e400` or
+//! overflowing count, an unknown duration unit, a resource name that is not a short token),
+//! and no value can make a request wait longer than [`wait`](LearnLayer::wait)'s maximum:
+//! past it, the request is refused locally.
 //!
 //! # Hosts that say nothing
 //!
@@ -48,8 +77,9 @@
 //! # What it reports
 //!
 //! Like every layer ([`observe`](crate::observe)): `on_event` with a [`LearnEvent`] when a
-//! request waits for its host, is refused locally, or a response states limits; `tracing`
-//! events (target `tollgate::learn`); metrics labelled with its [`name`](LearnLayer::name).
+//! request waits for its host, is refused locally, or a response states limits (the binding
+//! one's `remaining`, `reset`, `limit` and `limit_name`); `tracing` events (target
+//! `tollgate::learn`); metrics labelled with its [`name`](LearnLayer::name).
 //! Hosts are shown in clear: a destination is not a secret.
 
 mod events;

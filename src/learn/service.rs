@@ -157,10 +157,10 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::server;
+    use crate::headers::{said::Limits, server};
     use http::HeaderMap;
 
-    fn read_limits(headers: &HeaderMap) -> Option<server::Limits> {
+    fn read_limits(headers: &HeaderMap) -> Option<Limits> {
         server::read(headers).limits
     }
 

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use super::events::{emit, LearnEvent, LearnEventKind};
 use super::layer::Settings;
 use crate::clock::TokioClock;
-use crate::headers::server::{self, Limits};
+use crate::headers::said::Limits;
+use crate::headers::server;
 use crate::metrics::LearnMetrics;
 use crate::{MemoryStore, RateLimiter};
 
@@ -111,17 +112,11 @@ impl Shared {
         kind: LearnEventKind,
         host: &Authority,
         delay: Duration,
-        limits: Option<Limits>,
+        limits: Option<&Limits>,
     ) {
         emit(
             self.settings.hook.as_ref(),
-            &LearnEvent {
-                kind,
-                layer: &self.settings.name,
-                host,
-                delay,
-                limits,
-            },
+            &LearnEvent::new(kind, &self.settings.name, host, delay, limits),
         );
     }
 
@@ -263,7 +258,7 @@ impl Shared {
                 LearnEventKind::Learned,
                 host,
                 said.delay.unwrap_or_default(),
-                said.limits,
+                said.limits.as_ref(),
             );
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::concurrency::NoSlot;
 use crate::key::KeyError;
 use crate::{BoxError, Decision, Quota, QuotaError, Quotas, StoreError};
 
@@ -25,29 +26,6 @@ pub enum Refusal {
     /// time.
     Busy(NoSlot),
 }
-
-/// No slot came free within the maximum wait of a
-/// [`ConcurrencyLayer`](crate::concurrency::ConcurrencyLayer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct NoSlot {
-    /// The limit per key.
-    pub limit: usize,
-    /// How long the request waited.
-    pub waited: Duration,
-}
-
-impl fmt::Display for NoSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no slot among {} came free in {:?}",
-            self.limit, self.waited
-        )
-    }
-}
-
-impl std::error::Error for NoSlot {}
 
 impl Refusal {
     /// When the request would pass, where that is known: over the limit, its retry-after.

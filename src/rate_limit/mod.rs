@@ -65,6 +65,8 @@ mod layer;
 mod policy;
 mod service;
 
+pub use crate::headers::ietf::QuotaUnit;
+pub use crate::headers::legacy::Reset;
 pub use crate::limiter::{
     Acquire, Keyed, LimitEvent, LimitEventKind, LimiterStats, RateLimited, RateLimiter, Refusal,
     Stats,

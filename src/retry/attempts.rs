@@ -1,4 +1,8 @@
 //! How each attempt's request is made: from a recorded HTTP request, or by cloning.
+//!
+//! The types here are type-state of the layer, the service and the response future, never
+//! written out by users: `pub` (so that the public types may carry them) in a private module,
+//! and not re-exported.
 
 use http::uri::Authority;
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
@@ -6,6 +10,19 @@ use http_body::Body;
 
 use super::body::{Replay, ReplayBody};
 use super::events::{GiveUp, Retryable};
+
+/// Requests are HTTP requests: recorded and replayed, retried only when idempotent (for
+/// [`RetryLayer::new`](super::RetryLayer::new)), or whatever their method (gRPC calls, for
+/// [`RetryLayer::grpc`](super::RetryLayer::grpc)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Replaying {
+    pub(crate) any_method: bool,
+}
+
+/// Requests of any type, cloned for each attempt (as `tower::retry` does), for
+/// [`RetryLayer::cloning`](super::RetryLayer::cloning).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cloning;
 
 /// The requests of one call's retries (the first attempt's request is made beside it).
 pub trait RequestSource: Send + 'static {

@@ -133,9 +133,10 @@ impl Default for Backoff {
     }
 }
 
-/// A source of jitter: numbers in `[0, 1)`. [`RandomJitter`] by default; tests fix it with a
-/// closure `|| 0.5`.
-pub trait Jitter: Send + Sync + 'static {
+/// A source of jitter: numbers in `[0, 1)`. [`RandomJitter`] by default; any closure
+/// `Fn() -> f64` given to [`RetryLayer::jitter`](super::RetryLayer::jitter) (tests fix it with
+/// `|| 0.5`).
+pub(crate) trait Jitter: Send + Sync + 'static {
     /// The next draw.
     fn draw(&self) -> f64;
 }
@@ -151,24 +152,18 @@ where
 
 /// Uniform draws from a SplitMix64 sequence seeded at random per instance: cheap, lock-free,
 /// good enough to spread retries (not for anything secret).
-pub struct RandomJitter {
+pub(crate) struct RandomJitter {
     state: AtomicU64,
 }
 
 impl RandomJitter {
     /// A sequence with a random seed.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         use std::hash::BuildHasher;
         let seed = foldhash::quality::RandomState::default().hash_one(std::time::SystemTime::now());
         Self {
             state: AtomicU64::new(seed),
         }
-    }
-}
-
-impl Default for RandomJitter {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

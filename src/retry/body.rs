@@ -10,9 +10,6 @@ use pin_project_lite::pin_project;
 
 use crate::BoxError;
 
-/// How much of a request body is kept to replay it, by default.
-pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
-
 pin_project! {
     /// A request body that can be sent again: what [`RetryLayer`](super::RetryLayer) hands the
     /// inner service instead of the original body.
@@ -57,10 +54,9 @@ struct Recording<B> {
     lost: Option<NotReplayable>,
 }
 
-/// Why a body cannot be sent again.
+/// Why a body cannot be sent again. Users see it as [`GiveUp::Body`](super::GiveUp::Body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum NotReplayable {
+pub(crate) enum NotReplayable {
     /// It grew past the cap.
     TooLarge,
     /// Reading it failed.

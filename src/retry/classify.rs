@@ -43,6 +43,76 @@ impl Classification {
             Self::Transient | Self::Throttled | Self::RetryAfter(_)
         )
     }
+
+    /// What a server's response headers ask for, if they ask: [`RetryAfter`](Self::RetryAfter)
+    /// with the delay, or [`Final`](Self::Final) when a gRPC server said not to retry; `None`
+    /// when they say nothing (the classifiers then fall back on the backoff).
+    ///
+    /// The delay is the later of `Retry-After` (a date in the past is no delay), the reset of
+    /// an exhausted limit in any dialect (`RateLimit`, `RateLimit-*`, `X-RateLimit-*` with
+    /// GitHub's and Discord's kin, OpenAI's requests and tokens), and, on gRPC responses,
+    /// `grpc-retry-pushback-ms` (negative: do not retry), read by the one reader that
+    /// [`HttpClassifier`], [`GrpcClassifier`] and [`LearnLayer`](crate::learn::LearnLayer)
+    /// share (the [`learn`](crate::learn#what-it-reads) docs list every field). Malformed values
+    /// are ignored.
+    ///
+    /// For classifiers of your own that honour the server's delay:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::Response;
+    /// use tollgate::retry::{Classification, Outcome};
+    ///
+    /// // Retry every 5xx, after the server's delay when it gave one.
+    /// let classify = |outcome: Outcome<'_, Response<()>>| match outcome {
+    ///     Outcome::Response(r) if r.status().is_server_error() => {
+    ///         Classification::pushback(r.headers()).unwrap_or(Classification::Transient)
+    ///     }
+    ///     Outcome::Response(_) => Classification::Success,
+    ///     Outcome::Error(error) => Classification::of_error(error),
+    /// };
+    /// let busy = Response::builder().status(500).header("retry-after", "3").body(()).unwrap();
+    /// assert_eq!(
+    ///     classify(Outcome::Response(&busy)),
+    ///     Classification::RetryAfter(Duration::from_secs(3))
+    /// );
+    /// ```
+    pub fn pushback(headers: &HeaderMap) -> Option<Classification> {
+        let said = server::read(headers);
+        if said.stop {
+            return Some(Classification::Final);
+        }
+        said.delay.map(Classification::RetryAfter)
+    }
+
+    /// What an error calls for: [`Transient`](Self::Transient) when some error of its chain of
+    /// sources is a connection failure or a timeout (`std::io` connection errors,
+    /// `tower::timeout` and `tokio::time` elapsed errors, and with the `hyper` feature hyper's
+    /// closed or incomplete connections and HTTP/2 refused streams and graceful GOAWAYs),
+    /// [`Final`](Self::Final) otherwise. What [`HttpClassifier`] and [`GrpcClassifier`] do with
+    /// errors, for classifiers of your own.
+    ///
+    /// ```
+    /// use std::io::{Error, ErrorKind};
+    /// use tollgate::retry::Classification;
+    ///
+    /// let reset = Error::new(ErrorKind::ConnectionReset, "reset by peer");
+    /// assert_eq!(Classification::of_error(&reset), Classification::Transient);
+    /// let denied = Error::new(ErrorKind::PermissionDenied, "no");
+    /// assert_eq!(Classification::of_error(&denied), Classification::Final);
+    /// ```
+    pub fn of_error(error: &(dyn Error + 'static)) -> Classification {
+        let mut next = Some(error);
+        let mut depth = 0;
+        while let Some(error) = next {
+            if is_transient(error) {
+                return Classification::Transient;
+            }
+            depth += 1;
+            next = if depth < 32 { error.source() } else { None };
+        }
+        Classification::Final
+    }
 }
 
 /// What an attempt produced, for a classifier to look at: a response, or the error (with its
@@ -89,17 +159,16 @@ where
 ///   the `hyper` feature hyper's closed or incomplete connections and HTTP/2 refused streams
 ///   and graceful GOAWAYs); other errors are final.
 /// - Responses: 408, 502, 503 and 504 are transient, 429 is throttling, and a server's delay
-///   ([`pushback`]) turns either into [`Classification::RetryAfter`]; a 403 with a server's
-///   delay is a rate limit (GitHub's: "0 left" and a reset, or `Retry-After`; see
-///   [`forbidden_by_rate_limit`](server::forbidden_by_rate_limit)), retried after it, and
-///   final without one; 1xx to 3xx succeed; everything else is final.
+///   ([`Classification::pushback`]) turns either into [`Classification::RetryAfter`]; a 403
+///   with a server's delay is a rate limit (GitHub's: "0 left" and a reset, or `Retry-After`),
+///   retried after it, and final without one; 1xx to 3xx succeed; everything else is final.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpClassifier;
 
 impl<B> Classify<Response<B>> for HttpClassifier {
     fn classify(&self, outcome: Outcome<'_, Response<B>>) -> Classification {
         match outcome {
-            Outcome::Error(error) => classify_error(error),
+            Outcome::Error(error) => Classification::of_error(error),
             Outcome::Response(response) => {
                 classify_status(response.status().as_u16(), response.headers())
             }
@@ -109,8 +178,10 @@ impl<B> Classify<Response<B>> for HttpClassifier {
 
 fn classify_status(status: u16, headers: &HeaderMap) -> Classification {
     match status {
-        408 | 502 | 503 | 504 => pushback(headers).unwrap_or(Classification::Transient),
-        429 => pushback(headers).unwrap_or(Classification::Throttled),
+        408 | 502 | 503 | 504 => {
+            Classification::pushback(headers).unwrap_or(Classification::Transient)
+        }
+        429 => Classification::pushback(headers).unwrap_or(Classification::Throttled),
         403 => {
             let said = server::read(headers);
             match said.delay {
@@ -144,7 +215,7 @@ const RESOURCE_EXHAUSTED: &str = "8";
 impl<B> Classify<Response<B>> for GrpcClassifier {
     fn classify(&self, outcome: Outcome<'_, Response<B>>) -> Classification {
         let response = match outcome {
-            Outcome::Error(error) => return classify_error(error),
+            Outcome::Error(error) => return Classification::of_error(error),
             Outcome::Response(response) => response,
         };
         let headers = response.headers();
@@ -167,33 +238,6 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
             _ => Classification::Final,
         }
     }
-}
-
-/// The delay a server asked for, if it asked, as [`server::read`] reads it (the one reader
-/// `LearnLayer` uses too): the later of `Retry-After` (a date in the past is no delay), the
-/// reset of an exhausted limit in any dialect (`RateLimit`, `RateLimit-*`, `X-RateLimit-*`
-/// with GitHub's and Discord's kin, OpenAI's requests and tokens), and, on gRPC responses,
-/// `grpc-retry-pushback-ms` (negative: do not retry). Malformed values are ignored.
-pub fn pushback(headers: &HeaderMap) -> Option<Classification> {
-    let said = server::read(headers);
-    if said.stop {
-        return Some(Classification::Final);
-    }
-    said.delay.map(Classification::RetryAfter)
-}
-
-/// Transient when some error of the chain is a connection failure or a timeout.
-pub fn classify_error(error: &(dyn Error + 'static)) -> Classification {
-    let mut next = Some(error);
-    let mut depth = 0;
-    while let Some(error) = next {
-        if is_transient(error) {
-            return Classification::Transient;
-        }
-        depth += 1;
-        next = if depth < 32 { error.source() } else { None };
-    }
-    Classification::Final
 }
 
 fn is_transient(error: &(dyn Error + 'static)) -> bool {
@@ -363,9 +407,9 @@ mod tests {
     fn errors() {
         use std::io::{Error as IoError, ErrorKind};
         let reset = IoError::new(ErrorKind::ConnectionReset, "reset");
-        assert_eq!(classify_error(&reset), Classification::Transient);
+        assert_eq!(Classification::of_error(&reset), Classification::Transient);
         let denied = IoError::new(ErrorKind::PermissionDenied, "no");
-        assert_eq!(classify_error(&denied), Classification::Final);
+        assert_eq!(Classification::of_error(&denied), Classification::Final);
         // Found anywhere in the chain.
         #[derive(Debug)]
         struct Wrapper(IoError);
@@ -380,13 +424,16 @@ mod tests {
             }
         }
         assert_eq!(
-            classify_error(&Wrapper(IoError::new(ErrorKind::TimedOut, "t"))),
+            Classification::of_error(&Wrapper(IoError::new(ErrorKind::TimedOut, "t"))),
             Classification::Transient
         );
         let elapsed: crate::BoxError = Box::new(tower::timeout::error::Elapsed::new());
-        assert_eq!(classify_error(&*elapsed), Classification::Transient);
+        assert_eq!(
+            Classification::of_error(&*elapsed),
+            Classification::Transient
+        );
         let other: crate::BoxError = "something else".into();
-        assert_eq!(classify_error(&*other), Classification::Final);
+        assert_eq!(Classification::of_error(&*other), Classification::Final);
     }
 
     #[test]

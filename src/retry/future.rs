@@ -11,12 +11,13 @@ use tower_service::Service;
 use super::attempts::RequestSource;
 use super::budget::RetryBudget;
 use super::classify::{Classification, Classify, Outcome};
+use super::config::Config;
 use super::events::{emit, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent};
-use super::layer::Config;
 use crate::BoxError;
 
 pin_project! {
-    /// The response future of [`Retry`](super::Retry): one attempt after another, each
+    /// The response future of [`Retry`](super::Retry) (never named by users: `pub` in a
+    /// private module, not re-exported): one attempt after another, each
     /// after the inner service is ready, with the waits in between, until an outcome is final
     /// or the layer gives up.
     pub struct ResponseFuture<S, P, C>

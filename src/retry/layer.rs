@@ -4,16 +4,22 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::backoff::{Backoff, Jitter, RandomJitter};
-use super::body::DEFAULT_BODY_CAP;
+use super::attempts::{Cloning, Replaying};
+use super::backoff::Backoff;
 use super::budget::{PerDestination, RetryBudget};
 use super::classify::{GrpcClassifier, HttpClassifier};
-use super::events::{Hook, RetryEvent};
+use super::config::{Budgets, Config};
+use super::events::RetryEvent;
 use super::service::Retry;
 use crate::metrics::RetryMetrics;
 
 /// Retries what is safe to retry, within a budget, a deadline and the server's wishes. See the
 /// [module docs](super) for a tour.
+///
+/// Made by [`new`](RetryLayer::new) for HTTP clients, [`grpc`](RetryLayer::grpc) for gRPC
+/// clients, and [`cloning`](RetryLayer::cloning) for services of any request type; the second
+/// type parameter, which says how each attempt's request is made, follows from the choice and
+/// is never written out.
 ///
 /// # Clone
 ///
@@ -24,98 +30,11 @@ pub struct RetryLayer<C = HttpClassifier, M = Replaying> {
     mode: M,
 }
 
-/// Requests are HTTP requests: recorded and replayed, retried only when idempotent (for
-/// [`RetryLayer::new`]), or whatever their method (gRPC calls, for [`RetryLayer::grpc`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Replaying {
-    pub(crate) any_method: bool,
-}
-
-/// Requests of any type, cloned for each attempt (as `tower::retry` does).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cloning;
-
-/// The default maximum wait a server may ask for: 30 s.
-pub const DEFAULT_MAX_PUSHBACK: Duration = Duration::from_secs(30);
-
-pub(crate) struct Config<C> {
-    pub(crate) classifier: C,
-    pub(crate) backoff: Backoff,
-    pub(crate) jitter: Arc<dyn Jitter>,
-    pub(crate) budget: Budgets,
-    pub(crate) deadline: Option<Duration>,
-    pub(crate) max_pushback: Duration,
-    pub(crate) body_cap: usize,
-    pub(crate) hook: Option<Hook>,
-    pub(crate) name: Arc<str>,
-    /// Registered when the layer makes a service.
-    pub(crate) metrics: Option<RetryMetrics>,
-}
-
-#[derive(Clone)]
-pub(crate) enum Budgets {
-    Off,
-    Shared(RetryBudget),
-    PerDestination(PerDestination),
-}
-
-impl Budgets {
-    /// Records a request; returns the budget of its destination when budgets are per
-    /// destination (the shared one is reached through the configuration, without a clone).
-    #[inline]
-    pub(crate) fn deposit(
-        &self,
-        destination: Option<&http::uri::Authority>,
-    ) -> Option<RetryBudget> {
-        match self {
-            Self::Off => None,
-            Self::Shared(budget) => {
-                budget.deposit();
-                None
-            }
-            Self::PerDestination(budgets) => {
-                let budget = budgets.get(destination);
-                budget.deposit();
-                Some(budget)
-            }
-        }
-    }
-
-    /// The budget to withdraw from: the destination's, or the shared one.
-    pub(crate) fn for_retry<'a>(
-        &'a self,
-        destination: Option<&'a RetryBudget>,
-    ) -> Option<&'a RetryBudget> {
-        match self {
-            Self::Off => None,
-            Self::Shared(budget) => Some(budget),
-            Self::PerDestination(_) => destination,
-        }
-    }
-}
-
-impl<C: Clone> Clone for Config<C> {
-    fn clone(&self) -> Self {
-        Self {
-            classifier: self.classifier.clone(),
-            backoff: self.backoff,
-            jitter: Arc::clone(&self.jitter),
-            budget: self.budget.clone(),
-            deadline: self.deadline,
-            max_pushback: self.max_pushback,
-            body_cap: self.body_cap,
-            hook: self.hook.clone(),
-            name: Arc::clone(&self.name),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
 impl RetryLayer {
     /// Retries for HTTP clients, with the defaults: [`HttpClassifier`],
     /// [`Backoff::standard`] (3 attempts), a shared [`RetryBudget::default`] (20% plus 10 per
-    /// second), no deadline, server delays up to [`DEFAULT_MAX_PUSHBACK`], bodies kept up to
-    /// 64 KiB.
+    /// second), no deadline, server delays up to 30 s ([`max_pushback`](Self::max_pushback)),
+    /// bodies kept up to 64 KiB ([`body_cap`](Self::body_cap)).
     pub fn new() -> Self {
         Self::with(HttpClassifier, Replaying::default())
     }
@@ -150,38 +69,15 @@ impl<C> RetryLayer<C, Cloning> {
 impl<C, M> RetryLayer<C, M> {
     fn with(classifier: C, mode: M) -> Self {
         Self {
-            config: Config {
-                classifier,
-                backoff: Backoff::standard(),
-                jitter: Arc::new(RandomJitter::new()),
-                budget: Budgets::Shared(RetryBudget::default()),
-                deadline: None,
-                max_pushback: DEFAULT_MAX_PUSHBACK,
-                body_cap: DEFAULT_BODY_CAP,
-                hook: None,
-                name: Arc::from("retry"),
-                metrics: None,
-            },
+            config: Config::new(classifier),
             mode,
         }
     }
 
     /// Decides what is retried: a [`Classify`](super::Classify) implementation or a closure.
     pub fn classify<C2>(self, classifier: C2) -> RetryLayer<C2, M> {
-        let config = self.config;
         RetryLayer {
-            config: Config {
-                classifier,
-                backoff: config.backoff,
-                jitter: config.jitter,
-                budget: config.budget,
-                deadline: config.deadline,
-                max_pushback: config.max_pushback,
-                body_cap: config.body_cap,
-                hook: config.hook,
-                name: config.name,
-                metrics: config.metrics,
-            },
+            config: self.config.with_classifier(classifier),
             mode: self.mode,
         }
     }
@@ -192,9 +88,12 @@ impl<C, M> RetryLayer<C, M> {
         self
     }
 
-    /// Where the backoff's randomness comes from: fix it in tests (`|| 0.5`).
-    pub fn jitter(mut self, jitter: impl Jitter) -> Self {
-        self.config.jitter = Arc::new(jitter);
+    /// Where the backoff's randomness comes from: a closure that draws a number in `[0, 1)`
+    /// (values outside are clamped) for each computed wait. By default a fast pseudo-random
+    /// sequence seeded at random per layer; fix it in tests (`.jitter(|| 0.5)`: half of each
+    /// ceiling).
+    pub fn jitter(mut self, draw: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        self.config.jitter = Arc::new(draw);
         self
     }
 
@@ -228,7 +127,8 @@ impl<C, M> RetryLayer<C, M> {
     }
 
     /// A deadline over all attempts and waits: the layer never sleeps past it, and an attempt
-    /// still running at the deadline fails with [`DeadlineExceeded`](super::DeadlineExceeded).
+    /// still running at the deadline fails with [`DeadlineExceeded`](super::DeadlineExceeded)
+    /// (inside a [`RetryError`](super::RetryError) that [gave up](super::GiveUp::Deadline)).
     /// Put a `tower::timeout::TimeoutLayer` inside for a per-attempt limit.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = Some(deadline);
@@ -236,7 +136,7 @@ impl<C, M> RetryLayer<C, M> {
     }
 
     /// The longest wait a server may ask for; past it, the response is returned at once, not
-    /// waited for nor retried. Default [`DEFAULT_MAX_PUSHBACK`].
+    /// waited for nor retried. Default 30 s.
     pub fn max_pushback(mut self, max: Duration) -> Self {
         self.config.max_pushback = max;
         self

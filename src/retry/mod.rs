@@ -44,8 +44,8 @@
 //!
 //! Waits grow exponentially with full jitter ([`Backoff`]), longer after throttling; a delay
 //! the server sent (`Retry-After`, `RateLimit`, `X-RateLimit-Reset`, OpenAI's and GitHub's
-//! fields, `grpc-retry-pushback-ms`: every dialect that [`server::read`](crate::headers::server)
-//! reads) replaces the computed one. The layer gives up ([`GiveUp`]) when the attempts are spent,
+//! fields, `grpc-retry-pushback-ms`: every dialect that [`LearnLayer`](crate::learn#what-it-reads)
+//! reads, through the same reader; see [`Classification::pushback`]) replaces the computed one. The layer gives up ([`GiveUp`]) when the attempts are spent,
 //! when the [`RetryBudget`] shared by all clones is (so that an outage is not multiplied by
 //! the attempt count), when the deadline is too close, when the server's delay is longer than
 //! the maximum, or when the body cannot be sent again. Every response carries the
@@ -54,7 +54,7 @@
 //! # Bodies
 //!
 //! The inner service receives `Request<ReplayBody<B>>`: bodies are recorded while sent (up to
-//! 64 KiB by default) and replayed from the recording, so any body type works, not only
+//! 64 KiB by default, [`RetryLayer::body_cap`]) and replayed from the recording, so any body type works, not only
 //! `Clone` ones, and a retry never sends a truncated body (see [`ReplayBody`]).
 //!
 //! # Order in a stack
@@ -69,21 +69,18 @@ mod backoff;
 mod body;
 mod budget;
 mod classify;
+mod config;
 mod events;
 mod future;
 mod layer;
 mod service;
 
-pub use attempts::{ClonedRequest, ReplayedRequest, RequestSource};
-pub use backoff::{Backoff, Jitter, RandomJitter};
-pub use body::{NotReplayable, ReplayBody, DEFAULT_BODY_CAP};
+pub use backoff::Backoff;
+pub use body::ReplayBody;
 pub use budget::RetryBudget;
-pub use classify::{
-    classify_error, pushback, Classification, Classify, GrpcClassifier, HttpClassifier, Outcome,
-};
+pub use classify::{Classification, Classify, GrpcClassifier, HttpClassifier, Outcome};
 pub use events::{
     Attempts, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent, Retryable,
 };
-pub use future::ResponseFuture;
-pub use layer::{Cloning, Replaying, RetryLayer, DEFAULT_MAX_PUSHBACK};
+pub use layer::RetryLayer;
 pub use service::Retry;

@@ -6,20 +6,24 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::attempts::{ClonedRequest, ReplayedRequest, RequestSource};
+use super::attempts::{ClonedRequest, Cloning, ReplayedRequest, Replaying, RequestSource};
 use super::body::ReplayBody;
-use super::classify::Classify;
+use super::classify::{Classify, HttpClassifier};
+use super::config::Config;
 use super::events::Attempts as AttemptCount;
 use super::future::ResponseFuture;
-use super::layer::{Cloning, Config, Replaying};
 use crate::BoxError;
 
-/// The service made by [`RetryLayer`](super::RetryLayer).
+/// The service made by [`RetryLayer`](super::RetryLayer): `Retry<S>` around an HTTP client
+/// `S`, `Retry<S, GrpcClassifier>` around a gRPC channel (the third type parameter, how each
+/// attempt's request is made, follows from the layer and is never written out).
 ///
 /// # Clone
 ///
 /// Clones share the configuration, the budget and the hooks.
-pub struct Retry<S, C, M> {
+///
+/// [`GrpcClassifier`]: super::GrpcClassifier
+pub struct Retry<S, C = HttpClassifier, M = Replaying> {
     inner: S,
     config: Arc<Config<C>>,
     mode: M,
