@@ -55,13 +55,12 @@
 //! memory store, a key is held as a 64-bit keyed hash: two keys would share their slots only
 //! on a hash collision, which makes them stricter, never looser.
 
-mod error;
 mod events;
 mod layer;
 mod service;
 mod slots;
 
-pub use error::NoSlot;
+pub use crate::limiter::NoSlot;
 pub use events::{ConcurrencyEvent, ConcurrencyEventKind};
 pub use layer::ConcurrencyLayer;
 pub use service::Concurrency;

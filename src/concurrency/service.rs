@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::error::NoSlot;
 use super::events::{emit, ConcurrencyEvent, ConcurrencyEventKind, Hook};
 use super::slots::{Held, Slots};
 use crate::key::{KeyExtractor, LogKeys, LoggedKey};
+use crate::limiter::NoSlot;
 use crate::limiter::Refusal;
 use crate::metrics::ConcurrencyMetrics;
 use crate::respond::Refuse;

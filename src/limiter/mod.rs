@@ -20,6 +20,6 @@ pub(crate) use admission::{Admission, Admit, Admitted, Hold, Settle};
 pub use direct::{Acquire, Keyed, RateLimiter};
 pub(crate) use events::Hook;
 pub use events::{LimitEvent, LimitEventKind};
-pub use refusal::{RateLimited, Refusal};
+pub use refusal::{NoSlot, RateLimited, Refusal};
 pub use stats::{LimiterStats, Stats};
 pub(crate) use watch::{Block, NearLimit, Watch};
