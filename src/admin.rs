@@ -204,16 +204,26 @@ impl<S> Layer<S> for AdminGuard {
     }
 }
 
-/// The service an [`AdminGuard`] makes.
-#[derive(Clone)]
-pub struct Guarded<S> {
-    inner: S,
-    rules: Arc<Rules>,
-}
+pub(crate) use guarded::Guarded;
 
-impl<S> fmt::Debug for Guarded<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Guarded").finish_non_exhaustive()
+/// The service an [`AdminGuard`] makes: public in a private module, since no user names it.
+mod guarded {
+    use std::fmt;
+    use std::sync::Arc;
+
+    use super::Rules;
+
+    /// The service an [`AdminGuard`](super::AdminGuard) makes.
+    #[derive(Clone)]
+    pub struct Guarded<S> {
+        pub(super) inner: S,
+        pub(super) rules: Arc<Rules>,
+    }
+
+    impl<S> fmt::Debug for Guarded<S> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Guarded").finish_non_exhaustive()
+        }
     }
 }
 
