@@ -39,15 +39,22 @@ pub(crate) struct Hold {
     pub(crate) settle: Option<u32>,
 }
 
-/// An admitted request: the store's decision, and the slot held until it is used.
+/// An admitted request: the store's decision, and what it holds until it goes ahead. Most
+/// requests hold nothing, and carry no more than their decision.
 pub(crate) struct Admitted {
     pub(crate) decision: Decision,
+    held: Option<Box<Held>>,
+}
+
+/// What an admitted request holds, when it holds anything.
+#[derive(Default)]
+struct Held {
     /// Gives the slot back unless [`Slot::used`] is called (waits, reservations).
-    pub(crate) slot: Option<Slot>,
+    slot: Option<Slot>,
     /// Settles the cost from the response, when the layer reads it from there.
-    pub(crate) settle: Option<Settle>,
+    settle: Option<Settle>,
     /// Decided across several keys: the binding part's quotas, which the headers describe.
-    pub(crate) binding: Option<Box<Quotas>>,
+    binding: Option<Quotas>,
 }
 
 /// What an allowed decision leaves to do.
@@ -103,7 +110,7 @@ impl<S> Admission<S> {
     /// The one admission path: `ask`, holding what `hold` names. Blocks are checked first
     /// (without the store); then the store decides, at once or later, and the decision is
     /// reported once: allowed, waiting (its slot held), or refused.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn admit<K>(self: &Arc<Self>, ask: Ask<'_, K>, hold: Hold) -> Admit
     where
         S: Store<K>,
@@ -131,7 +138,7 @@ impl<S> Admission<S> {
     }
 
     /// What the store's answer means for the request, reported once.
-    #[inline]
+    #[inline(always)]
     fn conclude<K>(
         &self,
         ask: Ask<'_, K>,
@@ -142,14 +149,22 @@ impl<S> Admission<S> {
         S: Store<K>,
         K: Hash + fmt::Debug + Clone + Send + Sync + 'static,
     {
-        let part = decided
-            .as_ref()
-            .map_or(0, Decision::part)
-            .min(ask.len().saturating_sub(1));
-        let (key, quotas) = ask.part(part);
-        // Blocks count and check the first part's key: the client's own (see `Scopes`).
-        let first = ask.part(0).0;
-        let admitted = match self.verdict(key, first, quotas, hold, decided) {
+        // One key (the common case): its own part binds, and blocks count it.
+        let (key, quotas, first, across) = match ask.single() {
+            Some((key, quotas)) => (key, quotas, key, false),
+            None => {
+                let part = decided
+                    .as_ref()
+                    .map_or(0, Decision::part)
+                    .min(ask.len().saturating_sub(1));
+                let (key, quotas) = ask.part(part);
+                // Blocks count and check the first part's key: the client's own (see
+                // `Scopes`).
+                (key, quotas, ask.part(0).0, true)
+            }
+        };
+        let mut admitted = match self.verdict(key, first, quotas, hold, decided) {
+            Verdict::Done(done) if !across => return done,
             Verdict::Done(done) => done?,
             Verdict::Held { decision, slot } => {
                 let account = Arc::new(Account {
@@ -159,13 +174,10 @@ impl<S> Admission<S> {
                 Admitted::held(decision, account, ask.cost(), slot, hold.settle)
             }
         };
-        if ask.len() == 1 {
-            return Ok(admitted);
+        if across {
+            admitted.held.get_or_insert_with(Box::default).binding = Some(quotas.clone());
         }
-        Ok(Admitted {
-            binding: Some(Box::new(quotas.clone())),
-            ..admitted
-        })
+        Ok(admitted)
     }
 
     /// The decision's meaning, reported: done (refused, or admitted with nothing to give back
@@ -295,12 +307,11 @@ impl<S> Admission<S> {
 
 impl Admitted {
     /// Admitted, with nothing held.
+    #[inline]
     fn now(decision: Decision) -> Self {
         Self {
             decision,
-            slot: None,
-            settle: None,
-            binding: None,
+            held: None,
         }
     }
 
@@ -315,19 +326,38 @@ impl Admitted {
     ) -> Self {
         Self {
             decision,
-            slot: slot.then(|| Slot::new(Arc::clone(&account), cost)),
-            settle: settle.map(|estimate| Settle {
-                account,
-                charged: cost,
-                estimate,
-            }),
-            binding: None,
+            held: Some(Box::new(Held {
+                slot: slot.then(|| Slot::new(Arc::clone(&account), cost)),
+                settle: settle.map(|estimate| Settle {
+                    account,
+                    charged: cost,
+                    estimate,
+                }),
+                binding: None,
+            })),
+        }
+    }
+
+    /// The cost to settle from the response, taken out (once).
+    #[inline]
+    pub(crate) fn take_settle(&mut self) -> Option<Settle> {
+        self.held.as_mut()?.settle.take()
+    }
+
+    /// The quotas the headers describe: the binding part's, for a request asked across
+    /// several keys; `quotas` (the layer's) otherwise.
+    #[inline]
+    pub(crate) fn quotas<'a>(&'a self, quotas: &'a Quotas) -> &'a Quotas {
+        match &self.held {
+            Some(held) => held.binding.as_ref().unwrap_or(quotas),
+            None => quotas,
         }
     }
 
     /// The slot has come: marks it used.
+    #[inline]
     pub(crate) fn use_slot(self) -> Decision {
-        if let Some(slot) = self.slot {
+        if let Some(slot) = self.held.and_then(|held| held.slot) {
             slot.used();
         }
         self.decision
@@ -339,10 +369,7 @@ impl Admitted {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        if let Some(slot) = self.slot {
-            slot.used();
-        }
-        self.decision
+        self.use_slot()
     }
 }
 

@@ -91,33 +91,35 @@ impl std::error::Error for Refusal {
 /// return it boxed; downcast to find it.
 #[derive(Debug, Clone)]
 pub struct RateLimited {
-    decision: Decision,
-    quotas: Quotas,
+    /// Boxed: a refusal is the rare answer, and an allowed one should not carry its size.
+    refused: Box<(Decision, Quotas)>,
 }
 
 impl RateLimited {
     pub(crate) fn new(decision: Decision, quotas: Quotas) -> Self {
-        Self { decision, quotas }
+        Self {
+            refused: Box::new((decision, quotas)),
+        }
     }
 
     /// How long until the request would pass.
     pub fn retry_after(&self) -> Duration {
-        self.decision.retry_after()
+        self.refused.0.retry_after()
     }
 
     /// The quota that refused.
     pub fn quota(&self) -> &Quota {
-        &self.quotas.as_slice()[self.decision.quota_index()]
+        &self.quotas().as_slice()[self.refused.0.quota_index()]
     }
 
     /// All the quotas that applied.
     pub fn quotas(&self) -> &Quotas {
-        &self.quotas
+        &self.refused.1
     }
 
     /// The store's decision.
     pub fn decision(&self) -> &Decision {
-        &self.decision
+        &self.refused.0
     }
 }
 

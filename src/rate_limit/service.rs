@@ -232,7 +232,7 @@ where
         // settles the cost (it is the unit paid up front).
         cost @ (0 | 1) if cost == 1 || shared.settle => {
             let mut reserved = reserved;
-            let mut settle = reserved.settle.take();
+            let mut settle = reserved.take_settle();
             if let Some(settle) = &mut settle {
                 settle.estimate(cost);
             }
@@ -305,13 +305,13 @@ where
     match admit {
         Admit::Now(Ok(mut admitted)) if admitted.decision.wait().is_zero() => {
             let settle = settle_with(&mut admitted, reserved);
-            let quotas = admitted.binding.as_deref().unwrap_or(quotas);
+            let quotas = admitted.quotas(quotas);
             let note = shared.note(quotas, &admitted.decision, partition);
             ResponseFuture::settling(inner.call(request), note, settle)
         }
         Admit::Now(Ok(mut admitted)) => {
             let settle = settle_with(&mut admitted, reserved);
-            let quotas = admitted.binding.as_deref().unwrap_or(quotas);
+            let quotas = admitted.quotas(quotas);
             let note = shared.note(quotas, &admitted.decision, partition);
             let inner = take_ready(inner);
             ResponseFuture::waiting(Box::pin(call_at::<_, _, R>(
@@ -335,7 +335,7 @@ where
                     }
                 };
                 let settle = settle_with(&mut admitted, reserved);
-                let quotas = admitted.binding.as_deref().unwrap_or(&quotas);
+                let quotas = admitted.quotas(&quotas);
                 let note = shared.note(quotas, &admitted.decision, partition);
                 call_at::<_, _, R>(inner, request, admitted, note, settle).await
             }))
@@ -444,6 +444,7 @@ impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
         }
     }
 
+    #[inline]
     fn max_wait(&self) -> Duration {
         match self.mode {
             Mode::Reject => Duration::ZERO,
@@ -474,10 +475,11 @@ fn take_ready<Svc: Clone>(inner: &mut Svc) -> Svc {
 
 /// Uses a unit reserved earlier (if any) with `admitted`, and returns the settlement of
 /// both: the reserved unit is part of the estimate.
+#[inline]
 fn settle_with(admitted: &mut Admitted, reserved: Option<Admitted>) -> Option<Settle> {
-    let mut settle = admitted.settle.take();
+    let mut settle = admitted.take_settle();
     if let Some(mut reserved) = reserved {
-        if let (Some(settle), Some(_)) = (&mut settle, reserved.settle.take()) {
+        if let (Some(settle), Some(_)) = (&mut settle, reserved.take_settle()) {
             settle.covers_one_more();
         }
         reserved.use_slot();
