@@ -63,6 +63,9 @@
 //! there), at most 8 from one address on the admin listener, an accept
 //! error pauses accepting for a second, and Ctrl-C closes the listener, then lets requests in
 //! flight finish for up to 10 s (a second Ctrl-C stops at once).
+//!
+//! `RUST_LOG` sets the log level (default `info`; `tollgate=debug` shows every denial, with
+//! API keys as a keyed hash and client IPs in clear).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -20,6 +20,13 @@
 //!
 //! Refusals are logged at WARN (within the process-wide log budget), with the reason.
 //!
+//! The example server does this: with `ADMIN_ADDR` set (say `127.0.0.1:9000`), a second
+//! listener serves `GET /admin/limits` (each limit's counts and most refused clients, as
+//! JSON), `POST /admin/limits/hello/{per_second}` (changes `/api/hello`'s rate while it runs;
+//! needs `Authorization: Bearer $ADMIN_TOKEN`) and `GET /metrics` (Prometheus text), behind an
+//! `AdminGuard`. `tests/example_server.rs` runs the example server behind a real nginx
+//! and checks that no client reads or changes a limit.
+//!
 //! ```
 //! use std::net::SocketAddr;
 //! use axum::{body::Body, routing::{get, post}, Router};

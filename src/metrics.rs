@@ -45,13 +45,15 @@
 //! | `tollgate_rate_limit_limited_total` | counter | `layer` |
 //! | `tollgate_rate_limit_waited_total` | counter | `layer` |
 //! | `tollgate_rate_limit_wait_seconds` | histogram | `layer` |
+//! | `tollgate_rate_limit_near_limit_total` | counter | `layer`: keys reported near their limit ([`near_limit`](crate::RateLimitLayer::near_limit)) |
+//! | `tollgate_rate_limit_blocked_total` | counter | `layer`: blocks started ([`block`](crate::RateLimitLayer::block)) |
 //! | `tollgate_retry_retries_total` | counter | `layer`, `reason` (`transient`, `throttled`, `server_delay`) |
 //! | `tollgate_retry_gave_up_total` | counter | `layer`, `reason` (`attempts`, `budget`, `deadline`, `body`, `pushback_too_long`, `not_idempotent`) |
 //! | `tollgate_retry_budget_spent_total` | counter | `layer` |
 //! | `tollgate_learn_waited_total` | counter | `layer` |
 //! | `tollgate_learn_wait_seconds` | histogram | `layer` |
 //! | `tollgate_learn_refused_total` | counter | `layer` |
-//! | `tollgate_learn_limits_learned_total` | counter | `layer`: responses that stated limits |
+//! | `tollgate_learn_limits_learned_total` | counter | `layer`: responses that stated limits or asked for a delay |
 //! | `tollgate_concurrency_waited_total` | counter | `layer` |
 //! | `tollgate_concurrency_refused_total` | counter | `layer` |
 //! | `tollgate_concurrency_in_flight` | gauge | `layer` |
@@ -64,6 +66,18 @@
 //! Labels are the names given to layers and stores, never keys: the label sets stay small
 //! whatever the traffic. Handles are registered when a layer makes its service, so install the
 //! recorder (a Prometheus exporter, say) before building the stack.
+//!
+//! A rate-limit layer in [shadow mode](crate::RateLimitLayer::shadow) adds `shadow="true"` to
+//! each of its `tollgate_rate_limit_*` series, so that what it would have refused is never
+//! summed with what enforced layers refused.
+//!
+//! The example server serves them at `/metrics` on its [admin listener](crate::admin)
+//! (metrics-exporter-prometheus):
+//!
+//! ```text
+//! ADMIN_ADDR=127.0.0.1:9000 cargo run --example server   # then, in another terminal:
+//! curl -s localhost:9000/metrics | grep -v '^#' | grep total
+//! ```
 
 /// The `reason` labels of `tollgate_retry_retries_total`, in the order of their counters.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]

@@ -63,6 +63,36 @@
 //!
 //! Keys in events are [`LoggedKey`](crate::key::LoggedKey)s: a keyed hash unless a layer is
 //! told otherwise. No metric takes a key as a label.
+//!
+//! # One frame for every layer
+//!
+//! [`RateLimitLayer`](crate::RateLimitLayer) (and [`RateLimiter`](crate::RateLimiter)),
+//! [`RetryLayer`](crate::RetryLayer), [`LearnLayer`](crate::learn::LearnLayer) and
+//! [`ConcurrencyLayer`](crate::concurrency::ConcurrencyLayer) share their conventions, so that
+//! a stack of them reads as one thing:
+//!
+//! - **Builders** take the layer by value and return it (or, where the choice changes a type,
+//!   as `.key`, `.store`, `.errors` and `.grpc` do, a layer of the new type). Configure a
+//!   layer before you use it: a `LearnLayer` reconfigured starts with nothing learned, a
+//!   `ConcurrencyLayer` with slots of its own. `.name("…")` names the layer in events, logs
+//!   and metrics; `.key(…)` where a layer has keys; `.wait(max)` where a layer can make a
+//!   request wait (the longest wait, after which the request is refused); `.on_event(|event| …)`
+//!   sees what the layer did.
+//! - **Events** are one type per layer under one trait, [`Event`], so a single hook can serve
+//!   every layer; each is also a `tracing` event and a metric labelled `layer` (the table
+//!   above).
+//! - **Keys in events and logs** are a keyed hash unless
+//!   `.log_keys(LogKeys::Clear)` ([`LogKeys`](crate::key::LogKeys)).
+//! - **Answers**: the server-side layers (`RateLimitLayer`, `ConcurrencyLayer`) answer HTTP
+//!   with responses (no `HandleErrorLayer` on axum), gRPC with `.grpc()`, and anything else
+//!   with `.errors()`; the client-side layers (`RetryLayer`, `LearnLayer`) fail with errors,
+//!   as their callers expect. Errors say when to come back where it is known
+//!   ([`RateLimited::retry_after`](crate::RateLimited::retry_after),
+//!   [`Refusal::retry_after`](crate::rate_limit::Refusal::retry_after),
+//!   [`ServerLimit::retry_after`](crate::learn::ServerLimit::retry_after)).
+//! - **Accounting that must be given back** (a reserved slot, an in-flight count, a
+//!   concurrency slot) is held by a guard that gives it back on drop: a cancelled request
+//!   never leaks it.
 
 use std::fmt;
 

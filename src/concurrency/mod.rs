@@ -40,6 +40,9 @@
 //! # }
 //! ```
 //!
+//! Without [`key`](ConcurrencyLayer::key) the limit is one for all requests together; without
+//! [`wait`](ConcurrencyLayer::wait) a request waits for its slot as long as it takes.
+//!
 //! A slot is taken before the call and given back when the response future completes or is
 //! dropped (a cancelled request frees its slot at once). For HTTP, that is when the response
 //! head arrives, not when its body ends. It composes with [`RateLimitLayer`](crate::RateLimitLayer)

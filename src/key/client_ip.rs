@@ -40,7 +40,8 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// `X-Forwarded-For` is the default because nearly every proxy and load balancer appends to
 /// it, and the walk from the right is then correct whatever the client sent. Name another
 /// header only if your proxy writes that one: a header your proxy does not write is the
-/// client's to choose.
+/// client's to choose, and nothing warns about it (nginx writing only `X-Real-IP` to a server
+/// left at the default lets a client pick its address with `X-Forwarded-For`).
 ///
 /// List only the proxies themselves in the trusted networks. Any connection from a trusted
 /// address is taken for a proxy, so a client that can connect *from* a trusted address (a
@@ -56,8 +57,26 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// must be 0 to 65535. A chain from a trusted proxy whose deciding entry is not an address
 /// (`unknown`, an obfuscated `_name`, garbage), that lists more than 32 hops, or an
 /// `X-Real-IP` with more than one address, is invalid: the
-/// layer answers 400 with the reason in its `tracing` event, never guessing around it. A
-/// trusted proxy that sends no forwarding header is itself the client (health checks, say).
+/// layer answers 400 with the reason in its `tracing` event, never guessing around it.
+/// `Forwarded` is read by RFC 7239's grammar: an unclosed quote or a stray character is
+/// invalid too (a quote left open once swallowed the element nginx appended after it). A
+/// trusted proxy that sends no forwarding header is itself the client (health checks, say);
+/// since all its clients would then share one limit, it is warned about (WARN) once a minute
+/// and counted in `tollgate_client_ip_header_missing_total` ([`metrics`](crate::metrics)).
+///
+/// `tests/proxy.rs` runs a real nginx in front of a real server in each configuration of the
+/// table above and attacks it with forged `Forwarded`, `X-Forwarded-For` and `X-Real-IP`:
+/// exactly the limit passes, and honest clients behind the proxy keep their own buckets. The
+/// example server takes the trusted proxies and the header from its environment:
+///
+/// ```text
+/// TRUSTED_PROXIES=127.0.0.1 cargo run --example server                            # nginx: $proxy_add_x_forwarded_for
+/// TRUSTED_PROXIES=10.0.0.0/8 CLIENT_IP_HEADER=x-real-ip cargo run --example server  # nginx: X-Real-IP $remote_addr only
+/// ```
+///
+/// Behind a proxy, every request reaches the server from the proxy's address, so a route
+/// guarded by "loopback only" answers the world: serve operator routes as the
+/// [`admin`](crate::admin) module says.
 ///
 /// Addresses are grouped like [`PeerIp`](super::PeerIp)'s: IPv6 by prefix (/64 by default).
 ///

@@ -74,6 +74,43 @@
 //! by a step after every success, between a floor and a ceiling (additive increase,
 //! multiplicative decrease, as AWS's adaptive retry mode treats throttling).
 //!
+//! # In a stack
+//!
+//! Place it inside [`RetryLayer`](crate::RetryLayer), so that it sees every attempt, and
+//! outside the per-attempt timeout, so that a long reset is waited for rather than timed out
+//! and retried (its [`wait`](LearnLayer::wait) maximum bounds the wait):
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tollgate::learn::LearnLayer;
+//! use tollgate::Quota;
+//! use tower::ServiceBuilder;
+//!
+//! let client = ServiceBuilder::new()
+//!     .layer(LearnLayer::new().wait(Duration::from_secs(30)).default_quota(Quota::per_second(10)?))
+//!     .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+//! # drop(client);
+//! # Ok::<(), tollgate::QuotaError>(())
+//! ```
+//!
+//! Try it: the flaky server's `/limited` allows 5 requests per 10 s window and says so in
+//! `X-RateLimit-*` headers.
+//!
+//! ```text
+//! cargo run --example flaky_server &
+//! cargo run --example client -- --requests 12 --rps 50 http://127.0.0.1:3001/limited
+//! # request 5: 200 OK after 1 attempt(s) in 20ms
+//! # request 6: 200 OK after 1 attempt(s) in 9s     <- waited for the window the server announced
+//! # ...
+//! # 12 requests in 19.2s: 12 succeeded, 0 failed   (no 429)
+//! cargo run --example client -- --requests 12 --rps 50 --no-learn http://127.0.0.1:3001/limited
+//! # request 4: attempt 1: 429 Too Many Requests (RetryAfter(10s)) → retry in 10s
+//! ```
+//!
 //! # What it reports
 //!
 //! Like every layer ([`observe`](crate::observe)): `on_event` with a [`LearnEvent`] when a

@@ -70,7 +70,14 @@ pub struct RateLimitLayer<K = Global, Q = Quotas, S = MemoryStore, R = Http, C =
 
 type SharedOnce<K, Q, S, R, C> = Arc<std::sync::OnceLock<Arc<Shared<K, Q, S, R, C>>>>;
 
-/// What the layer does with a request whose key cannot be extracted.
+/// What the layer does with a request whose key cannot be extracted
+/// ([`RateLimitLayer::on_missing_key`]).
+///
+/// By default such a request is refused: 400 when the client caused it (a missing header, a
+/// malformed forwarding chain), 500 when the server did (no peer address: the server was not
+/// made with `into_make_service_with_connect_info`). Either way a `tracing` event says why,
+/// at WARN for the server's mistakes and at DEBUG for the client's, so that a flood of bad
+/// requests does not flood the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum MissingKey {

@@ -40,6 +40,13 @@
 //! Only idempotent requests are retried (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`),
 //! unless they carry an `Idempotency-Key` header or a [`Retryable`] extension.
 //!
+//! Connection failures include `tower::timeout`'s elapsed error and, with the `hyper`
+//! feature, HTTP/2 refused streams and graceful GOAWAYs; everything else is final. Any closure
+//! `Fn(Outcome<'_, Response>) -> Classification` can decide instead
+//! ([`classify`](RetryLayer::classify)); [`Classification::pushback`] and
+//! [`Classification::of_error`] give it the built-in readings of a server's delay and of an
+//! error.
+//!
 //! # When, and when not
 //!
 //! Waits grow exponentially with full jitter ([`Backoff`]), longer after throttling; a delay
@@ -62,7 +69,102 @@
 //! Outermost first, on a client: `RetryLayer` → `TimeoutLayer` (a limit per attempt) →
 //! rate limit → the client. A circuit breaker goes *inside* the retry: each attempt is
 //! then one call the breaker counts, and once it opens, the retries fail fast against it
-//! instead of reaching the upstream.
+//! instead of reaching the upstream. The rate-limit module's
+//! [ordering guide](crate::rate_limit#order-in-a-stack) names the test that proves each.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tollgate::retry::{Backoff, ReplayBody, RetryLayer};
+//! use tower::ServiceBuilder;
+//!
+//! let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+//! let client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new().backoff(Backoff::standard()).deadline(Duration::from_secs(10)))
+//!     .timeout(Duration::from_secs(2)) // per attempt
+//!     .service(client);
+//! # drop(client);
+//! ```
+//!
+//! # With reqwest
+//!
+//! reqwest's `Client` is a tower `Service` of `reqwest::Request`; the layers speak
+//! `http::Request`, so the adapter is one conversion each way:
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use bytes::Bytes;
+//! # use http_body_util::Full;
+//! # use tollgate::key::Destination;
+//! # use tollgate::learn::LearnLayer;
+//! # use tollgate::retry::{ReplayBody, RetryLayer};
+//! # use tollgate::{BoxError, Quota, RateLimitLayer};
+//! # use tower::ServiceBuilder;
+//! # fn main() -> Result<(), BoxError> {
+//! # let max = Duration::from_secs(5);
+//! let reqwest = reqwest::Client::new();
+//! let client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new())
+//!     .layer(LearnLayer::new())
+//!     .layer(RateLimitLayer::new(Quota::per_second(20)?).key(Destination).wait(max).errors())
+//!     .service(tower::service_fn(move |request: http::Request<ReplayBody<Full<Bytes>>>| {
+//!         let reqwest = reqwest.clone();
+//!         async move {
+//!             let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))?;
+//!             Ok::<_, BoxError>(http::Response::from(reqwest.execute(request).await?))
+//!         }
+//!     }));
+//! # drop(client);
+//! # Ok(()) }
+//! ```
+//!
+//! `examples/reqwest_client.rs` runs it against a local API that allows 3 requests a second
+//! (CI runs it): 8 requests, each in one attempt, none refused.
+//!
+//! # gRPC
+//!
+//! A tonic client retries with [`RetryLayer::grpc`]: `UNAVAILABLE`, and `RESOURCE_EXHAUSTED`
+//! only when the server sent pushback, which it honours (a negative pushback means: do not
+//! retry). gRPC calls are all `POST`s, so this layer retries any method, as gRPC's own retry
+//! policy does; keep calls that must never run twice on a channel without it. The layer hands
+//! the channel a [`ReplayBody`], which `tonic::body::Body::new` turns back into tonic's body:
+//!
+//! ```no_run
+//! # use tollgate::retry::{ReplayBody, RetryLayer};
+//! # use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+//! # use tower::ServiceBuilder;
+//! # async fn call() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect().await?;
+//! let channel = ServiceBuilder::new()
+//!     .layer(RetryLayer::grpc())
+//!     .map_request(|r: http::Request<ReplayBody<tonic::body::Body>>| r.map(tonic::body::Body::new))
+//!     .service(channel);
+//! let mut client = HealthClient::new(channel);
+//! client.check(HealthCheckRequest { service: String::new() }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The server side is the rate-limit layer's [`grpc`](crate::RateLimitLayer::grpc) (see
+//! [`rate_limit`](crate::rate_limit#grpc)); `tests/grpc.rs` runs both ends on loopback.
+//!
+//! # Try it
+//!
+//! The example client (`RetryLayer` → `LearnLayer` → `TimeoutLayer` → a per-host
+//! `RateLimitLayer` in wait mode → hyper-util's client) prints a line per attempt and a
+//! summary per request, e.g. `request 1: attempt 1: 503 Service Unavailable (Transient) →
+//! retry in 44ms`:
+//!
+//! ```text
+//! cargo run --example flaky_server &   # 127.0.0.1:3001: /flaky (503, 503, 200), /throttle, /down
+//! cargo run --example client -- --requests 3 http://127.0.0.1:3001/flaky        # retries, then 200
+//! cargo run --example client -- --requests 2 http://127.0.0.1:3001/throttle     # waits Retry-After
+//! cargo run --example client -- --method POST http://127.0.0.1:3001/flaky      # POST: not retried
+//! cargo run --example client -- --requests 30 --rps 50 http://127.0.0.1:3001/down  # budget runs out
+//! cargo run --example client -- --requests 14 --rps 20 http://127.0.0.1:3000/api/hello
+//! ```
 
 mod attempts;
 mod backoff;
