@@ -21,6 +21,8 @@
 //! Environment: `FLOOD_SECONDS` (default 45), `PORT` (default 3200), `SERVER` (default
 //! `target/release/examples/server`).
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,16 +92,23 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench` asks benches to list themselves
     }
+    // Under `cargo test --benches` (CI's short run): 5 s against the debug build of the
+    // example, which `cargo test` has just built.
+    let quick = common::quick();
     let seconds: u64 = std::env::var("FLOOD_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(45);
+        .unwrap_or(if quick { 5 } else { 45 });
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3200);
-    let server_path =
-        std::env::var("SERVER").unwrap_or_else(|_| "target/release/examples/server".into());
+    let default_server = if quick {
+        "target/debug/examples/server"
+    } else {
+        "target/release/examples/server"
+    };
+    let server_path = std::env::var("SERVER").unwrap_or_else(|_| default_server.into());
     let base = format!("http://127.0.0.1:{port}");
 
     let mut server = Command::new("taskset")

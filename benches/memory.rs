@@ -48,7 +48,16 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-const KEYS: u32 = 1_000_000;
+mod common;
+
+/// Keys tracked (100,000 in the short mode of `cargo test --benches`).
+fn keys() -> u32 {
+    if common::quick() {
+        100_000
+    } else {
+        1_000_000
+    }
+}
 
 fn ip(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(i.wrapping_mul(2_654_435_761) ^ 0x0a00_0000))
@@ -59,15 +68,15 @@ fn bytes_per_key<T>(build: impl FnOnce() -> T) -> (f64, T) {
     let before = LIVE.load(Ordering::SeqCst);
     let kept = build();
     let after = LIVE.load(Ordering::SeqCst);
-    ((after - before) as f64 / f64::from(KEYS), kept)
+    ((after - before) as f64 / f64::from(keys()), kept)
 }
 
 fn main() {
     // Every key is tracked for the whole run: one request per hour each.
     let (tollgate, store) = bytes_per_key(|| {
-        let store = MemoryStore::builder().max_keys(2 * KEYS as usize).build();
+        let store = MemoryStore::builder().max_keys(2 * keys() as usize).build();
         let quotas = Quotas::from(Quota::per_hour(10).unwrap());
-        for i in 0..KEYS {
+        for i in 0..keys() {
             let key = ip(i);
             assert!(store
                 .decide(&Ask::new(&key, &quotas))
@@ -77,20 +86,23 @@ fn main() {
         }
         store
     });
-    assert_eq!(store.len(), KEYS as usize);
+    assert_eq!(store.len(), keys() as usize);
 
     let (governor, limiter) = bytes_per_key(|| {
         let limiter =
             governor::RateLimiter::keyed(governor::Quota::per_hour(NonZeroU32::new(10).unwrap()));
-        for i in 0..KEYS {
+        for i in 0..keys() {
             assert!(limiter.check_key(&ip(i)).is_ok());
         }
         limiter
     });
-    assert_eq!(limiter.len(), KEYS as usize);
+    assert_eq!(limiter.len(), keys() as usize);
     black_box((&store, &limiter));
 
-    println!("memory per tracked key, {KEYS} IPv4 keys (live heap bytes / keys)");
+    println!(
+        "memory per tracked key, {} IPv4 keys (live heap bytes / keys)",
+        keys()
+    );
     println!("  tollgate MemoryStore           {tollgate:6.1} bytes");
     println!("  governor keyed (DashMap)       {governor:6.1} bytes");
     println!(

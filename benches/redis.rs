@@ -20,6 +20,11 @@
 //!    node; and without batching).
 //!
 //! Latency percentiles of the store's decisions are printed beside each throughput.
+//!
+//! Under `cargo test --benches` (CI's short run) it decides 20,000 times instead of 600,000,
+//! to check that it still runs; without redis-benchmark it then fails, not skips.
+
+mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +37,19 @@ use tollgate::{Quota, Quotas, Store};
 
 const KEYS: u64 = 100_000;
 const IN_FLIGHT: usize = 64;
-const DECISIONS: u64 = 600_000;
+/// Decisions per measured run (20,000 in the short mode).
+fn decisions() -> u64 {
+    if common::quick() {
+        20_000
+    } else {
+        600_000
+    }
+}
+
+/// Requests per `redis-benchmark` run.
+fn benchmark_requests() -> u64 {
+    decisions() / 2
+}
 /// The reference: a script that only reads and writes its keys.
 const GET_SET: &str =
     "for i = 1, #KEYS do redis.call('GET', KEYS[i]); redis.call('SET', KEYS[i], ARGV[1], 'PX', 1000) end return 1";
@@ -162,7 +179,8 @@ fn redis_benchmark_with(port: u16, options: &[&str], args: &[&str]) -> f64 {
     let out = pinned("1", "redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-P", "64"])
         .args(options)
-        .args(["-n", "300000", "-r", &KEYS.to_string(), "--csv"])
+        .args(["-n", &benchmark_requests().to_string()])
+        .args(["-r", &KEYS.to_string(), "--csv"])
         .args(args)
         .output()
         .expect("run redis-benchmark");
@@ -194,7 +212,7 @@ async fn run(store: RedisStore, ports: &[u16], in_flight: usize) -> Run {
             .unwrap();
     }
     let next = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(DECISIONS as usize)));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(decisions() as usize)));
     let cpu_before = cpu_seconds(ports);
     let own_before = own_cpu_seconds();
     let calls_before = script_calls(ports);
@@ -208,12 +226,12 @@ async fn run(store: RedisStore, ports: &[u16], in_flight: usize) -> Run {
             Arc::clone(&latencies),
         );
         tasks.push(tokio::spawn(async move {
-            let mut seen = Vec::with_capacity((DECISIONS as usize) / in_flight + 1);
+            let mut seen = Vec::with_capacity((decisions() as usize) / in_flight + 1);
             let mut seed = next
                 .fetch_add(1, Ordering::Relaxed)
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15)
                 | 1;
-            while next.fetch_add(1, Ordering::Relaxed) < DECISIONS {
+            while next.fetch_add(1, Ordering::Relaxed) < decisions() {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
@@ -261,6 +279,10 @@ fn main() {
         .output()
         .is_err()
     {
+        assert!(
+            std::env::var("TOLLGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
+            "redis-benchmark is not installed, and TOLLGATE_REQUIRE_REDIS=1"
+        );
         println!("skipped: redis-server, redis-cli and redis-benchmark are needed");
         return;
     }
@@ -307,9 +329,12 @@ fn main() {
             &sha,
             "1",
             "tollgate:{__rand_int__}:default:100000:1",
+            // One decision: one quota, cost 1, no wait, nothing carried over; its interval
+            // and window.
             "1",
             "1",
             "1",
+            "0",
             "0",
             &interval,
             &window,
@@ -329,7 +354,7 @@ fn main() {
             "1700000000000000",
         ],
     );
-    let get_set_1_per_cpu = 300_000.0 / (cpu_seconds(&[node.port]) - cpu_before);
+    let get_set_1_per_cpu = benchmark_requests() as f64 / (cpu_seconds(&[node.port]) - cpu_before);
     let mut sixteen = vec!["EVALSHA".to_owned(), get_set.clone(), "16".to_owned()];
     sixteen.extend((0..16).map(|i| format!("k{i}:__rand_int__")));
     sixteen.push("1700000000000000".to_owned());
@@ -388,7 +413,7 @@ fn main() {
             "1700000000000000",
         ],
     );
-    let get_set_cluster_per_cpu = 300_000.0 / (cpu_seconds(&ports) - cpu_before);
+    let get_set_cluster_per_cpu = benchmark_requests() as f64 / (cpu_seconds(&ports) - cpu_before);
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 

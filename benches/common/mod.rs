@@ -1,3 +1,5 @@
+#![allow(dead_code)]
+
 //! What the criterion benches share.
 
 use std::future::Future;
@@ -21,4 +23,11 @@ where
             return response.unwrap();
         }
     }
+}
+
+/// Whether a bench runs in its short mode: under `cargo test --benches` (as CI runs every
+/// bench, so that none rots unseen), which, unlike `cargo bench`, passes no `--bench`.
+#[allow(dead_code)]
+pub fn quick() -> bool {
+    !std::env::args().any(|arg| arg == "--bench")
 }
