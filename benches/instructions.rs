@@ -77,6 +77,7 @@ const CASES: &[&str] = &[
     "global-headers-off",
     "global-headers-on",
     "tower-limit",
+    "shared-floor",
     "peer-headers-on",
     "tower-governor",
     "unkeyed-decision",
@@ -127,6 +128,7 @@ fn run(case: &str, n: u64) {
             tower::limit::RateLimitLayer::new(1_000_000_000, Duration::from_secs(1)).layer(NoOp),
             n,
         ),
+        "shared-floor" => through(common::SharedFloor::new(NoOp, 1, u64::MAX / 2), n),
         "peer-headers-on" => through(
             RateLimitLayer::new(billion())
                 .key(PeerIp::new())

@@ -259,6 +259,12 @@ fn layers(c: &mut Criterion) {
         "tower::limit::RateLimit",
         tower_limit.layer(NoOp),
     );
+    // The floor of any limit shared by clones: one clock read and one compare-and-swap.
+    bench_layer(
+        &mut group,
+        "floor: clock read + CAS on a shared TAT",
+        common::SharedFloor::new(NoOp, 1, u64::MAX / 2),
+    );
     group.finish();
 }
 

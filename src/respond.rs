@@ -367,7 +367,7 @@ where
         (self.headers.partition_key && self.headers.ietf).then(|| PartitionKey::of(key))
     }
 
-    #[inline]
+    #[inline(always)]
     fn note(
         &self,
         quotas: &Quotas,

@@ -31,3 +31,66 @@ where
 pub fn quick() -> bool {
     !std::env::args().any(|arg| arg == "--bench")
 }
+
+/// The least any limit shared by clones must do per request: read a clock and move one
+/// shared theoretical arrival time with a compare-and-swap (GCRA, one quota, no headers,
+/// no report), passing the inner future through unchanged. What it costs beside
+/// `tower::limit::RateLimit` (per-instance state, no atomic) is the floor of a shared limit.
+#[derive(Clone)]
+pub struct SharedFloor<S> {
+    pub inner: S,
+    pub tat: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub clock: quanta::Clock,
+    pub origin: u64,
+    pub interval: u64,
+    pub window: u64,
+}
+
+impl<S> SharedFloor<S> {
+    /// One per `interval_nanos`, bursts up to `window_nanos`, around `inner`.
+    pub fn new(inner: S, interval_nanos: u64, window_nanos: u64) -> Self {
+        let clock = quanta::Clock::new();
+        Self {
+            inner,
+            tat: Default::default(),
+            origin: clock.raw(),
+            clock,
+            interval: interval_nanos,
+            window: window_nanos,
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for SharedFloor<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> S::Future {
+        use std::sync::atomic::Ordering;
+        // The same clock as tollgate's default: the TSC through quanta.
+        let now = self.clock.delta_as_nanos(self.origin, self.clock.raw());
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let next = tat.max(now) + self.interval;
+            if next - now > self.window {
+                break; // refused: a real limit would answer here
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(found) => tat = found,
+            }
+        }
+        self.inner.call(request)
+    }
+}

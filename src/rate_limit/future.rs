@@ -94,6 +94,10 @@ where
                 note,
                 settle,
             } => {
+                if note.is_none() && settle.is_none() {
+                    // Nothing to add to the response (headers off): pass it on as it comes.
+                    return future.poll(cx).map_err(R::inner_error);
+                }
                 let mut response = ready!(future.poll(cx)).map_err(R::inner_error)?;
                 if let Some(settle) = settle.take() {
                     settle.finish(R::actual_cost(&response));

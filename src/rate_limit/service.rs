@@ -280,7 +280,7 @@ where
 /// Calls the inner service for an admitted request (after its wait), or answers a refused
 /// one; `reserved`, a unit reserved earlier, is used or given back with it. `partition` is the
 /// key's partition key, when the answer writes one.
-#[inline]
+#[inline(always)]
 fn proceed<Svc, Req, K, Q, S, R, C>(
     inner: &mut Svc,
     shared: &Arc<Shared<K, Q, S, R, C>>,
@@ -411,7 +411,7 @@ type CallFuture<Svc, R, Req> = ResponseFuture<
 
 impl<K, Q, S, R, C> Shared<K, Q, S, R, C> {
     /// The headers of an allowed response, unless the layer is a quiet shadow.
-    #[inline]
+    #[inline(always)]
     fn note<Req, T, E>(
         &self,
         quotas: &Quotas,
@@ -475,7 +475,7 @@ fn take_ready<Svc: Clone>(inner: &mut Svc) -> Svc {
 
 /// Uses a unit reserved earlier (if any) with `admitted`, and returns the settlement of
 /// both: the reserved unit is part of the estimate.
-#[inline]
+#[inline(always)]
 fn settle_with(admitted: &mut Admitted, reserved: Option<Admitted>) -> Option<Settle> {
     let mut settle = admitted.take_settle();
     if let Some(mut reserved) = reserved {

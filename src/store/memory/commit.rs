@@ -16,7 +16,7 @@ pub(super) const NO_STEP: Step = Step {
 };
 
 /// Decides one request against a single quota's TAT: the classic compare-and-swap loop.
-#[inline]
+#[inline(always)]
 pub(super) fn decide_one(
     gcra: Gcra,
     tat: &AtomicU64,

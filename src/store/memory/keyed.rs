@@ -15,7 +15,7 @@ use crate::{Decision, QuotaError, Quotas};
 
 impl<C: Clock> MemoryStore<C> {
     /// One quota, a cost that fits: the hot path.
-    #[inline]
+    #[inline(always)]
     pub(super) fn decide_single(
         &self,
         place: Place,

@@ -145,7 +145,7 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Decides `ask` at once (see [`Store`]'s contract).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decide_now<K: Hash>(&self, ask: &Ask<'_, K>) -> Result<Decision, QuotaError> {
         let Some((key, quotas)) = ask.single() else {
             return self.decide_across(ask);
@@ -232,7 +232,7 @@ impl<C: Clock> MemoryStore<C> {
 impl<C: Clock, K: Hash> Store<K> for MemoryStore<C> {
     type Future = Ready<Result<Decision, StoreError>>;
 
-    #[inline]
+    #[inline(always)]
     fn decide(&self, ask: &Ask<'_, K>) -> Self::Future {
         ready(self.decide_now(ask).map_err(StoreError::from))
     }
