@@ -89,8 +89,12 @@ impl Gcra {
     #[inline]
     pub fn step(&self, tat: u64, now: u64, cost: u32, max_wait: u64) -> Step {
         let new_tat = tat.max(now).saturating_add(self.charge(cost));
-        let conforms_at = new_tat.saturating_sub(self.window);
-        let wait = conforms_at.saturating_sub(now);
+        // A peek takes nothing, so it passes at once, even past a bucket reserved beyond its
+        // window by waiting requests (where a request of cost 1 would wait).
+        let wait = match cost {
+            0 => 0,
+            _ => new_tat.saturating_sub(self.window).saturating_sub(now),
+        };
         if wait <= max_wait {
             Step {
                 allowed: true,

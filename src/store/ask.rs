@@ -74,8 +74,10 @@ impl<'a, K> Ask<'a, K> {
     }
 
     /// One unit for every key of `parts` under its own quotas, all or nothing; without waiting.
-    /// List each key and quota once: one listed twice is charged once by the memory store and
-    /// a single Redis, once per listing by [`apply`](Self::apply) and a Redis Cluster.
+    /// A key listed twice (under the same quotas: a key names one set in an ask) is charged
+    /// once and given back once by the memory store, a single Redis and a store built on
+    /// [`apply`](Self::apply) that keeps one TAT per state; a Redis Cluster decides parts one
+    /// after another and charges it once per listing.
     pub fn across(parts: &'a [(K, Quotas)]) -> Self {
         Self {
             parts: Parts::Many(parts),
@@ -207,6 +209,15 @@ impl<'a, K> Ask<'a, K> {
     pub fn apply(&self, tats: &mut [u64], now: u64) -> Result<Decision, crate::QuotaError> {
         self.check()?;
         assert_eq!(tats.len(), self.states().count(), "one TAT per state");
+        if self.cost == 0 {
+            // A peek changes nothing, not even where carried-over debt sits: it reads a copy.
+            return Ok(self.decide_on(&mut tats.to_vec(), now));
+        }
+        Ok(self.decide_on(tats, now))
+    }
+
+    /// [`apply`](Self::apply), once the ask is known to be possible.
+    fn decide_on(&self, tats: &mut [u64], now: u64) -> Decision {
         let mut at = 0;
         for (_, quotas) in self.parts() {
             let (current, earlier) =
@@ -236,7 +247,7 @@ impl<'a, K> Ask<'a, K> {
                 tats[i] = step.tat;
             }
         }
-        Ok(self.decision(&steps[..n], now))
+        self.decision(&steps[..n], now)
     }
 
     /// Gives `cost` back on every quota of every part, on the TATs of its

@@ -1,10 +1,11 @@
 //! The states of the global key: a few lock-free slots, each claimed by one quota id, so that
 //! a limit on the whole service is one compare-and-swap on its own cache line, no hash and no
-//! lock. Quotas beyond the slots go to the keyed table like any key's.
+//! lock. Once every slot is taken, other quotas go to the keyed table like any key's; slots are
+//! never given up, so each quota's state stays where it started.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::quota::{MAX_CARRIED, MAX_QUOTAS};
+use crate::quota::MAX_CARRIED;
 use crate::Quotas;
 
 /// The global key's slots.
@@ -21,17 +22,6 @@ struct GlobalSlot {
 }
 
 impl GlobalSlots {
-    /// The TAT of each quota of the set, claiming free slots; `None` when the slots are taken
-    /// by other quotas (the caller then falls back to the table).
-    #[inline]
-    pub(super) fn find_all(&self, quotas: &Quotas) -> Option<[&AtomicU64; MAX_QUOTAS]> {
-        let mut found = [&self.slots[0].tat; MAX_QUOTAS];
-        for (slot, quota) in found.iter_mut().zip(quotas) {
-            *slot = self.find(quota.id())?;
-        }
-        Some(found)
-    }
-
     /// The TATs of the quotas `quotas` carries states over from, where they hold a slot.
     pub(super) fn peek_carried(&self, quotas: &Quotas) -> [Option<&AtomicU64>; MAX_CARRIED] {
         let mut found = [None; MAX_CARRIED];

@@ -63,45 +63,84 @@ impl<C: Clock> MemoryStore<C> {
         if cost == 0 {
             return Ok(self.peek(place, quotas));
         }
+        Ok(self.carried_then(place, quotas, |tats, now| {
+            commit::decide_set(quotas, tats, now, cost, max_wait)
+        }))
+    }
+
+    /// Moves a key's debt from the quotas `quotas` carries over from onto its states under
+    /// `quotas`, then runs `decide` on those states at the same instant, under the same lock.
+    fn carried_then<R>(
+        &self,
+        place: Place,
+        quotas: &Quotas,
+        mut decide: impl FnMut(&[&AtomicU64], u64) -> R,
+    ) -> R {
+        let now = self.inner.clock.now();
+        self.with_states(place, quotas, now, |tats, earlier| {
+            commit::carry_over(quotas, tats, earlier, now);
+            decide(tats, now)
+        })
+    }
+
+    /// Runs `f` on a key's states under `quotas` (claimed where missing) and on its states
+    /// under the quotas `quotas` carries over from (where tracked).
+    ///
+    /// The global key keeps each quota's state in a slot of its own when it holds one or can
+    /// claim one, and in the keyed table once every slot is taken. Slots are never given up,
+    /// so a quota whose state went to the table found them all taken and never claims one
+    /// later: each state lives in one place for good, whatever sets its quota is asked in.
+    fn with_states<R>(
+        &self,
+        place: Place,
+        quotas: &Quotas,
+        now: u64,
+        mut f: impl FnMut(&[&AtomicU64], &[Option<&AtomicU64>]) -> R,
+    ) -> R {
         let inner = &*self.inner;
-        let hash = match place {
-            Place::Global(hash) => match inner.global.find_all(quotas) {
-                Some(tats) => {
-                    let now = inner.clock.now();
-                    let tats = &tats[..quotas.len()];
-                    let earlier = inner.global.peek_carried(quotas);
-                    commit::carry_over(quotas, tats, &earlier[..quotas.carried().len()], now);
-                    return Ok(commit::decide_set(quotas, tats, now, cost, max_wait));
-                }
-                None => hash,
-            },
-            Place::Keyed(hash) => hash,
-        };
+        let (n, c) = (quotas.len(), quotas.carried().len());
+        let hash = hash_of(place);
         let (ids, carried) = (entry_ids(hash, quotas), carried_ids(hash, quotas));
-        let now = inner.clock.now();
-        Ok(inner.table.update(
+        let evict = |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now);
+        let Place::Global(_) = place else {
+            return inner
+                .table
+                .update(hash, &ids[..n], &carried[..c], now, evict, f);
+        };
+        let slots = self.global_slots(quotas);
+        let carried_slots = inner.global.peek_carried(quotas);
+        let (in_table, t) = without_slots::<MAX_QUOTAS>(&ids[..n], &slots);
+        let (carried_in_table, tc) = without_slots::<MAX_CARRIED>(&carried[..c], &carried_slots);
+        if t == 0 && tc == 0 {
+            let (tats, before) = merge(&slots, &carried_slots, n, c, &[], &[]);
+            return f(&tats[..n], &before[..c]);
+        }
+        inner.table.update(
             hash,
-            &ids[..quotas.len()],
-            &carried[..quotas.carried().len()],
+            &in_table[..t],
+            &carried_in_table[..tc],
             now,
-            |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
-            |tats, earlier| {
-                // The global key's earlier quotas may hold one of its slots.
-                let slots = match place {
-                    Place::Global(_) => inner.global.peek_carried(quotas),
-                    Place::Keyed(_) => [None; MAX_CARRIED],
-                };
-                let both: [Option<&AtomicU64>; MAX_CARRIED] =
-                    std::array::from_fn(|j| earlier.get(j).copied().flatten().or(slots[j]));
-                commit::carry_over(quotas, tats, &both[..earlier.len()], now);
-                commit::decide_set(quotas, tats, now, cost, max_wait)
+            evict,
+            |table, earlier| {
+                let (tats, before) = merge(&slots, &carried_slots, n, c, table, earlier);
+                f(&tats[..n], &before[..c])
             },
-        ))
+        )
+    }
+
+    /// The global key's slot for each quota of `quotas`, claiming free ones.
+    fn global_slots(&self, quotas: &Quotas) -> [Option<&AtomicU64>; MAX_QUOTAS] {
+        let mut slots = [None; MAX_QUOTAS];
+        for (slot, quota) in slots.iter_mut().zip(quotas) {
+            *slot = self.inner.global.find(quota.id());
+        }
+        slots
     }
 
     /// Several keys at once, each with its own quotas, in one atomic step: the parts' shards
     /// are read-locked in shard order and one compare-and-swap loop commits all parts or
-    /// none. Quotas carried over from earlier sets are not looked up here.
+    /// none. Each part's carried-over debt moves first, in a step of its own (as a lone
+    /// key's would, had it lost a race: the next decision moves what a race left behind).
     pub(super) fn decide_across<K: Hash>(&self, ask: &Ask<'_, K>) -> Result<Decision, QuotaError> {
         ask.check()?;
         if ask.cost() == 0 {
@@ -110,6 +149,11 @@ impl<C: Clock> MemoryStore<C> {
                 *status = self.status(key, quotas);
             }
             return Ok(Decision::of_parts(&statuses[..ask.len()]));
+        }
+        for (key, quotas) in ask.parts() {
+            if !quotas.carried().is_empty() {
+                self.carried_then(self.place(key), quotas, |_, _| ());
+            }
         }
         let inner = &*self.inner;
         // At most MAX_QUOTAS quotas in all (checked above), so at most as many parts.
@@ -172,85 +216,70 @@ impl<C: Clock> MemoryStore<C> {
         Decision::from_steps(quotas, &steps[..quotas.len()], now)
     }
 
-    /// The TATs of a key under each quota (0: a full bucket), without claiming.
+    /// The TATs of a key under each quota (0: a full bucket), without claiming table entries.
     pub(super) fn load(&self, place: Place, quotas: &Quotas) -> [u64; MAX_QUOTAS] {
         let inner = &*self.inner;
+        let hash = hash_of(place);
+        let ids = entry_ids(hash, quotas);
+        let mut tats = inner.table.load(hash, &ids[..quotas.len()]);
         if let Place::Global(_) = place {
-            if let Some(slots) = inner.global.find_all(quotas) {
-                let mut tats = [0; MAX_QUOTAS];
-                for (tat, slot) in tats.iter_mut().zip(&slots[..quotas.len()]) {
+            for (tat, slot) in tats.iter_mut().zip(self.global_slots(quotas)) {
+                if let Some(slot) = slot {
                     *tat = slot.load(Ordering::Acquire);
                 }
-                return tats;
             }
         }
-        let hash = hash_of(place);
-        inner
-            .table
-            .load(hash, &entry_ids(hash, quotas)[..quotas.len()])
+        tats
     }
 
     /// Sets a key's TATs under each quota, claiming states as needed.
     pub(super) fn store(&self, place: Place, quotas: &Quotas, tats: &[u64]) {
-        let inner = &*self.inner;
-        if let Place::Global(_) = place {
-            if let Some(slots) = inner.global.find_all(quotas) {
-                for (slot, tat) in slots[..quotas.len()].iter().zip(tats) {
-                    slot.store(*tat, Ordering::Release);
-                }
-                return;
+        let now = self.inner.clock.now();
+        self.with_states(place, quotas, now, |slots, _| {
+            for (slot, tat) in slots.iter().zip(tats) {
+                slot.store(*tat, Ordering::Release);
             }
-        }
-        let hash = hash_of(place);
-        let ids = entry_ids(hash, quotas);
-        let now = inner.clock.now();
-        inner.table.update(
-            hash,
-            &ids[..quotas.len()],
-            &[],
-            now,
-            |evicted| inner.pressure.evicted(evicted, inner.table.capacity(), now),
-            |slots, _| {
-                for (slot, tat) in slots.iter().zip(tats) {
-                    slot.store(*tat, Ordering::Release);
-                }
-            },
-        );
+        });
     }
 
     /// Gives back `cost` of a key's charge under each quota.
     pub(super) fn refund_at(&self, place: Place, quotas: &Quotas, cost: u32) {
         let inner = &*self.inner;
-        if let Place::Global(_) = place {
-            if let Some(slots) = inner.global.find_all(quotas) {
-                for (quota, tat) in quotas.as_slice().iter().zip(slots) {
-                    table::subtract(tat, Gcra::new(quota).charge(cost));
-                }
-                return;
+        let hash = hash_of(place);
+        let slots = match place {
+            Place::Global(_) => self.global_slots(quotas),
+            Place::Keyed(_) => [None; MAX_QUOTAS],
+        };
+        for (quota, slot) in quotas.as_slice().iter().zip(slots) {
+            if let Some(slot) = slot {
+                table::subtract(slot, Gcra::new(quota).charge(cost));
             }
         }
-        let hash = hash_of(place);
+        // The states in the table: those without a slot.
         let ids = entry_ids(hash, quotas);
-        inner.table.modify(hash, &ids[..quotas.len()], |i, tat| {
-            Gcra::new(&quotas.as_slice()[i]).refund(tat, cost)
-        });
+        inner
+            .table
+            .modify(hash, &ids[..quotas.len()], |i, tat| match slots[i] {
+                Some(_) => tat,
+                None => Gcra::new(&quotas.as_slice()[i]).refund(tat, cost),
+            });
     }
 
     /// Forgets a key's states under `quotas` and the quotas it carries over from.
     pub(super) fn forget(&self, place: Place, quotas: &Quotas) {
         let inner = &*self.inner;
+        let hash = hash_of(place);
         if let Place::Global(_) = place {
-            if let Some(slots) = inner.global.find_all(quotas) {
-                for tat in &slots[..quotas.len()] {
-                    tat.store(0, Ordering::Release);
-                }
-                for tat in inner.global.peek_carried(quotas).into_iter().flatten() {
-                    tat.store(0, Ordering::Release);
-                }
-                return;
+            let carried = inner.global.peek_carried(quotas);
+            for slot in self
+                .global_slots(quotas)
+                .into_iter()
+                .chain(carried)
+                .flatten()
+            {
+                slot.store(0, Ordering::Release);
             }
         }
-        let hash = hash_of(place);
         inner
             .table
             .reset(hash, &entry_ids(hash, quotas)[..quotas.len()]);
@@ -258,6 +287,48 @@ impl<C: Clock> MemoryStore<C> {
             .table
             .reset(hash, &carried_ids(hash, quotas)[..quotas.carried().len()]);
     }
+}
+
+/// The entry of a quota not in use.
+static UNUSED: AtomicU64 = AtomicU64::new(0);
+
+/// The global key's states, in order: from its slots where it has them, from the table's
+/// `table` (and `earlier`, for carried quotas) for the others; `n` quotas, `c` carried.
+fn merge<'a>(
+    slots: &[Option<&'a AtomicU64>; MAX_QUOTAS],
+    carried_slots: &[Option<&'a AtomicU64>; MAX_CARRIED],
+    n: usize,
+    c: usize,
+    table: &[&'a AtomicU64],
+    earlier: &[Option<&'a AtomicU64>],
+) -> (
+    [&'a AtomicU64; MAX_QUOTAS],
+    [Option<&'a AtomicU64>; MAX_CARRIED],
+) {
+    let (mut table, mut earlier) = (table.iter(), earlier.iter());
+    let tats = std::array::from_fn(|i| match slots[i] {
+        Some(slot) => slot,
+        None if i < n => table.next().copied().unwrap_or(&UNUSED),
+        None => &UNUSED,
+    });
+    let before = std::array::from_fn(|j| match carried_slots[j] {
+        Some(slot) => Some(slot),
+        None if j < c => earlier.next().copied().flatten(),
+        None => None,
+    });
+    (tats, before)
+}
+
+/// The ids among `ids` that have no slot in `slots`, in order, and how many.
+fn without_slots<const N: usize>(ids: &[u64], slots: &[Option<&AtomicU64>]) -> ([u64; N], usize) {
+    let (mut left, mut n) = ([0; N], 0);
+    for (id, slot) in ids.iter().zip(slots) {
+        if slot.is_none() {
+            left[n] = *id;
+            n += 1;
+        }
+    }
+    (left, n)
 }
 
 fn hash_of(place: Place) -> u64 {

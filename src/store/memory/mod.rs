@@ -92,7 +92,7 @@ struct Inner<C> {
 }
 
 /// Where a key's states live.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Place {
     /// The global key: its slots, or the table under this hash when the slots are taken.
     Global(u64),
@@ -147,7 +147,11 @@ impl<C: Clock> MemoryStore<C> {
     /// Decides `ask` at once (see [`Store`]'s contract).
     #[inline(always)]
     pub(crate) fn decide_now<K: Hash>(&self, ask: &Ask<'_, K>) -> Result<Decision, QuotaError> {
-        let Some((key, quotas)) = ask.single() else {
+        // An ask across one key is that key's (and the global key's, when it is the one).
+        let Some((key, quotas)) = ask
+            .single()
+            .or_else(|| (ask.len() == 1).then(|| ask.part(0)))
+        else {
             return self.decide_across(ask);
         };
         let (cost, max_wait) = (ask.cost(), nanos(ask.max_wait()));
@@ -238,7 +242,16 @@ impl<C: Clock, K: Hash> Store<K> for MemoryStore<C> {
     }
 
     fn refund(&self, ask: &Ask<'_, K>, cost: u32) {
-        for (key, quotas) in ask.parts() {
+        for (i, (key, quotas)) in ask.parts().enumerate() {
+            // A key listed twice was charged once: it is given back once.
+            let place = self.place(key);
+            if ask
+                .parts()
+                .take(i)
+                .any(|(earlier, _)| self.place(earlier) == place)
+            {
+                continue;
+            }
             self.give_back(key, quotas, cost);
         }
     }

@@ -74,7 +74,7 @@ for _ = 1, tonumber(ARGV[1]) do
     a = a + 2
     local tat = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
     local new = (tat > now and tat or now) + interval * cost
-    if new - window - now <= max_wait then
+    if cost == 0 or new - window - now <= max_wait then
       out[first + i] = new
     else
       all = false
@@ -156,7 +156,7 @@ for _ = 1, count do
     local at = a + 1 + 3 * i
     local tat = seeds[i] or tats[ARGV[at]]
     local new = (tat > now and tat or now) + tonumber(ARGV[at + 1]) * cost
-    if new - tonumber(ARGV[at + 2]) - now <= max_wait then
+    if cost == 0 or new - tonumber(ARGV[at + 2]) - now <= max_wait then
       out[first + i] = new
     else
       all = false
@@ -365,10 +365,15 @@ impl Answer {
                 tat.max(self.now_us)
                     .saturating_add(interval.saturating_mul(u64::from(cost)))
             };
+            // A peek passes at once (see `Gcra::step`).
+            let wait = match cost {
+                0 => 0,
+                _ => new.saturating_sub(window).saturating_sub(self.now_us),
+            };
             *step = Step {
                 allowed: self.allowed(i),
                 tat: nanos(tat),
-                wait: nanos(new.saturating_sub(window).saturating_sub(self.now_us)),
+                wait: nanos(wait),
             };
         }
         Some(Decision::from_steps(
