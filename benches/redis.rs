@@ -330,7 +330,7 @@ fn main() {
             "1",
             "tollgate:{__rand_int__}:default:100000:1",
             // One decision: one quota, cost 1, no wait, nothing carried over; its interval
-            // and window.
+            // and window; then 0, Redis's own time.
             "1",
             "1",
             "1",
@@ -338,6 +338,7 @@ fn main() {
             "0",
             &interval,
             &window,
+            "0",
         ],
     );
     let get_set = cli(node.port, &["SCRIPT", "LOAD", GET_SET])

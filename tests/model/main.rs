@@ -1,17 +1,20 @@
 //! Model-based tests: random programs of decisions, waits, refunds, resets, peeks and quota
 //! changes, with time passing by random steps, played against a reference model
 //! ([`reference`]) and against each way the crate decides. Every answer must agree: allowed or
-//! not, remaining, retry-after and reset to the nanosecond, the binding quota and part. A
+//! not, remaining, retry-after and reset to the nanosecond (to the microsecond on Redis, which counts in them), the binding quota and part. A
 //! failure shrinks to a short program, printed as Rust to paste into a regression test.
 //!
 //! `MODEL_CASES` sets how many programs each subject runs (CI: the default, 5,000; the longer
 //! run in TESTING.md: 200,000).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod layer;
 mod limiter;
 mod memory;
 mod outside;
 mod program;
+mod redis;
 mod reference;
 
 use proptest::test_runner::Config;

@@ -308,6 +308,10 @@ pub trait Subject {
     fn exempt(&self, _key: &str) -> bool {
         false
     }
+    /// The subject's unit of time in nanoseconds (see [`Model::counting_in`]).
+    fn resolution(&self) -> u64 {
+        1
+    }
     /// The blocks of asks that do not wait, if the subject has any.
     fn blocks(&self) -> Option<Blocks> {
         None
@@ -323,7 +327,7 @@ pub fn run<S: Subject>(
     let versions = Versions::of(program);
     let mut subject = make(&versions);
     let blocks = subject.blocks();
-    let mut model = Model::default();
+    let mut model = Model::counting_in(subject.resolution());
     // Per key: the refusals' TAT and the end of its block (with `blocks`).
     let mut blocked: std::collections::HashMap<String, (u64, u64)> = Default::default();
     // The allowed asks, for refunds: their parts and cost.

@@ -101,12 +101,23 @@ struct Verdict {
 }
 
 /// Every key's TAT under every quota.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Model {
     tats: HashMap<(String, Bucket), u64>,
+    /// The store's unit of time in nanoseconds: debt carried over between quotas is rounded
+    /// down to it (1 for the memory store, 1,000 for Redis, which counts in microseconds).
+    resolution: u64,
 }
 
 impl Model {
+    /// A model of a store whose unit of time is `resolution` nanoseconds.
+    pub fn counting_in(resolution: u64) -> Self {
+        Self {
+            tats: HashMap::new(),
+            resolution,
+        }
+    }
+
     fn tat(&self, key: &str, bucket: &Bucket) -> u64 {
         self.tats
             .get(&(key.to_owned(), bucket.clone()))
@@ -187,7 +198,7 @@ impl Model {
             }
             let owed = u128::from(old_tat - now) * u128::from(set.buckets[*index].window())
                 / u128::from(old.window());
-            let owed = owed as u64;
+            let owed = owed as u64 / self.resolution * self.resolution;
             if owed == 0 {
                 continue;
             }

@@ -21,7 +21,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::Connection;
-use super::script::{evalsha, run, Answer};
+use super::script::{evalsha, run, Answer, ScriptTime};
 use super::slots::SlotMap;
 use crate::store::StoreError;
 
@@ -64,9 +64,14 @@ pub(super) enum Route {
 impl Batcher {
     /// A batcher sending on `connection`, each call bounded by `timeout`. Must be called in a
     /// tokio runtime.
-    pub(super) fn start(connection: Connection, route: Route, timeout: Duration) -> Self {
+    pub(super) fn start(
+        connection: Connection,
+        route: Route,
+        timeout: Duration,
+        time: ScriptTime,
+    ) -> Self {
         let (queue, arrivals) = mpsc::unbounded_channel();
-        tokio::spawn(drive(arrivals, connection, route, timeout));
+        tokio::spawn(drive(arrivals, connection, route, timeout, time));
         Self { queue }
     }
 
@@ -87,7 +92,9 @@ async fn drive(
     connection: Connection,
     route: Route,
     timeout: Duration,
+    time: ScriptTime,
 ) {
+    let time = &time;
     let mut queued: Vec<Pending> = Vec::new();
     // Calls out, each answering with its node (0 on a single Redis), and how many per node.
     let mut calls = FuturesUnordered::new();
@@ -102,7 +109,7 @@ async fn drive(
                 while calls.len() < IN_FLIGHT && !queued.is_empty() {
                     let take = queued.len().min(MAX_BATCH);
                     let batch: Vec<Pending> = queued.drain(..take).collect();
-                    let call = send(batch, connection.clone(), script, timeout);
+                    let call = send(batch, connection.clone(), script, timeout, time);
                     calls.push(call.map(|()| 0).boxed());
                 }
             }
@@ -136,10 +143,11 @@ async fn drive(
                                 one,
                                 map,
                                 timeout,
+                                time,
                             )
                             .boxed()
                         } else {
-                            one_at_a_time(group, connection.clone(), one, timeout).boxed()
+                            one_at_a_time(group, connection.clone(), one, timeout, time).boxed()
                         };
                         calls.push(call.map(move |()| node).boxed());
                     }
@@ -182,6 +190,7 @@ async fn send_across_slots(
     one: &redis::Script,
     map: &SlotMap,
     timeout: Duration,
+    time: &ScriptTime,
 ) {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(across_slots.get_hash())
@@ -201,6 +210,7 @@ async fn send_across_slots(
             cmd.arg(key).arg(earlier);
         }
     }
+    cmd.arg(time.arg());
     let answer = tokio::time::timeout(
         timeout,
         run::<Vec<i64>>(across_slots, &cmd, &mut connection),
@@ -210,7 +220,7 @@ async fn send_across_slots(
         Ok(Ok(raw)) => deliver(batch, Ok(raw)),
         Ok(Err(error)) if !error.is_io_error() && !error.is_timeout() => {
             map.refresh(&mut connection).await;
-            one_at_a_time(batch, connection, one, timeout).await;
+            one_at_a_time(batch, connection, one, timeout, time).await;
         }
         Ok(Err(error)) => deliver(batch, Err(StoreError::Backend(Box::new(error)))),
         Err(_) => deliver(batch, Err(StoreError::Timeout(timeout))),
@@ -223,10 +233,11 @@ async fn one_at_a_time(
     connection: Connection,
     script: &redis::Script,
     timeout: Duration,
+    time: &ScriptTime,
 ) {
     let calls = batch
         .into_iter()
-        .map(|pending| send(vec![pending], connection.clone(), script, timeout));
+        .map(|pending| send(vec![pending], connection.clone(), script, timeout, time));
     futures_util::future::join_all(calls).await;
 }
 
@@ -236,11 +247,13 @@ async fn send(
     mut connection: Connection,
     script: &redis::Script,
     timeout: Duration,
+    time: &ScriptTime,
 ) {
     let keys = batch.iter().flat_map(|p| p.keys.iter().map(Vec::as_slice));
     let key_count = batch.iter().map(|p| p.keys.len()).sum();
     let args = std::iter::once(batch.len() as u64)
-        .chain(batch.iter().flat_map(|p| p.args.iter().copied()));
+        .chain(batch.iter().flat_map(|p| p.args.iter().copied()))
+        .chain([time.arg()]);
     let cmd = evalsha(script, Counted(keys, key_count), args);
     let raw = match tokio::time::timeout(timeout, run(script, &cmd, &mut connection)).await {
         Ok(Ok(raw)) => Ok(raw),

@@ -26,8 +26,8 @@ use self::connection::{Connection, Target};
 use self::fallback::Local;
 use self::over_limit::OverLimit;
 use self::script::{
-    decision_args, evalsha, interval_us, run, Answer, DECIDE, DECIDE_ACROSS_SLOTS, FULL, REFUND,
-    WRITE_BACK,
+    decision_args, evalsha, interval_us, run, Answer, ScriptTime, DECIDE, DECIDE_ACROSS_SLOTS,
+    FULL, REFUND, WRITE_BACK,
 };
 use self::slots::SlotMap;
 use super::{Ask, Decision, MemoryStore, Store, StoreError};
@@ -185,7 +185,14 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 ///
 /// A key that was just denied is answered locally until its retry-after, without asking Redis
 /// (the over-limit cache of Envoy's rate-limit service): a client hammering a denied key costs
-/// Redis nothing. It is on by default ([`RedisStoreBuilder::over_limit_cache`]).
+/// Redis nothing. It is on by default ([`RedisStoreBuilder::over_limit_cache`]). It answers
+/// requests of cost 1 that do not wait, per key and quota as Redis keeps them, and forgets a
+/// key's denials when a larger cost or a wait charges it, when it is given back or reset, and
+/// when a set carries their debt over to other quotas (a live change, a tier move); denials
+/// under such a set are not remembered, as charges under the quotas it carries from add to
+/// its debt unseen. Another
+/// instance's charges and refunds are not seen: a remembered denial holds until its
+/// retry-after, never admitting more than Redis would.
 ///
 /// # In the example server
 ///
@@ -241,6 +248,8 @@ struct Inner {
     /// Failures are logged at most once a second.
     failure_log: crate::logs::Every,
     clock: MonotonicClock,
+    /// The time the scripts decide at: Redis's, or a test's clock.
+    time: ScriptTime,
     hook: Option<ErrorHook>,
     /// Which groups of keys count as down (one group on a single Redis).
     breaker: Breaker,
@@ -304,9 +313,14 @@ impl RedisStore {
                 script: decide.clone(),
             }
         };
-        let batcher = builder
-            .batching
-            .then(|| Batcher::start(connection.clone(), route, builder.timeout));
+        let batcher = builder.batching.then(|| {
+            Batcher::start(
+                connection.clone(),
+                route,
+                builder.timeout,
+                builder.time.clone(),
+            )
+        });
         let local = match &builder.on_failure {
             OnFailure::Local(store) => Some(Local::new(store.clone(), builder.fleet_size)),
             _ => None,
@@ -328,6 +342,7 @@ impl RedisStore {
                 failure_log: crate::logs::Every::new(1_000_000_000),
                 breaker: Breaker::new(connection_is_cluster),
                 clock: MonotonicClock::new(),
+                time: builder.time,
                 hook: builder.hook,
             }),
         }
@@ -337,7 +352,8 @@ impl RedisStore {
     /// arguments: the number of decisions, then for each its number of quotas, cost, most
     /// microseconds it may wait, number of earlier quotas it carries states over from (0
     /// unless built with [`Quotas::carry_over_from`]), each quota's interval and window in
-    /// microseconds, and each earlier quota's index (from 1) and window.
+    /// microseconds, and each earlier quota's index (from 1) and window; last, 0 (the script
+    /// then reads Redis's own `TIME`).
     pub fn decision_script() -> &'static str {
         DECIDE
     }
@@ -425,6 +441,12 @@ fn answer_decision(quotas: &Quotas, cost: u32, answer: &Answer) -> Result<Decisi
 }
 
 impl Inner {
+    /// The store's own time, in nanoseconds: its monotonic clock, or the test's clock that
+    /// the scripts decide at.
+    fn now(&self) -> u64 {
+        self.time.local().unwrap_or_else(|| self.clock.now())
+    }
+
     fn key<K: RedisKey + ?Sized>(&self, subject: &K, quota: &crate::Quota) -> Vec<u8> {
         let gcra = Gcra::new(quota);
         let mut key = Vec::with_capacity(self.prefix.len() + 64);
@@ -483,11 +505,25 @@ impl Inner {
         max_wait_us: u64,
     ) -> Result<Vec<Answer>, StoreError> {
         let quotas: Vec<&crate::Quota> = parts.iter().flat_map(|(_, q)| q.as_slice()).collect();
-        let keys: Vec<Vec<u8>> = parts
+        let mut keys: Vec<Vec<u8>> = parts
             .iter()
             .flat_map(|(subject, quotas)| self.keys(subject, quotas))
             .collect();
-        let args = script::decision_args_of(quotas.iter().copied(), &[], cost, max_wait_us);
+        // One decision over every part's quotas: each part's earlier quotas carry over to its
+        // own, whose places in the decision start after the earlier parts'.
+        let mut carried = Vec::new();
+        let mut first = 0;
+        for (subject, set) in parts {
+            for earlier in set.carried() {
+                keys.push(self.key(subject, &earlier.quota));
+                carried.push(crate::quota::Carried {
+                    index: first + earlier.index,
+                    quota: earlier.quota.clone(),
+                });
+            }
+            first += set.len();
+        }
+        let args = script::decision_args_of(quotas.iter().copied(), &carried, cost, max_wait_us);
         let answer = self.send(keys, args, quotas.len()).await?;
         let lens: Vec<usize> = parts.iter().map(|(_, quotas)| quotas.len()).collect();
         answer.parts(&lens).ok_or_else(|| {
@@ -515,7 +551,7 @@ impl Inner {
         let cmd = evalsha(
             &self.decide,
             keys.iter().map(Vec::as_slice),
-            std::iter::once(1).chain(args),
+            std::iter::once(1).chain(args).chain([self.time.arg()]),
         );
         let mut connection = self.connection.clone();
         let raw: Vec<i64> = match tokio::time::timeout(
@@ -660,7 +696,7 @@ impl Inner {
         let timeout = self.timeout;
         let calls = chunks.into_iter().map(|chunk| {
             let mut connection = self.connection.clone();
-            let script = self.write_back.clone();
+            let (script, time) = (self.write_back.clone(), self.time.clone());
             async move {
                 let mut invocation = script.prepare_invoke();
                 for debt in &chunk {
@@ -668,6 +704,7 @@ impl Inner {
                         invocation.key(key).arg(owed);
                     }
                 }
+                invocation.arg(time.arg());
                 let done =
                     tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut connection));
                 (chunk.len(), matches!(done.await, Ok(Ok(_))))
@@ -747,7 +784,21 @@ where
     }
 
     fn refund(&self, ask: &Ask<'_, K>, cost: u32) {
+        if let Some((key, quotas)) = ask.single() {
+            return self.refund_one(key, quotas, cost);
+        }
+        // One Redis charged a key listed twice once (one script over its states): it is given
+        // back once. A cluster decided the parts one after another, charging each listing.
+        let once = !self.inner.connection.is_cluster();
+        let mut given: Vec<Vec<Vec<u8>>> = Vec::new();
         for (key, quotas) in ask.parts() {
+            if once {
+                let names = self.inner.keys(key, quotas);
+                if given.contains(&names) {
+                    continue;
+                }
+                given.push(names);
+            }
             self.refund_one(key, quotas, cost);
         }
     }
@@ -775,7 +826,7 @@ impl RedisStore {
         }
         let over_limit = self.inner.over_limit.as_ref()?;
         over_limit
-            .check(key, quotas, cost, self.inner.clock.now())
+            .check(key, quotas, cost, self.inner.now())
             .map(Ok)
     }
 
@@ -810,9 +861,19 @@ impl RedisStore {
             if let Some(local) = &inner.local {
                 local.mirror(&key, &quotas, &answer);
             }
-            if !decision.is_allowed() && cost == 1 && max_wait.is_zero() {
-                if let Some(over_limit) = &inner.over_limit {
-                    over_limit.remember(&key, &quotas, &decision, inner.clock.now());
+            if let Some(over_limit) = &inner.over_limit {
+                let cached = cost == 1 && max_wait.is_zero();
+                let unseen = decision.is_allowed() && !cached && cost > 0;
+                if unseen || !quotas.carried().is_empty() {
+                    // A charge the cache did not see (a larger cost, a reserved wait) makes
+                    // a denial it remembers tell too short a retry-after; a carry-over moves
+                    // the debt of the quotas carried from.
+                    over_limit.forget(&key, &quotas);
+                }
+                // Not for a set that carries states over: a charge under the quotas it
+                // carries from would move more debt to it, unseen.
+                if !decision.is_allowed() && cached && quotas.carried().is_empty() {
+                    over_limit.remember(&key, &quotas, &decision, inner.now());
                 }
             }
             Ok(decision)
@@ -862,7 +923,16 @@ impl RedisStore {
                     local.mirror(key, quotas, answer);
                 }
             }
-            Ok(Decision::of_parts(&decisions))
+            let decision = Decision::of_parts(&decisions);
+            if let Some(over_limit) = &inner.over_limit {
+                // Charges and carry-overs the cache did not see.
+                for (key, quotas) in &parts {
+                    if (decision.is_allowed() && cost > 0) || !quotas.carried().is_empty() {
+                        over_limit.forget(key, quotas);
+                    }
+                }
+            }
+            Ok(decision)
         })
     }
 
@@ -892,6 +962,7 @@ impl RedisStore {
             for (key, charge) in keys.iter().zip(&charges) {
                 invocation.key(key).arg(charge);
             }
+            invocation.arg(inner.time.arg());
             let mut connection = inner.connection.clone();
             let done = tokio::time::timeout(
                 inner.timeout,

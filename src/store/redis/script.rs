@@ -7,6 +7,8 @@
 //! would round them. `keys_hold_one_microsecond_tat_and_expire_when_full` checks the value
 //! stored to the microsecond.
 
+use std::sync::Arc;
+
 use crate::gcra::{Gcra, Step};
 use crate::quota::{Carried, MAX_QUOTAS};
 use crate::store::Decision;
@@ -23,11 +25,17 @@ pub(super) const DECIDE: &str = r#"
 -- ARGV: the number of decisions, then for each: its number of quotas n, cost, max_wait_us,
 -- its number of earlier quotas p, then interval_us and window_us of each quota, then the
 -- quota index (1..n) and window_us of each earlier quota. KEYS: the n TAT keys of each
--- decision, then its p earlier keys, in order.
+-- decision, then its p earlier keys, in order. Last, the time (see below).
 -- Returns now_us, then one number per quota of each decision: the new TAT_us if the quota
 -- allows, -(TAT_us + 1) if it does not (the caller knows the rest: wait = TAT - window - now).
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- The last argument: 0 for Redis's own time; a test's clock, in microseconds, otherwise (TTLs
+-- are then a million times longer, since the test's time does not follow the wall clock that
+-- expires keys, and a TTL of 0 stays 0 as with Redis's time).
+local now, scale = tonumber(ARGV[#ARGV]), 1000000
+if now == 0 then
+  local time = redis.call('TIME')
+  now, scale = tonumber(time[1]) * 1000000 + tonumber(time[2]), 1
+end
 -- Every TAT of the call in one read; a key that comes again in the same call (two requests
 -- of one client in one batch) reads what the earlier decision wrote.
 local tats = redis.call('MGET', unpack(KEYS))
@@ -43,29 +51,31 @@ for _ = 1, tonumber(ARGV[1]) do
   if p > 0 then
     -- Each quota takes on the key's debt under the earlier quotas of its name, rescaled to
     -- the same fraction of its window (added: a charge that reached an earlier key after the
-    -- change moves too); the earlier keys are dropped. A debt that rounds to nothing moves
-    -- nothing.
+    -- change moves too); the earlier keys of a quota that took debt are dropped (full, so
+    -- that moving back carries it back). A debt that rounds to nothing moves nothing.
     for j = 1, p do
       local at = a + 2 * n + 2 * (j - 1)
       local i, from = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-      local key = KEYS[k + n + j]
-      local old = written[key] or tonumber(tats[k + n + j]) or 0
+      local old = written[KEYS[k + n + j]] or tonumber(tats[k + n + j]) or 0
       if old > now then
         local debt = math.floor((old - now) * tonumber(ARGV[a + 2 * i - 1]) / from)
         if debt > 0 then
           local own = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
           seeds[i] = (own > now and own or now) + debt
         end
-        if cost > 0 then
+      end
+    end
+    if cost > 0 then
+      for j = 1, p do
+        if seeds[tonumber(ARGV[a + 2 * n + 2 * (j - 1)])] then
+          local key = KEYS[k + n + j]
           written[key] = 0
           redis.call('DEL', key)
         end
       end
-    end
-    if cost > 0 then
       for i, seed in pairs(seeds) do
         written[KEYS[k + i]] = seed
-        redis.call('SET', KEYS[k + i], seed, 'PX', math.floor((seed - now + 999) / 1000))
+        redis.call('SET', KEYS[k + i], seed, 'PX', scale * math.floor((seed - now + 999) / 1000))
       end
     end
   end
@@ -85,7 +95,7 @@ for _ = 1, tonumber(ARGV[1]) do
     for i = 1, n do
       local new = out[first + i]
       written[KEYS[k + i]] = new
-      redis.call('SET', KEYS[k + i], new, 'PX', math.floor((new - now + 999) / 1000))
+      redis.call('SET', KEYS[k + i], new, 'PX', scale * math.floor((new - now + 999) / 1000))
     end
   end
   a = a + 2 * p
@@ -106,9 +116,15 @@ pub(super) const DECIDE_ACROSS_SLOTS: &str = r#"#!lua flags=allow-cross-slot-key
 -- KEYS[1]: the first key (for routing). ARGV: the number of decisions, then for each: its
 -- number of quotas n, cost, max_wait_us, its number of earlier quotas p, then key,
 -- interval_us and window_us of each quota, then key, quota index (1..n) and window_us of
--- each earlier quota. Returns what DECIDE returns.
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- each earlier quota; last, the time (see below). Returns what DECIDE returns.
+-- The last argument: 0 for Redis's own time; a test's clock, in microseconds, otherwise (TTLs
+-- are then a million times longer, since the test's time does not follow the wall clock that
+-- expires keys, and a TTL of 0 stays 0 as with Redis's time).
+local now, scale = tonumber(ARGV[#ARGV]), 1000000
+if now == 0 then
+  local time = redis.call('TIME')
+  now, scale = tonumber(time[1]) * 1000000 + tonumber(time[2]), 1
+end
 local count = tonumber(ARGV[1])
 local tats = {}
 local a = 2
@@ -139,17 +155,20 @@ for _ = 1, count do
         local own = seeds[i] or tats[ARGV[a + 1 + 3 * i]]
         seeds[i] = (own > now and own or now) + debt
       end
-      if cost > 0 then
-        tats[key] = 0
-        redis.call('DEL', key)
-      end
     end
   end
   if cost > 0 then
+    for j = 1, p do
+      local at = a + 1 + 3 * (n + j)
+      if seeds[tonumber(ARGV[at + 1])] then
+        tats[ARGV[at]] = 0
+        redis.call('DEL', ARGV[at])
+      end
+    end
     for i, seed in pairs(seeds) do
       local key = ARGV[a + 1 + 3 * i]
       tats[key] = seed
-      redis.call('SET', key, seed, 'PX', math.floor((seed - now + 999) / 1000))
+      redis.call('SET', key, seed, 'PX', scale * math.floor((seed - now + 999) / 1000))
     end
   end
   for i = 1, n do
@@ -167,7 +186,7 @@ for _ = 1, count do
     for i = 1, n do
       local key, new = ARGV[a + 1 + 3 * i], out[first + i]
       tats[key] = new
-      redis.call('SET', key, new, 'PX', math.floor((new - now + 999) / 1000))
+      redis.call('SET', key, new, 'PX', scale * math.floor((new - now + 999) / 1000))
     end
   end
   a = a + 4 + 3 * (n + p)
@@ -177,8 +196,14 @@ return out
 
 /// The refund script: gives back `charge_us` on each quota of one key.
 pub(super) const REFUND: &str = r#"
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- The last argument: 0 for Redis's own time; a test's clock, in microseconds, otherwise (TTLs
+-- are then a million times longer, since the test's time does not follow the wall clock that
+-- expires keys, and a TTL of 0 stays 0 as with Redis's time).
+local now, scale = tonumber(ARGV[#ARGV]), 1000000
+if now == 0 then
+  local time = redis.call('TIME')
+  now, scale = tonumber(time[1]) * 1000000 + tonumber(time[2]), 1
+end
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i]))
   if tat then
@@ -186,7 +211,7 @@ for i = 1, #KEYS do
     if new <= now then
       redis.call('DEL', KEYS[i])
     else
-      redis.call('SET', KEYS[i], new, 'PX', math.floor((new - now + 999) / 1000))
+      redis.call('SET', KEYS[i], new, 'PX', scale * math.floor((new - now + 999) / 1000))
     end
   end
 end
@@ -197,18 +222,49 @@ return 1
 /// now (what the local decisions spent): a max-merge, so that a TAT Redis already has beyond
 /// it (the other instances' write-backs, say) is kept.
 pub(super) const WRITE_BACK: &str = r#"
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- The last argument: 0 for Redis's own time; a test's clock, in microseconds, otherwise (TTLs
+-- are then a million times longer, since the test's time does not follow the wall clock that
+-- expires keys, and a TTL of 0 stays 0 as with Redis's time).
+local now, scale = tonumber(ARGV[#ARGV]), 1000000
+if now == 0 then
+  local time = redis.call('TIME')
+  now, scale = tonumber(time[1]) * 1000000 + tonumber(time[2]), 1
+end
 for i = 1, #KEYS do
   local debt = tonumber(ARGV[i])
   local new = now + debt
   local tat = tonumber(redis.call('GET', KEYS[i])) or 0
   if debt > 0 and new > tat then
-    redis.call('SET', KEYS[i], new, 'PX', math.floor((debt + 999) / 1000))
+    redis.call('SET', KEYS[i], new, 'PX', scale * math.floor((debt + 999) / 1000))
   end
 end
 return 1
 "#;
+
+/// The time the scripts decide at, their last argument: Redis's own (`TIME`, sent as 0), or
+/// a test's clock ([`RedisStoreBuilder::clock`](super::RedisStoreBuilder::clock), the
+/// `test-util` feature).
+#[derive(Clone, Default)]
+pub(super) struct ScriptTime(Option<Arc<dyn Fn() -> u64 + Send + Sync>>);
+
+impl ScriptTime {
+    /// On `clock`: its nanoseconds, as the scripts' microseconds.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
+    pub(super) fn of(clock: impl crate::clock::Clock) -> Self {
+        Self(Some(Arc::new(move || clock.now())))
+    }
+
+    /// The scripts' last argument: 0 for Redis's own time, else microseconds (never 0).
+    pub(super) fn arg(&self) -> u64 {
+        self.0.as_ref().map_or(0, |now| (now() / 1_000).max(1))
+    }
+
+    /// The test's clock, in nanoseconds, if there is one: what the store's own remembered
+    /// denials are then timed by too.
+    pub(super) fn local(&self) -> Option<u64> {
+        self.0.as_ref().map(|now| now())
+    }
+}
 
 /// A decision's arguments for [`DECIDE`]: `n`, cost, max wait, `p`, then interval and window
 /// per quota (microseconds), then the quota index (from 1) and window of each earlier quota
