@@ -581,24 +581,49 @@ fn write(shard: &Shard) -> RwLockWriteGuard<'_, Slots> {
     shard.slots.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A TAT that decisions change with atomic operations only: the table's `AtomicU64`s (and
+/// loom's, in the model-checked tests of every interleaving).
+pub(crate) trait Tat {
+    /// Loads the TAT for a decision.
+    fn load_tat(&self) -> u64;
+    /// Stores `new` if the TAT is still `current`; else returns the TAT found.
+    fn swap_tat(&self, current: u64, new: u64) -> Result<(), u64>;
+    /// Replaces the TAT by `change(tat)`, atomically.
+    fn update_tat(&self, change: impl FnMut(u64) -> u64);
+}
+
+impl Tat for AtomicU64 {
+    #[inline]
+    fn load_tat(&self) -> u64 {
+        self.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn swap_tat(&self, current: u64, new: u64) -> Result<(), u64> {
+        self.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
+    }
+
+    fn update_tat(&self, mut change: impl FnMut(u64) -> u64) {
+        let _ = self.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(change(t)));
+    }
+}
+
 /// Loads a TAT for a decision.
 #[inline]
-pub(crate) fn load(tat: &AtomicU64) -> u64 {
-    tat.load(Ordering::Acquire)
+pub(crate) fn load<T: Tat + ?Sized>(tat: &T) -> u64 {
+    tat.load_tat()
 }
 
 /// Stores `new` if the TAT is still `current`; else returns the TAT found.
 #[inline]
-pub(crate) fn swap(tat: &AtomicU64, current: u64, new: u64) -> Result<(), u64> {
-    tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
-        .map(drop)
+pub(crate) fn swap<T: Tat + ?Sized>(tat: &T, current: u64, new: u64) -> Result<(), u64> {
+    tat.swap_tat(current, new)
 }
 
 /// Subtracts `by` from a TAT (a refund).
-pub(crate) fn subtract(tat: &AtomicU64, by: u64) {
-    let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-        Some(t.saturating_sub(by))
-    });
+pub(crate) fn subtract<T: Tat + ?Sized>(tat: &T, by: u64) {
+    tat.update_tat(|t| t.saturating_sub(by));
 }
 
 #[cfg(test)]
