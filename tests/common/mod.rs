@@ -80,6 +80,7 @@ pub fn check<K: std::hash::Hash, C: tollgate::clock::Clock>(
 }
 
 pub mod conformance;
+pub mod example;
 pub mod logs;
 pub mod nginx;
 pub mod redis;
