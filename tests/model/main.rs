@@ -16,6 +16,7 @@ mod outside;
 mod program;
 mod redis;
 mod reference;
+mod stress;
 
 use proptest::test_runner::Config;
 
