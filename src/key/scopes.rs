@@ -340,4 +340,62 @@ mod tests {
             "the same key, the same name"
         );
     }
+
+    /// A scope's key as a request gives it: a header value (sensitive or not), or a string.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Given {
+        Header(Vec<u8>, bool),
+        Text(String),
+    }
+
+    fn scope_key(scope: &str, given: &Given) -> ScopeKey {
+        match given {
+            Given::Header(bytes, sensitive) => {
+                let mut value = HeaderValue::from_bytes(bytes).unwrap();
+                value.set_sensitive(*sensitive);
+                ScopeKey::new(scope, value)
+            }
+            Given::Text(text) => ScopeKey::new(scope, text.clone()),
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Two keys of one kind get one name exactly when they are the same scope and value
+        /// (whether a header value is marked sensitive does not make it another key).
+        #[test]
+        fn names_are_equal_only_for_equal_keys(
+            scopes in proptest::collection::vec(
+                proptest::sample::select(vec!["", "a", "a:", "user", "{u}", "%#"]),
+                2,
+            ),
+            values in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop_oneof![Just(b'a'), Just(b'b'), Just(b'\\'), Just(0xff), 32u8..127],
+                    0..4,
+                ),
+                2,
+            ),
+            sensitive in proptest::collection::vec(proptest::bool::ANY, 2),
+            text in proptest::bool::ANY,
+        ) {
+            let given: Vec<Given> = (0..2)
+                .map(|i| match text {
+                    true => Given::Text(String::from_utf8_lossy(&values[i]).into_owned()),
+                    false => Given::Header(values[i].clone(), sensitive[i]),
+                })
+                .collect();
+            let same_value = match (&given[0], &given[1]) {
+                (Given::Header(a, _), Given::Header(b, _)) => a == b,
+                (a, b) => a == b,
+            };
+            let same = scopes[0] == scopes[1] && same_value;
+            let names = [
+                written(&scope_key(scopes[0], &given[0])),
+                written(&scope_key(scopes[1], &given[1])),
+            ];
+            prop_assert_eq!(names[0] == names[1], same, "{:?} {:?}: {:?}", scopes, given, names);
+        }
+    }
 }
