@@ -37,11 +37,13 @@
 //! whose requests lack that header is warned about once a minute (it would be keyed as
 //! itself, and all its clients would share its limits).
 //!
-//! With `REDIS_URL` set (`redis://127.0.0.1:6379`, or `rediss://` for TLS, with
-//! `REDIS_CA_FILE` naming a PEM file of a private CA), the limits live in Redis, so that
-//! several copies of the server share them: `PORT=3000 REDIS_URL=... cargo run --example
-//! server` and `PORT=3001 REDIS_URL=...` in another terminal let one burst through, across
-//! both. With `REDIS_CLUSTER` set instead (comma-separated seed nodes,
+//! Built with `--features redis` (`redis-tls` for TLS), with `REDIS_URL` set
+//! (`redis://127.0.0.1:6379`, or `rediss://` for TLS, with `REDIS_CA_FILE` naming a PEM file
+//! of a private CA), the limits live in Redis, so that several copies of the server share
+//! them: `PORT=3000 REDIS_URL=... cargo run --example server --features redis` and
+//! `PORT=3001 REDIS_URL=...` in another terminal let one burst through, across both. (The
+//! quick start's `cargo run --example server` builds without Redis, and says so if a Redis is
+//! configured.) With `REDIS_CLUSTER` set instead (comma-separated seed nodes,
 //! `redis://10.0.0.1:6379,redis://10.0.0.2:6379`), they live in a Redis Cluster; with
 //! `REDIS_SENTINELS` (comma-separated Sentinel URLs) in the primary the Sentinels name for
 //! `REDIS_SENTINEL_MASTER` (default `mymaster`), followed through failovers. Each is
@@ -86,6 +88,7 @@ use tokio::sync::Semaphore;
 use tollgate::admin::AdminGuard;
 use tollgate::key::{ClientIp, Forwarding, Header, LogKeys};
 use tollgate::rate_limit::{LimiterStats, LiveQuotas, RateLimitLayer, Refusal, Tiers};
+#[cfg(feature = "redis")]
 use tollgate::store::{OnFailure, RedisStore};
 use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
 use tower::{ServiceBuilder, ServiceExt};
@@ -233,7 +236,24 @@ fn admin(limits: &Limits, prometheus: PrometheusHandle) -> Router {
 ///
 /// One store holds every limit's state: it counts states per quota, so that a flood on one
 /// route cannot evict another route's clients (see `MemoryStore`'s "At the cap").
+/// Built without Redis (`--features redis`): `None`, or an error naming the flag when a Redis
+/// is configured.
+#[cfg(not(feature = "redis"))]
+async fn redis_store() -> Result<Option<(MemoryStore, String)>, BoxError> {
+    for name in ["REDIS_URL", "REDIS_CLUSTER", "REDIS_SENTINELS"] {
+        if std::env::var_os(name).is_some() {
+            return Err(format!(
+                "{name} is set, but this server was built without Redis: run it with \
+                 `cargo run --example server --features redis` (`redis-tls` for rediss://)"
+            )
+            .into());
+        }
+    }
+    Ok(None)
+}
+
 /// The Redis store `REDIS_URL` or `REDIS_CLUSTER` names, checked now; `None` for neither.
+#[cfg(feature = "redis")]
 async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
     let fleet_size: u32 = match std::env::var("FLEET_SIZE") {
         Ok(n) => match n.parse() {
@@ -268,12 +288,21 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
         }
         _ => return Err("set one of REDIS_URL, REDIS_CLUSTER and REDIS_SENTINELS".into()),
     };
+    #[cfg(feature = "redis-tls")]
     let builder = match std::env::var("REDIS_CA_FILE") {
         Ok(path) => builder.tls_root_certificates(
             std::fs::read(&path).map_err(|e| format!("REDIS_CA_FILE={path}: {e}"))?,
         ),
         Err(_) => builder,
     };
+    #[cfg(not(feature = "redis-tls"))]
+    if std::env::var_os("REDIS_CA_FILE").is_some() {
+        return Err(
+            "REDIS_CA_FILE is set, but this server was built without TLS to Redis: \
+                    run it with `--features redis-tls`"
+                .into(),
+        );
+    }
     // API keys go into key names as a keyed hash under the fleet's secret.
     let builder = match std::env::var("TOLLGATE_KEY_SECRET") {
         Ok(secret) => builder.key_secret(secret),

@@ -28,7 +28,7 @@ TICK=$(getconf CLK_TCK)
 if ! command -v wrk >/dev/null; then
   apt-get update && apt-get install -y wrk
 fi
-cargo build --release --example e2e_server
+cargo build --release -p tests-integration --example e2e_server
 server=target/release/examples/e2e_server
 
 results=$(mktemp)

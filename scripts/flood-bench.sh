@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A flood of millions of distinct keys against the release example server (pinned to core 0),
-# with honest known and new clients beside it (core 1); see benches/flood.rs.
+# with honest known and new clients beside it (core 1); see tests-integration/benches/flood.rs.
 #
 #   scripts/flood-bench.sh            # FLOOD_SECONDS=45 by default
 set -euo pipefail

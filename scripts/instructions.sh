@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Instructions per request of each case of benches/instructions.rs, exact on any machine:
+# Instructions per request of each case of tests-integration/benches/instructions.rs, exact on any machine:
 # callgrind counts what runs inside its `measured` loop of N iterations, divided by N.
 #
 #   scripts/instructions.sh [CASE ...]     # N=20000 by default; every case without arguments

@@ -24,7 +24,7 @@
 //! listener serves `GET /admin/limits` (each limit's counts and most refused clients, as
 //! JSON), `POST /admin/limits/hello/{per_second}` (changes `/api/hello`'s rate while it runs;
 //! needs `Authorization: Bearer $ADMIN_TOKEN`) and `GET /metrics` (Prometheus text), behind an
-//! `AdminGuard`. `tests/example_server.rs` runs the example server behind a real nginx
+//! `AdminGuard`. `tests-integration/tests/example_server.rs` runs the example server behind a real nginx
 //! and checks that no client reads or changes a limit.
 //!
 //! ```

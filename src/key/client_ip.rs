@@ -64,7 +64,7 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// since all its clients would then share one limit, it is warned about (WARN) once a minute
 /// and counted in `tollgate_client_ip_header_missing_total` ([`metrics`](crate::metrics)).
 ///
-/// `tests/proxy.rs` runs a real nginx in front of a real server in each configuration of the
+/// `tests-integration/tests/proxy.rs` runs a real nginx in front of a real server in each configuration of the
 /// table above and attacks it with forged `Forwarded`, `X-Forwarded-For` and `X-Real-IP`:
 /// exactly the limit passes, and honest clients behind the proxy keep their own buckets. The
 /// example server takes the trusted proxies and the header from its environment:

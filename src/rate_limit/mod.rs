@@ -190,7 +190,7 @@
 //! `TcpConnectInfo` tonic's server records, so `.key(PeerIp::new())` limits per peer as it
 //! does on axum; without it they answer `INTERNAL` with a message naming the feature.
 //!
-//! ```no_run
+//! ```rust,ignore
 //! # use tollgate::{key, Quota, RateLimitLayer};
 //! # use tonic::transport::Server;
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
@@ -203,12 +203,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! (Compiled in CI as a doc test of `tests-integration`, which has the tonic and reqwest
+//! dependencies this crate's own doc tests go without.)
+//!
 //! A tonic client retries with [`RetryLayer::grpc`](crate::RetryLayer::grpc) (see
-//! [`retry`](crate::retry#grpc)). `tests/grpc.rs` runs both ends on loopback.
+//! [`retry`](crate::retry#grpc)). `tests-integration/tests/grpc.rs` runs both ends on loopback.
 //!
 //! # Order in a stack
 //!
-//! Layers listed outermost first. Each row is a test in `tests/composition.rs` (or the file
+//! Layers listed outermost first. Each row is a test in `tests-integration/tests/composition.rs` (or the file
 //! named) that runs in CI.
 //!
 //! | stack | why | test |
@@ -216,8 +219,8 @@
 //! | `RetryLayer` → `TimeoutLayer` → `RateLimitLayer` (per host, wait mode) → client | The timeout is per attempt, and a retry gets a fresh one; the rate limit paces every attempt, retries included, so retries cannot break the host's limit. | `client_retry_then_timeout_then_rate_limit_spends_a_token_on_every_attempt` |
 //! | `RateLimitLayer` → `RetryLayer` → client (avoid) | The limiter sees one call; its retries reach the server unmetered, in a burst. | `a_rate_limit_outside_the_retry_counts_calls_and_lets_retries_through_unmetered` |
 //! | `TimeoutLayer` outside a wait-mode `RateLimitLayer` | The wait for a slot counts against the attempt's timeout: a long wait times out, and the retry above comes back when the slot is free. Put the timeout inside the limiter to time only the call. | `the_timeout_bounds_the_wait_for_a_slot_and_the_retry_tries_again` |
-//! | `RetryLayer` → `LearnLayer` → `TimeoutLayer` → `RateLimitLayer` → client | The learned limit sees every attempt and its wait is not cut short by the per-attempt timeout; `.wait(max)` bounds it. | `examples/client.rs`, `tests/learn.rs` |
-//! | `RetryLayer` → circuit breaker → client | Each attempt is one call the breaker counts. Once it opens, attempts fail at once with its error, which is not retryable: retries stop hammering the upstream. | `tests/retry.rs`: `a_breaker_inside_the_retry_opens_and_retries_stop_hammering` |
+//! | `RetryLayer` → `LearnLayer` → `TimeoutLayer` → `RateLimitLayer` → client | The learned limit sees every attempt and its wait is not cut short by the per-attempt timeout; `.wait(max)` bounds it. | `examples/client.rs`, `tests-integration/tests/learn.rs` |
+//! | `RetryLayer` → circuit breaker → client | Each attempt is one call the breaker counts. Once it opens, attempts fail at once with its error, which is not retryable: retries stop hammering the upstream. | `tests-integration/tests/retry.rs`: `a_breaker_inside_the_retry_opens_and_retries_stop_hammering` |
 //! | circuit breaker → `RetryLayer` → client | The breaker counts calls, each after all its retries: it opens later (a call with three failed attempts is one failure), and once open no call reaches the retry at all. | `a_breaker_outside_the_retry_counts_calls_and_when_open_stops_them_before_any_retry` |
 //! | `Router::layer(RateLimitLayer)` | Every request to the router, matched or not, is counted: 404s spend tokens. | `router_layer_counts_every_request_404s_included` |
 //! | `Router::route_layer(RateLimitLayer)` / `MethodRouter::layer` | Only requests to matched routes (or to that route) are counted; each route can have its own limit. | `route_layer_counts_only_requests_that_match_a_route` |

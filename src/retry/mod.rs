@@ -94,7 +94,7 @@
 //! reqwest's `Client` is a tower `Service` of `reqwest::Request`; the layers speak
 //! `http::Request`, so the adapter is one conversion each way:
 //!
-//! ```no_run
+//! ```rust,ignore
 //! # use std::time::Duration;
 //! # use bytes::Bytes;
 //! # use http_body_util::Full;
@@ -121,7 +121,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `examples/reqwest_client.rs` runs it against a local API that allows 3 requests a second
+//! (Compiled in CI as a doc test of `tests-integration`, which has the tonic and reqwest
+//! dependencies this crate's own doc tests go without.)
+//!
+//! `tests-integration/examples/reqwest_client.rs` runs it against a local API that allows 3 requests a second
 //! (CI runs it): 8 requests, each in one attempt, none refused.
 //!
 //! # gRPC
@@ -132,7 +135,7 @@
 //! policy does; keep calls that must never run twice on a channel without it. The layer hands
 //! the channel a [`ReplayBody`], which `tonic::body::Body::new` turns back into tonic's body:
 //!
-//! ```no_run
+//! ```rust,ignore
 //! # use tollgate::retry::{ReplayBody, RetryLayer};
 //! # use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 //! # use tower::ServiceBuilder;
@@ -147,8 +150,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! (Compiled in CI as a doc test of `tests-integration`, which has the tonic and reqwest
+//! dependencies this crate's own doc tests go without.)
+//!
 //! The server side is the rate-limit layer's [`grpc`](crate::RateLimitLayer::grpc) (see
-//! [`rate_limit`](crate::rate_limit#grpc)); `tests/grpc.rs` runs both ends on loopback.
+//! [`rate_limit`](crate::rate_limit#grpc)); `tests-integration/tests/grpc.rs` runs both ends on loopback.
 //!
 //! # Try it
 //!

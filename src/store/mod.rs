@@ -29,7 +29,7 @@
 //! full bucket) per key and [`Quota::id`](crate::Quota::id). To decide an [`Ask`], read the
 //! TATs of its [`states`](Ask::states), call [`Ask::apply`], and write them all back, as one
 //! atomic step; to refund, the same with [`Ask::give_back`]. The arithmetic, carried-over
-//! quotas included, is the crate's: `tests/custom_store.rs` is a store on a `Mutex<HashMap>`
+//! quotas included, is the crate's: `tests-integration/tests/custom_store.rs` is a store on a `Mutex<HashMap>`
 //! that passes the conformance scenario every store of the crate passes.
 
 mod ask;

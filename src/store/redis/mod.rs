@@ -176,7 +176,7 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// names the whole quota.
 ///
 /// Two and four instances hammering one key through a 5 s outage admitted 0.995× the bound
-/// (`tests/redis_outage.rs`), where each instance keeping the whole limit admitted 1.5–2.75×.
+/// (`tests-integration/tests/redis_outage.rs`), where each instance keeping the whole limit admitted 1.5–2.75×.
 /// A share is at least one request: with a burst smaller than the fleet (3 logins a minute
 /// over 4 instances), the fleet admits one per instance at once during an outage. At most
 /// 100,000 keys are remembered for the write-back per outage.
@@ -203,12 +203,12 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// limit:
 ///
 /// ```text
-/// REDIS_URL=redis://127.0.0.1:6379 PORT=3000 cargo run --example server &
-/// REDIS_URL=redis://127.0.0.1:6379 PORT=3001 cargo run --example server &
+/// REDIS_URL=redis://127.0.0.1:6379 PORT=3000 cargo run --example server --features redis &
+/// REDIS_URL=redis://127.0.0.1:6379 PORT=3001 cargo run --example server --features redis &
 /// for i in $(seq 8); do curl -s -o /dev/null -w '%{http_code} ' localhost:3000/api/hello;
 ///   curl -s -o /dev/null -w '%{http_code} ' localhost:3001/api/hello; done; echo
 /// # 200 200 200 200 200 200 200 200 200 200 429 429 ...: one burst of 10 across both
-/// REDIS_CLUSTER=redis://10.0.0.1:6379,redis://10.0.0.2:6379 FLEET_SIZE=2 PORT=3000 cargo run --example server
+/// REDIS_CLUSTER=redis://10.0.0.1:6379,redis://10.0.0.2:6379 FLEET_SIZE=2 PORT=3000 cargo run --example server --features redis
 /// ```
 ///
 /// # Tests

@@ -21,6 +21,7 @@ use common::conformance::scenario;
 use common::redis::Redis;
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn the_same_requests_get_the_same_answers_as_from_the_memory_store() {
     let redis = redis_or_skip!();
     let memory = scenario(&MemoryStore::new()).await;
@@ -51,6 +52,7 @@ async fn the_same_requests_get_the_same_answers_as_from_the_memory_store() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_quota_change_moves_each_keys_debt_to_the_new_key_in_redis() {
     let redis = redis_or_skip!();
     for store in [
@@ -96,6 +98,7 @@ async fn a_quota_change_moves_each_keys_debt_to_the_new_key_in_redis() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn keys_hold_one_microsecond_tat_and_expire_when_full() {
     let redis = redis_or_skip!();
     let store = redis.store();
@@ -132,6 +135,7 @@ async fn keys_hold_one_microsecond_tat_and_expire_when_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn two_instances_share_one_quota_under_concurrent_load() {
     let redis = redis_or_skip!();
     // Two stores with their own connections, as two processes would have.
@@ -170,6 +174,7 @@ async fn two_instances_share_one_quota_under_concurrent_load() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn noscript_after_script_flush_is_recovered() {
     let redis = redis_or_skip!();
     let store = redis.store();
@@ -190,6 +195,7 @@ async fn noscript_after_script_flush_is_recovered() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn denied_keys_are_answered_locally_until_their_retry_after() {
     let redis = redis_or_skip!();
     let store = redis.store();
@@ -265,6 +271,7 @@ async fn once_redis_answers(store: &RedisStore, key: &str, quotas: &Quotas) -> O
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() {
     let mut redis = redis_or_skip!();
     let quotas = Quotas::from(Quota::per_minute(1).unwrap());
@@ -387,6 +394,7 @@ async fn serve(app: Router) -> SocketAddr {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn two_servers_on_one_redis_share_one_limit() {
     let redis = redis_or_skip!();
     let app = |store: RedisStore| {
@@ -422,6 +430,7 @@ async fn two_servers_on_one_redis_share_one_limit() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn the_layer_behaves_the_same_on_redis() {
     let redis = redis_or_skip!();
     let store = redis.store();
@@ -459,6 +468,7 @@ async fn the_layer_behaves_the_same_on_redis() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn connect_fails_at_start_up_and_says_why() {
     use tollgate::store::RedisStore;
     let unusable = |result: Result<RedisStore, StoreError>| match result {
@@ -541,6 +551,7 @@ async fn connect_fails_at_start_up_and_says_why() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_answers() {
     let redis = redis_or_skip!();
     let quotas = Quotas::from(Quota::per_minute(1).unwrap());
@@ -583,6 +594,7 @@ async fn a_stalled_redis_costs_the_timeout_three_times_then_nothing_until_it_ans
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_redis_blocked_in_debug_sleep_costs_the_timeout_three_times_then_the_local_store_decides()
 {
     let Some(redis) = Redis::start_with(&["--enable-debug-command", "yes"]) else {
@@ -622,6 +634,7 @@ async fn a_redis_blocked_in_debug_sleep_costs_the_timeout_three_times_then_the_l
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn while_redis_is_down_a_dropped_wait_is_given_back_to_the_local_store() {
     let mut redis = redis_or_skip!();
     let local = MemoryStore::new();
@@ -657,6 +670,7 @@ async fn while_redis_is_down_a_dropped_wait_is_given_back_to_the_local_store() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn one_key_many_times_in_one_batch_is_charged_each_time() {
     let redis = redis_or_skip!();
     let store = redis.store();
@@ -672,6 +686,7 @@ async fn one_key_many_times_in_one_batch_is_charged_each_time() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn costs_settled_from_responses_reach_redis() {
     use axum::response::IntoResponse;
     let redis = redis_or_skip!();
@@ -736,6 +751,7 @@ fn http_client() -> hyper_util::client::legacy::Client<
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn shadow_mode_and_near_limit_reports_work_over_redis() {
     use tollgate::rate_limit::LimiterStats;
     let redis = redis_or_skip!();
@@ -771,6 +787,7 @@ async fn shadow_mode_and_near_limit_reports_work_over_redis() {
 /// Per user and global in one script call on one Redis: a refusal by the global quota
 /// spends nothing of the user's, through the store and through a layer on a real server.
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn scoped_decisions_are_one_atomic_call_on_one_redis() {
     use tollgate::key::{Global, ScopeKey, Scopes};
 
@@ -868,6 +885,7 @@ async fn scoped_decisions_are_one_atomic_call_on_one_redis() {
 /// Over Redis, an exempt request and a blocked key's request cost no script call, and a
 /// blocked key is refused with the block's `Retry-After` while Redis would admit it again.
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn exemptions_and_blocks_spare_redis() {
     let redis = redis_or_skip!();
     let key = tollgate::key::Exempt::keys(Header::new("x-api-key"), |key: &http::HeaderValue| {
@@ -908,6 +926,7 @@ async fn exemptions_and_blocks_spare_redis() {
 /// A quota changed through a `LiveQuotas` handle on a layer over Redis: the clients' debt is
 /// in Redis under the old quota's key, and carries over to the new one.
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_live_quota_change_over_redis_keeps_each_clients_debt() {
     use tollgate::rate_limit::LiveQuotas;
 
@@ -938,6 +957,7 @@ async fn a_live_quota_change_over_redis_keeps_each_clients_debt() {
 /// A carried debt that rescales to less than a microsecond moves nothing, and fails nothing:
 /// not the decision, nor the others batched with it.
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_carried_debt_that_rounds_to_nothing_fails_no_decision() {
     let redis = redis_or_skip!();
     let store = redis.store();

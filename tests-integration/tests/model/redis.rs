@@ -216,6 +216,7 @@ fn on(shared: &Shared) {
 }
 
 #[test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 fn a_single_redis_agrees_with_the_model() {
     let Some(redis) = Redis::start() else {
         return;
@@ -224,6 +225,7 @@ fn a_single_redis_agrees_with_the_model() {
 }
 
 #[test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 fn a_redis_cluster_agrees_with_the_model() {
     let Some(cluster) = Cluster::start(3, 0) else {
         return;

@@ -14,8 +14,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `target/debug/examples/server` (built now if it is not) with `env`, and an
-    /// admin listener unless `admin` is false.
+    /// Starts `target/debug/examples/server`, built now with Redis (`--features redis`), with
+    /// `env`, and an admin listener unless `admin` is false.
     pub fn start(admin: bool, env: &[(&str, &str)]) -> Self {
         // Without the variables cargo sets for a test: build scripts that watch them (ring's
         // watches CARGO_MANIFEST_DIR) would otherwise rebuild on every alternate call.
@@ -39,8 +39,9 @@ impl Server {
             }
         }
         let built = cargo
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "--example", "server"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args(["build", "--quiet", "-p", "tollgate", "--example", "server"])
+            .args(["--features", "redis"])
             .status()
             .expect("cargo runs");
         assert!(built.success(), "the example server builds");

@@ -152,16 +152,19 @@ fn check(outcome: Option<Outcome>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn two_instances_stay_within_the_bound_when_redis_is_killed_and_restarted_empty() {
     check(hot_key_through_an_outage(2, Fault::KillAndRestart).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn four_instances_stay_within_the_bound_when_redis_is_killed_and_restarted_empty() {
     check(hot_key_through_an_outage(4, Fault::KillAndRestart).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn two_instances_stay_within_the_bound_when_redis_is_stopped_and_continued() {
     check(hot_key_through_an_outage(2, Fault::StopAndContinue).await);
 }

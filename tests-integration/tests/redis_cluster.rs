@@ -35,6 +35,7 @@ async fn cluster_store(cluster: &Cluster) -> RedisStore {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_cluster_gives_the_same_answers_as_the_memory_store() {
     let cluster = cluster_or_skip!(3, 0);
     let memory = scenario(&MemoryStore::new()).await;
@@ -46,6 +47,7 @@ async fn a_cluster_gives_the_same_answers_as_the_memory_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn two_instances_on_a_cluster_keep_one_limit_per_client_with_keys_spread_over_the_nodes() {
     let cluster = cluster_or_skip!(3, 0);
     // Two stores with their own connections to every node, as two processes would have.
@@ -93,6 +95,7 @@ async fn two_instances_on_a_cluster_keep_one_limit_per_client_with_keys_spread_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_primary_killed_fails_over_and_its_keys_stay_limited() {
     let mut cluster = cluster_or_skip!(3, 1);
     // Without the over-limit cache, which would answer the spent clients' denials itself:
@@ -163,6 +166,7 @@ async fn a_primary_killed_fails_over_and_its_keys_stay_limited() {
 }
 
 #[tokio::test]
+#[cfg_attr(any(no_redis, no_openssl), ignore = "needs openssl and redis-server")]
 async fn a_lone_redis_is_not_taken_for_a_cluster_nor_a_cluster_node_for_a_lone_redis() {
     let cluster = cluster_or_skip!(3, 0);
     let unusable = |result: Result<RedisStore, StoreError>| match result {
@@ -248,6 +252,7 @@ fn certificates(dir: &std::path::Path) {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn rediss_works_against_a_real_tls_redis_and_refuses_an_unknown_certificate() {
     let dir = std::env::temp_dir().join(format!("tollgate-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -376,6 +381,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_store_through_sentinel_follows_a_failover_and_keeps_its_keys_limited() {
     let Some(master) = Redis::start_tcp(&[]) else {
         return;
@@ -476,6 +482,7 @@ fn evalsha_calls(cluster: &Cluster) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn batches_on_a_cluster_go_node_by_node_and_survive_a_resharding() {
     let cluster = cluster_or_skip!(3, 0);
     let store = cluster_store(&cluster).await;
@@ -537,6 +544,7 @@ async fn batches_on_a_cluster_go_node_by_node_and_survive_a_resharding() {
 
 /// A quota change carries each key's debt over in batches that span slots, too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn batched_decisions_on_a_cluster_carry_debt_over_a_quota_change() {
     let cluster = cluster_or_skip!(3, 0);
     let store = cluster_store(&cluster).await;
@@ -562,6 +570,7 @@ async fn batched_decisions_on_a_cluster_carry_debt_over_a_quota_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_stalled_primary_does_not_hold_back_the_other_nodes_keys() {
     let cluster = cluster_or_skip!(3, 0);
     let store = RedisStore::cluster(cluster.seeds())
@@ -629,6 +638,7 @@ async fn a_stalled_primary_does_not_hold_back_the_other_nodes_keys() {
 /// On a cluster the parts of a scoped decision live in different slots: charged in order, and
 /// given back when a later part refuses.
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn scoped_decisions_on_a_cluster_give_back_what_a_later_refusal_would_have_spent() {
     use tollgate::key::{Global, ScopeKey};
 

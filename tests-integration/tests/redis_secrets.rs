@@ -95,6 +95,7 @@ fn everything_stored(redis: &Redis) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn api_keys_never_reach_redis_in_clear_and_the_fleet_still_shares_one_limit() {
     let Some(redis) = Redis::start() else { return };
     let short = "sk-live-4f9a2c7e1b8d03"; // 22 bytes
@@ -144,6 +145,7 @@ async fn api_keys_never_reach_redis_in_clear_and_the_fleet_still_shares_one_limi
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_short_secret_is_refused_at_start_up() {
     let Some(redis) = Redis::start() else { return };
     let error = RedisStore::builder(redis.url())

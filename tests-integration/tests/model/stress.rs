@@ -135,14 +135,22 @@ fn contended_decisions_stay_within_the_bound_of_every_window() {
                 quota.interval().as_nanos() as i128,
                 i128::from(quota.burst()),
             );
-            for (i, first) in events.iter().enumerate() {
-                let mut net = 0i64;
-                for last in &events[i..] {
+            let charges: Vec<&Event> = events.iter().filter(|e| e.cost > 0).collect();
+            let refunds: Vec<&Event> = events.iter().filter(|e| e.cost < 0).collect();
+            for (i, first) in charges.iter().enumerate() {
+                // A window runs from the earliest its first charge could have been decided to
+                // the latest any of its charges could. Every refund that may have landed in
+                // it (begun before its end, ended after its start) counts against what it
+                // charged: a request decided late may have been given a refund stamped later.
+                let mut given_back = refunds.iter().filter(|r| r.to >= first.from).peekable();
+                let (mut net, mut end) = (0i64, 0u64);
+                for last in &charges[i..] {
                     net += last.cost;
-                    // A window runs from the earliest its first event could have been
-                    // decided to the latest its last one could; refunds in it count against
-                    // what it charged.
-                    let window = i128::from(last.to - first.from);
+                    end = end.max(last.to);
+                    while let Some(refund) = given_back.next_if(|r| r.from <= end) {
+                        net += refund.cost;
+                    }
+                    let window = i128::from(end - first.from);
                     let bound = burst + window / interval;
                     assert!(
                         i128::from(net) <= bound,

@@ -118,31 +118,37 @@ fn forged_headers_gain_nothing(nginx: &str, header: Forwarding) {
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn nginx_appending_x_forwarded_for_read_as_x_forwarded_for() {
     forged_headers_gain_nothing(NGINX_BOTH, Forwarding::XForwardedFor);
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn nginx_appending_x_forwarded_for_read_as_x_real_ip() {
     forged_headers_gain_nothing(NGINX_BOTH, Forwarding::XRealIp);
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn nginx_setting_only_x_real_ip() {
     forged_headers_gain_nothing(NGINX_REAL_IP_ONLY, Forwarding::XRealIp);
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn nginx_replacing_forwarded() {
     forged_headers_gain_nothing(NGINX_FORWARDED, Forwarding::Forwarded);
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn nginx_appending_to_forwarded() {
     forged_headers_gain_nothing(NGINX_FORWARDED_APPEND, Forwarding::Forwarded);
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn an_unclosed_quote_cannot_hide_the_proxys_element() {
     let Some(deployment) = Deployment::start(NGINX_FORWARDED_APPEND, Forwarding::Forwarded) else {
         return;
@@ -172,6 +178,7 @@ fn an_unclosed_quote_cannot_hide_the_proxys_element() {
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn the_default_header_is_x_forwarded_for() {
     // The safe default for nginx's textbook snippet: nothing to name.
     let client_ip = ClientIp::trusting(["127.0.0.1/32"]).unwrap();
@@ -180,6 +187,7 @@ fn the_default_header_is_x_forwarded_for() {
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn a_chain_too_long_is_refused_with_the_reason() {
     let Some(deployment) = Deployment::start(NGINX_BOTH, Forwarding::XForwardedFor) else {
         return;
@@ -208,6 +216,7 @@ fn a_chain_too_long_is_refused_with_the_reason() {
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn a_direct_client_cannot_claim_to_be_the_proxy() {
     // Reaching the server directly, not through nginx, from an untrusted address: every
     // forwarding header is the client's, and ignored.

@@ -94,6 +94,7 @@ fn statuses(from: &str, to: SocketAddr, method: &str, path: &str, n: usize) -> V
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn behind_nginx_no_client_reads_or_changes_a_limit_and_the_admin_listener_holds() {
     let server = Server::start(true, &[("ADMIN_TOKEN", TOKEN)]);
     let Some(nginx) = Nginx::start(server.public, NGINX) else {
@@ -240,6 +241,7 @@ fn without_admin_addr_there_is_no_admin_route_anywhere() {
 }
 
 #[test]
+#[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn a_405_or_a_404_spends_nothing() {
     let server = Server::start(false, &[]);
     let Some(nginx) = Nginx::start(server.public, NGINX) else {

@@ -104,9 +104,15 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3200);
     let default_server = if quick {
-        "target/debug/examples/server"
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/debug/examples/server"
+        )
     } else {
-        "target/release/examples/server"
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/release/examples/server"
+        )
     };
     let server_path = std::env::var("SERVER").unwrap_or_else(|_| default_server.into());
     let base = format!("http://127.0.0.1:{port}");

@@ -133,6 +133,7 @@ async fn denials_and_waits_reach_the_hook() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn on_redis_the_same_calls_hold_one_limit() {
     let redis = redis_or_skip!();
     let limiter = RateLimiter::new(Quota::per_minute(3).unwrap()).store(redis.store());
@@ -192,6 +193,7 @@ where
 }
 
 #[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_cost_is_charged_in_full_on_a_network_store_in_wait_mode() {
     let redis = redis_or_skip!();
     assert_eq!(
