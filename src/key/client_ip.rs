@@ -190,12 +190,12 @@ impl ClientIp {
         self.header
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
     /// The client behind a trusted `peer`.
-    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, KeyError> {
+    pub(crate) fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, KeyError> {
         let name = self.header.header_name();
         let mut hops = Hops::default();
         for value in headers.get_all(&name) {
@@ -252,7 +252,7 @@ impl ClientIp {
 /// The nodes of a forwarding chain, at most [`MAX_HOPS`]: no allocation however long the
 /// header a client sends.
 #[derive(Default)]
-struct Hops<'a> {
+pub(crate) struct Hops<'a> {
     nodes: [&'a str; MAX_HOPS],
     len: usize,
 }
@@ -266,7 +266,7 @@ impl<'a> Hops<'a> {
         Ok(())
     }
 
-    fn as_slice(&self) -> &[&'a str] {
+    pub(crate) fn as_slice(&self) -> &[&'a str] {
         &self.nodes[..self.len]
     }
 }
@@ -320,7 +320,7 @@ impl Forwarding {
 
     /// Adds the node names of one header value to `hops`, in order; what is wrong with the
     /// value otherwise.
-    fn nodes<'a>(self, value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malformed> {
+    pub(crate) fn nodes<'a>(self, value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malformed> {
         match self {
             Self::Forwarded => forwarded_for(value, hops),
             // Commas cannot be quoted in these headers: nothing can hide an element, and
@@ -406,7 +406,7 @@ impl fmt::Display for Forwarding {
 
 /// What is wrong with a forwarding header, for the 400's reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Malformed {
+pub(crate) enum Malformed {
     TooLong,
     Unterminated,
     BadEscape,
@@ -549,7 +549,7 @@ fn is_tchar(b: u8) -> bool {
 /// `[2001:db8::1]`, `[2001:db8::1]:80`, `fe80::1%eth0` (a `Forwarded` value comes here
 /// unquoted). IPv4-mapped IPv6 becomes IPv4; zone ids are dropped. `None` for anything else,
 /// a port above 65535 included.
-fn parse_node(node: &str) -> Option<IpAddr> {
+pub(crate) fn parse_node(node: &str) -> Option<IpAddr> {
     let node = node.trim();
     let ip = if let Some(bracketed) = node.strip_prefix('[') {
         let (v6, port) = bracketed.split_once(']')?;
