@@ -58,7 +58,8 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// (`unknown`, an obfuscated `_name`, garbage), that lists more than 32 hops, or an
 /// `X-Real-IP` with more than one address, is invalid: the
 /// layer answers 400 with the reason in its `tracing` event, never guessing around it.
-/// `Forwarded` is read by RFC 7239's grammar: an unclosed quote or a stray character is
+/// `Forwarded` is read by RFC 7239's grammar: an unclosed quote, a stray character, a
+/// parameter repeated within an element or an element of more than 8 parameters is
 /// invalid too (a quote left open once swallowed the element nginx appended after it). A
 /// trusted proxy that sends no forwarding header is itself the client (health checks, say);
 /// since all its clients would then share one limit, it is warned about (WARN) once a minute
@@ -413,6 +414,7 @@ pub(crate) enum Malformed {
     Stray(u8),
     NoValue,
     Repeated,
+    TooManyPairs,
 }
 
 impl fmt::Display for Malformed {
@@ -424,6 +426,7 @@ impl fmt::Display for Malformed {
             Self::Stray(b) => write!(f, "has a stray {:?} where it cannot be", char::from(*b)),
             Self::NoValue => f.write_str("has a parameter without `=value`"),
             Self::Repeated => f.write_str("repeats a parameter within one element"),
+            Self::TooManyPairs => f.write_str("has an element of more than 8 parameters"),
         }
     }
 }
@@ -475,10 +478,12 @@ fn forwarded_for<'a>(value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malforme
                 {
                     return Err(Malformed::Repeated);
                 }
-                if names < names_seen.len() {
-                    names_seen[names] = name;
-                    names += 1;
-                }
+                // Past eight names a repeat went unseen, and a second `for` replaced the
+                // first (found by the fuzz target `forwarded`): an element of more pairs than
+                // are remembered is refused (RFC 7239 defines four parameters).
+                let slot = names_seen.get_mut(names).ok_or(Malformed::TooManyPairs)?;
+                *slot = name;
+                names += 1;
                 if name.eq_ignore_ascii_case("for") {
                     for_value = Some(pair_value);
                 }
@@ -893,6 +898,16 @@ mod tests {
             ("for=\"6.6.6.1\"x, for=198.51.100.1", Err("stray")),
             ("for=6.6.6.1 for=7.7.7.7, for=198.51.100.1", Err("stray")),
             ("for=6.6.6.1;for=7.7.7.7, for=198.51.100.1", Err("repeats")),
+            // Found by the fuzz target `forwarded`: a repeat after eight names went unseen,
+            // and the second `for` was taken.
+            (
+                "a=1;b=2;c=3;d=4;e=5;f=6;g=7;h=8;for=1.1.1.1;for=2.2.2.2",
+                Err("more than 8 parameters"),
+            ),
+            (
+                "a=1;b=2;c=3;d=4;e=5;f=6;g=7;for=198.51.100.1",
+                Ok("198.51.100.1"),
+            ),
             ("for, for=198.51.100.1", Err("without")),
             ("for=, for=198.51.100.1", Err("without")),
             ("=x, for=198.51.100.1", Err("stray")),
