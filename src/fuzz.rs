@@ -93,6 +93,11 @@ fn check_walk(ip: &ClientIp, header: Forwarding, headers: &HeaderMap, client: Ip
 /// Where a value may be cut into field lines without changing what it says: at commas, and
 /// for `Forwarded` only outside quoted strings (a comma inside one is text).
 fn cut_points(value: &[u8], quoted: bool) -> Vec<usize> {
+    separators(value, quoted, b',')
+}
+
+/// The positions of `separator` in `value`, outside quoted strings when `quoted`.
+fn separators(value: &[u8], quoted: bool, separator: u8) -> Vec<usize> {
     let mut points = Vec::new();
     let (mut in_quote, mut escaped) = (false, false);
     for (i, &b) in value.iter().enumerate() {
@@ -105,7 +110,7 @@ fn cut_points(value: &[u8], quoted: bool) -> Vec<usize> {
             }
         } else if quoted && b == b'"' {
             in_quote = true;
-        } else if b == b',' {
+        } else if b == separator {
             points.push(i);
         }
     }
@@ -149,7 +154,31 @@ fn forwarding(header: Forwarding, data: &[u8]) {
             }
         }
         assert!(!in_quote, "an open quote was accepted");
+        // RFC 7239 §4: no parameter twice in one element, however many it has.
+        for element in pieces(value, b',') {
+            let mut names: Vec<String> = Vec::new();
+            for pair in pieces(element, b';') {
+                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(pair[..eq].trim_ascii()).to_ascii_lowercase();
+                assert!(!names.contains(&name), "{name} twice in {value:?}");
+                names.push(name);
+            }
+        }
     }
+}
+
+/// `value` cut at each `separator` outside quoted strings.
+fn pieces(value: &[u8], separator: u8) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for at in separators(value, true, separator) {
+        out.push(&value[start..at]);
+        start = at + 1;
+    }
+    out.push(&value[start..]);
+    out
 }
 
 /// `Forwarded` (RFC 7239) from a trusted proxy.
