@@ -7,6 +7,8 @@
 #   scripts/fuzz.sh --runs 10000000 every target 10^7 executions (the long run)
 #   scripts/fuzz.sh 30 forwarded    only the targets named
 #
+# On a shared machine, CARGO_BUILD_JOBS=1 keeps the build to one core (the fuzzing itself is
+# one process, one target at a time).
 # Builds on the stable toolchain: `--sanitizer none` needs no nightly flag (no ASan; Rust's
 # own checks, with overflow checks and debug assertions on through `-a`, are what finds bugs
 # here). Each target starts from a copy of its seeds in fuzz/corpus/<target>/, in a temporary
@@ -36,8 +38,6 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   exit 1
 fi
 
-# One job by default: the machine is shared; CARGO_BUILD_JOBS overrides.
-export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 # -O -a: optimised, with debug assertions and overflow checks (what catches arithmetic on
 # hostile numbers; `-O` alone turns them off).
 cargo fuzz build --sanitizer none -O -a
