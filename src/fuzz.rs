@@ -486,7 +486,11 @@ pub fn server_said(data: &[u8]) {
     if let Classification::RetryAfter(delay) = http {
         assert_eq!(Some(delay), said.delay);
     }
-    let grpc_status = response.headers().contains_key("grpc-status");
+    // A status the classifier can read (visible ASCII); another is no gRPC status to it.
+    let grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|s| s.to_str().is_ok());
     let grpc = GrpcClassifier.classify(Outcome::Response(&response));
     if let Classification::RetryAfter(delay) = grpc {
         if grpc_status {
