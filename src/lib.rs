@@ -5,6 +5,9 @@
 pub mod admin;
 pub mod clock;
 pub mod concurrency;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz;
 mod gcra;
 mod headers;
 pub mod key;

@@ -41,6 +41,11 @@ pub(crate) struct ServiceLimit {
 /// Reads a `RateLimit` field value: the items that parse, in order; malformed items (a
 /// missing or negative `r`, a non-integer `t`) are left out, and a value that is not a
 /// structured-field list yields none.
+///
+/// Parsed by the `sfv` crate as a List (RFC 9651), never leniently: an integer of more than
+/// 15 digits, a quote left open, or a Dictionary of the earlier drafts (`limit=10,
+/// remaining=5`) makes the whole value unreadable, and a decimal (`r=1.0`) is not an integer.
+/// The fuzz target `ratelimit_fields` compares what is read with sfv's List, item by item.
 pub(crate) fn parse_ratelimit(value: &[u8]) -> Vec<ServiceLimit> {
     named_items(value, |policy, params| {
         Some(ServiceLimit {

@@ -79,6 +79,11 @@ impl Reset {
 /// delay in seconds. `None` for anything that is not a non-negative integer or decimal.
 pub(crate) fn parse_reset(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
+    // Rust's float syntax is wider than what servers write: a sign (`+.9`), an exponent
+    // (`1e5`) once read as a reset here (found by the fuzz target `durations`).
+    if !is_decimal(text) {
+        return None;
+    }
     let number: f64 = text
         .parse()
         .ok()
@@ -163,16 +168,21 @@ pub(crate) fn read_x(headers: &HeaderMap, now: SystemTime) -> Option<Found> {
 
 /// Seconds, with decimals: digits, at most one point, nothing else (no sign, exponent,
 /// `NaN` or `inf`). `None` too for a value too large for a `Duration`.
-fn parse_seconds(value: &HeaderValue) -> Option<Duration> {
+pub(crate) fn parse_seconds(value: &HeaderValue) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
+    if !is_decimal(text) {
+        return None;
+    }
+    Duration::try_from_secs_f64(text.parse().ok()?).ok()
+}
+
+/// Digits, at most one point, at least one digit: a non-negative integer or decimal.
+fn is_decimal(text: &str) -> bool {
     let mut parts = text.splitn(2, '.');
     let whole = parts.next().unwrap_or("");
     let fraction = parts.next().unwrap_or("");
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction) {
-        return None;
-    }
-    Duration::try_from_secs_f64(text.parse().ok()?).ok()
+    !(whole.is_empty() && fraction.is_empty()) && all_digits(whole) && all_digits(fraction)
 }
 
 /// The three fields for a decision.
@@ -210,6 +220,10 @@ mod tests {
         );
         assert_eq!(parse("2.5"), Some(Duration::from_millis(2500)));
         for bad in ["-5", "NaN", "inf", "", "soon", "1e400"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        // Found by the fuzz target `durations`: Rust's float syntax, wider than a decimal.
+        for bad in ["+.9", "+1", "1e5", "1E3", "-0", "infinity", "."] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

@@ -32,7 +32,7 @@
 
 pub(crate) mod ietf;
 pub(crate) mod legacy;
-mod openai;
+pub(crate) mod openai;
 pub(crate) mod retry_after;
 pub(crate) mod said;
 pub(crate) mod server;

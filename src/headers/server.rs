@@ -134,6 +134,13 @@ fn limits(headers: &HeaderMap, now: SystemTime) -> Option<Limits> {
 
 /// The items of the `RateLimit` fields, each with its policy's quota and unit when a
 /// `RateLimit-Policy` item of the same name states them.
+///
+/// Each field line is parsed alone, a documented leniency: RFC 9651 §4.2 joins a list's
+/// lines with commas and ignores the whole field when that fails to parse, where here a line
+/// that does not parse is left out and the others are read. When every line parses, the two
+/// agree (the fuzz target `ratelimit_fields` checks it, and skips exactly the other case); a
+/// list member cannot span lines that each parse, and what a server states well is worth
+/// reading beside a line it garbled.
 fn ietf_limits(headers: &HeaderMap) -> Vec<Found> {
     let mut found = Vec::new();
     let ratelimits = headers.get_all(ietf::RATELIMIT);

@@ -58,7 +58,8 @@ use super::{IpPrefix, KeyError, KeyExtractor};
 /// (`unknown`, an obfuscated `_name`, garbage), that lists more than 32 hops, or an
 /// `X-Real-IP` with more than one address, is invalid: the
 /// layer answers 400 with the reason in its `tracing` event, never guessing around it.
-/// `Forwarded` is read by RFC 7239's grammar: an unclosed quote or a stray character is
+/// `Forwarded` is read by RFC 7239's grammar: an unclosed quote, a stray character, a
+/// parameter repeated within an element or an element of more than 8 parameters is
 /// invalid too (a quote left open once swallowed the element nginx appended after it). A
 /// trusted proxy that sends no forwarding header is itself the client (health checks, say);
 /// since all its clients would then share one limit, it is warned about (WARN) once a minute
@@ -190,12 +191,12 @@ impl ClientIp {
         self.header
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
     /// The client behind a trusted `peer`.
-    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, KeyError> {
+    pub(crate) fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, KeyError> {
         let name = self.header.header_name();
         let mut hops = Hops::default();
         for value in headers.get_all(&name) {
@@ -252,7 +253,7 @@ impl ClientIp {
 /// The nodes of a forwarding chain, at most [`MAX_HOPS`]: no allocation however long the
 /// header a client sends.
 #[derive(Default)]
-struct Hops<'a> {
+pub(crate) struct Hops<'a> {
     nodes: [&'a str; MAX_HOPS],
     len: usize,
 }
@@ -266,7 +267,7 @@ impl<'a> Hops<'a> {
         Ok(())
     }
 
-    fn as_slice(&self) -> &[&'a str] {
+    pub(crate) fn as_slice(&self) -> &[&'a str] {
         &self.nodes[..self.len]
     }
 }
@@ -320,7 +321,7 @@ impl Forwarding {
 
     /// Adds the node names of one header value to `hops`, in order; what is wrong with the
     /// value otherwise.
-    fn nodes<'a>(self, value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malformed> {
+    pub(crate) fn nodes<'a>(self, value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malformed> {
         match self {
             Self::Forwarded => forwarded_for(value, hops),
             // Commas cannot be quoted in these headers: nothing can hide an element, and
@@ -406,13 +407,14 @@ impl fmt::Display for Forwarding {
 
 /// What is wrong with a forwarding header, for the 400's reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Malformed {
+pub(crate) enum Malformed {
     TooLong,
     Unterminated,
     BadEscape,
     Stray(u8),
     NoValue,
     Repeated,
+    TooManyPairs,
 }
 
 impl fmt::Display for Malformed {
@@ -424,6 +426,7 @@ impl fmt::Display for Malformed {
             Self::Stray(b) => write!(f, "has a stray {:?} where it cannot be", char::from(*b)),
             Self::NoValue => f.write_str("has a parameter without `=value`"),
             Self::Repeated => f.write_str("repeats a parameter within one element"),
+            Self::TooManyPairs => f.write_str("has an element of more than 8 parameters"),
         }
     }
 }
@@ -475,10 +478,12 @@ fn forwarded_for<'a>(value: &'a str, hops: &mut Hops<'a>) -> Result<(), Malforme
                 {
                     return Err(Malformed::Repeated);
                 }
-                if names < names_seen.len() {
-                    names_seen[names] = name;
-                    names += 1;
-                }
+                // Past eight names a repeat went unseen, and a second `for` replaced the
+                // first (found by the fuzz target `forwarded`): an element of more pairs than
+                // are remembered is refused (RFC 7239 defines four parameters).
+                let slot = names_seen.get_mut(names).ok_or(Malformed::TooManyPairs)?;
+                *slot = name;
+                names += 1;
                 if name.eq_ignore_ascii_case("for") {
                     for_value = Some(pair_value);
                 }
@@ -549,7 +554,7 @@ fn is_tchar(b: u8) -> bool {
 /// `[2001:db8::1]`, `[2001:db8::1]:80`, `fe80::1%eth0` (a `Forwarded` value comes here
 /// unquoted). IPv4-mapped IPv6 becomes IPv4; zone ids are dropped. `None` for anything else,
 /// a port above 65535 included.
-fn parse_node(node: &str) -> Option<IpAddr> {
+pub(crate) fn parse_node(node: &str) -> Option<IpAddr> {
     let node = node.trim();
     let ip = if let Some(bracketed) = node.strip_prefix('[') {
         let (v6, port) = bracketed.split_once(']')?;
@@ -893,6 +898,16 @@ mod tests {
             ("for=\"6.6.6.1\"x, for=198.51.100.1", Err("stray")),
             ("for=6.6.6.1 for=7.7.7.7, for=198.51.100.1", Err("stray")),
             ("for=6.6.6.1;for=7.7.7.7, for=198.51.100.1", Err("repeats")),
+            // Found by the fuzz target `forwarded`: a repeat after eight names went unseen,
+            // and the second `for` was taken.
+            (
+                "a=1;b=2;c=3;d=4;e=5;f=6;g=7;h=8;for=1.1.1.1;for=2.2.2.2",
+                Err("more than 8 parameters"),
+            ),
+            (
+                "a=1;b=2;c=3;d=4;e=5;f=6;g=7;for=198.51.100.1",
+                Ok("198.51.100.1"),
+            ),
             ("for, for=198.51.100.1", Err("without")),
             ("for=, for=198.51.100.1", Err("without")),
             ("=x, for=198.51.100.1", Err("stray")),

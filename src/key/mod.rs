@@ -31,7 +31,7 @@
 //! the client's mistakes, 500 for the server's) and logs it, unless it is told to let such
 //! requests through. It never panics.
 
-mod client_ip;
+pub(crate) mod client_ip;
 mod destination;
 mod exempt;
 mod header;

@@ -7,8 +7,8 @@ mod connection;
 mod fallback;
 mod key;
 mod over_limit;
-mod script;
-mod slots;
+pub(crate) mod script;
+pub(crate) mod slots;
 
 use std::fmt;
 use std::future::Future;

@@ -350,7 +350,7 @@ pub(super) async fn run<T: redis::FromRedisValue>(
 /// One decision's share of a script's answer: Redis's time, and per quota the new TAT if it
 /// allows, `-(TAT + 1)` if it does not, all in microseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Answer {
+pub(crate) struct Answer {
     pub(super) now_us: u64,
     tats: [i64; MAX_QUOTAS],
     len: usize,
@@ -359,7 +359,7 @@ pub(super) struct Answer {
 impl Answer {
     /// Splits a batch's answer, `[now, the first decision's quotas…, the next one's…]`, into
     /// one answer per decision; `None` if its shape does not match.
-    pub(super) fn split(raw: &[i64], quota_counts: &[usize]) -> Option<Vec<Answer>> {
+    pub(crate) fn split(raw: &[i64], quota_counts: &[usize]) -> Option<Vec<Answer>> {
         let (&now_us, mut rest) = raw.split_first()?;
         let now_us = u64::try_from(now_us).ok()?;
         let mut answers = Vec::with_capacity(quota_counts.len());
@@ -382,7 +382,7 @@ impl Answer {
 
     /// Splits the answer of one decision across several keys into each part's share
     /// (`lens`: each part's number of quotas).
-    pub(super) fn parts(&self, lens: &[usize]) -> Option<Vec<Answer>> {
+    pub(crate) fn parts(&self, lens: &[usize]) -> Option<Vec<Answer>> {
         let mut raw = Vec::with_capacity(1 + self.len);
         raw.push(i64::try_from(self.now_us).ok()?);
         raw.extend_from_slice(&self.tats[..self.len]);
@@ -394,7 +394,7 @@ impl Answer {
     }
 
     /// The TAT Redis holds for quota `i` after this decision, in microseconds.
-    pub(super) fn tat_us(&self, i: usize) -> u64 {
+    pub(crate) fn tat_us(&self, i: usize) -> u64 {
         let tat = self.tats[i];
         if tat >= 0 {
             tat.unsigned_abs()
@@ -405,7 +405,7 @@ impl Answer {
 
     /// The decision of a request of `cost`, in the memory store's terms: the script's
     /// arithmetic, with the numbers it was given.
-    pub(super) fn decision(&self, quotas: &Quotas, cost: u32) -> Option<Decision> {
+    pub(crate) fn decision(&self, quotas: &Quotas, cost: u32) -> Option<Decision> {
         if self.len != quotas.len() {
             return None;
         }

@@ -14,17 +14,17 @@ use std::sync::{Arc, RwLock};
 use redis::Value;
 
 /// Redis Cluster's hash slots.
-pub(super) const SLOTS: usize = 16384;
+pub(crate) const SLOTS: usize = 16384;
 
 /// The hash slot of a key: CRC16 of its hash tag (what its first `{…}` holds, if not empty),
 /// or of the whole key.
-pub(super) fn slot_of(key: &[u8]) -> u16 {
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag_of(key)) % SLOTS as u16
 }
 
 /// The hash tag of a key: what its first `{…}` holds, or the whole key when that is empty or
 /// missing (Redis's rule).
-pub(super) fn tag_of(key: &[u8]) -> &[u8] {
+pub(crate) fn tag_of(key: &[u8]) -> &[u8] {
     let Some(open) = key.iter().position(|&b| b == b'{') else {
         return key;
     };
@@ -41,13 +41,13 @@ pub(super) struct SlotMap {
     refreshing: AtomicBool,
 }
 
-pub(super) struct Owners {
+pub(crate) struct Owners {
     node_of_slot: Box<[u16]>,
 }
 
 impl Owners {
     /// The node serving `key`'s slot.
-    pub(super) fn node_of(&self, key: &[u8]) -> u16 {
+    pub(crate) fn node_of(&self, key: &[u8]) -> u16 {
         self.node_of_slot[usize::from(slot_of(key))]
     }
 }
@@ -85,7 +85,7 @@ impl SlotMap {
 }
 
 /// `CLUSTER SLOTS`: `[[start, end, [host, port, id, …], replicas…], …]`.
-fn parse(value: &Value) -> Option<Owners> {
+pub(crate) fn parse(value: &Value) -> Option<Owners> {
     let Value::Array(ranges) = value else {
         return None;
     };
