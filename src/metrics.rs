@@ -1,7 +1,8 @@
 //! Counters and histograms through the [`metrics`](https://docs.rs/metrics) facade, with the
 //! `metrics` feature; without it, these are empty and cost nothing.
 //!
-//! ```
+#![cfg_attr(feature = "metrics", doc = "```")]
+#![cfg_attr(not(feature = "metrics"), doc = "```ignore")]
 //! use std::convert::Infallible;
 //! use std::sync::atomic::{AtomicU32, Ordering};
 //! use std::sync::Arc;
