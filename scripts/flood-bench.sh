@@ -9,5 +9,5 @@ if ! command -v wrk >/dev/null; then
   apt-get update && apt-get install -y wrk
 fi
 cargo build --release --example server
-cargo bench --bench flood --no-run
-taskset -c 1 cargo bench --bench flood
+cargo bench -p tests-integration --bench flood --no-run
+taskset -c 1 cargo bench -p tests-integration --bench flood

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}
 command -v valgrind >/dev/null || { apt-get update && apt-get install -y valgrind; }
-cargo bench --bench instructions --no-run 2>/dev/null
+cargo bench -p tests-integration --bench instructions --no-run 2>/dev/null
 bin=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/instructions-* | grep -v '\.d$' | head -1)
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(bare global-headers-off global-headers-on tower-limit shared-floor peer-headers-on tower-governor unkeyed-decision unkeyed-check governor-check keyed-decision governor-check-key)

@@ -37,7 +37,7 @@
 //! reading behind the others sees that much more debt (`TAT − now`) and is stricter by it, a
 //! reading ahead sees that much less and may admit that much early. The OS clock
 //! (`std::time::Instant`) would remove even that, at a measured cost: 26.3 ns a read against
-//! 10.1 ns here (`cargo bench --bench rate_limit -- "clock read"`, BENCHMARKS.md), which would
+//! 10.1 ns here (`cargo bench -p tests-integration --bench rate_limit -- "clock read"`, BENCHMARKS.md), which would
 //! more than double an unkeyed decision.
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! failure shrinks to a short program, printed as Rust to paste into a regression test.
 //!
 //! `MODEL_CASES` sets how many programs each subject runs (CI: the default, 5,000; the longer
-//! run in TESTING.md: 200,000).
+//! run in TESTING.md: 50,000).
 
 #[path = "../common/mod.rs"]
 mod common;
