@@ -581,8 +581,9 @@ fn write(shard: &Shard) -> RwLockWriteGuard<'_, Slots> {
     shard.slots.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A TAT that decisions change with atomic operations only: the table's `AtomicU64`s (and
-/// loom's, in the model-checked tests of every interleaving).
+/// A TAT that decisions change with atomic operations only (or a global slot's owner, claimed
+/// the same way): the table's `AtomicU64`s, and loom's in the model-checked tests of every
+/// interleaving.
 pub(crate) trait Tat {
     /// Loads the TAT for a decision.
     fn load_tat(&self) -> u64;
