@@ -10,6 +10,7 @@ pub mod concurrency;
 pub mod fuzz;
 mod gcra;
 mod headers;
+mod human;
 pub mod key;
 pub mod learn;
 mod limiter;

@@ -212,14 +212,14 @@ impl fmt::Debug for Quota {
 }
 
 impl fmt::Display for Quota {
-    /// `"default": burst 10, one every 200ms`
+    /// `"default": burst 10, one every 200 ms`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "\"{}\": burst {}, one every {:?}",
+            "\"{}\": burst {}, one every {}",
             self.name,
             self.burst,
-            self.interval()
+            crate::human::Human(self.interval())
         )
     }
 }

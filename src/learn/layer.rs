@@ -91,8 +91,9 @@ impl fmt::Display for ServerLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} asked to wait {:?} before the next request",
-            self.host, self.retry_after
+            "{} asked to wait {} before the next request",
+            self.host,
+            crate::human::Human(self.retry_after)
         )
     }
 }

@@ -127,9 +127,9 @@ impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rate limited by quota {:?}; retry after {:?}",
+            "rate limited by quota {:?}; retry after {}",
             self.quota().name(),
-            self.retry_after()
+            crate::human::Human(self.retry_after())
         )
     }
 }
@@ -183,8 +183,9 @@ impl fmt::Display for NoSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "no slot among {} came free in {:?}",
-            self.limit, self.waited
+            "no slot among {} came free in {}",
+            self.limit,
+            crate::human::Human(self.waited)
         )
     }
 }

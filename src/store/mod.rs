@@ -182,7 +182,11 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Quota(e) => e.fmt(f),
-            Self::Timeout(after) => write!(f, "the rate-limit store did not answer in {after:?}"),
+            Self::Timeout(after) => write!(
+                f,
+                "the rate-limit store did not answer in {}",
+                crate::human::Human(*after)
+            ),
             Self::Backend(e) => write!(f, "the rate-limit store failed: {e}"),
             Self::Unusable(what) => write!(f, "the rate-limit store cannot be used: {what}"),
         }

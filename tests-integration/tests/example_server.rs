@@ -196,7 +196,7 @@ fn behind_nginx_no_client_reads_or_changes_a_limit_and_the_admin_listener_holds(
     let (status, body) = ask("127.0.0.1", admin, "POST", change, &[own, token]);
     assert_eq!(
         (status, body.trim()),
-        (200, "/api/hello: \"hello\": burst 2, one every 1s")
+        (200, "/api/hello: \"hello\": burst 2, one every 1 s")
     );
     assert_eq!(
         statuses("127.0.0.4", nginx.addr, "GET", "/api/hello", 3),

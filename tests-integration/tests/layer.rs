@@ -236,7 +236,7 @@ async fn non_http_services_get_a_typed_error() {
         .downcast_ref::<RateLimited>()
         .expect("a RateLimited error");
     assert_eq!(limited.retry_after(), Duration::from_secs(1));
-    assert!(error.to_string().contains("retry after 1s"), "{error}");
+    assert!(error.to_string().contains("retry after 1 s"), "{error}");
 }
 
 #[tokio::test(start_paused = true)]
