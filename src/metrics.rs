@@ -102,6 +102,118 @@ mod enabled {
 
     use super::{GIVE_UP_REASONS, RETRY_REASONS};
 
+    /// Every metric's help text and unit, for the exporter's `# HELP` lines. Given each time a
+    /// layer makes its service (the exporter keeps one per name), never on a request's path.
+    fn describe() {
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+        let count = Unit::Count;
+        describe_counter!(
+            "tollgate_rate_limit_allowed_total",
+            count,
+            "Requests a rate-limit layer let through."
+        );
+        describe_counter!(
+            "tollgate_rate_limit_limited_total",
+            count,
+            "Requests a rate-limit layer refused (or, in shadow mode, would have refused)."
+        );
+        describe_counter!(
+            "tollgate_rate_limit_waited_total",
+            count,
+            "Requests a rate-limit layer held until their slot came."
+        );
+        describe_histogram!(
+            "tollgate_rate_limit_wait_seconds",
+            Unit::Seconds,
+            "How long held requests waited for their slot."
+        );
+        describe_counter!(
+            "tollgate_rate_limit_near_limit_total",
+            count,
+            "Keys reported near their limit."
+        );
+        describe_counter!(
+            "tollgate_rate_limit_blocked_total",
+            count,
+            "Blocks started on keys refused too often."
+        );
+        describe_counter!(
+            "tollgate_retry_retries_total",
+            count,
+            "Attempts a retry layer made again, by reason."
+        );
+        describe_counter!(
+            "tollgate_retry_gave_up_total",
+            count,
+            "Requests a retry layer stopped retrying, by reason."
+        );
+        describe_counter!(
+            "tollgate_retry_budget_spent_total",
+            count,
+            "Retries refused because the retry budget was spent."
+        );
+        describe_counter!(
+            "tollgate_learn_waited_total",
+            count,
+            "Requests held to keep within a limit a server announced."
+        );
+        describe_histogram!(
+            "tollgate_learn_wait_seconds",
+            Unit::Seconds,
+            "How long requests were held for a server's announced limit."
+        );
+        describe_counter!(
+            "tollgate_learn_refused_total",
+            count,
+            "Requests refused locally: the server's announced wait was too long."
+        );
+        describe_counter!(
+            "tollgate_learn_limits_learned_total",
+            count,
+            "Responses that stated limits or asked for a delay."
+        );
+        describe_counter!(
+            "tollgate_concurrency_waited_total",
+            count,
+            "Requests that waited for a concurrency slot."
+        );
+        describe_counter!(
+            "tollgate_concurrency_refused_total",
+            count,
+            "Requests refused: no concurrency slot came free in time."
+        );
+        describe_gauge!(
+            "tollgate_concurrency_in_flight",
+            count,
+            "Requests holding a concurrency slot now."
+        );
+        describe_counter!(
+            "tollgate_store_errors_total",
+            count,
+            "Calls to a rate-limit store that failed."
+        );
+        describe_counter!(
+            "tollgate_store_cap_reached_total",
+            count,
+            "Evictions run at the memory store's cap."
+        );
+        describe_counter!(
+            "tollgate_store_evicted_total",
+            count,
+            "Live states the memory store dropped at its cap."
+        );
+        describe_counter!(
+            "tollgate_blocks_evicted_total",
+            count,
+            "Blocks ended early at the block table's cap."
+        );
+        describe_counter!(
+            "tollgate_client_ip_header_missing_total",
+            count,
+            "Requests from a trusted proxy without the forwarding header ClientIp reads."
+        );
+    }
+
     /// The metrics of one rate limiter.
     #[derive(Clone)]
     pub(crate) struct LimiterMetrics {
@@ -117,6 +229,7 @@ mod enabled {
         /// A layer's metrics; in shadow mode each carries `shadow="true"`, so that what a
         /// shadow layer would have refused is never summed with what others refused.
         pub(crate) fn new(layer: &str, shadow: bool) -> Self {
+            describe();
             let mut labels = vec![metrics::Label::new("layer", layer.to_owned())];
             if shadow {
                 labels.push(metrics::Label::new("shadow", "true"));
@@ -164,6 +277,7 @@ mod enabled {
 
     impl ConcurrencyMetrics {
         pub(crate) fn new(layer: &str) -> Self {
+            describe();
             let label = layer.to_owned();
             Self {
                 waited: counter!("tollgate_concurrency_waited_total", "layer" => label.clone()),
@@ -202,6 +316,7 @@ mod enabled {
 
     impl LearnMetrics {
         pub(crate) fn new(layer: &str) -> Self {
+            describe();
             let label = layer.to_owned();
             Self {
                 waited: counter!("tollgate_learn_waited_total", "layer" => label.clone()),
@@ -235,6 +350,7 @@ mod enabled {
 
     impl RetryMetrics {
         pub(crate) fn new(layer: &str) -> Self {
+            describe();
             let label = layer.to_owned();
             Self {
                 retries: RETRY_REASONS.map(|reason| {

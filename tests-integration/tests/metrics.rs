@@ -232,6 +232,18 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     );
     // No label carries a key: no client address appears anywhere.
     assert!(!rendered.contains("127.0.0.1"), "{rendered}");
+    // Every series says what it counts, for the exporter's `# HELP` lines.
+    for line in rendered
+        .lines()
+        .filter(|l| l.starts_with("# TYPE tollgate_"))
+    {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(
+            rendered.contains(&format!("# HELP {name} ")),
+            "{name} has no help text in\n{rendered}"
+        );
+    }
+    assert!(rendered.contains("# HELP tollgate_rate_limit_wait_seconds How long held requests"));
 }
 
 /// Fetches the paths one after another and returns their statuses.
