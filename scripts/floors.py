@@ -14,7 +14,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "src")
 # Lowest first. A module may import from floors below its own, never from its own floor or
 # above (the layers at the top are siblings: none imports another).
 FLOORS = [
-    ["logs", "human"],
+    ["logs", "human", "calendar"],
     ["metrics", "observe", "clock"],
     ["quota"],
     ["gcra"],

@@ -44,16 +44,28 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(test)]
 use std::sync::Arc;
-#[cfg(test)]
 use std::time::Duration;
 
-/// A monotonic source of time in nanoseconds since an origin of the clock's choosing.
+/// A monotonic source of time in nanoseconds since the Unix epoch.
 ///
 /// Stores call [`now`](Clock::now) once per decision; everything they answer (waits,
 /// resets) is a duration from that reading, so the same clock serves decisions and headers.
+/// Only calendar quotas ([`Quota::per_calendar_day`](crate::Quota::per_calendar_day)) read
+/// the reading as a date: a clock of yours that counts from another origin shifts their
+/// windows by it, and changes nothing else.
 pub trait Clock: Clone + Send + Sync + 'static {
-    /// Nanoseconds since this clock's origin. Never decreases.
+    /// Nanoseconds since the Unix epoch (UTC), as of the clock's start; then steady: it never
+    /// decreases, and does not follow later steps of the system's wall clock.
     fn now(&self) -> u64;
+}
+
+/// The wall clock's nanoseconds since the Unix epoch (0 before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
 }
 
 pub(crate) use self::default::MonotonicClock;
@@ -67,20 +79,25 @@ mod default {
     use super::Clock;
 
     /// The default clock: the time-stamp counter read through `quanta`, calibrated once per
-    /// process (see the [module docs](self#across-cores)). It follows real time, not tokio's
-    /// paused clock.
+    /// process (see the [module docs](self#across-cores)), counted from the wall clock's
+    /// reading when it was built. It follows real time, not tokio's paused clock.
     #[derive(Clone)]
     pub struct MonotonicClock {
         clock: quanta::Clock,
         origin: u64,
+        unix_origin: u64,
     }
 
     impl MonotonicClock {
-        /// A clock whose origin is now.
+        /// A clock that reads the wall clock's time now.
         pub(crate) fn new() -> Self {
             let clock = quanta::Clock::new();
             let origin = clock.raw();
-            Self { clock, origin }
+            Self {
+                clock,
+                origin,
+                unix_origin: super::unix_now(),
+            }
         }
     }
 
@@ -93,7 +110,8 @@ mod default {
     impl Clock for MonotonicClock {
         #[inline]
         fn now(&self) -> u64 {
-            self.clock.delta_as_nanos(self.origin, self.clock.raw())
+            self.unix_origin
+                .saturating_add(self.clock.delta_as_nanos(self.origin, self.clock.raw()))
         }
     }
 
@@ -108,18 +126,24 @@ mod default {
 
 /// tokio's clock: paused, advanced and auto-advanced by `tokio::time::pause` and `advance`.
 ///
-/// Reading it costs more than the default clock (tokio looks up the runtime's clock when its
-/// `test-util` feature is on), so it is meant for tests.
+/// It reads the wall clock's time at the first `TokioClock` of the process, then moves as
+/// tokio's clock moves, so that every `TokioClock` of the process reads the same time (paused
+/// time stands the calendar still). Reading it costs more than the default clock (tokio looks
+/// up the runtime's clock when its `test-util` feature is on), so it is meant for tests.
 #[derive(Clone, Debug)]
 pub struct TokioClock {
     origin: tokio::time::Instant,
+    unix_origin: u64,
 }
 
 impl TokioClock {
-    /// A clock whose origin is tokio's now.
+    /// tokio's clock, counted from the Unix epoch.
     pub fn new() -> Self {
+        static ORIGIN: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+        let (origin, unix_origin) = *ORIGIN.get_or_init(|| (std::time::Instant::now(), unix_now()));
         Self {
-            origin: tokio::time::Instant::now(),
+            origin: tokio::time::Instant::from_std(origin),
+            unix_origin,
         }
     }
 }
@@ -132,8 +156,15 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now(&self) -> u64 {
-        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.origin);
-        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        let now = tokio::time::Instant::now();
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        match now.checked_duration_since(self.origin) {
+            Some(after) => self.unix_origin.saturating_add(nanos(after)),
+            // A runtime paused before the first clock was made.
+            None => self
+                .unix_origin
+                .saturating_sub(nanos(self.origin.saturating_duration_since(now))),
+        }
     }
 }
 

@@ -28,15 +28,23 @@
 //! All times are `u64` nanoseconds; sums saturate, so a hostile cost or a clock far in the
 //! future cannot wrap around.
 
+//!
+//! A calendar quota (see [`crate::calendar`]) is the same arithmetic read at a virtual now,
+//! the end of the current window, with an interval of 1 µs: its state is `end + used × 1 µs`,
+//! and a request fits when the count stays within the window's `n`. A refusal waits for the
+//! window's end; nothing waits into the next window.
+
 use std::time::Duration;
 
+use crate::calendar::Calendar;
 use crate::Quota;
 
-/// The two numbers of a quota that GCRA uses, in nanoseconds.
+/// The numbers of a quota that GCRA uses, in nanoseconds, and its calendar if it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
     interval: u64,
     window: u64,
+    calendar: Option<Calendar>,
 }
 
 /// The outcome of one request against one quota.
@@ -58,13 +66,34 @@ impl Gcra {
         Self {
             interval: quota.interval_nanos(),
             window: quota.window_nanos(),
+            calendar: quota.calendar(),
         }
     }
 
     /// From the interval and the window (`interval × burst`), in nanoseconds.
     #[inline]
     pub(crate) const fn from_nanos(interval: u64, window: u64) -> Self {
-        Self { interval, window }
+        Self {
+            interval,
+            window,
+            calendar: None,
+        }
+    }
+
+    /// The time the state is read at: `now`, or for a calendar quota the end of the window
+    /// holding `now` (nanoseconds since the Unix epoch).
+    #[inline]
+    pub(crate) fn at(&self, now: u64) -> u64 {
+        match self.calendar {
+            None => now,
+            Some(calendar) => calendar.end(now),
+        }
+    }
+
+    /// For a calendar quota, the end of the window holding `now`.
+    #[inline]
+    pub(crate) fn window_end(&self, now: u64) -> Option<u64> {
+        self.calendar.map(|calendar| calendar.end(now))
     }
 
     /// The interval, in nanoseconds (the Redis store's scripts take it).
@@ -88,6 +117,9 @@ impl Gcra {
     /// allowed, TAT unchanged.
     #[inline]
     pub fn step(&self, tat: u64, now: u64, cost: u32, max_wait: u64) -> Step {
+        if let Some(calendar) = self.calendar {
+            return self.step_in_window(calendar.end(now), tat, now, cost);
+        }
         let new_tat = tat.max(now).saturating_add(self.charge(cost));
         // A peek takes nothing, so it passes at once, even past a bucket reserved beyond its
         // window by waiting requests (where a request of cost 1 would wait).
@@ -110,6 +142,25 @@ impl Gcra {
         }
     }
 
+    /// A calendar quota's step: read at the window's `end`, never waiting into the next window.
+    #[cold]
+    fn step_in_window(&self, end: u64, tat: u64, now: u64, cost: u32) -> Step {
+        let new_tat = tat.max(end).saturating_add(self.charge(cost));
+        if cost == 0 || new_tat - end <= self.window {
+            Step {
+                allowed: true,
+                tat: new_tat,
+                wait: 0,
+            }
+        } else {
+            Step {
+                allowed: false,
+                tat,
+                wait: end.saturating_sub(now),
+            }
+        }
+    }
+
     /// Undoes the cost of a request that reserved a slot and never used it: the inverse of an
     /// allowed [`step`](Self::step), exact unless other requests moved the TAT in between, and
     /// then off by at most the time between the two.
@@ -127,6 +178,9 @@ impl Gcra {
     /// What a client may know at time `at` of a bucket whose TAT is `tat`.
     #[inline]
     pub fn status(&self, tat: u64, at: u64) -> Status {
+        if let Some(end) = self.window_end(at) {
+            return self.status_of_window(tat.saturating_sub(end), end.saturating_sub(at));
+        }
         let debt = tat.saturating_sub(at);
         let credit = self.window.saturating_sub(debt);
         let remaining = credit / self.interval;
@@ -146,6 +200,21 @@ impl Gcra {
             remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
             reset_after: debt,
             refill_after,
+        }
+    }
+}
+
+impl Gcra {
+    /// A calendar quota's status: `used` of its window (in the state's units), `left` until
+    /// the window's end, when everything comes back.
+    pub(crate) fn status_of_window(&self, used: u64, left: u64) -> Status {
+        let back = if used == 0 { 0 } else { left };
+        Status {
+            limit: u32::try_from(self.window / self.interval).unwrap_or(u32::MAX),
+            remaining: u32::try_from(self.window.saturating_sub(used) / self.interval)
+                .unwrap_or(u32::MAX),
+            reset_after: back,
+            refill_after: back,
         }
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod calendar;
 pub mod clock;
 pub mod concurrency;
 #[cfg(fuzzing)]

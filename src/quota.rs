@@ -28,11 +28,40 @@
 //! (`per_second(3)` admits one request every 333,333,333 ns). The *burst* is how many requests
 //! may pass at once after a quiet spell; it defaults to `n`. The time a full burst takes to
 //! come back, `interval × burst`, is the quota's [`window`](Quota::window).
+//!
+//! # Calendar quotas
+//!
+//! [`Quota::per_calendar_day`] and [`Quota::per_calendar_month`] count requests in windows
+//! aligned to the calendar, as API plans sell them: `n` requests from midnight to midnight,
+//! or from the first of the month to the first of the next, in UTC unless
+//! [`with_utc_offset`](Quota::with_utc_offset) says otherwise. All `n` may pass at once; a
+//! refusal's retry-after is the time to the window's end. They compose with the others in a
+//! [`Quotas`] set ("10 a second and 10,000 a month", all or nothing) and work on every store.
+//!
+//! ```
+//! use tollgate::{MemoryStore, Quota, Quotas, RateLimiter};
+//!
+//! # fn main() -> Result<(), tollgate::QuotaError> {
+//! let plan = Quotas::new([
+//!     Quota::per_second(10)?.named("burst")?,
+//!     Quota::per_calendar_month(10_000)?.named("monthly")?,
+//! ])?;
+//! let limiter = RateLimiter::new(plan).store(MemoryStore::new());
+//! assert!(limiter.check().is_ok());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! They read the store's clock as nanoseconds since the Unix epoch, as the crate's clocks
+//! count ([`crate::clock`]); on Redis, Redis's `TIME`. A request never waits into the next
+//! window: in wait mode it is refused as at once (no one waits for a day).
 
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::calendar::{Calendar, MAX_OFFSET};
 
 /// The longest window a quota may have: `interval × burst` stays below 2⁶² ns (about 146
 /// years), which leaves headroom for the sums of the algorithm without overflow.
@@ -54,7 +83,12 @@ pub struct Quota {
     burst: u32,
     name: Arc<str>,
     id: u64,
+    calendar: Option<Calendar>,
 }
+
+/// What one request moves a calendar quota's state by (see [`crate::calendar`]): a
+/// microsecond, so that the Redis scripts count in whole microseconds too.
+const CALENDAR_STEP: u64 = 1_000;
 
 impl Quota {
     /// `count` requests per second, with a burst of `count`.
@@ -102,7 +136,74 @@ impl Quota {
             return Err(QuotaError::TooFast);
         }
         let interval = u64::try_from(interval).map_err(|_| QuotaError::TooLong)?;
-        Self::build(interval, count, Arc::from(DEFAULT_NAME))
+        Self::build(interval, count, Arc::from(DEFAULT_NAME), None)
+    }
+
+    /// `count` requests a calendar day, from midnight to midnight (UTC unless
+    /// [`with_utc_offset`](Self::with_utc_offset) says otherwise); all may pass at once. See
+    /// [Calendar quotas](self#calendar-quotas).
+    ///
+    /// ```
+    /// use tollgate::{MemoryStore, Quota, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::new(Quota::per_calendar_day(3).unwrap()).store(MemoryStore::new());
+    /// for _ in 0..3 {
+    ///     assert!(limiter.check().is_ok());
+    /// }
+    /// // Refused until the next midnight, UTC.
+    /// let refused = limiter.check().unwrap_err();
+    /// assert!(refused.retry_after().unwrap() <= std::time::Duration::from_secs(86_400));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroCount`] for 0.
+    pub fn per_calendar_day(count: u32) -> Result<Self, QuotaError> {
+        Self::aligned(count, false)
+    }
+
+    /// `count` requests a calendar month, from the first of the month to the first of the
+    /// next (UTC unless [`with_utc_offset`](Self::with_utc_offset) says otherwise); all may
+    /// pass at once.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroCount`] for 0.
+    pub fn per_calendar_month(count: u32) -> Result<Self, QuotaError> {
+        Self::aligned(count, true)
+    }
+
+    fn aligned(count: u32, month: bool) -> Result<Self, QuotaError> {
+        if count == 0 {
+            return Err(QuotaError::ZeroCount);
+        }
+        let calendar = Calendar { month, offset: 0 };
+        Self::build(
+            CALENDAR_STEP,
+            count,
+            Arc::from(DEFAULT_NAME),
+            Some(calendar),
+        )
+    }
+
+    /// The same calendar quota with windows that start at midnight `seconds` east of UTC
+    /// (`-5 * 3600` for New York in winter, `19_800` for India), a fixed offset: no daylight
+    /// saving time.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::UtcOffset`] beyond ±14 h, or for a quota that is not a calendar one.
+    pub fn with_utc_offset(self, seconds: i32) -> Result<Self, QuotaError> {
+        match self.calendar {
+            Some(calendar) if seconds.unsigned_abs() <= MAX_OFFSET.unsigned_abs() => {
+                let calendar = Calendar {
+                    offset: seconds,
+                    ..calendar
+                };
+                Self::build(self.interval, self.burst, self.name, Some(calendar))
+            }
+            _ => Err(QuotaError::UtcOffset(seconds)),
+        }
     }
 
     /// The same rate with a different burst: how many requests may pass at once after a
@@ -116,7 +217,10 @@ impl Quota {
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
         }
-        Self::build(self.interval, burst, self.name)
+        if self.calendar.is_some() {
+            return Err(QuotaError::CalendarBurst);
+        }
+        Self::build(self.interval, burst, self.name, None)
     }
 
     /// The same quota under another name, shown in the `RateLimit` and `RateLimit-Policy`
@@ -132,26 +236,33 @@ impl Quota {
         if name.is_empty() || name.len() > 64 || !name.bytes().all(printable) {
             return Err(QuotaError::InvalidName(name.to_owned()));
         }
-        Self::build(self.interval, self.burst, Arc::from(name))
+        Self::build(self.interval, self.burst, Arc::from(name), self.calendar)
     }
 
-    fn build(interval: u64, burst: u32, name: Arc<str>) -> Result<Self, QuotaError> {
+    fn build(
+        interval: u64,
+        burst: u32,
+        name: Arc<str>,
+        calendar: Option<Calendar>,
+    ) -> Result<Self, QuotaError> {
         let window = interval
             .checked_mul(u64::from(burst))
             .filter(|w| *w <= MAX_WINDOW_NANOS)
             .ok_or(QuotaError::TooLong)?;
         debug_assert!(window > 0);
-        let id = quota_id(interval, burst, &name);
+        let id = quota_id(interval, burst, &name, calendar);
         Ok(Self {
             interval,
             window,
             burst,
             name,
             id,
+            calendar,
         })
     }
 
-    /// Time between two requests at the steady rate.
+    /// Time between two requests at the steady rate. A calendar quota has no steady rate: its
+    /// interval is 1 µs, what one request moves its state by.
     pub fn interval(&self) -> Duration {
         Duration::from_nanos(self.interval)
     }
@@ -162,9 +273,28 @@ impl Quota {
         self.burst
     }
 
-    /// The time an empty bucket takes to fill again: `interval × burst`.
+    /// The time an empty bucket takes to fill again: `interval × burst`. For a calendar
+    /// quota, the longest its window lasts: a day, or 31 days.
     pub fn window(&self) -> Duration {
-        Duration::from_nanos(self.window_nanos())
+        match self.calendar {
+            Some(calendar) => Duration::from_secs(calendar.longest_secs()),
+            None => Duration::from_nanos(self.window_nanos()),
+        }
+    }
+
+    /// This calendar quota's `1/fleet` (at least one request a window), for an instance that
+    /// decides alone while Redis is away.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn share_of_calendar(&self, fleet: u32) -> Quota {
+        let count = (self.burst / fleet.max(1)).max(1);
+        Self::build(self.interval, count, self.name.clone(), self.calendar)
+            .unwrap_or_else(|_| self.clone())
+    }
+
+    /// The calendar the quota's windows follow, if it is a calendar quota.
+    #[inline]
+    pub(crate) fn calendar(&self) -> Option<Calendar> {
+        self.calendar
     }
 
     /// The name shown in rate-limit headers.
@@ -195,25 +325,48 @@ impl Quota {
 
 const DEFAULT_NAME: &str = "default";
 
-fn quota_id(interval: u64, burst: u32, name: &str) -> u64 {
-    foldhash::quality::FixedState::with_seed(0x746f_6c6c_6761_7465)
-        .hash_one((interval, burst, name))
-        | 1
+fn quota_id(interval: u64, burst: u32, name: &str, calendar: Option<Calendar>) -> u64 {
+    let hasher = foldhash::quality::FixedState::with_seed(0x746f_6c6c_6761_7465);
+    let id = match calendar {
+        // A GCRA quota's id is what it was before calendar quotas existed: states in Redis
+        // keep their keys across the upgrade.
+        None => hasher.hash_one((interval, burst, name)),
+        Some(calendar) => hasher.hash_one((interval, burst, name, calendar)),
+    };
+    id | 1
 }
 
 impl fmt::Debug for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Quota")
-            .field("name", &&*self.name)
-            .field("interval", &self.interval())
-            .field("burst", &self.burst)
-            .finish()
+        let mut quota = f.debug_struct("Quota");
+        quota.field("name", &&*self.name);
+        match self.calendar {
+            Some(calendar) => quota.field("calendar", &calendar),
+            None => quota.field("interval", &self.interval()),
+        };
+        quota.field("burst", &self.burst).finish()
     }
 }
 
 impl fmt::Display for Quota {
-    /// `"default": burst 10, one every 200 ms`
+    /// `"default": burst 10, one every 200 ms`, or `"monthly": 10000 a calendar month (UTC)`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(calendar) = self.calendar {
+            let period = if calendar.month { "month" } else { "day" };
+            write!(
+                f,
+                "\"{}\": {} a calendar {period} (UTC",
+                self.name, self.burst
+            )?;
+            if calendar.offset != 0 {
+                let (sign, offset) = (
+                    if calendar.offset < 0 { '-' } else { '+' },
+                    calendar.offset.unsigned_abs(),
+                );
+                write!(f, "{sign}{:02}:{:02}", offset / 3600, offset % 3600 / 60)?;
+            }
+            return f.write_str(")");
+        }
         write!(
             f,
             "\"{}\": burst {}, one every {}",
@@ -317,8 +470,10 @@ impl Quotas {
     fn build(list: Box<[Quota]>, carried: Box<[Carried]>) -> Self {
         let max_cost = list.iter().map(Quota::burst).min().unwrap_or(0);
         Self {
-            // A set that carries states over takes the general path, which looks for them.
-            single: (list.len() == 1 && carried.is_empty()).then(|| Single::of(&list[0])),
+            // A set that carries states over takes the general path, which looks for them, and
+            // so does a calendar quota.
+            single: (list.len() == 1 && carried.is_empty() && list[0].calendar.is_none())
+                .then(|| Single::of(&list[0])),
             inner: Arc::new(QuotasInner {
                 list,
                 max_cost,
@@ -371,7 +526,13 @@ impl Quotas {
     pub(crate) fn carrying<'q>(self, earlier: impl IntoIterator<Item = &'q Quota>) -> Quotas {
         let mut carried: Vec<Carried> = Vec::new();
         for quota in earlier {
-            let Some(index) = self.as_slice().iter().position(|q| q.name == quota.name) else {
+            // A calendar quota's state means a count in a window, a GCRA's a debt in time:
+            // states move between quotas of one kind (and one calendar) only.
+            let Some(index) = self
+                .as_slice()
+                .iter()
+                .position(|q| q.name == quota.name && q.calendar == quota.calendar)
+            else {
                 continue;
             };
             let known = self.as_slice()[index].id == quota.id
@@ -503,6 +664,11 @@ pub enum QuotaError {
     TooMany(usize),
     /// Two quotas of one set share this name.
     DuplicateName(String),
+    /// A UTC offset (in seconds) beyond ±14 h, or given to a quota that is not a calendar
+    /// one.
+    UtcOffset(i32),
+    /// A calendar quota's burst is its count: all of it may pass at once.
+    CalendarBurst,
     /// A request costs more than a quota's whole burst, so it could never pass.
     CostExceedsBurst {
         /// The cost of the request.
@@ -535,6 +701,13 @@ impl fmt::Display for QuotaError {
             Self::DuplicateName(name) => write!(
                 f,
                 "two quotas of one set are named {name:?}; give each its own name with Quota::named"
+            ),
+            Self::UtcOffset(seconds) => write!(
+                f,
+                "a UTC offset of {seconds} s is refused: offsets are within ±14 h (±50400 s) and apply to calendar quotas only"
+            ),
+            Self::CalendarBurst => f.write_str(
+                "a calendar quota's burst is its count (all of it may pass at once): build it with the count you want",
             ),
             Self::CostExceedsBurst { cost, burst, quota } => write!(
                 f,

@@ -193,7 +193,8 @@ impl NearLimit {
         let id = entry_id(key_hash, quota.id());
         // Plus one: 0 is the table's "never".
         let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
-        let window = Gcra::new(quota).window_nanos();
+        // A calendar quota reports once per window (a day, a month), not once per count.
+        let window = u64::try_from(quota.window().as_nanos()).unwrap_or(u64::MAX);
         // The entry's value is when the key may be reported again; the table forgets entries
         // whose time has passed, like full buckets.
         self.reported.update_one(

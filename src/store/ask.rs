@@ -319,14 +319,17 @@ pub(crate) fn carry_over(quotas: &Quotas, current: &mut [u64], earlier: &mut [u6
     let mut seeds = [0u64; MAX_QUOTAS];
     for (carried, &tat) in quotas.carried().iter().zip(earlier.iter()) {
         let i = carried.index;
-        let window = quotas.as_slice()[i].window_nanos();
-        let debt =
-            quota::rescaled_tat(tat, now, carried.quota.window_nanos(), window).saturating_sub(now);
+        let quota = &quotas.as_slice()[i];
+        // Read where the quotas read their states: a calendar quota at its window's end (both
+        // quotas follow one calendar: see `Quotas::carry_over_from`).
+        let at = Gcra::new(quota).at(now);
+        let debt = quota::rescaled_tat(tat, at, carried.quota.window_nanos(), quota.window_nanos())
+            .saturating_sub(at);
         if debt > 0 {
             let base = if seeds[i] > 0 {
                 seeds[i]
             } else {
-                current[i].max(now)
+                current[i].max(at)
             };
             seeds[i] = base.saturating_add(debt);
         }

@@ -19,25 +19,40 @@ pub struct Decision {
     part: u8,
     quota: u8,
     wait: u64,
-    /// `tat - at`: how far the binding bucket is from full when the request goes ahead.
+    /// `tat - at`: how far the binding bucket is from full when the request goes ahead. For a
+    /// calendar quota, what its window has used (`tat - end`).
     debt: u64,
+    /// For a calendar quota, the time from then to its window's end; 0 otherwise.
+    left: u64,
     gcra: Gcra,
+}
+
+/// `(debt, left)` of a state `tat` read at `at` (see [`Decision`]'s fields).
+#[inline]
+fn reading(gcra: &Gcra, tat: u64, at: u64) -> (u64, u64) {
+    match gcra.window_end(at) {
+        None => (tat.saturating_sub(at), 0),
+        Some(end) => (tat.saturating_sub(end), end.saturating_sub(at)),
+    }
 }
 
 impl Decision {
     /// The decision of a single quota.
     #[inline]
     pub(crate) fn single(gcra: Gcra, step: Step, now: u64) -> Self {
+        let at = if step.allowed {
+            now.saturating_add(step.wait)
+        } else {
+            now
+        };
+        let (debt, left) = reading(&gcra, step.tat, at);
         Self {
             allowed: step.allowed,
             part: 0,
             quota: 0,
             wait: step.wait,
-            debt: step.tat.saturating_sub(if step.allowed {
-                now.saturating_add(step.wait)
-            } else {
-                now
-            }),
+            debt,
+            left,
             gcra,
         }
     }
@@ -52,16 +67,21 @@ impl Decision {
         self
     }
 
-    /// A denial known without the store (a remembered one): `wait` until the request passes,
-    /// `debt` between now and the binding quota's TAT.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// A denial known without the store (a remembered one, a block): `wait` until the request
+    /// passes, `debt` between now and the binding quota's TAT (for a calendar quota, its
+    /// window spent, until `wait`).
     pub(crate) fn denied(quota: usize, wait: u64, debt: u64, gcra: Gcra) -> Self {
+        let (debt, left) = match gcra.window_end(0) {
+            None => (debt, 0),
+            Some(_) => (gcra.window_nanos(), wait),
+        };
         Self {
             allowed: false,
             part: 0,
             quota: u8::try_from(quota).unwrap_or(u8::MAX),
             wait,
             debt,
+            left,
             gcra,
         }
     }
@@ -74,6 +94,7 @@ impl Decision {
             quota: 0,
             wait: 0,
             debt: 0,
+            left: 0,
             gcra: Gcra::from_nanos(1, 1),
         }
     }
@@ -96,12 +117,14 @@ impl Decision {
             .filter(|(_, s)| !s.allowed)
             .max_by_key(|(_, s)| s.wait);
         if let Some((i, step)) = denied {
+            let (debt, left) = reading(&gcra(i), step.tat, now);
             return Self {
                 allowed: false,
                 part: 0,
                 quota: i as u8,
                 wait: step.wait,
-                debt: step.tat.saturating_sub(now),
+                debt,
+                left,
                 gcra: gcra(i),
             };
         }
@@ -117,12 +140,14 @@ impl Decision {
                 })
                 .unwrap_or(0)
         };
+        let (debt, left) = reading(&gcra(binding), steps[binding].tat, at);
         Self {
             allowed: true,
             part: 0,
             quota: binding as u8,
             wait,
-            debt: steps[binding].tat.saturating_sub(at),
+            debt,
+            left,
             gcra: gcra(binding),
         }
     }
@@ -163,8 +188,13 @@ impl Decision {
             i,
             Decision {
                 wait,
-                // The request goes ahead later: the bucket is that much closer to full then.
-                debt: binding.debt.saturating_sub(later),
+                // The request goes ahead later: the bucket is that much closer to full then
+                // (a calendar window that much closer to its end).
+                debt: match binding.left {
+                    0 => binding.debt.saturating_sub(later),
+                    _ => binding.debt,
+                },
+                left: binding.left.saturating_sub(later),
                 ..binding
             },
         )
@@ -246,7 +276,10 @@ impl Decision {
     /// The binding quota's state when the request goes ahead (or, denied, now).
     #[inline]
     pub(crate) fn status(&self) -> Status {
-        self.gcra.status(self.debt, 0)
+        match self.left {
+            0 => self.gcra.status(self.debt, 0),
+            left => self.gcra.status_of_window(self.debt, left),
+        }
     }
 }
 

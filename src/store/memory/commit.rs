@@ -117,14 +117,22 @@ pub(super) fn carry_over<T: Tat>(quotas: &Quotas, tats: &[&T], earlier: &[Option
     for (carried, tat) in quotas.carried().iter().zip(earlier) {
         let Some(tat) = *tat else { continue };
         let before = table::load(tat);
-        let window = quotas.as_slice()[carried.index].window_nanos();
-        let debt = crate::quota::rescaled_tat(before, now, carried.quota.window_nanos(), window)
-            .saturating_sub(now);
+        let quota = &quotas.as_slice()[carried.index];
+        // Read where the quotas read their states: a calendar quota at its window's end (both
+        // quotas follow one calendar: see `Quotas::carry_over_from`).
+        let at = Gcra::new(quota).at(now);
+        let debt = crate::quota::rescaled_tat(
+            before,
+            at,
+            carried.quota.window_nanos(),
+            quota.window_nanos(),
+        )
+        .saturating_sub(at);
         if debt == 0 {
             continue;
         }
         let successor = tats[carried.index];
-        successor.update_tat(|t| t.max(now).saturating_add(debt));
+        successor.update_tat(|t| t.max(at).saturating_add(debt));
         if table::swap(tat, before, now).is_ok() {
             moved[carried.index] = true;
         } else {

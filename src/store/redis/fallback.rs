@@ -22,7 +22,9 @@ use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use super::script::Answer;
+use crate::calendar::Calendar;
 use crate::clock::Clock;
+use crate::gcra::Gcra;
 use crate::quota::MAX_QUOTAS;
 use crate::store::{Ask, Decision, MemoryStore, StoreError};
 use crate::{Quota, Quotas};
@@ -63,6 +65,7 @@ struct Owed {
     keys: Vec<Vec<u8>>,
     tats: [u64; MAX_QUOTAS],
     windows: [(u64, u64); MAX_QUOTAS],
+    calendars: [Option<Calendar>; MAX_QUOTAS],
 }
 
 /// Which keys to take, by their first Redis key.
@@ -87,6 +90,9 @@ impl Owed {
 pub(super) struct Debt {
     pub(super) keys: Vec<Vec<u8>>,
     pub(super) debts_us: Vec<u64>,
+    /// Each quota's calendar code (0 for none): a calendar quota's debt counts from its
+    /// window's end.
+    pub(super) codes: Vec<u64>,
 }
 
 impl Local {
@@ -149,17 +155,21 @@ impl Local {
     ) {
         let tats = self.store.tats(key, share);
         let mut windows = [(0, 0); MAX_QUOTAS];
-        for (window, (global, local)) in windows
+        let mut calendars = [None; MAX_QUOTAS];
+        for ((window, calendar), (global, local)) in windows
             .iter_mut()
+            .zip(&mut calendars)
             .zip(quotas.as_slice().iter().zip(share.as_slice()))
         {
             *window = (global.window_nanos(), local.window_nanos());
+            *calendar = global.calendar();
         }
         let now = self.store.clock().now();
         let newcomer = Owed {
             keys: redis_keys,
             tats,
             windows,
+            calendars,
         };
         let mut ledger = self.owed.lock().unwrap_or_else(|e| e.into_inner());
         let ledger = &mut *ledger;
@@ -205,12 +215,14 @@ impl Local {
             .zip(quotas.as_slice().iter().zip(share.as_slice()))
             .enumerate()
         {
+            // A calendar quota's debt counts from its window's end (see `crate::calendar`).
+            let read_at = |now| Gcra::new(global).at(now);
             let debt_ns = answer
                 .tat_us(i)
-                .saturating_sub(answer.now_us)
-                .saturating_mul(1000);
+                .saturating_mul(1000)
+                .saturating_sub(read_at(answer.now_us.saturating_mul(1000)));
             if debt_ns > 0 {
-                *tat = now.saturating_add(rescale(
+                *tat = read_at(now).saturating_add(rescale(
                     debt_ns,
                     global.window_nanos(),
                     local.window_nanos(),
@@ -261,12 +273,19 @@ impl Local {
                     .enumerate()
                     .map(|(i, _)| {
                         let (global, local) = owed.windows[i];
-                        rescale(owed.tats[i].saturating_sub(now), local, global) / 1000
+                        // A calendar quota's debt counts from its window's end.
+                        let at = owed.calendars[i].map_or(now, |calendar| calendar.end(now));
+                        rescale(owed.tats[i].saturating_sub(at), local, global) / 1000
                     })
+                    .collect();
+                let codes = owed.calendars[..owed.keys.len()]
+                    .iter()
+                    .map(|calendar| calendar.map_or(0, Calendar::code))
                     .collect();
                 debts_us.iter().any(|&d| d > 0).then_some(Debt {
                     keys: owed.keys,
                     debts_us,
+                    codes,
                 })
             })
             .collect()
@@ -290,6 +309,9 @@ fn rescale(debt: u64, from: u64, to: u64) -> u64 {
 /// A quota that cannot be divided (an interval that would overflow) is kept whole.
 fn share_of(quotas: &Quotas, fleet: u32) -> Quotas {
     let shared = quotas.as_slice().iter().map(|quota| {
+        if quota.calendar().is_some() {
+            return quota.share_of_calendar(fleet);
+        }
         quota
             .interval()
             .checked_mul(fleet)

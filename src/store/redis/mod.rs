@@ -457,6 +457,10 @@ impl Inner {
         key.extend_from_slice(quota.name().as_bytes());
         // Written straight into the key, without an intermediate String.
         let _ = write!(key, ":{}:{}", interval_us(&gcra), quota.burst());
+        // A calendar quota's period and offset (`:c` and its code), apart from any other.
+        if let Some(calendar) = quota.calendar() {
+            let _ = write!(key, ":c{}", calendar.code());
+        }
         key
     }
 
@@ -700,8 +704,9 @@ impl Inner {
             async move {
                 let mut invocation = script.prepare_invoke();
                 for debt in &chunk {
-                    for (key, owed) in debt.keys.iter().zip(&debt.debts_us) {
-                        invocation.key(key).arg(owed);
+                    for ((key, owed), code) in debt.keys.iter().zip(&debt.debts_us).zip(&debt.codes)
+                    {
+                        invocation.key(key).arg(owed).arg(code);
                     }
                 }
                 invocation.arg(time.arg());

@@ -21,7 +21,9 @@ use crate::Quotas;
 /// one `MGET` per call however many decisions it carries, each argument converted once,
 /// integer arithmetic, one number per quota in the answer, and nothing written on a denial
 /// or a peek.
-pub(super) const DECIDE: &str = r#"
+pub(super) const DECIDE: &str = concat!(
+    rule_lua!(),
+    r#"
 -- ARGV: the number of decisions, then for each: its number of quotas n, cost, max_wait_us,
 -- its number of earlier quotas p, then interval_us and window_us of each quota, then the
 -- quota index (1..n) and window_us of each earlier quota. KEYS: the n TAT keys of each
@@ -57,11 +59,12 @@ for _ = 1, tonumber(ARGV[1]) do
       local at = a + 2 * n + 2 * (j - 1)
       local i, from = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
       local old = written[KEYS[k + n + j]] or tonumber(tats[k + n + j]) or 0
-      if old > now then
-        local debt = math.floor((old - now) * tonumber(ARGV[a + 2 * i - 1]) / from)
+      local at, _, window = rule(tonumber(ARGV[a + 2 * i - 2]), tonumber(ARGV[a + 2 * i - 1]), now, 0)
+      if old > at then
+        local debt = moved((old - at) * window / from, at ~= now)
         if debt > 0 then
           local own = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
-          seeds[i] = (own > now and own or now) + debt
+          seeds[i] = (own > at and own or at) + debt
         end
       end
     end
@@ -80,11 +83,11 @@ for _ = 1, tonumber(ARGV[1]) do
     end
   end
   for i = 1, n do
-    local interval, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    local at, interval, window, wait = rule(tonumber(ARGV[a]), tonumber(ARGV[a + 1]), now, max_wait)
     a = a + 2
     local tat = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
-    local new = (tat > now and tat or now) + interval * cost
-    if cost == 0 or new - window - now <= max_wait then
+    local new = (tat > at and tat or at) + interval * cost
+    if cost == 0 or new - window - at <= wait then
       out[first + i] = new
     else
       all = false
@@ -102,7 +105,8 @@ for _ = 1, tonumber(ARGV[1]) do
   k = k + n + p
 end
 return out
-"#;
+"#
+);
 
 /// The decision script for batches on a Redis Cluster node: the decisions of many subjects,
 /// whose keys live in different slots of one node. Redis refuses keys of several slots in
@@ -112,7 +116,10 @@ return out
 /// before anything is written, so that a key the node does not serve (a stale slot map)
 /// fails the call before it changes anything, and the caller can send its decisions again one
 /// at a time.
-pub(super) const DECIDE_ACROSS_SLOTS: &str = r#"#!lua flags=allow-cross-slot-keys
+pub(super) const DECIDE_ACROSS_SLOTS: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    rule_lua!(),
+    r#"
 -- KEYS[1]: the first key (for routing). ARGV: the number of decisions, then for each: its
 -- number of quotas n, cost, max_wait_us, its number of earlier quotas p, then key,
 -- interval_us and window_us of each quota, then key, quota index (1..n) and window_us of
@@ -149,11 +156,12 @@ for _ = 1, count do
     local at = a + 1 + 3 * (n + j)
     local key, i, from = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
     local old = tats[key]
-    if old > now then
-      local debt = math.floor((old - now) * tonumber(ARGV[a + 3 + 3 * i]) / from)
+    local at, _, window = rule(tonumber(ARGV[a + 2 + 3 * i]), tonumber(ARGV[a + 3 + 3 * i]), now, 0)
+    if old > at then
+      local debt = moved((old - at) * window / from, at ~= now)
       if debt > 0 then
         local own = seeds[i] or tats[ARGV[a + 1 + 3 * i]]
-        seeds[i] = (own > now and own or now) + debt
+        seeds[i] = (own > at and own or at) + debt
       end
     end
   end
@@ -174,8 +182,9 @@ for _ = 1, count do
   for i = 1, n do
     local at = a + 1 + 3 * i
     local tat = seeds[i] or tats[ARGV[at]]
-    local new = (tat > now and tat or now) + tonumber(ARGV[at + 1]) * cost
-    if cost == 0 or new - tonumber(ARGV[at + 2]) - now <= max_wait then
+    local read, interval, window, wait = rule(tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), now, max_wait)
+    local new = (tat > read and tat or read) + interval * cost
+    if cost == 0 or new - window - read <= wait then
       out[first + i] = new
     else
       all = false
@@ -192,7 +201,8 @@ for _ = 1, count do
   a = a + 4 + 3 * (n + p)
 end
 return out
-"#;
+"#
+);
 
 /// The refund script: gives back `charge_us` on each quota of one key.
 pub(super) const REFUND: &str = r#"
@@ -221,7 +231,10 @@ return 1
 /// The write-back script: after an outage, each quota of one key owes at least `debt_us` from
 /// now (what the local decisions spent): a max-merge, so that a TAT Redis already has beyond
 /// it (the other instances' write-backs, say) is kept.
-pub(super) const WRITE_BACK: &str = r#"
+pub(super) const WRITE_BACK: &str = concat!(
+    rule_lua!(),
+    r#"
+-- ARGV: per key, its debt_us and its calendar's code (0 for none: see `rule`).
 -- The last argument: 0 for Redis's own time; a test's clock, in microseconds, otherwise (TTLs
 -- are then a million times longer, since the test's time does not follow the wall clock that
 -- expires keys, and a TTL of 0 stays 0 as with Redis's time).
@@ -231,15 +244,50 @@ if now == 0 then
   now, scale = tonumber(time[1]) * 1000000 + tonumber(time[2]), 1
 end
 for i = 1, #KEYS do
-  local debt = tonumber(ARGV[i])
-  local new = now + debt
+  local debt, code = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local new = (code > 0 and window_end(now, code) or now) + debt
   local tat = tonumber(redis.call('GET', KEYS[i])) or 0
   if debt > 0 and new > tat then
-    redis.call('SET', KEYS[i], new, 'PX', scale * math.floor((debt + 999) / 1000))
+    redis.call('SET', KEYS[i], new, 'PX', scale * math.floor((new - now + 999) / 1000))
   end
 end
 return 1
-"#;
+"#
+);
+
+/// A calendar quota's numbers for the scripts (interval 0, then the count plus the calendar's
+/// code times this), apart from a GCRA quota's (an interval of at least 1 µs).
+const CALENDAR_CODE: u64 = 1 << 33;
+
+/// The Lua of [`crate::calendar`] and the `rule` the decision scripts read each quota by: a
+/// GCRA quota's state at `now`, a calendar quota's (interval 0) at its window's end, counting
+/// in microseconds and never waiting into the next window.
+macro_rules! rule_lua {
+    () => {
+        concat!(
+            crate::calendar::window_end_lua!(),
+            r#"
+local function rule(interval, window, now, max_wait)
+  if interval > 0 then
+    return now, interval, window, max_wait
+  end
+  local code = math.floor(window / 8589934592)
+  return window_end(now, code), 1, window - code * 8589934592, 0
+end
+-- A debt carried over, in whole microseconds: a GCRA's rounded down (never stricter than the
+-- memory store's nanoseconds), a calendar count's rounded up (a fraction of a request spent
+-- is a request the memory store would not admit either).
+local function moved(debt, counted)
+  if counted then
+    return math.ceil(debt)
+  end
+  return math.floor(debt)
+end
+"#
+        )
+    };
+}
+use rule_lua;
 
 /// The time the scripts decide at, their last argument: Redis's own (`TIME`, sent as 0), or
 /// a test's clock ([`RedisStoreBuilder::clock`](super::RedisStoreBuilder::clock), the
@@ -294,7 +342,10 @@ pub(super) fn decision_args_of<'q>(
         carried.len() as u64,
     ]);
     for quota in quotas {
-        args.extend([interval_us(&Gcra::new(quota)), window_us(quota)]);
+        match quota.calendar() {
+            Some(calendar) => args.extend([0, window_us(quota) + calendar.code() * CALENDAR_CODE]),
+            None => args.extend([interval_us(&Gcra::new(quota)), window_us(quota)]),
+        }
     }
     for earlier in carried {
         args.extend([earlier.index as u64 + 1, window_us(&earlier.quota)]);
@@ -412,8 +463,21 @@ impl Answer {
         let nanos = |us: u64| us.saturating_mul(1000);
         let mut steps = [FULL; MAX_QUOTAS];
         for (i, (step, quota)) in steps.iter_mut().zip(quotas).enumerate() {
-            let (interval, window) = (interval_us(&Gcra::new(quota)), window_us(quota));
             let tat = self.tat_us(i);
+            if let Some(calendar) = quota.calendar() {
+                // Denied: until the window's end (see `rule`).
+                let end = calendar.end(nanos(self.now_us));
+                *step = Step {
+                    allowed: self.allowed(i),
+                    tat: nanos(tat),
+                    wait: match (self.allowed(i), cost) {
+                        (true, _) | (_, 0) => 0,
+                        _ => end.saturating_sub(nanos(self.now_us)),
+                    },
+                };
+                continue;
+            }
+            let (interval, window) = (interval_us(&Gcra::new(quota)), window_us(quota));
             // For a denial, the TAT the request would have had.
             let new = if self.allowed(i) {
                 tat

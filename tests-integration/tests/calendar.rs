@@ -1,0 +1,375 @@
+//! Calendar quotas: windows that end at UTC midnight and on the first of the month, on the
+//! direct limiter, through the layer on the memory store and on a real Redis. The expected
+//! ends come from GNU `date`, not from the crate's arithmetic.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::routing::get;
+use axum::Router;
+use common::{client, fetch, header, DecideOne, TestServer};
+use tollgate::clock::{Clock, TokioClock};
+use tollgate::key::Header;
+use tollgate::store::{Ask, RedisStore};
+use tollgate::{MemoryStore, Quota, QuotaError, Quotas, RateLimitLayer, RateLimiter, Store};
+
+/// Seconds since the Unix epoch of `date -u -d <when>`.
+fn date(when: &str) -> u64 {
+    let out = Command::new("date")
+        .args(["-u", "-d", when, "+%s"])
+        .output()
+        .expect("GNU date");
+    assert!(out.status.success(), "date -d {when:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The next UTC midnight and the first of next month after the wall clock's `now` (seconds).
+fn ends_after(now: u64) -> (u64, u64) {
+    let today = date(&format!("@{now}"));
+    let day = Command::new("date")
+        .args(["-u", "-d", &format!("@{today}"), "+%Y-%m-%d"])
+        .output()
+        .unwrap();
+    let day = String::from_utf8(day.stdout).unwrap().trim().to_owned();
+    let month_start = format!("{}-01", &day[..7]);
+    (
+        date(&format!("{day} + 1 day")),
+        date(&format!("{month_start} + 1 month")),
+    )
+}
+
+fn wall_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn assert_near(got: Duration, want_secs: u64, what: &str) {
+    let got = got.as_secs_f64();
+    assert!(
+        (got - want_secs as f64).abs() <= 5.0,
+        "{what}: retry after {got} s, the window ends in {want_secs} s"
+    );
+}
+
+#[test]
+fn a_direct_limiter_refuses_the_fourth_until_the_next_utc_midnight_or_first_of_the_month() {
+    let day = RateLimiter::new(Quota::per_calendar_day(3).unwrap()).store(MemoryStore::new());
+    let month = RateLimiter::new(Quota::per_calendar_month(3).unwrap()).store(MemoryStore::new());
+    for _ in 0..3 {
+        assert!(day.check().is_ok() && month.check().is_ok());
+    }
+    let now = wall_secs();
+    let (midnight, first) = ends_after(now);
+    let refused = day.check().unwrap_err();
+    assert_near(
+        refused.retry_after().unwrap(),
+        midnight - now,
+        "per_calendar_day",
+    );
+    let refused = month.check().unwrap_err();
+    assert_near(
+        refused.retry_after().unwrap(),
+        first - now,
+        "per_calendar_month",
+    );
+}
+
+#[test]
+fn an_offset_moves_the_window_to_local_midnight() {
+    // UTC+10 and UTC−5: local midnight is 14:00 and 05:00 UTC.
+    for offset in [10 * 3600, -5 * 3600] {
+        let quota = Quota::per_calendar_day(1)
+            .unwrap()
+            .with_utc_offset(offset)
+            .unwrap();
+        let limiter = RateLimiter::new(quota).store(MemoryStore::new());
+        assert!(limiter.check().is_ok());
+        let now = wall_secs();
+        let local = now.checked_add_signed(i64::from(offset)).unwrap();
+        let (midnight, _) = ends_after(local);
+        let refused = limiter.check().unwrap_err();
+        assert_near(refused.retry_after().unwrap(), midnight - local, "offset");
+    }
+}
+
+#[test]
+fn bad_calendar_quotas_are_errors_when_built() {
+    assert_eq!(Quota::per_calendar_day(0), Err(QuotaError::ZeroCount));
+    assert_eq!(Quota::per_calendar_month(0), Err(QuotaError::ZeroCount));
+    let day = Quota::per_calendar_day(10).unwrap();
+    for bad in [14 * 3600 + 1, -14 * 3600 - 1, i32::MAX, i32::MIN] {
+        assert_eq!(
+            day.clone().with_utc_offset(bad),
+            Err(QuotaError::UtcOffset(bad))
+        );
+    }
+    assert!(day.clone().with_utc_offset(14 * 3600).is_ok());
+    assert!(day.clone().with_utc_offset(-14 * 3600).is_ok());
+    // An offset belongs to calendar quotas; a calendar quota's burst is its count.
+    assert_eq!(
+        Quota::per_day(10).unwrap().with_utc_offset(3600),
+        Err(QuotaError::UtcOffset(3600))
+    );
+    assert_eq!(day.clone().with_burst(5), Err(QuotaError::CalendarBurst));
+    // Day and month, UTC and offset, are distinct quotas.
+    let ids = [
+        day.id(),
+        Quota::per_calendar_month(10).unwrap().id(),
+        day.clone().with_utc_offset(3600).unwrap().id(),
+        Quota::per_day(10).unwrap().id(),
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        assert!(!ids[..i].contains(id));
+    }
+    assert_eq!(
+        Quota::per_calendar_month(10_000)
+            .unwrap()
+            .named("monthly")
+            .unwrap()
+            .with_utc_offset(-5 * 3600 - 1800)
+            .unwrap()
+            .to_string(),
+        "\"monthly\": 10000 a calendar month (UTC-05:30)"
+    );
+}
+
+/// Ten a second and three a calendar day, on one key.
+fn plan() -> Quotas {
+    Quotas::new([
+        Quota::per_second(10).unwrap().named("burst").unwrap(),
+        Quota::per_calendar_day(3).unwrap().named("daily").unwrap(),
+    ])
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn through_the_layer_the_refusal_says_when_the_day_ends_and_the_day_after_starts_afresh() {
+    let clock = TokioClock::new();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(plan())
+            .key(Header::new("x-api-key"))
+            .store(MemoryStore::builder().clock(clock.clone()).build()),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let alice = [("x-api-key", "alice")];
+    for i in 0..3 {
+        let response = fetch(&client, &server.url("/"), &alice).await;
+        assert_eq!(response.status(), 200, "request {i}");
+    }
+    let now = clock.now() / 1_000_000_000;
+    let (midnight, _) = ends_after(now);
+    let refused = fetch(&client, &server.url("/"), &alice).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert_near(
+        Duration::from_secs(retry_after),
+        midnight - now,
+        "Retry-After",
+    );
+    let ratelimit = header(&refused, "ratelimit").unwrap();
+    assert!(
+        ratelimit.starts_with("\"daily\";r=0;t="),
+        "the calendar quota binds: {ratelimit}"
+    );
+    let policy = header(&refused, "ratelimit-policy").unwrap();
+    assert!(
+        policy.contains("\"daily\";q=3;w=86400"),
+        "the policy describes the day: {policy}"
+    );
+    // Bob has his own day.
+    let bob = fetch(&client, &server.url("/"), &[("x-api-key", "bob")]).await;
+    assert_eq!(bob.status(), 200);
+    // One second before midnight alice is still refused; at midnight her day starts afresh.
+    let to_midnight = Duration::from_nanos(midnight * 1_000_000_000 - clock.now());
+    tokio::time::advance(to_midnight - Duration::from_secs(1)).await;
+    assert_eq!(fetch(&client, &server.url("/"), &alice).await.status(), 429);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        let response = fetch(&client, &server.url("/"), &alice).await;
+        assert_eq!(response.status(), 200, "request {i} of the next day");
+    }
+    assert_eq!(fetch(&client, &server.url("/"), &alice).await.status(), 429);
+}
+
+/// The per-second quota refuses first: the day's count is untouched (all or nothing).
+async fn all_or_nothing<S: Store<String>>(store: &S) {
+    let quotas = Quotas::new([
+        Quota::per_second(2).unwrap().named("burst").unwrap(),
+        Quota::per_calendar_day(5).unwrap().named("daily").unwrap(),
+    ])
+    .unwrap();
+    let key = "carol".to_owned();
+    let mut allowed = 0;
+    for _ in 0..4 {
+        let decision = store
+            .decide_one(&key, &quotas, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        allowed += u32::from(decision.is_allowed());
+    }
+    assert_eq!(allowed, 2, "two a second");
+    let daily = Quotas::from(quotas.as_slice()[1].clone());
+    let left = store
+        .decide(&Ask::new(&key, &daily).with_cost(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        left.remaining(),
+        3,
+        "the refusals took nothing from the day"
+    );
+}
+
+/// A tier change mid-day: 5 of 10 spent becomes 50 of 100 spent.
+async fn tier_change<S: Store<String>>(store: &S) {
+    let free = Quotas::from(Quota::per_calendar_day(10).unwrap().named("daily").unwrap());
+    let key = "dave".to_owned();
+    for _ in 0..5 {
+        assert!(store
+            .decide_one(&key, &free, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_allowed());
+    }
+    let pro = Quotas::from(
+        Quota::per_calendar_day(100)
+            .unwrap()
+            .named("daily")
+            .unwrap(),
+    )
+    .carry_over_from(&free);
+    let decision = store
+        .decide_one(&key, &pro, 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(decision.is_allowed());
+    assert_eq!(decision.remaining(), 49, "half the day spent, one more now");
+    // And back: 51 of 100 is 5.1 of 10, so 4 whole requests left.
+    let back = free.clone().carry_over_from(&pro);
+    let decision = store
+        .decide(&Ask::new(&key, &back).with_cost(0))
+        .await
+        .unwrap();
+    assert_eq!(decision.remaining(), 4);
+}
+
+#[tokio::test]
+async fn a_calendar_quota_composes_and_carries_over_on_the_memory_store() {
+    all_or_nothing(&MemoryStore::new()).await;
+    tier_change(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn on_redis_the_window_ends_at_midnight_and_its_key_expires_with_it() {
+    let redis = redis_or_skip!();
+    let store = redis.store();
+    all_or_nothing(&store).await;
+    tier_change(&store).await;
+
+    let day = Quotas::from(Quota::per_calendar_day(3).unwrap().named("daily").unwrap());
+    let month = Quotas::from(
+        Quota::per_calendar_month(3)
+            .unwrap()
+            .named("monthly")
+            .unwrap(),
+    );
+    let key = "erin".to_owned();
+    for _ in 0..3 {
+        for quotas in [&day, &month] {
+            let decision = store
+                .decide_one(&key, quotas, 1, Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(decision.is_allowed());
+        }
+    }
+    let now = wall_secs();
+    let (midnight, first) = ends_after(now);
+    for (quotas, end, what) in [(&day, midnight, "day"), (&month, first, "month")] {
+        let refused = store
+            .decide_one(&key, quotas, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!refused.is_allowed());
+        assert_near(refused.retry_after(), end - now, what);
+        assert_eq!(refused.remaining(), 0);
+        // Redis forgets the window's key when the window ends.
+        let keys = redis.cli(&["--scan", "--pattern", "*erin*"]).unwrap();
+        let name = keys
+            .lines()
+            .find(|k| k.contains(quotas.as_slice()[0].name()))
+            .unwrap_or_else(|| panic!("no key for {what} in {keys:?}"));
+        let pttl: u64 = redis.cli(&["PTTL", name]).unwrap().trim().parse().unwrap();
+        assert_near(Duration::from_millis(pttl), end - now, "the key's TTL");
+    }
+    // The same answers through the layer, with the headers.
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(plan())
+            .key(Header::new("x-api-key"))
+            .store(store),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    for _ in 0..3 {
+        let ok = fetch(&client, &server.url("/"), &[("x-api-key", "frank")]).await;
+        assert_eq!(ok.status(), 200);
+    }
+    let refused = fetch(&client, &server.url("/"), &[("x-api-key", "frank")]).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert_near(
+        Duration::from_secs(retry_after),
+        midnight - wall_secs(),
+        "Retry-After",
+    );
+}
+
+/// A clock the test moves, starting at the wall clock's time (Redis's own keeps real time).
+#[derive(Clone)]
+struct Manual(Arc<AtomicU64>);
+
+impl Clock for Manual {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn on_redis_a_new_month_starts_afresh_on_the_first() {
+    let redis = redis_or_skip!();
+    let clock = Manual(Arc::new(AtomicU64::new(wall_secs() * 1_000_000_000)));
+    let store = RedisStore::builder(redis.url())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let month = Quotas::from(Quota::per_calendar_month(2).unwrap());
+    let key = "grace".to_owned();
+    let decide = || store.decide_one(&key, &month, 1, Duration::ZERO);
+    assert!(decide().await.unwrap().is_allowed());
+    assert!(decide().await.unwrap().is_allowed());
+    let refused = decide().await.unwrap();
+    assert!(!refused.is_allowed());
+    let now = clock.now() / 1_000_000_000;
+    let (_, first) = ends_after(now);
+    assert_near(refused.retry_after(), first - now, "month");
+    // A second before the first: still refused; on the first: two more.
+    clock.0.store((first - 1) * 1_000_000_000, Ordering::SeqCst);
+    assert!(!decide().await.unwrap().is_allowed());
+    clock.0.store(first * 1_000_000_000, Ordering::SeqCst);
+    assert!(decide().await.unwrap().is_allowed());
+    assert!(decide().await.unwrap().is_allowed());
+    assert!(!decide().await.unwrap().is_allowed());
+}
