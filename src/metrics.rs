@@ -96,6 +96,7 @@ pub(crate) const GIVE_UP_REASONS: [&str; 6] = [
 
 #[cfg(feature = "metrics")]
 mod enabled {
+    use std::sync::{Arc, OnceLock};
     use std::time::Duration;
 
     use metrics::{counter, histogram, Counter, Histogram};
@@ -214,33 +215,42 @@ mod enabled {
         );
     }
 
-    /// The metrics of one rate limiter.
+    /// The metrics of one rate limiter. A feature the limiter does not use has no series: the
+    /// near-limit and block counters exist only when configured, and the wait counters from
+    /// the first request that waited (a limiter that refuses at once never shows them).
     #[derive(Clone)]
     pub(crate) struct LimiterMetrics {
         allowed: Counter,
         limited: Counter,
-        waited: Counter,
-        wait_seconds: Histogram,
         near_limit: Counter,
         blocked: Counter,
+        labels: Arc<[metrics::Label]>,
+        waits: Arc<OnceLock<(Counter, Histogram)>>,
     }
 
     impl LimiterMetrics {
         /// A layer's metrics; in shadow mode each carries `shadow="true"`, so that what a
         /// shadow layer would have refused is never summed with what others refused.
-        pub(crate) fn new(layer: &str, shadow: bool) -> Self {
+        pub(crate) fn new(layer: &str, shadow: bool, near_limit: bool, blocks: bool) -> Self {
             describe();
             let mut labels = vec![metrics::Label::new("layer", layer.to_owned())];
             if shadow {
                 labels.push(metrics::Label::new("shadow", "true"));
             }
+            let used = |used: bool, name: &'static str| {
+                if used {
+                    counter!(name, labels.clone())
+                } else {
+                    Counter::noop()
+                }
+            };
             Self {
                 allowed: counter!("tollgate_rate_limit_allowed_total", labels.clone()),
                 limited: counter!("tollgate_rate_limit_limited_total", labels.clone()),
-                waited: counter!("tollgate_rate_limit_waited_total", labels.clone()),
-                wait_seconds: histogram!("tollgate_rate_limit_wait_seconds", labels.clone()),
-                near_limit: counter!("tollgate_rate_limit_near_limit_total", labels.clone()),
-                blocked: counter!("tollgate_rate_limit_blocked_total", labels),
+                near_limit: used(near_limit, "tollgate_rate_limit_near_limit_total"),
+                blocked: used(blocks, "tollgate_rate_limit_blocked_total"),
+                labels: labels.into(),
+                waits: Arc::default(),
             }
         }
 
@@ -262,8 +272,15 @@ mod enabled {
         }
 
         pub(crate) fn waited(&self, wait: Duration) {
-            self.waited.increment(1);
-            self.wait_seconds.record(wait.as_secs_f64());
+            let (waited, seconds) = self.waits.get_or_init(|| {
+                let labels = self.labels.to_vec();
+                (
+                    counter!("tollgate_rate_limit_waited_total", labels.clone()),
+                    histogram!("tollgate_rate_limit_wait_seconds", labels),
+                )
+            });
+            waited.increment(1);
+            seconds.record(wait.as_secs_f64());
         }
     }
 
@@ -408,7 +425,7 @@ mod disabled {
     pub(crate) struct LimiterMetrics;
 
     impl LimiterMetrics {
-        pub(crate) fn new(_: &str, _: bool) -> Self {
+        pub(crate) fn new(_: &str, _: bool, _: bool, _: bool) -> Self {
             Self
         }
 

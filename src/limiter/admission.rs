@@ -73,7 +73,7 @@ pub(crate) enum Admit {
 
 impl<S> Admission<S> {
     pub(crate) fn new(store: S, name: Arc<str>, hook: Option<Hook>, log_keys: LogKeys) -> Self {
-        let metrics = LimiterMetrics::new(&name, false);
+        let metrics = LimiterMetrics::new(&name, false, false, false);
         Self {
             store,
             name,
@@ -102,7 +102,12 @@ impl<S> Admission<S> {
 
     /// Watches decisions as `watch` says (shadow mode, near-limit events).
     pub(crate) fn watching(mut self, watch: Watch) -> Self {
-        self.metrics = LimiterMetrics::new(&self.name, watch.shadow);
+        self.metrics = LimiterMetrics::new(
+            &self.name,
+            watch.shadow,
+            watch.near_limit.is_some(),
+            watch.block.is_some(),
+        );
         self.watch = watch;
         self
     }

@@ -142,7 +142,13 @@ impl<K, S: Clone> RateLimiter<K, S> {
     pub fn name(self, name: impl Into<Arc<str>>) -> Self {
         let name = name.into();
         self.reconfigure(|admission| {
-            admission.metrics = LimiterMetrics::new(&name, admission.watch.shadow);
+            let watch = &admission.watch;
+            admission.metrics = LimiterMetrics::new(
+                &name,
+                watch.shadow,
+                watch.near_limit.is_some(),
+                watch.block.is_some(),
+            );
             admission.name = name;
         })
     }

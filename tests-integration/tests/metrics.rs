@@ -157,6 +157,16 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
     };
     expect(r#"tollgate_rate_limit_allowed_total{layer="api"}"#, 2.0);
     expect(r#"tollgate_rate_limit_limited_total{layer="api"}"#, 1.0);
+    // No series for what the "api" layer does not use: near-limit reports, blocks, waits.
+    for unused in [
+        r#"tollgate_rate_limit_near_limit_total{layer="api"}"#,
+        r#"tollgate_rate_limit_blocked_total{layer="api"}"#,
+        r#"tollgate_rate_limit_waited_total{layer="api"}"#,
+        r#"tollgate_rate_limit_wait_seconds_count{layer="api"}"#,
+        r#"tollgate_rate_limit_blocked_total{layer="queue"}"#,
+    ] {
+        assert!(!rendered.contains(unused), "{unused} in\n{rendered}");
+    }
     // Shadow counts stay apart from enforced ones.
     expect(
         r#"tollgate_rate_limit_limited_total{layer="trial",shadow="true"}"#,
