@@ -46,12 +46,19 @@ pub(crate) fn forbidden_by_rate_limit(said: &ServerSaid) -> bool {
 
 /// Reads every dialect of `headers` (a response's).
 pub(crate) fn read(headers: &HeaderMap) -> ServerSaid {
+    read_all(headers).0
+}
+
+/// Reads every dialect of `headers`, and returns, beside what [`read`] returns, every limit
+/// stated (named or not, in any unit), for a reader that keeps them apart by name.
+pub(crate) fn read_all(headers: &HeaderMap) -> (ServerSaid, Vec<Found>) {
     let now = headers
         .get(DATE)
         .and_then(|d| d.to_str().ok())
         .and_then(|d| httpdate::parse_http_date(d).ok())
         .unwrap_or_else(SystemTime::now);
-    let limits = limits(headers, now);
+    let found = found(headers, now);
+    let limits = binding(found.iter());
     let mut delays: Vec<Duration> = headers
         .get_all(RETRY_AFTER)
         .iter()
@@ -76,11 +83,12 @@ pub(crate) fn read(headers: &HeaderMap) -> ServerSaid {
         Some(GrpcPushback::After(delay)) => delays.push(delay),
         None => {}
     }
-    ServerSaid {
+    let said = ServerSaid {
         delay: delays.into_iter().max(),
         stop,
         limits,
-    }
+    };
+    (said, found)
 }
 
 /// gRPC's pushback, only on a gRPC response.
@@ -112,21 +120,25 @@ pub(crate) fn grpc_pushback_of_grpc(headers: &HeaderMap) -> Option<GrpcPushback>
     }
 }
 
-/// The binding limit among all those stated: the fewest requests left (and, among those, the
-/// latest reset), a quota in other units only when it is exhausted.
-fn limits(headers: &HeaderMap, now: SystemTime) -> Option<Limits> {
+/// Every limit stated, in every dialect.
+fn found(headers: &HeaderMap, now: SystemTime) -> Vec<Found> {
     let mut found = ietf_limits(headers);
     found.extend(legacy::read_draft(headers, now));
     found.extend(legacy::read_x(headers, now));
     found.extend(openai::read(headers));
     found
-        .into_iter()
+}
+
+/// The binding limit among `found`: the fewest requests left (and, among those, the latest
+/// reset), a quota in other units only when it is exhausted.
+pub(crate) fn binding<'a>(found: impl Iterator<Item = &'a Found>) -> Option<Limits> {
+    found
         .filter(|f| f.counts_requests || f.limits.remaining == 0)
         .map(|f| match f.counts_requests {
-            true => f.limits,
+            true => f.limits.clone(),
             false => Limits {
                 limit: None,
-                ..f.limits
+                ..f.limits.clone()
             },
         })
         .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))

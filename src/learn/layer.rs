@@ -1,11 +1,14 @@
 //! The layer and its settings.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::uri::Authority;
+use http::{Method, Uri};
 use tower_layer::Layer;
 
 use super::events::{Hook, LearnEvent};
@@ -64,7 +67,12 @@ pub(crate) struct Settings {
     pub(crate) aimd: Option<Aimd>,
     pub(crate) name: Arc<str>,
     pub(crate) hook: Option<Hook>,
+    /// The key of a request's route, hashed; `None`: by method and path.
+    pub(crate) route: Option<RouteFn>,
 }
+
+/// What [`LearnLayer::route`] keeps: the user's function, its key hashed.
+pub(crate) type RouteFn = Arc<dyn Fn(&Method, &Uri, &RandomState) -> Option<u64> + Send + Sync>;
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,6 +82,10 @@ impl fmt::Debug for Settings {
             .field("max_wait", &self.max_wait)
             .field("default_quota", &self.default_quota)
             .field("aimd", &self.aimd)
+            .field(
+                "route",
+                &self.route.as_ref().map_or("method and path", |_| "custom"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +130,7 @@ impl LearnLayer {
             aimd: None,
             name: Arc::from("learn"),
             hook: None,
+            route: None,
         })
     }
 
@@ -140,6 +153,7 @@ impl LearnLayer {
                 settings,
                 default_limiter,
                 metrics,
+                hasher: RandomState::new(),
             }),
         }
     }
@@ -190,6 +204,37 @@ impl LearnLayer {
     pub fn on_event(self, hook: impl Fn(&LearnEvent<'_>) + Send + Sync + 'static) -> Self {
         let hook: Hook = Arc::new(hook);
         self.change(|s| s.hook = Some(hook))
+    }
+
+    /// Says which requests share a route: `route` maps a request's method and URI to a key,
+    /// and requests with the same key are admitted against the limits the last answer to one
+    /// of them named (see [limits by name](super#limits-by-name)). By default the key is the
+    /// method and the path, so that a route is known once it has been answered; a key of
+    /// your own can group the paths a server counts under one limit, so that a request to a
+    /// path never answered yet waits for that limit too. `None`: the request is admitted
+    /// against the host's unnamed limits only, and its answer is remembered for no route.
+    ///
+    /// ```
+    /// use tollgate::learn::LearnLayer;
+    ///
+    /// // GitHub: `/search/...` counts under `search` (or `code_search`), the rest under
+    /// // `core`, whatever the repository or issue in the path.
+    /// let layer = LearnLayer::new().route(|_, uri| uri.path().split('/').nth(1).map(str::to_owned));
+    /// # drop(layer);
+    /// ```
+    pub fn route<K: Hash>(
+        self,
+        route: impl Fn(&Method, &Uri) -> Option<K> + Send + Sync + 'static,
+    ) -> Self {
+        let route: RouteFn =
+            Arc::new(move |method, uri, hasher| route(method, uri).map(|k| hasher.hash_one(k)));
+        self.change(|s| s.route = Some(route))
+    }
+
+    /// What the layer's services share (for the unit tests of the state).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The rate adaptive mode has settled on for `host`, if it paces it.

@@ -33,8 +33,9 @@
 //!
 //! # What it reads
 //!
-//! Per destination (the URI's authority), from every response, through the one reader the
-//! retry layer uses too (so a stack of both waits once, not the sum of what each read):
+//! Per destination (the URI's authority), and within it per limit the server names (see
+//! [limits by name](#limits-by-name)), from every response, through the one reader the retry
+//! layer uses too (so a stack of both waits once, not the sum of what each read):
 //!
 //! | field | who sends it | read as |
 //! | --- | --- | --- |
@@ -47,9 +48,9 @@
 //! | `x-ratelimit-limit-requests` / `-remaining-requests` / `-reset-requests`, the same with `-tokens` | OpenAI and the APIs that copy it | two quotas, named `requests` and `tokens`, resets as Go durations (`6m0s`, `20ms`, `1h2m3.5s`); tokens count only when exhausted |
 //! | `grpc-retry-pushback-ms` | gRPC (gRFC A6) | on gRPC responses only (`content-type: application/grpc…`): a delay, or "do not retry" when negative; ignored on plain HTTP |
 //!
-//! Limits count requests, because that is what a client spends: of every limit stated, in
-//! every dialect, the binding one is the one with the fewest left (and, among those, the
-//! latest reset). A quota in other units (OpenAI's tokens, an IETF policy of
+//! Limits count requests, because that is what a client spends: of every limit stated under
+//! one name (or none), in every dialect, the binding one is the one with the fewest left
+//! (and, among those, the latest reset). A quota in other units (OpenAI's tokens, an IETF policy of
 //! `content-bytes`) says nothing of how many requests are left until it is spent, so it binds
 //! only once it is exhausted, and then its reset is waited for. Where several fields ask for a
 //! delay, the later wins. A 403 is a rate limit when it comes with a delay (GitHub answers its
@@ -57,7 +58,7 @@
 //! says. [`Classification::pushback`](crate::retry::Classification::pushback) gives the same
 //! reading to classifiers of your own.
 //!
-//! After "0 left, reset in 30 s", the next request to that host waits until the reset (in
+//! After "0 left, reset in 30 s", the next request under that limit waits until the reset (in
 //! wait mode, the default) or is refused locally with a [`ServerLimit`] error (in reject mode)
 //! instead of being sent and refused by the server. Requests still in flight count against
 //! what the server said is left, so the client never sends more than the server allows.
@@ -66,6 +67,42 @@
 //! overflowing count, an unknown duration unit, a resource name that is not a short token),
 //! and no value can make a request wait longer than [`wait`](LearnLayer::wait)'s maximum:
 //! past it, the request is refused locally.
+//!
+//! # Limits by name
+//!
+//! Servers often keep several limits on one host and say which one an answer is about:
+//! GitHub's `X-RateLimit-Resource` (`core`, `search`, `graphql`…), the policy names of the
+//! IETF `RateLimit` fields, OpenAI's `requests` and `tokens`. The layer keeps what it learns
+//! per limit the server names, within each host, and per host for what is stated without a
+//! name, so that a limit spent on one resource never slows another.
+//!
+//! A request is admitted before its answer says which limit it counts under, so the layer
+//! remembers, for each *route* (by default the method and the path, without the query), which
+//! limits the last answer on that route stated, and admits the next request on the route
+//! against those. A route never answered yet is admitted against what the host stated without
+//! a name only: a limit it may not belong to never holds it back, and its first answer teaches
+//! its limits. The price: with `core` spent, a GitHub path never requested before is sent, and
+//! refused. [`route`](LearnLayer::route) groups paths as you know the server counts them
+//! (GitHub counts every `/repos/…` path under `core`: group paths by their first segment, and
+//! a path never requested before waits for `core` too).
+//!
+//! An answer may name several limits, and all of them bind its route: an IETF answer that
+//! reports a per-second and a daily policy, or OpenAI's `requests` and `tokens`, stated on
+//! every answer, so that a route waits for whichever is spent. OpenAI names its two limits
+//! alike on every route: its routes therefore share them, and tokens spent on one route hold
+//! back every route answered so far.
+//!
+//! A throttled answer (429, 503, a 403 with a delay) cools what explains it: the named limits
+//! it says are spent, alone, until the later of their reset and its `Retry-After`. One that no
+//! spent named limit explains (a bare `Retry-After`; GitHub's secondary limits, which come
+//! with `core`'s fields and plenty left) cools the whole host, every route included.
+//!
+//! What is remembered is bounded: at most 256 routes per host (past it, the least recently
+//! used is forgotten, and is new again) and 32 names; a name past those takes the place of a
+//! named limit that has lapsed (the routes that led to it are forgotten), or, if none has,
+//! counts as the host's limit without a name, as does a name longer than 64 bytes or not
+//! visible ASCII. Routes are kept as 64-bit hashes, keyed at random per layer, so a long path
+//! costs nothing more: at most about 16 KiB per host, for at most 4096 hosts.
 //!
 //! # Hosts that say nothing
 //!

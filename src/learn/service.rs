@@ -62,6 +62,7 @@ where
             let future = self.inner.call(request);
             return Box::pin(async move { future.await.map_err(Into::into) });
         };
+        let route = shared.route(request.method(), request.uri());
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
@@ -72,7 +73,7 @@ where
             let mut place = loop {
                 let now = Instant::now();
                 let budget = max_wait.saturating_sub(now - start);
-                match shared.admit(&host, now, budget) {
+                match shared.admit(&host, route, now, budget) {
                     Admit::Now(place) => break place,
                     Admit::After(wait, place) => {
                         // Dropped while waiting, the place and its slot are given back.
@@ -113,7 +114,7 @@ where
                 }
             }
             place.sent();
-            send(&shared, &mut inner, request, host, place).await
+            send(&shared, &mut inner, request, place).await
         })
     }
 }
@@ -122,7 +123,6 @@ async fn send<S, ReqB, ResB>(
     shared: &Shared,
     inner: &mut S,
     request: Request<ReqB>,
-    host: Authority,
     place: Place,
 ) -> Result<Response<ResB>, BoxError>
 where
@@ -133,7 +133,12 @@ where
         .await
         .map_err(Into::into)?;
     let response = inner.call(request).await.map_err(Into::into)?;
-    shared.learn(&host, response.status(), response.headers(), Instant::now());
+    shared.learn(
+        &place,
+        response.status(),
+        response.headers(),
+        Instant::now(),
+    );
     drop(place);
     Ok(response)
 }

@@ -11,9 +11,9 @@ use http_body::Body;
 use super::body::{Replay, ReplayBody};
 use super::events::{GiveUp, Retryable};
 
-/// Requests are HTTP requests: recorded and replayed, retried only when idempotent (for
-/// [`RetryLayer::new`](super::RetryLayer::new)), or whatever their method (gRPC calls, for
-/// [`RetryLayer::grpc`](super::RetryLayer::grpc)).
+/// Requests are HTTP requests: recorded and replayed, retried when idempotent or when they
+/// never reached the server (for [`RetryLayer::new`](super::RetryLayer::new)), or whatever
+/// their method (gRPC calls, for [`RetryLayer::grpc`](super::RetryLayer::grpc)).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Replaying {
     pub(crate) any_method: bool,
@@ -32,8 +32,9 @@ pub trait RequestSource: Send + 'static {
     /// The next retry's request.
     fn next(&mut self) -> Result<Self::Request, GiveUp>;
 
-    /// Whether another attempt can be made.
-    fn check(&self) -> Result<(), GiveUp>;
+    /// Whether another attempt can be made, after an outcome that `never_sent` says never
+    /// reached the server or not.
+    fn check(&self, never_sent: bool) -> Result<(), GiveUp>;
 
     /// Where the request goes, when it is known.
     fn destination(&self) -> Option<&Authority>;
@@ -43,12 +44,15 @@ pub trait RequestSource: Send + 'static {
 pub struct ReplayedRequest<B> {
     template: Option<Template>,
     replay: Option<Replay<B>>,
+    /// Retried after any retryable outcome (idempotent, or marked); otherwise only after one
+    /// that never reached the server.
+    any_outcome: bool,
 }
 
 impl<B> std::fmt::Debug for ReplayedRequest<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplayedRequest")
-            .field("retryable", &self.template.is_some())
+            .field("any_outcome", &self.any_outcome)
             .finish_non_exhaustive()
     }
 }
@@ -74,10 +78,14 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 impl<B: Body + Send + 'static> ReplayedRequest<B> {
-    /// The first attempt's request, and what the retries need: a copy of the request and its
-    /// recorded body, if it may be retried (idempotent by method, or marked with an
-    /// `Idempotency-Key` header or a [`Retryable`] extension), or whatever its method when
-    /// `any_method` (gRPC calls).
+    /// The first attempt's request, and what the retries need: a copy of the request's head
+    /// and its body. A request that may be retried after any retryable outcome (idempotent by
+    /// method, marked with an `Idempotency-Key` header or a [`Retryable`] extension, or any
+    /// request when `any_method`, for gRPC calls) has its body recorded up to `body_cap`.
+    /// Any other is retried only when it never reached the server, which its body then never
+    /// began to be sent: the body is kept unread and recorded not at all (a cap of 0), so
+    /// that it can be sent whole by the next attempt, and a body that began to be sent is
+    /// never sent again.
     #[inline]
     pub(crate) fn prepare(
         request: Request<B>,
@@ -85,21 +93,12 @@ impl<B: Body + Send + 'static> ReplayedRequest<B> {
         any_method: bool,
     ) -> (Request<ReplayBody<B>>, Self) {
         let (parts, body) = request.into_parts();
-        let retryable = any_method
+        let any_outcome = any_method
             || is_idempotent(&parts.method)
             || parts.headers.contains_key(&IDEMPOTENCY_KEY)
             || parts.extensions.get::<Retryable>().is_some();
-        if !retryable {
-            let first = Request::from_parts(parts, ReplayBody::once(body));
-            return (
-                first,
-                Self {
-                    template: None,
-                    replay: None,
-                },
-            );
-        }
-        let (body, replay) = ReplayBody::recorded(body, body_cap);
+        let cap = if any_outcome { body_cap } else { 0 };
+        let (body, replay) = ReplayBody::recorded(body, cap);
         let template = Template {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -112,6 +111,7 @@ impl<B: Body + Send + 'static> ReplayedRequest<B> {
             Self {
                 template: Some(template),
                 replay: Some(replay),
+                any_outcome,
             },
         )
     }
@@ -134,9 +134,10 @@ impl<B: Body + Send + 'static> RequestSource for ReplayedRequest<B> {
         Ok(request)
     }
 
-    fn check(&self) -> Result<(), GiveUp> {
+    fn check(&self, never_sent: bool) -> Result<(), GiveUp> {
         match &self.replay {
             None => Err(GiveUp::NotIdempotent),
+            Some(_) if !(self.any_outcome || never_sent) => Err(GiveUp::NotIdempotent),
             Some(replay) => replay.check().map_err(|_| GiveUp::Body),
         }
     }
@@ -167,7 +168,7 @@ impl<Req: Clone + Send + 'static> RequestSource for ClonedRequest<Req> {
         Ok(self.request.clone())
     }
 
-    fn check(&self) -> Result<(), GiveUp> {
+    fn check(&self, _: bool) -> Result<(), GiveUp> {
         Ok(())
     }
 
@@ -216,21 +217,22 @@ mod tests {
     #[test]
     fn only_idempotent_or_marked_requests_are_retried() {
         let (_, post) = ReplayedRequest::prepare(request(Method::POST, &[]), 1024, false);
-        assert_eq!(post.check(), Err(GiveUp::NotIdempotent));
+        assert_eq!(post.check(false), Err(GiveUp::NotIdempotent));
+        assert_eq!(post.check(true), Ok(()), "it never reached the server");
         let (_, keyed) = ReplayedRequest::prepare(
             request(Method::POST, &[("idempotency-key", "k1")]),
             1024,
             false,
         );
-        assert_eq!(keyed.check(), Ok(()));
+        assert_eq!(keyed.check(false), Ok(()));
         let mut marked = request(Method::PATCH, &[]);
         marked.extensions_mut().insert(Retryable);
         assert_eq!(
-            ReplayedRequest::prepare(marked, 1024, false).1.check(),
+            ReplayedRequest::prepare(marked, 1024, false).1.check(false),
             Ok(())
         );
         let (_, grpc_call) = ReplayedRequest::prepare(request(Method::POST, &[]), 1024, true);
-        assert_eq!(grpc_call.check(), Ok(()));
+        assert_eq!(grpc_call.check(false), Ok(()));
         for method in [
             Method::GET,
             Method::HEAD,
@@ -242,10 +244,29 @@ mod tests {
             assert_eq!(
                 ReplayedRequest::prepare(request(method.clone(), &[]), 1024, false)
                     .1
-                    .check(),
+                    .check(false),
                 Ok(()),
                 "{method}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_not_idempotent_goes_again_only_unsent_and_whole() {
+        // Never sent: its body was never read, and the retry sends all of it.
+        let (first, mut unsent) = ReplayedRequest::prepare(request(Method::POST, &[]), 1024, false);
+        drop(first);
+        assert_eq!(unsent.check(true), Ok(()));
+        let again = unsent.next().unwrap();
+        assert_eq!(again.method(), Method::POST);
+        assert_eq!(
+            again.into_body().collect().await.unwrap().to_bytes(),
+            "payload"
+        );
+        // Its body began to be sent: whatever the error says, it is not sent again, and
+        // nothing of it was kept.
+        let (first, sent) = ReplayedRequest::prepare(request(Method::POST, &[]), 1024, false);
+        first.into_body().collect().await.unwrap();
+        assert_eq!(sent.check(true), Err(GiveUp::Body));
     }
 }

@@ -21,7 +21,10 @@ pin_project! {
     ///   count, not copied.
     /// - A body that outgrows the cap is sent once, and its request is not retried: a retry
     ///   never sends a truncated or empty body.
-    /// - A request that will not be retried (not idempotent) passes its body through as it is.
+    /// - A request that is not idempotent (a `POST`, say) is retried only when it never
+    ///   reached the server, and then its body was never read: its body is kept unread, and
+    ///   nothing of it is recorded (no memory beyond the head's copy), so that a retry sends
+    ///   it whole; once any of it has been read, it is never sent again.
     ///
     /// The inner service therefore takes `Request<ReplayBody<B>>`: build a hyper client with
     /// that body type.

@@ -240,6 +240,46 @@ impl<B> Classify<Response<B>> for GrpcClassifier {
     }
 }
 
+/// Whether `error` shows that its request never reached the server, so that sending it again
+/// cannot run it twice, whatever its method: some error of its chain is a refused connection
+/// (`std::io`'s `ConnectionRefused`), and with the `hyper` feature a connect error of
+/// hyper-util's legacy client (`is_connect()`: connecting, resolving, the TLS handshake; what
+/// reqwest's `is_connect()` reports too), a request hyper gave back unsent because its
+/// connection closed first (`is_canceled()`), or an HTTP/2 stream the server refused before
+/// processing it (`REFUSED_STREAM`, RFC 9113 §8.7).
+pub(crate) fn never_sent(error: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(error);
+    let mut depth = 0;
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        #[cfg(feature = "hyper")]
+        {
+            if let Some(client) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
+                if client.is_connect() {
+                    return true;
+                }
+            }
+            if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+                if hyper.is_canceled() {
+                    return true;
+                }
+            }
+            if let Some(h2) = error.downcast_ref::<h2::Error>() {
+                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                    return true;
+                }
+            }
+        }
+        depth += 1;
+        next = if depth < 32 { error.source() } else { None };
+    }
+    false
+}
+
 fn is_transient(error: &(dyn Error + 'static)) -> bool {
     use std::io::ErrorKind;
     if let Some(io) = error.downcast_ref::<std::io::Error>() {
@@ -434,6 +474,31 @@ mod tests {
         );
         let other: crate::BoxError = "something else".into();
         assert_eq!(Classification::of_error(&*other), Classification::Final);
+    }
+
+    #[test]
+    fn never_sent_is_a_refused_connection_or_a_request_given_back() {
+        use std::io::{Error as IoError, ErrorKind};
+        let refused: crate::BoxError = Box::new(IoError::new(ErrorKind::ConnectionRefused, "no"));
+        assert!(never_sent(&*refused));
+        // A reset, a timeout, a closed connection: the request may have been read.
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::TimedOut,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert!(!never_sent(&IoError::new(kind, "maybe")), "{kind:?}");
+        }
+        let elapsed = tower::timeout::error::Elapsed::new();
+        assert!(!never_sent(&elapsed));
+        #[cfg(feature = "hyper")]
+        {
+            let refused_stream: h2::Error = h2::Reason::REFUSED_STREAM.into();
+            assert!(never_sent(&refused_stream));
+            let cancelled: h2::Error = h2::Reason::CANCEL.into();
+            assert!(!never_sent(&cancelled));
+        }
     }
 
     #[test]

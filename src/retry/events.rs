@@ -19,7 +19,8 @@ pub enum GiveUp {
     Body,
     /// The server asked for a longer wait than the maximum.
     PushbackTooLong,
-    /// The request is not idempotent (a `POST` without `Idempotency-Key`, say).
+    /// The request is not idempotent (a `POST` without `Idempotency-Key`, say), and may
+    /// have reached the server.
     NotIdempotent,
 }
 

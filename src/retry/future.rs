@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::attempts::RequestSource;
 use super::budget::RetryBudget;
-use super::classify::{Classification, Classify, Outcome};
+use super::classify::{never_sent, Classification, Classify, Outcome};
 use super::config::Config;
 use super::events::{emit, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent};
 use crate::BoxError;
@@ -124,8 +124,11 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(finish(result, *this.made, None, *this.annotate));
                     }
+                    // A request that never reached the server may go again whatever its method.
+                    let unsent = matches!(&result, Err(error) if never_sent(&**error));
                     let next = next_delay(
                         classification,
+                        unsent,
                         *this.made,
                         this.attempts,
                         this.config,
@@ -220,10 +223,12 @@ where
 }
 
 /// The wait before the next attempt, or why there is none. Checks in order: attempts left,
-/// the request can be made again, the server's delay is acceptable, the deadline leaves
-/// time, and last (so that giving up spends nothing) the budget.
+/// the request can be made again (`never_sent`: the outcome shows it never reached the
+/// server), the server's delay is acceptable, the deadline leaves time, and last (so that
+/// giving up spends nothing) the budget.
 fn next_delay<P: RequestSource, C>(
     classification: Classification,
+    never_sent: bool,
     made: u32,
     attempts: &P,
     config: &Config<C>,
@@ -233,7 +238,7 @@ fn next_delay<P: RequestSource, C>(
     if made >= config.backoff.max_attempts() {
         return Err(GiveUp::MaxAttempts);
     }
-    attempts.check()?;
+    attempts.check(never_sent)?;
     let delay = match classification {
         Classification::RetryAfter(delay) if delay > config.max_pushback => {
             return Err(GiveUp::PushbackTooLong);

@@ -41,7 +41,8 @@ impl RetryLayer {
 
     /// The same for gRPC clients: [`GrpcClassifier`], and every call may be retried.
     ///
-    /// gRPC calls are all `POST`s, so the HTTP rule (idempotent methods only) would retry
+    /// gRPC calls are all `POST`s, so the HTTP rule (idempotent methods, or requests that
+    /// never reached the server) would retry
     /// none. As with gRPC's own retry policy (gRFC A6), installing the layer is the opt-in,
     /// and the classifier retries only what says the call was not run: `UNAVAILABLE`, and
     /// `RESOURCE_EXHAUSTED` with pushback, both in a trailers-only response. Calls that must

@@ -38,7 +38,19 @@
 //! [`HttpClassifier`] (the default) retries connection failures, timeouts, 408, 429, 502, 503
 //! and 504, and a 403 that carries a server's delay (GitHub's rate limits); [`GrpcClassifier`] retries `UNAVAILABLE`, and `RESOURCE_EXHAUSTED` with pushback.
 //! Only idempotent requests are retried (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`),
-//! unless they carry an `Idempotency-Key` header or a [`Retryable`] extension.
+//! unless they carry an `Idempotency-Key` header or a [`Retryable`] extension, or never
+//! reached the server: a request of any method is retried (within the budget and the
+//! attempts) when its error shows that no byte of it was sent, as hyper-util's legacy client,
+//! Finagle and gRPC do: a refused connection, and with the `hyper` feature a connect error of
+//! hyper-util's legacy client (`is_connect()`, which is also what reqwest's `is_connect()`
+//! reads), a request hyper gave back unsent because its connection closed first, or an
+//! HTTP/2 stream refused before processing (`REFUSED_STREAM`). A reset, a timeout or a closed
+//! connection after the request was written is not that: the server may have acted on it.
+//! The layer reads this from the error itself, whatever the classifier, which still decides
+//! whether the error is retried at all ([`Classification::of_error`] retries all of these).
+//! Such a request's body is kept unread until it is sent, never recorded, so this costs no
+//! memory for bodies (a copy of the request's head, as for every retried request); a body that
+//! began to be sent is never sent again.
 //!
 //! Connection failures include `tower::timeout`'s elapsed error and, with the `hyper`
 //! feature, HTTP/2 refused streams and graceful GOAWAYs; everything else is final. Any closure

@@ -35,6 +35,8 @@ struct Upstream {
     hits: AtomicU64,
     refused: AtomicU64,
     arrivals: Mutex<Vec<Instant>>,
+    /// The path of each request `answer` served, and when it came.
+    paths: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Upstream {
@@ -136,12 +138,51 @@ async fn once(
     (StatusCode::OK, "ok").into_response()
 }
 
+/// Any other path: answers with what the request's `x-answer` header asks for,
+/// `NAME=VALUE|NAME=VALUE`, with `status=CODE` for the status (200 by default), so that a
+/// test scripts each answer of one route while the route (method and path) stays the same.
+async fn answer(
+    State(upstream): State<Arc<Upstream>>,
+    request: Request<axum::body::Body>,
+) -> Response {
+    upstream.hits.fetch_add(1, Ordering::SeqCst);
+    upstream.arrivals.lock().unwrap().push(Instant::now());
+    upstream
+        .paths
+        .lock()
+        .unwrap()
+        .push((request.uri().path().to_owned(), Instant::now()));
+    let mut status = StatusCode::OK;
+    let mut headers = HeaderMap::new();
+    let asked = request
+        .headers()
+        .get("x-answer")
+        .map(|v| v.to_str().unwrap().to_owned());
+    for pair in asked
+        .iter()
+        .flat_map(|a| a.split('|'))
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap();
+        if name == "status" {
+            status = StatusCode::from_u16(value.parse().unwrap()).unwrap();
+            continue;
+        }
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    (status, headers, "ok").into_response()
+}
+
 async fn start() -> (Arc<Upstream>, SocketAddr) {
     let upstream = Arc::new(Upstream::default());
     let app = Router::new()
         .route("/limited/{dialect}", get(limited))
         .route("/say/{pairs}/{status}", get(say))
         .route("/once/{pairs}/{status}", get(once))
+        .fallback(answer)
         .with_state(Arc::clone(&upstream));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -157,6 +198,34 @@ fn get_req(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
     Request::get(format!("http://{addr}{path}"))
         .body(Full::default())
         .unwrap()
+}
+
+/// A GET of `path` that `answer` answers as `answer` says.
+fn answered(addr: SocketAddr, path: &str, answer: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .header("x-answer", answer)
+        .body(Full::default())
+        .unwrap()
+}
+
+/// A moment in a test, and how many requests `answer` had served by then.
+#[derive(Clone, Copy)]
+struct Mark(usize, Instant);
+
+impl Upstream {
+    fn mark(&self) -> Mark {
+        Mark(self.paths.lock().unwrap().len(), Instant::now())
+    }
+
+    /// When each request to `path` served after `since` arrived, from `since`.
+    fn arrived(&self, path: &str, since: Mark) -> Vec<Duration> {
+        let paths = self.paths.lock().unwrap();
+        paths[since.0..]
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, at)| *at - since.1)
+            .collect()
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -686,5 +755,208 @@ async fn retry_and_learn_agree_on_the_vendors_delays() {
         assert_eq!(next.status(), 200, "{dialect}");
         assert_eq!(sent.elapsed(), delay, "{dialect}: the learn layer's wait");
         assert_eq!(upstream.hits(), 2, "{dialect}");
+    }
+}
+
+/// GitHub's answers: `core` just spent (0 left, back in 60 s), then refilled; `search` with
+/// plenty left. Each names its resource in `X-RateLimit-Resource`.
+const CORE_SPENT: &str = "x-ratelimit-resource=core|x-ratelimit-limit=5000|\
+                          x-ratelimit-remaining=0|x-ratelimit-used=5000|x-ratelimit-reset=60";
+const CORE_BACK: &str = "x-ratelimit-resource=core|x-ratelimit-limit=5000|\
+                         x-ratelimit-remaining=4999|x-ratelimit-reset=3600";
+const SEARCH: &str = "x-ratelimit-resource=search|x-ratelimit-limit=30|\
+                      x-ratelimit-remaining=29|x-ratelimit-reset=60";
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_resource_slows_only_the_routes_answered_under_it() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().layer(client());
+    let call = |path: &str, answer: &str| svc.clone().oneshot(answered(addr, path, answer));
+    // Each route answered once: /repos/… under `core`, now spent; /search/… under `search`.
+    assert_eq!(
+        call("/repos/o/r/issues", CORE_SPENT)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(call("/search/issues", SEARCH).await.unwrap().status(), 200);
+
+    let start = Instant::now();
+    let mark = upstream.mark();
+    let repos = tokio::spawn(call("/repos/o/r/issues", CORE_BACK));
+    for _ in 0..5 {
+        assert_eq!(call("/search/issues", SEARCH).await.unwrap().status(), 200);
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "search went at once");
+    assert!(!repos.is_finished(), "core waits for its reset");
+    assert_eq!(repos.await.unwrap().unwrap().status(), 200);
+    assert_eq!(start.elapsed(), Duration::from_secs(60));
+    assert_eq!(
+        upstream.arrived("/search/issues", mark),
+        [Duration::ZERO; 5]
+    );
+    assert_eq!(
+        upstream.arrived("/repos/o/r/issues", mark),
+        [Duration::from_secs(60)],
+        "sent at the reset, not before"
+    );
+    // A route never answered is admitted against what the host said without a name: nothing
+    // here, so it goes at once, whatever `core` said.
+    let start = Instant::now();
+    call("/rate_limit", "").await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ietf_policies_each_hold_back_their_own_routes() {
+    const POLICY: &str = "ratelimit-policy=\"uploads\";q=10;w=30, \"reads\";q=100;w=1";
+    let uploads_spent = format!("{POLICY}|ratelimit=\"uploads\";r=0;t=30");
+    let reads = format!("{POLICY}|ratelimit=\"reads\";r=99;t=1");
+    // A route counted under both policies at once.
+    let both = format!("{POLICY}|ratelimit=\"reads\";r=98;t=1, \"uploads\";r=0;t=30");
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().layer(client());
+    let call = |path: &str, answer: &str| svc.clone().oneshot(answered(addr, path, answer));
+    call("/uploads/a", &uploads_spent).await.unwrap();
+    call("/items", &reads).await.unwrap();
+    call("/sync", &both).await.unwrap();
+
+    let start = Instant::now();
+    let mark = upstream.mark();
+    let upload = tokio::spawn(call("/uploads/a", &reads));
+    let sync = tokio::spawn(call("/sync", &reads));
+    for _ in 0..3 {
+        call("/items", &reads).await.unwrap();
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "reads went at once");
+    upload.await.unwrap().unwrap();
+    sync.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    assert_eq!(upstream.arrived("/items", mark), [Duration::ZERO; 3]);
+    assert_eq!(
+        upstream.arrived("/uploads/a", mark),
+        [Duration::from_secs(30)]
+    );
+    assert_eq!(
+        upstream.arrived("/sync", mark),
+        [Duration::from_secs(30)],
+        "a route under both waits for the spent one"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_answer_cools_the_limit_it_names_or_else_the_host() {
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().layer(client());
+    let call = |path: &str, answer: &str| svc.clone().oneshot(answered(addr, path, answer));
+    call("/repos/o/r", CORE_BACK).await.unwrap();
+    // A 429 under `search`, spent, with a Retry-After later than its reset: `search` alone
+    // cools, until the later of the two.
+    let throttled = "status=429|retry-after=30|x-ratelimit-resource=search|\
+                     x-ratelimit-limit=30|x-ratelimit-remaining=0|x-ratelimit-reset=10";
+    assert_eq!(call("/search/code", throttled).await.unwrap().status(), 429);
+    let start = Instant::now();
+    let mark = upstream.mark();
+    let search = tokio::spawn(call("/search/code", SEARCH));
+    call("/repos/o/r", CORE_BACK).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "core is not cooled");
+    search.await.unwrap().unwrap();
+    assert_eq!(
+        upstream.arrived("/search/code", mark),
+        [Duration::from_secs(30)]
+    );
+
+    // GitHub's secondary limit: a 403 with Retry-After, under `core` with plenty left. No
+    // named limit explains it, so the whole host cools, routes of other limits and routes
+    // never answered included.
+    let secondary = "status=403|retry-after=5|x-ratelimit-resource=core|\
+                     x-ratelimit-limit=5000|x-ratelimit-remaining=4000|x-ratelimit-reset=3600";
+    assert_eq!(call("/repos/o/r", secondary).await.unwrap().status(), 403);
+    let start = Instant::now();
+    call("/search/code", SEARCH).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    let start = Instant::now();
+    // A 429 that names nothing cools the host too.
+    call("/anything", "status=429|retry-after=7").await.unwrap();
+    call("/repos/o/r", CORE_BACK).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn openai_requests_and_tokens_both_bind_every_route_that_names_them() {
+    // OpenAI names its two limits alike on every route: a route answered with both is under
+    // both, and the routes share them (the limits are the organisation's, not the route's).
+    let answer = |requests: u64, tokens: u64, status: u16| {
+        format!(
+            "status={status}|x-ratelimit-limit-requests=60|x-ratelimit-remaining-requests={requests}|\
+             x-ratelimit-reset-requests=1s|x-ratelimit-limit-tokens=150000|\
+             x-ratelimit-remaining-tokens={tokens}|x-ratelimit-reset-tokens=12s"
+        )
+    };
+    let (upstream, addr) = start().await;
+    let svc = LearnLayer::new().layer(client());
+    let call = |path: &str, answer: &str| svc.clone().oneshot(answered(addr, path, answer));
+    // Tokens left: requests count; the route is under both all the same.
+    call("/v1/embeddings", &answer(59, 9000, 200))
+        .await
+        .unwrap();
+    // Requests left, tokens spent: every route under `tokens` waits for their reset.
+    assert_eq!(
+        call("/v1/chat/completions", &answer(58, 0, 429))
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    let start = Instant::now();
+    let mark = upstream.mark();
+    let chat = tokio::spawn(call("/v1/chat/completions", &answer(57, 9000, 200)));
+    let embeddings = tokio::spawn(call("/v1/embeddings", &answer(56, 8000, 200)));
+    // A route never answered knows neither limit yet.
+    call("/v1/models", "").await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    chat.await.unwrap().unwrap();
+    embeddings.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(12));
+    for path in ["/v1/chat/completions", "/v1/embeddings"] {
+        assert_eq!(
+            upstream.arrived(path, mark),
+            [Duration::from_secs(12)],
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_of_the_users_groups_paths_never_answered_yet() {
+    let (upstream, addr) = start().await;
+    // By method and path (the default), /repos/o/b has never been answered: it goes at once,
+    // and is refused by the server. Grouped by the first segment, it waits for `core`.
+    let by_first_segment =
+        LearnLayer::new().route(|_, uri| uri.path().split('/').nth(1).map(str::to_owned));
+    for (layer, waits) in [(LearnLayer::new(), false), (by_first_segment, true)] {
+        let svc = layer.layer(client());
+        let call = |path: &str, answer: &str| svc.clone().oneshot(answered(addr, path, answer));
+        call("/repos/o/a", CORE_SPENT).await.unwrap();
+        call("/search/issues", SEARCH).await.unwrap();
+        let mark = upstream.mark();
+        call("/repos/o/b", CORE_BACK).await.unwrap();
+        call("/search/commits", SEARCH).await.unwrap();
+        let expected = if waits {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        };
+        assert_eq!(
+            upstream.arrived("/repos/o/b", mark),
+            [expected],
+            "waits: {waits}"
+        );
+        assert_eq!(
+            upstream.arrived("/search/commits", mark),
+            [expected],
+            "search after core"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 mod common;
 
 use bytes::Bytes;
-use common::upstream::{reply, start_upstream};
+use common::upstream::{reply, serve_upstream, start_upstream, Upstream};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
@@ -401,4 +401,160 @@ async fn any_request_type_is_retried_by_cloning_with_a_classifier_of_its_own() {
         Some(Classification::Final)
     );
     assert_eq!(Classification::pushback(&http::HeaderMap::new()), None);
+}
+
+/// A loopback address where nothing listens (yet): connections to it are refused.
+fn refusing_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+    // Dropped: the port refuses connections until a test listens on it again.
+}
+
+/// A retry layer that, at its first retry, starts the scripted upstream on `addr`, so that the
+/// first attempt finds nothing listening and the second finds the server.
+fn retry_then_listen(addr: SocketAddr) -> (RetryLayer, Arc<Mutex<Option<Arc<Upstream>>>>) {
+    let started = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&started);
+    let layer = retry().on_event(move |event| {
+        let mut slot = slot.lock().unwrap();
+        if matches!(event.action, RetryAction::Retry { .. }) && slot.is_none() {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            *slot = Some(serve_upstream(listener, [reply(200)]));
+        }
+    });
+    (layer, started)
+}
+
+fn post_order(addr: SocketAddr) -> Request<Full<Bytes>> {
+    Request::post(format!("http://{addr}/orders"))
+        .body(Full::new(Bytes::from_static(b"order 17")))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_that_never_reached_the_server_is_retried_and_arrives_once() {
+    let addr = refusing_address();
+    let (layer, started) = retry_then_listen(addr);
+    let response = layer
+        .layer(client())
+        .oneshot(post_order(addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 2);
+    let upstream = started
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("started at the retry");
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(
+        *upstream.bodies.lock().unwrap(),
+        ["order 17"],
+        "the body, whole, once"
+    );
+}
+
+/// reqwest as a tower service of `http` types, as the retry module's docs show it.
+fn reqwest_service() -> impl tower::Service<
+    Request<ReplayBody<Full<Bytes>>>,
+    Response = Response<reqwest::Body>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone {
+    let client = reqwest::Client::new();
+    tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+        let client = client.clone();
+        async move {
+            let request = reqwest::Request::try_from(request.map(reqwest::Body::wrap))?;
+            Ok::<_, BoxError>(Response::from(client.execute(request).await?))
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_that_never_reached_the_server_is_retried_through_reqwest() {
+    let addr = refusing_address();
+    let (layer, started) = retry_then_listen(addr);
+    let response = layer
+        .layer(reqwest_service())
+        .oneshot(post_order(addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 2);
+    let upstream = started
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("started at the retry");
+    assert_eq!(*upstream.bodies.lock().unwrap(), ["order 17"]);
+}
+
+/// A server whose first connection reads a whole request, counts it, and resets the
+/// connection without answering; later connections are answered 200.
+async fn reset_after_reading() -> (Arc<AtomicU32>, SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            // The head and the body ("order 17", the request's last bytes).
+            while !request.ends_with(b"order 17") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                // RST, not FIN: the request was read, and may have been acted on.
+                #[allow(deprecated)]
+                stream.set_linger(Some(Duration::ZERO)).unwrap();
+                drop(stream);
+                continue;
+            }
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(ok).await;
+        }
+    });
+    (seen, addr)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_reset_after_it_was_sent_is_not_retried() {
+    for through_reqwest in [false, true] {
+        let (seen, addr) = reset_after_reading().await;
+        let result = match through_reqwest {
+            false => retry()
+                .layer(client())
+                .oneshot(post_order(addr))
+                .await
+                .map(|_| ()),
+            true => retry()
+                .layer(reqwest_service())
+                .oneshot(post_order(addr))
+                .await
+                .map(|_| ()),
+        };
+        let error = result.expect_err("not retried, so the reset is the answer");
+        let error = error.downcast_ref::<RetryError>().expect("a RetryError");
+        assert_eq!(error.attempts(), 1, "reqwest: {through_reqwest}");
+        assert_eq!(error.gave_up(), Some(GiveUp::NotIdempotent));
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the server saw it once");
+        // The same request as a PUT, idempotent, is retried and answered: the server would
+        // have taken a second POST.
+        let (seen, addr) = reset_after_reading().await;
+        let mut put = post_order(addr);
+        *put.method_mut() = Method::PUT;
+        let response = retry().layer(client()).oneshot(put).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
 }

@@ -97,6 +97,17 @@ async fn answer(State(upstream): State<Arc<Upstream>>, request: Request<AxumBody
 pub async fn start_upstream(
     script: impl IntoIterator<Item = Reply>,
 ) -> (Arc<Upstream>, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (serve_upstream(listener, script), addr)
+}
+
+/// The scripted upstream on `listener`, served from now on (from any code in the runtime,
+/// synchronous code included).
+pub fn serve_upstream(
+    listener: tokio::net::TcpListener,
+    script: impl IntoIterator<Item = Reply>,
+) -> Arc<Upstream> {
     let upstream = Arc::new(Upstream {
         script: Mutex::new(script.into_iter().collect()),
         ..Default::default()
@@ -104,8 +115,6 @@ pub async fn start_upstream(
     let app = Router::new()
         .fallback(any(answer))
         .with_state(Arc::clone(&upstream));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (upstream, addr)
+    upstream
 }
