@@ -48,7 +48,7 @@ use tollgate::learn::LearnLayer;
 use tollgate::retry::{Attempts, RetryAction, RetryBudget, RetryError, RetryEvent, RetryLayer};
 use tollgate::{BoxError, Quota, RateLimitLayer};
 use tower::util::option_layer;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 struct Args {
     method: Method,

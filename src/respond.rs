@@ -332,6 +332,7 @@ pub trait RefusalResponse<B>: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EmptyBody;
 
+#[diagnostic::do_not_recommend]
 impl<B: Default> RefusalResponse<B> for EmptyBody {
     fn response(&self, _: &Refusal, status: StatusCode) -> Response<B> {
         let mut response = Response::new(B::default());
@@ -353,6 +354,9 @@ where
     }
 }
 
+// Not recommended: a service the HTTP answer cannot serve is reported as `Http: Respond<…>`
+// unsatisfied, with the trait's note (call `.errors()`), not as some `B: Default` deep inside.
+#[diagnostic::do_not_recommend]
 impl<B, E, F> Respond<Response<B>, E> for Http<F>
 where
     B: 'static,
@@ -392,6 +396,7 @@ where
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<ReqB, B, E, F> Refuse<http::Request<ReqB>, Response<B>, E> for Http<F>
 where
     B: 'static,

@@ -26,7 +26,7 @@ use tollgate::key::{Destination, PeerIp};
 use tollgate::learn::LearnLayer;
 use tollgate::retry::{Attempts, ReplayBody, RetryLayer};
 use tollgate::{BoxError, Quota, RateLimitLayer};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder};
 
 /// reqwest as a tower service of `http` types: one conversion each way.
 fn reqwest_service(

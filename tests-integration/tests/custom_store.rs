@@ -118,7 +118,7 @@ async fn a_store_written_outside_the_crate_serves_the_limiter() {
 
 #[tokio::test(start_paused = true)]
 async fn a_store_written_outside_the_crate_serves_the_layer() {
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
     let layer = tollgate::RateLimitLayer::new(Quota::per_minute(2).unwrap())
         .key(|request: &http::Request<()>| {
             request

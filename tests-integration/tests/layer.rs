@@ -16,7 +16,7 @@ use tollgate::key::{Global, Header};
 use tollgate::rate_limit::Reset;
 use tollgate::rate_limit::{HeaderOptions, LimitEventKind, RateLimitLayer, Refusal};
 use tollgate::{BoxError, MemoryStore, Quota, Quotas, RateLimited};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Layer, Service};
 
 /// A store on tokio's clock, so that `pause` and `advance` drive it.
 fn paused_store() -> MemoryStore<TokioClock> {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tollgate::clock::TokioClock;
 use tollgate::rate_limit::Refusal;
 use tollgate::{MemoryStore, Quota, RateLimitLayer, RateLimiter};
-use tower::{service_fn, Service, ServiceExt};
+use tower::{service_fn, Service};
 
 fn paused_store() -> MemoryStore<TokioClock> {
     MemoryStore::builder().clock(TokioClock::new()).build()

@@ -165,7 +165,7 @@ async fn near_limit_is_reported_once_per_key_and_window() {
 
 #[tokio::test(start_paused = true)]
 async fn services_made_by_one_layer_share_its_reports() {
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
     // axum serving a handler's route as a plain service calls `layer` on every request: the
     // services must still share one near-limit memory (and one set of metrics).
     let (seen, hook) = recorder();
