@@ -293,12 +293,21 @@ mod enabled {
     }
 
     impl ConcurrencyMetrics {
-        pub(crate) fn new(layer: &str) -> Self {
+        /// A layer's metrics: `waits` when a request may wait for a slot, `refuses` when one
+        /// may be refused (a bounded wait); no series for what the layer never does.
+        pub(crate) fn new(layer: &str, waits: bool, refuses: bool) -> Self {
             describe();
             let label = layer.to_owned();
+            let used = |used: bool, name: &'static str| {
+                if used {
+                    counter!(name, "layer" => label.clone())
+                } else {
+                    Counter::noop()
+                }
+            };
             Self {
-                waited: counter!("tollgate_concurrency_waited_total", "layer" => label.clone()),
-                refused: counter!("tollgate_concurrency_refused_total", "layer" => label.clone()),
+                waited: used(waits, "tollgate_concurrency_waited_total"),
+                refused: used(refuses, "tollgate_concurrency_refused_total"),
                 in_flight: metrics::gauge!("tollgate_concurrency_in_flight", "layer" => label),
             }
         }
@@ -449,7 +458,7 @@ mod disabled {
     pub(crate) struct ConcurrencyMetrics;
 
     impl ConcurrencyMetrics {
-        pub(crate) fn new(_: &str) -> Self {
+        pub(crate) fn new(_: &str, _: bool, _: bool) -> Self {
             Self
         }
 

@@ -179,7 +179,11 @@ impl<S, K: Clone, R: Clone> Layer<S> for ConcurrencyLayer<K, R> {
                 hook: settings.hook.clone(),
                 log_keys: settings.log_keys,
                 respond: self.respond.clone(),
-                metrics: ConcurrencyMetrics::new(&settings.name),
+                metrics: ConcurrencyMetrics::new(
+                    &settings.name,
+                    settings.max_wait != Some(Duration::ZERO),
+                    settings.max_wait.is_some(),
+                ),
             }),
         )
     }

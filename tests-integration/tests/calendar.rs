@@ -202,6 +202,40 @@ async fn through_the_layer_the_refusal_says_when_the_day_ends_and_the_day_after_
     assert_eq!(fetch(&client, &server.url("/"), &alice).await.status(), 429);
 }
 
+/// The `Retry-After` of the fourth request to a layer of `quota` (3 a window) over `store`.
+async fn fourth_retry_after<S>(quota: Quota, store: S) -> u64
+where
+    S: Store<http::HeaderValue> + Clone + Send + Sync + 'static,
+{
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        RateLimitLayer::new(quota)
+            .key(Header::new("x-api-key"))
+            .store(store),
+    );
+    let server = TestServer::start(app).await;
+    let client = client();
+    let heidi = [("x-api-key", "heidi")];
+    for _ in 0..3 {
+        assert_eq!(fetch(&client, &server.url("/"), &heidi).await.status(), 200);
+    }
+    let refused = fetch(&client, &server.url("/"), &heidi).await;
+    assert_eq!(refused.status(), 429);
+    header(&refused, "retry-after").unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn through_the_layer_a_month_refusal_says_when_the_month_ends() {
+    let month = Quota::per_calendar_month(3).unwrap();
+    let retry_after = fourth_retry_after(month, MemoryStore::new()).await;
+    let now = wall_secs();
+    let (_, first) = ends_after(now);
+    assert_near(
+        Duration::from_secs(retry_after),
+        first - now,
+        "month, memory",
+    );
+}
+
 /// The per-second quota refuses first: the day's count is untouched (all or nothing).
 async fn all_or_nothing<S: Store<String>>(store: &S) {
     let quotas = Quotas::new([
@@ -333,6 +367,15 @@ async fn on_redis_the_window_ends_at_midnight_and_its_key_expires_with_it() {
         Duration::from_secs(retry_after),
         midnight - wall_secs(),
         "Retry-After",
+    );
+    // And a month's, through the layer on Redis.
+    let month = Quota::per_calendar_month(3).unwrap();
+    let retry_after = fourth_retry_after(month, redis.store()).await;
+    let now = wall_secs();
+    assert_near(
+        Duration::from_secs(retry_after),
+        ends_after(now).1 - now,
+        "month, Redis",
     );
 }
 

@@ -131,6 +131,19 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, std::convert::Infallible>(())
         }));
+    // No series for what a layer never does: an unbounded wait never refuses, a zero wait
+    // never waits.
+    let idle = || tower::service_fn(|_: u32| async { Ok::<_, std::convert::Infallible>(()) });
+    let unbounded = tollgate::concurrency::ConcurrencyLayer::new(1)
+        .name("unbounded")
+        .errors()
+        .layer(idle());
+    let at_once = tollgate::concurrency::ConcurrencyLayer::new(1)
+        .wait(Duration::ZERO)
+        .name("at-once")
+        .errors()
+        .layer(idle());
+    assert!(unbounded.oneshot(1).await.is_ok() && at_once.oneshot(1).await.is_ok());
     let first = tokio::spawn(slot_held.clone().oneshot(1));
     tokio::task::yield_now().await;
     assert!(slot_held.clone().oneshot(2).await.is_err());
@@ -164,6 +177,8 @@ async fn counters_move_under_the_names_given_to_layers_and_stores() {
         r#"tollgate_rate_limit_waited_total{layer="api"}"#,
         r#"tollgate_rate_limit_wait_seconds_count{layer="api"}"#,
         r#"tollgate_rate_limit_blocked_total{layer="queue"}"#,
+        r#"tollgate_concurrency_refused_total{layer="unbounded"}"#,
+        r#"tollgate_concurrency_waited_total{layer="at-once"}"#,
     ] {
         assert!(!rendered.contains(unused), "{unused} in\n{rendered}");
     }
