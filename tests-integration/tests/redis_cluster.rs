@@ -259,6 +259,9 @@ async fn rediss_works_against_a_real_tls_redis_and_refuses_an_unknown_certificat
     certificates(&dir);
     let path = |f: &str| dir.join(f).display().to_string();
     let port = common::redis::free_port().to_string();
+    let Some(redis_plain) = Redis::start_tcp(&[]) else {
+        return;
+    };
     let Some(redis) = Redis::start_with(&[
         "--tls-port",
         &port,
@@ -280,13 +283,49 @@ async fn rediss_works_against_a_real_tls_redis_and_refuses_an_unknown_certificat
     match RedisStore::builder(url.clone()).connect().await {
         Err(StoreError::Unusable(what)) => {
             assert!(
-                what.contains("TLS") || what.contains("certificate"),
+                what.contains("signed by a certificate authority this store does not trust")
+                    && what.contains("tls_root_certificates"),
                 "{what}"
             );
             assert!(!what.contains("tls-pw"), "the password leaked: {what}");
         }
         other => panic!("connected without trusting the CA: {other:?}"),
     }
+    // A CA file that holds no PEM certificate (DER, a key, an empty file) is named as such,
+    // not reported later as an unknown issuer.
+    for not_pem in [
+        &b""[..],
+        b"not a certificate",
+        &std::fs::read(dir.join("server.key")).unwrap(),
+    ] {
+        match RedisStore::builder(url.clone())
+            .tls_root_certificates(not_pem.to_vec())
+            .connect()
+            .await
+        {
+            Err(StoreError::Unusable(what)) => {
+                assert!(what.contains("holds no PEM certificate"), "{what}")
+            }
+            other => panic!("a CA file without a certificate was taken: {other:?}"),
+        }
+    }
+    // rediss:// to the port that serves Redis without TLS.
+    let plain_port = redis_plain.port().unwrap();
+    let started = Instant::now();
+    match RedisStore::builder(format!("rediss://:tls-pw@127.0.0.1:{plain_port}"))
+        .tls_root_certificates(std::fs::read(dir.join("ca.crt")).unwrap())
+        .connect()
+        .await
+    {
+        Err(StoreError::Unusable(what)) => {
+            assert!(
+                what.contains("speaks Redis without TLS") && what.contains("redis://"),
+                "{what}"
+            );
+        }
+        other => panic!("rediss:// to a plain port connected: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
     let ca = std::fs::read(dir.join("ca.crt")).unwrap();
     let store = RedisStore::builder(url)
         .tls_root_certificates(ca)
@@ -312,6 +351,24 @@ async fn rediss_works_against_a_real_tls_redis_and_refuses_an_unknown_certificat
         .is_some_and(|v| !v.trim().is_empty()));
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn a_cluster_that_serves_no_slots_is_refused_saying_so() {
+    // A cluster node no one has created a cluster with: no slot is assigned.
+    let Some(node) = Redis::start_tcp(&["--cluster-enabled", "yes"]) else {
+        return;
+    };
+    let seed = node.tcp_url().unwrap();
+    match RedisStore::cluster([seed]).connect().await {
+        Err(StoreError::Unusable(what)) => assert!(
+            what.contains("no node serves the cluster's slots")
+                && what.contains("redis-cli --cluster create"),
+            "{what}"
+        ),
+        other => panic!("a cluster without slots was taken: {other:?}"),
+    }
 }
 
 /// A Redis Sentinel watching `master` as `mymaster`, killed when dropped.

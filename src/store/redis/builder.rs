@@ -209,6 +209,7 @@ impl RedisStoreBuilder {
         };
         let unusable = |what: String| StoreError::Unusable(format!("{shown}: {what}"));
         self.check_key_secret().map_err(unusable)?;
+        self.check_pem().map_err(unusable)?;
         let patience = self.timeout.max(Duration::from_secs(2));
         let in_time = |what: &'static str| {
             let shown = shown.clone();
@@ -220,19 +221,42 @@ impl RedisStoreBuilder {
                     .map_err(|e| unusable(format!("not a Redis URL ({e})")))?;
                 let config = connection::manager_config(self.timeout);
                 let manager = redis::aio::ConnectionManager::new_with_config(client, config);
-                let connection = tokio::time::timeout(patience, manager)
-                    .await
-                    .map_err(in_time("connecting"))?
-                    .map_err(|e| unusable(describe(&e)))?;
+                let connected = match tokio::time::timeout(patience, manager).await {
+                    Ok(Ok(connection)) => Ok(connection),
+                    Ok(Err(e)) => Err(describe(&e)),
+                    Err(_) => Err(format!("no answer in {patience:?} (connecting)")),
+                };
+                let connection = match connected {
+                    Ok(connection) => connection,
+                    // `rediss://` to a port that serves Redis without TLS: the handshake fails
+                    // or never ends; say why.
+                    Err(_) if url.starts_with("rediss://") && plain_redis_at(url).await => {
+                        return Err(unusable(PLAIN_PORT.to_owned()))
+                    }
+                    Err(what) => return Err(unusable(what)),
+                };
                 Connection::Single(connection)
             }
             Target::Cluster(seeds) => {
                 let client = connection::cluster_client(seeds, &self.tls, patience, patience)
                     .map_err(|e| unusable(format!("not Redis URLs ({e})")))?;
-                let connection = tokio::time::timeout(patience, client.get_async_connection())
-                    .await
-                    .map_err(in_time("connecting"))?
-                    .map_err(|e| unusable(describe(&e)))?;
+                let connected =
+                    match tokio::time::timeout(patience, client.get_async_connection()).await {
+                        Ok(Ok(connection)) => Ok(connection),
+                        Ok(Err(e)) => Err(describe(&e)),
+                        Err(_) => Err(format!("no answer in {patience:?} (connecting)")),
+                    };
+                let connection = match connected {
+                    Ok(connection) => connection,
+                    Err(what) => {
+                        for seed in seeds.iter().filter(|s| s.starts_with("rediss://")) {
+                            if plain_redis_at(seed).await {
+                                return Err(unusable(PLAIN_PORT.to_owned()));
+                            }
+                        }
+                        return Err(unusable(what));
+                    }
+                };
                 Connection::Cluster(connection)
             }
             Target::Sentinel {
@@ -459,10 +483,62 @@ pub(super) fn redacted(url: &str) -> String {
     shown
 }
 
+/// What a `rediss://` URL to a port without TLS is told.
+const PLAIN_PORT: &str = "this port speaks Redis without TLS (it answered a plain PING): use \
+     redis:// for it, or give the port Redis serves TLS on (`tls-port`)";
+
+/// Whether `url` (a `rediss://` one) names a port that answers a plain-text `PING` as Redis
+/// does, within half a second: the reason a TLS handshake there never ends.
+async fn plain_redis_at(url: &str) -> bool {
+    use redis::IntoConnectionInfo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(info) = url.into_connection_info() else {
+        return false;
+    };
+    let (host, port) = match info.addr() {
+        redis::ConnectionAddr::TcpTls { host, port, .. }
+        | redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        _ => return false,
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.ok()?;
+        // `+PONG`, or `-NOAUTH …` from a Redis that wants a password.
+        Some(matches!(first[0], b'+' | b'-'))
+    };
+    tokio::time::timeout(Duration::from_millis(500), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// What a connection error means, in words an operator can act on.
 fn describe(error: &redis::RedisError) -> String {
     let text = error.to_string();
     let upper = text.to_ascii_uppercase();
+    if upper.contains("UNKNOWNISSUER") {
+        return format!(
+            "the server's TLS certificate is signed by a certificate authority this store does \
+             not trust: give that CA's certificate (PEM) to tls_root_certificates ({text})"
+        );
+    }
+    if upper.contains("NOTVALIDFORNAME") {
+        return format!(
+            "the server's TLS certificate is not for the host name in the URL: connect by a \
+             name the certificate lists ({text})"
+        );
+    }
+    if upper.contains("CLUSTERCONNECTIONNOTFOUND") || upper.contains("SLOT NOT COVERED") {
+        return format!(
+            "no node serves the cluster's slots: is the cluster created (`redis-cli --cluster \
+             create`) and every slot assigned (`CLUSTER INFO` says cluster_state:ok)? ({text})"
+        );
+    }
     if upper.contains("WRONGPASS")
         || upper.contains("INVALID PASSWORD")
         || upper.contains("AUTHENTICATION FAILED")
@@ -480,6 +556,46 @@ fn describe(error: &redis::RedisError) -> String {
         format!("cannot connect ({text})")
     } else {
         text
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The certificates and key given for TLS are PEM: a file that holds none (DER, a key
+    /// where a certificate goes, an empty file) would only fail the handshake later, as an
+    /// unknown issuer.
+    fn check_pem(&self) -> Result<(), String> {
+        let has = |pem: &[u8], label: &str| {
+            String::from_utf8_lossy(pem).lines().any(|line| {
+                line.trim().starts_with("-----BEGIN ")
+                    && line.trim().ends_with(&format!("{label}-----"))
+            })
+        };
+        if let Some(roots) = &self.tls.roots {
+            if !has(roots, " CERTIFICATE") {
+                return Err(
+                    "the CA given to tls_root_certificates holds no PEM certificate (no \
+                     `-----BEGIN CERTIFICATE-----` line): give the CA's certificate in PEM"
+                        .to_owned(),
+                );
+            }
+        }
+        if let Some((certificate, key)) = &self.tls.client {
+            if !has(certificate, " CERTIFICATE") {
+                return Err(
+                    "the client certificate given to tls_client_certificate holds no \
+                     PEM certificate (no `-----BEGIN CERTIFICATE-----` line)"
+                        .to_owned(),
+                );
+            }
+            if !has(key, "PRIVATE KEY") {
+                return Err(
+                    "the key given to tls_client_certificate holds no PEM private key \
+                     (no `-----BEGIN … PRIVATE KEY-----` line)"
+                        .to_owned(),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
