@@ -616,7 +616,9 @@ async fn a_post_on_a_reused_connection_that_the_server_read_then_closed_is_not_r
         let second = service.clone().oneshot(cancel()).await;
         let attempts = match &second {
             Ok(response) => Attempts::of(response),
-            Err(error) => error.downcast_ref::<RetryError>().map_or(0, RetryError::attempts),
+            Err(error) => error
+                .downcast_ref::<RetryError>()
+                .map_or(0, RetryError::attempts),
         };
         assert_eq!(
             seen.load(Ordering::SeqCst),
