@@ -582,6 +582,29 @@ mod tests {
         owned.iter().map(|(n, v)| (*n, v.as_str())).collect()
     }
 
+    /// The module docs promise "at most 4096 hosts": hosts whose state has not lapsed (a spent
+    /// limit until its reset) must not grow the map past it, or a client sending to many
+    /// hosts (webhooks to addresses its users choose, say) keeps a state for every one.
+    #[tokio::test(start_paused = true)]
+    async fn at_most_max_hosts_are_remembered_even_when_none_has_lapsed() {
+        let layer = LearnLayer::new();
+        let shared = layer.shared();
+        let spent = resource("core", "0", "60");
+        for i in 0..MAX_HOSTS + 100 {
+            let host = Authority::try_from(format!("h{i}.evil.example")).unwrap();
+            let now = Instant::now();
+            if let Admit::Now(mut place) = shared.admit(&host, Some(1), now, Duration::MAX) {
+                place.sent();
+                shared.learn(&place, StatusCode::OK, &headers(&pairs(&spent)), now);
+            }
+        }
+        assert!(
+            shared.lock().len() <= MAX_HOSTS,
+            "{} hosts remembered, more than {MAX_HOSTS}",
+            shared.lock().len()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn names_past_the_bound_are_read_as_the_hosts_unnamed_limit() {
         let layer = LearnLayer::new();

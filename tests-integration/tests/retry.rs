@@ -558,3 +558,72 @@ async fn a_post_reset_after_it_was_sent_is_not_retried() {
         assert_eq!(seen.load(Ordering::SeqCst), 2);
     }
 }
+
+/// A keep-alive server: the first request on a connection is answered (and the connection
+/// kept), the second is read whole, counted, and the connection closed without an answer
+/// (`reset`: RST, else FIN). Every request seen is counted.
+async fn answer_once_then_close(reset: bool) -> (Arc<AtomicU32>, SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                for answered in [true, false] {
+                    // An empty-bodied POST: its head is the whole request.
+                    let mut request = Vec::new();
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if answered {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        stream.write_all(ok).await.unwrap();
+                    }
+                }
+                if reset {
+                    #[allow(deprecated)]
+                    stream.set_linger(Some(Duration::ZERO)).unwrap();
+                }
+                drop(stream);
+            });
+        }
+    });
+    (seen, addr)
+}
+
+#[tokio::test]
+async fn a_post_on_a_reused_connection_that_the_server_read_then_closed_is_not_retried() {
+    for reset in [false, true] {
+        let (seen, addr) = answer_once_then_close(reset).await;
+        let service = retry().layer(client::<Full<Bytes>>());
+        let cancel = || {
+            Request::post(format!("http://{addr}/orders/17/cancel"))
+                .body(Full::default())
+                .unwrap()
+        };
+        let first = service.clone().oneshot(cancel()).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        // The pooled connection is reused; the server reads the POST and closes.
+        let second = service.clone().oneshot(cancel()).await;
+        let attempts = match &second {
+            Ok(response) => Attempts::of(response),
+            Err(error) => error
+                .downcast_ref::<RetryError>()
+                .map_or(0, RetryError::attempts),
+        };
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            2,
+            "reset {reset}: the server took the second POST once (attempts {attempts}, {second:?})"
+        );
+    }
+}
