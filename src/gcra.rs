@@ -204,6 +204,35 @@ impl Gcra {
     }
 }
 
+/// A request that waits (for a rate quota's slot) goes out at `now + wait`: a calendar quota
+/// that counted it in a window ending by then refuses it instead, until its window's end, so
+/// that a request never goes out in a window other than the one that counted it. `steps` are
+/// those of one request of `cost` on each of `gcras`, all decided at `now`.
+#[inline]
+pub(crate) fn keep_in_windows(gcras: &[Gcra], steps: &mut [Step], now: u64, cost: u32) {
+    let wait = steps
+        .iter()
+        .filter(|step| step.allowed)
+        .map(|step| step.wait)
+        .max()
+        .unwrap_or(0);
+    if cost == 0 || wait == 0 {
+        return;
+    }
+    for (gcra, step) in gcras.iter().zip(steps.iter_mut()) {
+        match gcra.window_end(now) {
+            Some(end) if step.allowed && end <= now.saturating_add(wait) => {
+                *step = Step {
+                    allowed: false,
+                    tat: gcra.refund(step.tat, cost),
+                    wait: end.saturating_sub(now),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Gcra {
     /// A calendar quota's status: `used` of its window (in the state's units), `left` until
     /// the window's end, when everything comes back.

@@ -19,7 +19,8 @@ use crate::headers::server;
 use crate::metrics::LearnMetrics;
 use crate::{MemoryStore, RateLimiter};
 
-/// The most destinations remembered; past it, hosts whose state has lapsed are forgotten.
+/// The most destinations remembered; past it, hosts whose state has lapsed are forgotten, and
+/// if none has, one other (with nothing in flight if there is one).
 pub(crate) const MAX_HOSTS: usize = 4096;
 
 /// The most limits one host may name; a name past it takes the slot of a named limit that has
@@ -361,6 +362,18 @@ impl Shared {
         let mut hosts = self.lock();
         if hosts.len() >= MAX_HOSTS && !hosts.contains_key(host) {
             hosts.retain(|_, h| !h.lapsed(now));
+            // Still full of hosts that said something not yet lapsed (a client calling hosts
+            // its users choose): one is forgotten, one with nothing in flight if there is
+            // one. Its next request goes without what it said, as a new host's would.
+            if hosts.len() >= MAX_HOSTS {
+                let idle = hosts
+                    .iter()
+                    .find(|(_, h)| h.in_flight == 0)
+                    .map(|(k, _)| k.clone());
+                if let Some(victim) = idle.or_else(|| hosts.keys().next().cloned()) {
+                    hosts.remove(&victim);
+                }
+            }
         }
         let state = hosts
             .entry(host.clone())

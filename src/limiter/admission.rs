@@ -174,7 +174,7 @@ impl<S> Admission<S> {
             Verdict::Held { decision, slot } => {
                 let account = Arc::new(Account {
                     store: self.store.clone(),
-                    ask: Owned::of(&ask),
+                    ask: Owned::of(&ask).charged_at(decision.decided_at()),
                 });
                 Admitted::held(decision, account, ask.cost(), slot, hold.settle)
             }
@@ -390,6 +390,8 @@ struct Owned<K> {
     parts: OwnedParts<K>,
     cost: u32,
     max_wait: Duration,
+    /// The store's time of the decision that charged it: what a refund is checked against.
+    charged_at: u64,
 }
 
 enum OwnedParts<K> {
@@ -411,6 +413,15 @@ impl<K: Clone> Owned<K> {
             parts,
             cost: ask.cost(),
             max_wait: ask.max_wait(),
+            charged_at: 0,
+        }
+    }
+
+    /// The same, charged by a decision made at `at` (the store's time).
+    fn charged_at(self, at: u64) -> Self {
+        Self {
+            charged_at: at,
+            ..self
         }
     }
 }
@@ -422,7 +433,9 @@ impl<K> Owned<K> {
             OwnedParts::One(key, quotas) => Ask::new(key, quotas),
             OwnedParts::Many(parts) => Ask::across(parts),
         };
-        ask.with_cost(self.cost).with_max_wait(self.max_wait)
+        ask.with_cost(self.cost)
+            .with_max_wait(self.max_wait)
+            .charged_at_time(self.charged_at)
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Ask<'a, K> {
     parts: Parts<'a, K>,
     cost: u32,
     max_wait: Duration,
+    /// For a refund: the store's time of the decision that charged it (0: not said).
+    charged_at: u64,
 }
 
 enum Parts<'a, K> {
@@ -70,6 +72,7 @@ impl<'a, K> Ask<'a, K> {
             parts: Parts::One(key, quotas),
             cost: 1,
             max_wait: Duration::ZERO,
+            charged_at: 0,
         }
     }
 
@@ -83,6 +86,7 @@ impl<'a, K> Ask<'a, K> {
             parts: Parts::Many(parts),
             cost: 1,
             max_wait: Duration::ZERO,
+            charged_at: 0,
         }
     }
 
@@ -101,6 +105,36 @@ impl<'a, K> Ask<'a, K> {
     pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
         self
+    }
+
+    /// As a refund ([`Store::refund`](super::Store::refund)), of what `decision` charged: a
+    /// calendar quota then takes it back only within the window that counted the charge (a
+    /// charge of yesterday given back today would credit today's count). A refund that does
+    /// not say what it refunds is taken by every quota.
+    #[must_use]
+    pub fn refunding(mut self, decision: &Decision) -> Self {
+        self.charged_at = decision.decided_at();
+        self
+    }
+
+    /// As a refund of what a decision made at `at` (the store's time) charged.
+    #[inline]
+    pub(crate) fn charged_at_time(mut self, at: u64) -> Self {
+        self.charged_at = at;
+        self
+    }
+
+    /// Whether `quota` takes a refund of this ask at `now` (see [`refunding`](Self::refunding)).
+    #[inline]
+    pub(crate) fn takes_back(&self, quota: &Quota, now: u64) -> bool {
+        takes_back(quota, self.charged_at, now)
+    }
+
+    /// When the decision this refund gives back was made (0: not said), in the store's time.
+    #[inline]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn charged_at(&self) -> u64 {
+        self.charged_at
     }
 
     /// The units asked for.
@@ -170,6 +204,7 @@ impl<'a, K> Ask<'a, K> {
             parts: self.parts,
             cost,
             max_wait,
+            charged_at: self.charged_at,
         }
     }
 
@@ -232,16 +267,18 @@ impl<'a, K> Ask<'a, K> {
             wait: 0,
         }; MAX_QUOTAS];
         let mut index = [0; MAX_QUOTAS];
+        let mut gcras = [Gcra::from_nanos(1, 1); MAX_QUOTAS];
         let (mut n, mut at) = (0, 0);
         for (_, quotas) in self.parts() {
             for (i, quota) in quotas.as_slice().iter().enumerate() {
                 index[n] = at + i;
-                steps[n] =
-                    Gcra::new(quota).step(tats[at + i], now, self.cost, nanos(self.max_wait));
+                gcras[n] = Gcra::new(quota);
+                steps[n] = gcras[n].step(tats[at + i], now, self.cost, nanos(self.max_wait));
                 n += 1;
             }
             at += quotas.len() + quotas.carried().len();
         }
+        crate::gcra::keep_in_windows(&gcras[..n], &mut steps[..n], now, self.cost);
         if self.cost > 0 && steps[..n].iter().all(|s| s.allowed) {
             for (step, &i) in steps[..n].iter().zip(&index[..n]) {
                 tats[i] = step.tat;
@@ -250,18 +287,22 @@ impl<'a, K> Ask<'a, K> {
         self.decision(&steps[..n], now)
     }
 
-    /// Gives `cost` back on every quota of every part, on the TATs of its
-    /// [`states`](Self::states): the arithmetic of [`Store::refund`](super::Store::refund).
+    /// Gives `cost` back on every quota of every part at `now`, on the TATs of its
+    /// [`states`](Self::states): the arithmetic of [`Store::refund`](super::Store::refund). A
+    /// calendar quota whose window ended since the charge ([`refunding`](Self::refunding))
+    /// keeps it.
     ///
     /// # Panics
     ///
     /// If `tats` does not hold one TAT per state.
-    pub fn give_back(&self, tats: &mut [u64], cost: u32) {
+    pub fn give_back(&self, tats: &mut [u64], cost: u32, now: u64) {
         assert_eq!(tats.len(), self.states().count(), "one TAT per state");
         let mut at = 0;
         for (_, quotas) in self.parts() {
             for (i, quota) in quotas.as_slice().iter().enumerate() {
-                tats[at + i] = Gcra::new(quota).refund(tats[at + i], cost);
+                if self.takes_back(quota, now) {
+                    tats[at + i] = Gcra::new(quota).refund(tats[at + i], cost);
+                }
             }
             at += quotas.len() + quotas.carried().len();
         }
@@ -304,6 +345,16 @@ impl<K: fmt::Debug> fmt::Debug for Ask<'_, K> {
         }
         parts.finish()?;
         write!(f, " cost {} wait ≤ {:?}", self.cost, self.max_wait)
+    }
+}
+
+/// Whether `quota` takes back at `now` a charge made at `charged_at` (0: not said): a calendar
+/// quota only within the window that counted it.
+#[inline]
+pub(crate) fn takes_back(quota: &Quota, charged_at: u64, now: u64) -> bool {
+    match quota.calendar() {
+        Some(calendar) if charged_at != 0 => calendar.end(charged_at) == calendar.end(now),
+        _ => true,
     }
 }
 

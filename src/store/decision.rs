@@ -24,6 +24,9 @@ pub struct Decision {
     debt: u64,
     /// For a calendar quota, the time from then to its window's end; 0 otherwise.
     left: u64,
+    /// The store's time of the decision (0 for one made without the store): what a refund of
+    /// it is checked against ([`Ask::refunding`](super::Ask::refunding)).
+    at: u64,
     gcra: Gcra,
 }
 
@@ -53,6 +56,7 @@ impl Decision {
             wait: step.wait,
             debt,
             left,
+            at: now,
             gcra,
         }
     }
@@ -82,6 +86,7 @@ impl Decision {
             wait,
             debt,
             left,
+            at: 0,
             gcra,
         }
     }
@@ -95,6 +100,7 @@ impl Decision {
             wait: 0,
             debt: 0,
             left: 0,
+            at: 0,
             gcra: Gcra::from_nanos(1, 1),
         }
     }
@@ -125,6 +131,7 @@ impl Decision {
                 wait: step.wait,
                 debt,
                 left,
+                at: now,
                 gcra: gcra(i),
             };
         }
@@ -148,6 +155,7 @@ impl Decision {
             wait,
             debt,
             left,
+            at: now,
             gcra: gcra(binding),
         }
     }
@@ -271,6 +279,12 @@ impl Decision {
     #[inline]
     pub fn part(&self) -> usize {
         usize::from(self.part)
+    }
+
+    /// The store's time of the decision (0 for one made without the store).
+    #[inline]
+    pub(crate) fn decided_at(&self) -> u64 {
+        self.at
     }
 
     /// The binding quota's state when the request goes ahead (or, denied, now).

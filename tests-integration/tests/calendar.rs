@@ -480,13 +480,28 @@ async fn refund_across_midnight<S: Store<String>>(store: &S, clock: &Manual) {
     clock.0.store(midnight - 1_000_000_000, Ordering::SeqCst);
     let key = "trudy".to_owned();
     let ask = Ask::new(&key, &quotas);
-    assert!(store.decide(&ask.with_cost(2)).await.unwrap().is_allowed());
+    // A refund within the window is taken: charged and given back at 23:59:59.
+    let charged = store.decide(&ask.with_cost(2)).await.unwrap();
+    assert!(charged.is_allowed());
+    store.refund(&ask.with_cost(2).refunding(&charged), 2);
+    for _ in 0..100 {
+        if store.decide(&ask.with_cost(0)).await.unwrap().remaining() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.decide(&ask.with_cost(0)).await.unwrap().remaining(),
+        2
+    );
+    let charged = store.decide(&ask.with_cost(2)).await.unwrap();
+    assert!(charged.is_allowed());
     clock.0.store(midnight + 1_000_000_000, Ordering::SeqCst);
     for _ in 0..2 {
         assert!(store.decide(&ask.with_cost(1)).await.unwrap().is_allowed());
     }
     // The long request of yesterday settles: it cost nothing after all.
-    store.refund(&ask.with_cost(2), 2);
+    store.refund(&ask.with_cost(2).refunding(&charged), 2);
     // (Redis refunds in the background: let it land.)
     for _ in 0..100 {
         let left = store.decide(&ask.with_cost(0)).await.unwrap().remaining();

@@ -85,6 +85,7 @@ pub(super) fn commit_all<T: Tat>(
             current[i] = table::load(tats[i]);
             steps[i] = gcras[i].step(current[i], now, cost, max_wait);
         }
+        crate::gcra::keep_in_windows(&gcras[..n], &mut steps[..n], now, cost);
         if cost == 0 || steps[..n].iter().any(|s| !s.allowed) {
             return steps;
         }

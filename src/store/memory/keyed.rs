@@ -243,15 +243,18 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Gives back `cost` of a key's charge under each quota.
-    pub(super) fn refund_at(&self, place: Place, quotas: &Quotas, cost: u32) {
+    pub(super) fn refund_at(&self, place: Place, quotas: &Quotas, cost: u32, charged_at: u64) {
         let inner = &*self.inner;
         let hash = hash_of(place);
+        // A calendar quota takes back only a charge of its current window.
+        let now = inner.clock.now();
+        let takes = |quota: &crate::Quota| crate::store::ask::takes_back(quota, charged_at, now);
         let slots = match place {
             Place::Global(_) => self.global_slots(quotas),
             Place::Keyed(_) => [None; MAX_QUOTAS],
         };
         for (quota, slot) in quotas.as_slice().iter().zip(slots) {
-            if let Some(slot) = slot {
+            if let (Some(slot), true) = (slot, takes(quota)) {
                 table::subtract(slot, Gcra::new(quota).charge(cost));
             }
         }
@@ -261,6 +264,7 @@ impl<C: Clock> MemoryStore<C> {
             .table
             .modify(hash, &ids[..quotas.len()], |i, tat| match slots[i] {
                 Some(_) => tat,
+                None if !takes(&quotas.as_slice()[i]) => tat,
                 None => Gcra::new(&quotas.as_slice()[i]).refund(tat, cost),
             });
     }

@@ -228,8 +228,8 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Gives back `cost` of `key`'s charge under `quotas`.
-    pub(crate) fn give_back<K: Hash>(&self, key: &K, quotas: &Quotas, cost: u32) {
-        self.refund_at(self.place(key), quotas, cost);
+    pub(crate) fn give_back<K: Hash>(&self, key: &K, quotas: &Quotas, cost: u32, charged_at: u64) {
+        self.refund_at(self.place(key), quotas, cost, charged_at);
     }
 }
 
@@ -252,7 +252,7 @@ impl<C: Clock, K: Hash> Store<K> for MemoryStore<C> {
             {
                 continue;
             }
-            self.give_back(key, quotas, cost);
+            self.give_back(key, quotas, cost, ask.charged_at());
         }
     }
 }
@@ -483,7 +483,7 @@ mod tests {
             .map(|d| (d.is_allowed(), d.wait().as_secs()))
             .collect();
         assert_eq!(waits, [(true, 0), (true, 1), (true, 2), (false, 0)]);
-        store.give_back(&(), &q, 1);
+        store.give_back(&(), &q, 1, 0);
         let again = check_or_wait(&store, &(), &q, 1, max).unwrap();
         assert_eq!(
             (again.is_allowed(), again.wait()),

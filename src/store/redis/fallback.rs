@@ -232,8 +232,9 @@ impl Local {
         self.store.set_tats(key, &share, &tats[..quotas.len()]);
     }
 
-    pub(super) fn refund<K: Hash>(&self, key: &K, quotas: &Quotas, cost: u32) {
-        self.store.give_back(key, &self.share(quotas), cost);
+    pub(super) fn refund<K: Hash>(&self, key: &K, quotas: &Quotas, cost: u32, charged_at: u64) {
+        self.store
+            .give_back(key, &self.share(quotas), cost, charged_at);
     }
 
     pub(super) fn reset<K: Hash>(&self, key: &K, quotas: &Quotas) {

@@ -790,7 +790,7 @@ where
 
     fn refund(&self, ask: &Ask<'_, K>, cost: u32) {
         if let Some((key, quotas)) = ask.single() {
-            return self.refund_one(key, quotas, cost);
+            return self.refund_one(key, quotas, cost, ask.charged_at());
         }
         // One Redis charged a key listed twice once (one script over its states): it is given
         // back once. A cluster decided the parts one after another, charging each listing.
@@ -804,7 +804,7 @@ where
                 }
                 given.push(names);
             }
-            self.refund_one(key, quotas, cost);
+            self.refund_one(key, quotas, cost, ask.charged_at());
         }
     }
 }
@@ -942,12 +942,18 @@ impl RedisStore {
     }
 
     /// Gives back `cost` of `key`'s charge under `quotas`, in the background.
-    fn refund_one<K: RedisKey + std::hash::Hash>(&self, key: &K, quotas: &Quotas, cost: u32) {
+    fn refund_one<K: RedisKey + std::hash::Hash>(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+        cost: u32,
+        charged_at: u64,
+    ) {
         // While Redis is down, what is given back was decided by the failure policy: by the
         // local store (give it back there), or by no store at all (nothing to give back).
         if self.inner.breaker.is_down(self.inner.group(key)) {
             if let Some(local) = &self.inner.local {
-                local.refund(key, quotas, cost);
+                local.refund(key, quotas, cost, charged_at);
             }
             return;
         }
@@ -957,15 +963,25 @@ impl RedisStore {
         }
         let inner = Arc::clone(&self.inner);
         let keys = inner.keys(key, quotas);
-        let charges: Vec<u64> = quotas
+        // Per key: the charge, and for a calendar quota its code and the end of the window
+        // that counted the charge (0 when not said), which the script checks against its own.
+        let charges: Vec<[u64; 3]> = quotas
             .as_slice()
             .iter()
-            .map(|q| interval_us(&Gcra::new(q)).saturating_mul(u64::from(cost)))
+            .map(|q| {
+                let charge = interval_us(&Gcra::new(q)).saturating_mul(u64::from(cost));
+                match q.calendar() {
+                    Some(calendar) if charged_at != 0 => {
+                        [charge, calendar.code(), calendar.end(charged_at) / 1000]
+                    }
+                    _ => [charge, 0, 0],
+                }
+            })
             .collect();
         let refund = async move {
             let mut invocation = inner.refund.prepare_invoke();
-            for (key, charge) in keys.iter().zip(&charges) {
-                invocation.key(key).arg(charge);
+            for (key, [charge, code, end]) in keys.iter().zip(&charges) {
+                invocation.key(key).arg(charge).arg(code).arg(end);
             }
             invocation.arg(inner.time.arg());
             let mut connection = inner.connection.clone();

@@ -49,7 +49,7 @@ for _ = 1, tonumber(ARGV[1]) do
   local p = tonumber(ARGV[a + 3])
   a = a + 4
   local first, all = #out, true
-  local seeds = {}
+  local seeds, ats, windows = {}, {}, {}
   if p > 0 then
     -- Each quota takes on the key's debt under the earlier quotas of its name, rescaled to
     -- the same fraction of its window (added: a charge that reached an earlier key after the
@@ -85,6 +85,7 @@ for _ = 1, tonumber(ARGV[1]) do
   for i = 1, n do
     local at, interval, window, wait = rule(tonumber(ARGV[a]), tonumber(ARGV[a + 1]), now, max_wait)
     a = a + 2
+    ats[i], windows[i] = at, window
     local tat = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
     local new = (tat > at and tat or at) + interval * cost
     if cost == 0 or new - window - at <= wait then
@@ -93,6 +94,9 @@ for _ = 1, tonumber(ARGV[1]) do
       all = false
       out[first + i] = -tat - 1
     end
+  end
+  if all and cost > 0 and max_wait > 0 then
+    all = in_windows(out, first, n, ats, windows, now, cost)
   end
   if all and cost > 0 then
     for i = 1, n do
@@ -151,7 +155,7 @@ for _ = 1, count do
   local n, cost, max_wait = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local p = tonumber(ARGV[a + 3])
   local first, all = #out, true
-  local seeds = {}
+  local seeds, ats, windows = {}, {}, {}
   for j = 1, p do
     local at = a + 1 + 3 * (n + j)
     local key, i, from = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
@@ -183,6 +187,7 @@ for _ = 1, count do
     local at = a + 1 + 3 * i
     local tat = seeds[i] or tats[ARGV[at]]
     local read, interval, window, wait = rule(tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), now, max_wait)
+    ats[i], windows[i] = read, window
     local new = (tat > read and tat or read) + interval * cost
     if cost == 0 or new - window - read <= wait then
       out[first + i] = new
@@ -190,6 +195,9 @@ for _ = 1, count do
       all = false
       out[first + i] = -tat - 1
     end
+  end
+  if all and cost > 0 and max_wait > 0 then
+    all = in_windows(out, first, n, ats, windows, now, cost)
   end
   if all and cost > 0 then
     for i = 1, n do
@@ -204,8 +212,13 @@ return out
 "#
 );
 
-/// The refund script: gives back `charge_us` on each quota of one key.
-pub(super) const REFUND: &str = r#"
+/// The refund script: gives back `charge_us` on each quota of one key; a calendar quota only
+/// within the window that counted the charge.
+pub(super) const REFUND: &str = concat!(
+    rule_lua!(),
+    r#"
+-- ARGV: per key, charge_us, then its calendar's code and the end (µs) of the window that
+-- counted the charge (0 and 0 for a GCRA quota, or a charge whose time is not known).
 -- The last argument: 0 for Redis's own time; a test's clock, in microseconds, otherwise (TTLs
 -- are then a million times longer, since the test's time does not follow the wall clock that
 -- expires keys, and a TTL of 0 stays 0 as with Redis's time).
@@ -216,8 +229,9 @@ if now == 0 then
 end
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i]))
-  if tat then
-    local new = tat - tonumber(ARGV[i])
+  local code, ended = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
+  if tat and (ended == 0 or window_end(now, code) == ended) then
+    local new = tat - tonumber(ARGV[3 * i - 2])
     if new <= now then
       redis.call('DEL', KEYS[i])
     else
@@ -226,7 +240,8 @@ for i = 1, #KEYS do
   end
 end
 return 1
-"#;
+"#
+);
 
 /// The write-back script: after an outage, each quota of one key owes at least `debt_us` from
 /// now (what the local decisions spent): a max-merge, so that a TAT Redis already has beyond
@@ -273,6 +288,26 @@ local function rule(interval, window, now, max_wait)
   end
   local code = math.floor(window / 8589934592)
   return window_end(now, code), 1, window - code * 8589934592, 0
+end
+-- A request that waits (for a GCRA quota's slot) goes out then: a calendar quota (read at its
+-- window's end, not now) whose window ends before that refuses it, as `keep_in_windows` in
+-- gcra.rs does. Returns whether the decision still stands.
+local function in_windows(out, first, n, ats, windows, now, cost)
+  local latest = 0
+  for i = 1, n do
+    local w = out[first + i] - windows[i] - ats[i]
+    if w > latest then
+      latest = w
+    end
+  end
+  local all = true
+  for i = 1, n do
+    if ats[i] ~= now and ats[i] <= now + latest then
+      all = false
+      out[first + i] = -(out[first + i] - cost) - 1
+    end
+  end
+  return all
 end
 -- A debt carried over, in whole microseconds: a GCRA's rounded down (never stricter than the
 -- memory store's nanoseconds), a calendar count's rounded up (a fraction of a request spent

@@ -52,7 +52,8 @@ impl Store<String> for MutexStore {
     }
 
     fn refund(&self, ask: &Ask<'_, String>, cost: u32) {
-        self.with_states(ask, |tats| ask.give_back(tats, cost));
+        let now = self.clock.now();
+        self.with_states(ask, |tats| ask.give_back(tats, cost, now));
     }
 }
 
