@@ -256,18 +256,23 @@ mod tests {
             1 << 16,
             512,
         );
+        // One block a millisecond: each ends after every earlier one (blocks made at one
+        // instant end together, and which of them goes first is the table's choice).
         let mut key = 0u32;
-        let mut block_more = |n: u32| {
-            for _ in 0..n {
-                key += 1;
-                block.refused(&key);
-                block.refused(&key);
-            }
-            key
-        };
-        let first = block_more(100);
+        for _ in 0..100 {
+            key += 1;
+            block.refused(&key);
+            block.refused(&key);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let first = key;
         tokio::time::advance(Duration::from_secs(10)).await;
-        block_more(5_000);
+        for _ in 0..5_000 {
+            key += 1;
+            block.refused(&key);
+            block.refused(&key);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
         assert!(block.evicted_blocks() > 4_000, "{}", block.evicted_blocks());
         // The earliest blocks (nearest their end) went; the newest stay.
         let earliest = (1..=first).filter(|k| block.blocked(k).is_some()).count();
