@@ -26,7 +26,7 @@
 //!
 //! | admin route | what |
 //! | --- | --- |
-//! | `GET /admin/limits` | each limit's counts and most refused clients (keys shown as in the logs), and the memory store's size, as JSON |
+//! | `GET /admin/limits` | each limit's counts and most refused clients (keys shown as in the logs), and the memory store's size or the Redis store's fleet, errors and decisions made alone while Redis was away, as JSON |
 //! | `POST /admin/limits/hello/{per_second}` | changes `/api/hello`'s rate (burst twice the rate) while the server runs, each client keeping the share of its burst it has spent; needs the token |
 //! | `GET /metrics` | the counters of the limits, in Prometheus text format |
 //!
@@ -49,8 +49,8 @@
 //! `REDIS_SENTINEL_MASTER` (default `mymaster`), followed through failovers. Each is
 //! checked at start-up: a wrong URL, password, certificate or a cluster named as a single
 //! Redis stops the server with a message that says which. Should Redis fail later, each copy
-//! limits with its own memory and its share of each limit, `1/FLEET_SIZE` (default 1: set it
-//! to the number of copies). API keys are written into Redis key names as a keyed hash
+//! limits with its own memory and its share of each limit, 1/(the copies that announced
+//! themselves in Redis in the last 3 s; `FLEET_SIZE` overrides the count). API keys are written into Redis key names as a keyed hash
 //! under `TOLLGATE_KEY_SECRET` (give every copy the same one, 16 bytes or more); without it
 //! they are written in clear, as the server says at start-up.
 //!
@@ -156,7 +156,13 @@ async fn main() -> Result<(), BoxError> {
     let prometheus = PrometheusBuilder::new().install_recorder()?;
     let limits = Limits::default();
     let (app, store) = match redis_store().await? {
-        Some((redis, what)) => (app(client_ip.clone(), redis, &limits)?, what),
+        Some((redis, what)) => {
+            #[cfg(feature = "redis")]
+            {
+                *limits.redis.lock().unwrap() = Some(redis.clone());
+            }
+            (app(client_ip.clone(), redis, &limits)?, what)
+        }
         None => {
             let memory = MemoryStore::new();
             let app = app(client_ip.clone(), memory.clone(), &limits)?;
@@ -255,16 +261,17 @@ async fn redis_store() -> Result<Option<(MemoryStore, String)>, BoxError> {
 /// The Redis store `REDIS_URL` or `REDIS_CLUSTER` names, checked now; `None` for neither.
 #[cfg(feature = "redis")]
 async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
-    let fleet_size: u32 = match std::env::var("FLEET_SIZE") {
+    // The copies count themselves in Redis unless FLEET_SIZE says how many there are.
+    let fleet_size: Option<u32> = match std::env::var("FLEET_SIZE") {
         Ok(n) => match n.parse() {
             Ok(0) | Err(_) => {
                 return Err(
                     format!("FLEET_SIZE={n:?}: give the number of copies, 1 or more").into(),
                 )
             }
-            Ok(n) => n,
+            Ok(n) => Some(n),
         },
-        Err(_) => 1,
+        Err(_) => None,
     };
     let var = |name: &str| std::env::var(name).ok();
     let list = |urls: String| -> Vec<String> {
@@ -309,13 +316,17 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
         Err(_) => builder,
     };
     // Should Redis fail, each copy goes on limiting with its own memory, and its share.
-    let store = builder
-        .on_failure(OnFailure::Local(MemoryStore::new()))
-        .fleet_size(fleet_size)
-        .connect()
-        .await
-        .map_err(|error| error.to_string())?;
-    Ok(Some((store, format!("{what}, fleet of {fleet_size}"))))
+    let builder = builder.on_failure(OnFailure::Local(MemoryStore::new()));
+    let builder = match fleet_size {
+        Some(n) => builder.fleet_size(n),
+        None => builder,
+    };
+    let store = builder.connect().await.map_err(|error| error.to_string())?;
+    let fleet = match fleet_size {
+        Some(n) => format!("fleet of {n} (FLEET_SIZE)"),
+        None => "fleet counted in Redis".to_owned(),
+    };
+    Ok(Some((store, format!("{what}, {fleet}"))))
 }
 
 /// Every layer's counts, and the memory store's, for `/admin/limits`.
@@ -323,6 +334,9 @@ async fn redis_store() -> Result<Option<(RedisStore, String)>, BoxError> {
 struct Limits {
     layers: Arc<Mutex<Vec<(&'static str, LimiterStats)>>>,
     memory: Arc<Mutex<Option<MemoryStore>>>,
+    /// The Redis store, when the limits live there: its fleet and what it decided alone.
+    #[cfg(feature = "redis")]
+    redis: Arc<Mutex<Option<RedisStore>>>,
     /// `/api/hello`'s quota, changed at run time by `/admin/limits/hello/{per_second}`.
     hello: Arc<std::sync::OnceLock<LiveQuotas>>,
 }
@@ -372,7 +386,19 @@ impl Limits {
         let store = self.memory.lock().unwrap().as_ref().map(|memory| {
             serde_json::json!({ "tracked_states": memory.len(), "evicted": memory.evicted() })
         });
-        let body = serde_json::json!({ "layers": layers, "memory_store": store });
+        #[cfg(feature = "redis")]
+        let redis = self.redis.lock().unwrap().as_ref().map(|redis| {
+            serde_json::json!({
+                "fleet": redis.fleet(),
+                "errors": redis.errors(),
+                "local_decisions": redis.local_decisions(),
+                "local_keys": redis.local_keys(),
+            })
+        });
+        #[cfg(not(feature = "redis"))]
+        let redis: Option<serde_json::Value> = None;
+        let body =
+            serde_json::json!({ "layers": layers, "memory_store": store, "redis_store": redis });
         Response::builder()
             .header("content-type", "application/json")
             .body(Body::from(format!("{body:#}\n")))

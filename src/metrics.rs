@@ -194,6 +194,16 @@ mod enabled {
             "Calls to a rate-limit store that failed."
         );
         describe_counter!(
+            "tollgate_store_local_decisions_total",
+            Unit::Count,
+            "Decisions a network store's instance made alone while the store was away (OnFailure::Local)."
+        );
+        describe_gauge!(
+            "tollgate_store_local_keys",
+            Unit::Count,
+            "Keys decided locally while a network store was away, whose debt is still to be written back to it."
+        );
+        describe_counter!(
             "tollgate_store_cap_reached_total",
             count,
             "Evictions run at the memory store's cap."
@@ -409,6 +419,20 @@ mod enabled {
         counter!("tollgate_store_errors_total", "store" => store).increment(1);
     }
 
+    /// Counts a decision made locally while a network store was away, and sets how many keys
+    /// so decided wait to be written back.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn decided_locally(store: &'static str, keys: usize) {
+        counter!("tollgate_store_local_decisions_total", "store" => store).increment(1);
+        metrics::gauge!("tollgate_store_local_keys", "store" => store).set(keys as f64);
+    }
+
+    /// Sets how many keys decided locally wait to be written back.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn local_keys(store: &'static str, keys: usize) {
+        metrics::gauge!("tollgate_store_local_keys", "store" => store).set(keys as f64);
+    }
+
     /// Counts an eviction at the memory store's cap, and the states it dropped.
     pub(crate) fn store_evicted(states: u64) {
         counter!("tollgate_store_cap_reached_total", "store" => "memory").increment(1);
@@ -511,6 +535,14 @@ mod disabled {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[inline]
     pub(crate) fn store_error(_: &'static str) {}
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn decided_locally(_: &'static str, _: usize) {}
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn local_keys(_: &'static str, _: usize) {}
 
     #[inline]
     pub(crate) fn store_evicted(_: u64) {}

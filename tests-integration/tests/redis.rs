@@ -337,6 +337,11 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
         .await
         .unwrap();
     assert!(first.is_allowed() && !second.is_allowed());
+    // What shows the instance decides alone: both decisions counted, the key remembered for
+    // the write-back; nothing on the stores that decided with Redis or by a fixed policy.
+    assert!(local.local_decisions() >= 2, "{}", local.local_decisions());
+    assert_eq!(local.local_keys(), 1);
+    assert_eq!((deny.local_decisions(), allow.local_keys()), (0, 0));
 
     // A Redis that stalls instead of dying (every client paused): the timeout still holds.
     redis.spawn();
@@ -377,6 +382,19 @@ async fn when_redis_dies_each_policy_holds_and_decisions_resume_after_restart() 
         .await
         .unwrap();
     assert!(!denied.is_allowed(), "the state is in Redis again");
+    // The local store's debt was written back once Redis answered: nothing left owed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local.local_keys() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} keys still owed",
+            local.local_keys()
+        );
+        let _ = local
+            .decide_one(&"poke".to_owned(), &quotas, 0, Duration::ZERO)
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn serve(app: Router) -> SocketAddr {
@@ -982,4 +1000,36 @@ async fn a_carried_debt_that_rounds_to_nothing_fails_no_decision() {
     assert!(carried.unwrap().is_allowed());
     assert!(plain.unwrap().is_allowed());
     assert_eq!(store.errors(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn instances_count_themselves_in_redis_and_a_told_size_overrides_the_count() {
+    let redis = redis_or_skip!();
+    let local =
+        || RedisStore::builder(redis.url()).on_failure(OnFailure::Local(MemoryStore::new()));
+    // Waits (announcements come every second) until every store counts `n`.
+    async fn until_all_count(stores: &[RedisStore], n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while stores.iter().any(|s| s.fleet() != n) {
+            assert!(
+                Instant::now() < deadline,
+                "counted {:?}, not {n} each",
+                stores.iter().map(RedisStore::fleet).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut stores: Vec<RedisStore> = (0..3).map(|_| local().build().unwrap()).collect();
+    until_all_count(&stores, 3).await;
+    // An instance that stops is no longer counted once its announcement lapses (3 s).
+    stores.pop();
+    until_all_count(&stores, 2).await;
+    // A told size is the count, whatever Redis says; a store without a local policy counts 1.
+    let told = local().fleet_size(7).build().unwrap();
+    assert_eq!(told.fleet(), 7);
+    assert_eq!(redis.store().fleet(), 1);
+    // The told store does not announce itself: the others still count 2.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(stores.iter().all(|s| s.fleet() == 2));
 }

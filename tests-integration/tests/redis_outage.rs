@@ -44,6 +44,16 @@ struct Outcome {
 }
 
 async fn hot_key_through_an_outage(instances: u32, fault: Fault) -> Option<Outcome> {
+    hot_key_through_an_outage_told(instances, fault, true).await
+}
+
+/// With `told`, each store is given the fleet's size; without, the stores count themselves in
+/// Redis (announced every second: the 2 s before the outage are enough).
+async fn hot_key_through_an_outage_told(
+    instances: u32,
+    fault: Fault,
+    told: bool,
+) -> Option<Outcome> {
     let mut redis = Redis::start()?;
     let quotas = Quotas::from(Quota::per_second(RATE).unwrap().with_burst(BURST).unwrap());
     let admitted = Arc::new(AtomicUsize::new(0));
@@ -57,12 +67,15 @@ async fn hot_key_through_an_outage(instances: u32, fault: Fault) -> Option<Outco
     let end = start + BEFORE + OUTAGE + AFTER;
     let mut tasks = Vec::new();
     for _ in 0..instances {
-        let store = RedisStore::builder(redis.url())
+        let builder = RedisStore::builder(redis.url())
             .timeout(TIMEOUT)
-            .on_failure(OnFailure::Local(MemoryStore::new()))
-            .fleet_size(instances)
-            .build()
-            .unwrap();
+            .on_failure(OnFailure::Local(MemoryStore::new()));
+        let builder = if told {
+            builder.fleet_size(instances)
+        } else {
+            builder
+        };
+        let store = builder.build().unwrap();
         let (quotas, admitted, slowest, slowest_while_down) = (
             quotas.clone(),
             Arc::clone(&admitted),
@@ -161,6 +174,13 @@ async fn two_instances_stay_within_the_bound_when_redis_is_killed_and_restarted_
 #[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn four_instances_stay_within_the_bound_when_redis_is_killed_and_restarted_empty() {
     check(hot_key_through_an_outage(4, Fault::KillAndRestart).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn four_instances_that_count_themselves_in_redis_stay_within_the_bound() {
+    // No fleet_size: each learns there are 4 from the others' announcements.
+    check(hot_key_through_an_outage_told(4, Fault::KillAndRestart, false).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,8 @@ pub struct RedisStoreBuilder {
     pub(super) prefix: String,
     pub(super) timeout: Duration,
     pub(super) on_failure: OnFailure,
-    pub(super) fleet_size: u32,
+    /// Set by the user, or `None`: announced in Redis.
+    pub(super) fleet_size: Option<u32>,
     pub(super) over_limit_cache: bool,
     pub(super) batching: bool,
     pub(super) hook: Option<ErrorHook>,
@@ -35,7 +36,7 @@ impl RedisStoreBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             on_failure: OnFailure::Deny,
-            fleet_size: 1,
+            fleet_size: None,
             over_limit_cache: true,
             batching: true,
             hook: None,
@@ -76,13 +77,20 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How many instances share this limit (default 1). With [`OnFailure::Local`], each
-    /// instance then decides with 1/`instances` of every quota while Redis is away (the rate
-    /// divided, the burst divided, at least 1), so that the fleet together stays near one
-    /// limit instead of admitting one limit per instance. Set it to the number of instances
-    /// that run (or a little above: fewer than that only makes the outage stricter).
+    /// How many instances share this limit: with [`OnFailure::Local`], each instance decides
+    /// with 1/`instances` of every quota while Redis is away (the rate divided, the burst
+    /// divided, at least 1), so that the fleet together stays near one limit instead of
+    /// admitting one limit per instance.
+    ///
+    /// Without it, the instances count themselves: each announces itself in Redis every
+    /// second (one sorted set, `<prefix>:{fleet}`, an entry per instance that lasts 3 s) and
+    /// reads how many did, so an outage finds each with 1/(instances seen lately) ([`fleet`]
+    /// says how many). Set it to override that count (or a little above it: more only makes
+    /// an outage stricter).
+    ///
+    /// [`fleet`]: RedisStore::fleet
     pub fn fleet_size(mut self, instances: u32) -> Self {
-        self.fleet_size = instances.max(1);
+        self.fleet_size = Some(instances.max(1));
         self
     }
 

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -39,12 +39,19 @@ const MAX_SHARES: usize = 1024;
 /// The local store and what it owes Redis.
 pub(super) struct Local {
     store: MemoryStore,
-    fleet: u32,
-    /// Quota set identity → (the set, kept alive so its identity is not reused; its share).
-    shares: RwLock<HashMap<usize, (Quotas, Quotas)>>,
+    /// The instances sharing the limits: set by the builder, or announced in Redis (see
+    /// [`super::fleet`]).
+    fleet: AtomicU32,
+    /// Quota set identity → (the set, kept alive so its identity is not reused; the fleet's
+    /// size it was divided by; its share).
+    shares: RwLock<HashMap<usize, (Quotas, u32, Quotas)>>,
     /// First Redis key of a subject → what it owes, and the keys in the order they came.
     owed: Mutex<Ledger>,
     unrecorded: AtomicU64,
+    /// Decisions made here since the store was built.
+    decided: AtomicU64,
+    /// How many keys the ledger holds, readable without its lock.
+    owed_keys: AtomicUsize,
 }
 
 /// The keys decided locally, and their arrival order: when the list is full, a newcomer takes
@@ -99,28 +106,43 @@ impl Local {
     pub(super) fn new(store: MemoryStore, fleet: u32) -> Self {
         Self {
             store,
-            fleet: fleet.max(1),
+            fleet: AtomicU32::new(fleet.max(1)),
             shares: RwLock::new(HashMap::new()),
             owed: Mutex::new(Ledger::default()),
             unrecorded: AtomicU64::new(0),
+            decided: AtomicU64::new(0),
+            owed_keys: AtomicUsize::new(0),
         }
     }
 
     /// This instance's share of `quotas`.
     pub(super) fn share(&self, quotas: &Quotas) -> Quotas {
-        if self.fleet == 1 {
+        let fleet = self.fleet();
+        if fleet == 1 {
             return quotas.clone();
         }
         let identity = quotas.identity();
-        if let Some((_, share)) = read(&self.shares).get(&identity) {
-            return share.clone();
+        if let Some((_, of, share)) = read(&self.shares).get(&identity) {
+            if *of == fleet {
+                return share.clone();
+            }
         }
-        let share = share_of(quotas, self.fleet);
+        let share = share_of(quotas, fleet);
         let mut shares = write(&self.shares);
-        if shares.len() < MAX_SHARES {
-            shares.insert(identity, (quotas.clone(), share.clone()));
+        if shares.len() < MAX_SHARES || shares.contains_key(&identity) {
+            shares.insert(identity, (quotas.clone(), fleet, share.clone()));
         }
         share
+    }
+
+    /// How many instances share the limits.
+    pub(super) fn fleet(&self) -> u32 {
+        self.fleet.load(Ordering::Relaxed)
+    }
+
+    /// The fleet's size, as the instances announced it.
+    pub(super) fn set_fleet(&self, instances: u32) {
+        self.fleet.store(instances.max(1), Ordering::Relaxed);
     }
 
     /// Decides locally with this instance's share, and remembers the key for the write-back.
@@ -143,6 +165,8 @@ impl Local {
         if cost > 0 {
             self.remember(key, redis_keys(), quotas, &share);
         }
+        self.decided.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::decided_locally("redis", self.keys());
         Ok(decision)
     }
 
@@ -203,6 +227,8 @@ impl Local {
         }
         ledger.order.push_back(newcomer.keys[0].clone());
         ledger.entries.insert(newcomer.keys[0].clone(), newcomer);
+        self.owed_keys
+            .store(ledger.entries.len(), Ordering::Relaxed);
     }
 
     /// Mirrors Redis's answer for `key` into the local store, rescaled to the share.
@@ -249,7 +275,9 @@ impl Local {
     pub(super) fn take_debts(&self, which: Option<&KeyFilter<'_>>) -> Vec<Debt> {
         let taken: Vec<Owed> = match which {
             None => {
-                let all = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+                let all = std::mem::take(&mut *owed);
+                self.owed_keys.store(0, Ordering::Relaxed);
                 all.entries.into_values().collect()
             }
             Some(which) => {
@@ -261,9 +289,11 @@ impl Local {
                 let taken = keys.iter().filter_map(|k| owed.entries.remove(k)).collect();
                 let Ledger { entries, order } = &mut *owed;
                 order.retain(|k| entries.contains_key(k));
+                self.owed_keys.store(entries.len(), Ordering::Relaxed);
                 taken
             }
         };
+        crate::metrics::local_keys("redis", self.keys());
         let now = self.store.clock().now();
         taken
             .into_iter()
@@ -290,6 +320,22 @@ impl Local {
                 })
             })
             .collect()
+    }
+
+    /// Decisions made here since the store was built.
+    pub(super) fn decided(&self) -> u64 {
+        self.decided.load(Ordering::Relaxed)
+    }
+
+    /// Keys decided here whose debt waits to be written back.
+    pub(super) fn keys(&self) -> usize {
+        self.owed_keys.load(Ordering::Relaxed)
+    }
+
+    /// Whether any key decided here waits to be written back.
+    #[inline]
+    pub(super) fn owes(&self) -> bool {
+        self.keys() > 0
     }
 
     /// Keys decided locally that could not be remembered for the write-back ([`MAX_OWED`]).

@@ -5,6 +5,7 @@ mod breaker;
 mod builder;
 mod connection;
 mod fallback;
+mod fleet;
 mod key;
 mod over_limit;
 pub(crate) mod script;
@@ -164,7 +165,9 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 ///
 /// With [`OnFailure::Local`], the fleet stays near one limit through an outage:
 ///
-/// - each instance decides with its share of every quota, 1/[`fleet_size`](RedisStoreBuilder::fleet_size);
+/// - each instance decides with its share of every quota, 1/(the instances that announced
+///   themselves in Redis within the last 3 s before the outage; [`RedisStore::fleet`]), or
+///   1/[`fleet_size`](RedisStoreBuilder::fleet_size) when set;
 /// - the local store starts where Redis left off: every answer from Redis is mirrored into it
 ///   (one local write beside the round trip), so a hot key gets no fresh burst when Redis goes
 ///   away;
@@ -199,8 +202,8 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// The example server uses Redis when `REDIS_URL` is set, a cluster when `REDIS_CLUSTER` lists
 /// seed nodes, or the Sentinels' primary when `REDIS_SENTINELS` lists Sentinels
 /// (`REDIS_SENTINEL_MASTER`, default `mymaster`); `REDIS_CA_FILE` names a private CA,
-/// `TOLLGATE_KEY_SECRET` the key secret and `FLEET_SIZE` the share. Two copies share one
-/// limit:
+/// `TOLLGATE_KEY_SECRET` the key secret, and `FLEET_SIZE` overrides the count of copies they
+/// make in Redis. Two copies share one limit:
 ///
 /// ```text
 /// REDIS_URL=redis://127.0.0.1:6379 PORT=3000 cargo run --example server --features redis &
@@ -208,7 +211,7 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// for i in $(seq 8); do curl -s -o /dev/null -w '%{http_code} ' localhost:3000/api/hello;
 ///   curl -s -o /dev/null -w '%{http_code} ' localhost:3001/api/hello; done; echo
 /// # 200 200 200 200 200 200 200 200 200 200 429 429 ...: one burst of 10 across both
-/// REDIS_CLUSTER=redis://10.0.0.1:6379,redis://10.0.0.2:6379 FLEET_SIZE=2 PORT=3000 cargo run --example server --features redis
+/// REDIS_CLUSTER=redis://10.0.0.1:6379,redis://10.0.0.2:6379 PORT=3000 cargo run --example server --features redis
 /// ```
 ///
 /// # Tests
@@ -300,6 +303,9 @@ impl RedisStore {
     }
 
     fn assemble(builder: RedisStoreBuilder, connection: Connection) -> Self {
+        // The fleet counts itself unless told its size, when an outage needs it.
+        let announce =
+            builder.fleet_size.is_none() && matches!(builder.on_failure, OnFailure::Local(_));
         let decide = redis::Script::new(DECIDE);
         let connection_is_cluster = connection.is_cluster();
         let route = if connection_is_cluster {
@@ -322,10 +328,12 @@ impl RedisStore {
             )
         });
         let local = match &builder.on_failure {
-            OnFailure::Local(store) => Some(Local::new(store.clone(), builder.fleet_size)),
+            OnFailure::Local(store) => {
+                Some(Local::new(store.clone(), builder.fleet_size.unwrap_or(1)))
+            }
             _ => None,
         };
-        RedisStore {
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 connection,
                 batcher,
@@ -345,7 +353,19 @@ impl RedisStore {
                 time: builder.time,
                 hook: builder.hook,
             }),
+        };
+        if announce {
+            fleet::start(&store.inner);
         }
+        store
+    }
+
+    /// How many instances this store counts in its fleet: the builder's
+    /// [`fleet_size`](RedisStoreBuilder::fleet_size), or else those that announced themselves
+    /// in Redis within the last 3 s (1 before the first announcement). Only
+    /// [`OnFailure::Local`] needs it, and without it the store counts 1.
+    pub fn fleet(&self) -> u32 {
+        self.inner.local.as_ref().map_or(1, Local::fleet)
     }
 
     /// The Lua source of the decision script (for tools such as `redis-benchmark`). Its
@@ -366,6 +386,18 @@ impl RedisStore {
     /// Calls to Redis that failed or timed out since the store was built.
     pub fn errors(&self) -> u64 {
         self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// Decisions this instance made alone while Redis was away ([`OnFailure::Local`]), since
+    /// the store was built (also the `tollgate_store_local_decisions_total` metric).
+    pub fn local_decisions(&self) -> u64 {
+        self.inner.local.as_ref().map_or(0, Local::decided)
+    }
+
+    /// Keys decided alone whose debt waits to be written back to Redis when it answers again
+    /// (also the `tollgate_store_local_keys` gauge): 0 while Redis decides.
+    pub fn local_keys(&self) -> usize {
+        self.inner.local.as_ref().map_or(0, Local::keys)
     }
 
     /// Keys decided locally during outages whose debt is not written back to Redis: past
@@ -865,6 +897,11 @@ impl RedisStore {
             let decision = answer_decision(&quotas, cost, &answer)?;
             if let Some(local) = &inner.local {
                 local.mirror(&key, &quotas, &answer);
+                // Keys decided alone after failures too few to trip the breaker (so no probe
+                // ran) still owe Redis: write them back now that it answers.
+                if local.owes() {
+                    inner.probe(group, inner.key(&key, &quotas.as_slice()[0]));
+                }
             }
             if let Some(over_limit) = &inner.over_limit {
                 let cached = cost == 1 && max_wait.is_zero();
