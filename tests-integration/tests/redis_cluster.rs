@@ -165,6 +165,54 @@ async fn a_primary_killed_fails_over_and_its_keys_stay_limited() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn a_stalled_primary_costs_its_keys_a_few_slow_requests_not_three_per_slot_group() {
+    // No replica: the stalled primary stays stalled, and every call to it times out.
+    let cluster = cluster_or_skip!(3, 0);
+    let timeout = Duration::from_millis(50);
+    let store = || {
+        RedisStore::cluster(cluster.seeds())
+            .timeout(timeout)
+            .on_failure(OnFailure::Local(MemoryStore::new()))
+            .fleet_size(2)
+            .build()
+            .unwrap()
+    };
+    let fleet = [store(), store()];
+    let quotas = Quotas::from(Quota::per_minute(100).unwrap());
+    // Warm: each store's batcher has read the slot map.
+    for (i, store) in fleet.iter().enumerate() {
+        for k in 0..50 {
+            let decision = store.decide_one(&format!("warm-{i}-{k}"), &quotas, 1, Duration::ZERO);
+            assert!(decision.await.unwrap().is_allowed());
+        }
+    }
+    let victim = &cluster.nodes[1];
+    victim.signal("STOP");
+    // Keys spread over every slot: a third of them on the stalled node, over about 85 of the
+    // breaker's 256 slot groups.
+    let mut slow = 0;
+    for k in 0..600 {
+        let store = &fleet[k % 2];
+        let started = Instant::now();
+        let decision = store.decide_one(&format!("spread-{k}"), &quotas, 1, Duration::ZERO);
+        assert!(decision.await.is_ok_and(|d| d.is_allowed()));
+        if started.elapsed() >= timeout / 2 {
+            slow += 1;
+        }
+    }
+    victim.signal("CONT");
+    eprintln!("{slow} of 600 requests slow with one primary stalled");
+    // Three failures of the node per instance trip all of its groups (a few more may be in
+    // flight, or land in a group whose first slot another node serves); per group, it took
+    // three each: about 200 of 600.
+    assert!(
+        slow <= 30,
+        "{slow} slow requests for one stalled node, over a fleet of two"
+    );
+}
+
 #[tokio::test]
 #[cfg_attr(any(no_redis, no_openssl), ignore = "needs openssl and redis-server")]
 async fn a_lone_redis_is_not_taken_for_a_cluster_nor_a_cluster_node_for_a_lone_redis() {

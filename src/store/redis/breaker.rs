@@ -5,7 +5,9 @@
 //! On a cluster, one node failing must not send the keys of the healthy nodes to the policy:
 //! the breaker is kept per group of 64 consecutive hash slots (256 groups), and each group's
 //! probe asks the node that serves its slots now, so it answers once a replica has taken
-//! over. On a single Redis there is one group.
+//! over. A failure counts for every group of the node that serves it (by the batcher's slot
+//! map), so that three failures of a node trip all of its keys at once. On a single Redis
+//! there is one group.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -41,6 +43,16 @@ impl Breaker {
             return 0;
         }
         usize::from(slot()) * GROUPS / SLOTS
+    }
+
+    /// How many groups there are.
+    pub(super) fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The first hash slot of `group`.
+    pub(super) fn first_slot(&self, group: usize) -> u16 {
+        u16::try_from(group * SLOTS / self.groups.len()).unwrap_or(0)
     }
 
     /// Whether the group counts as down: its requests are decided by the policy at once.

@@ -256,6 +256,9 @@ struct Inner {
     hook: Option<ErrorHook>,
     /// Which groups of keys count as down (one group on a single Redis).
     breaker: Breaker,
+    /// On a cluster, which node serves each slot, as the batcher last read it (`CLUSTER
+    /// SLOTS`): the breaker's failures count per node by it.
+    slot_map: Option<Arc<SlotMap>>,
 }
 
 /// The probe's first pause, doubled after each failure up to [`PROBE_MAX_PAUSE`].
@@ -308,11 +311,12 @@ impl RedisStore {
             builder.fleet_size.is_none() && matches!(builder.on_failure, OnFailure::Local(_));
         let decide = redis::Script::new(DECIDE);
         let connection_is_cluster = connection.is_cluster();
-        let route = if connection_is_cluster {
+        let slot_map = connection_is_cluster.then(|| Arc::new(SlotMap::new()));
+        let route = if let Some(map) = &slot_map {
             Route::Cluster {
                 across_slots: redis::Script::new(DECIDE_ACROSS_SLOTS),
                 one: decide.clone(),
-                map: Arc::new(SlotMap::new()),
+                map: Arc::clone(map),
             }
         } else {
             Route::Single {
@@ -349,6 +353,7 @@ impl RedisStore {
                 errors: AtomicU64::new(0),
                 failure_log: crate::logs::Every::new(1_000_000_000),
                 breaker: Breaker::new(connection_is_cluster),
+                slot_map,
                 clock: MonotonicClock::new(),
                 time: builder.time,
                 hook: builder.hook,
@@ -640,17 +645,38 @@ impl Inner {
         if let Some(hook) = &self.hook {
             hook(error);
         }
-        if self.breaker.failed(group) {
-            tracing::warn!(target: "tollgate::store::redis", failures = TRIP_AFTER, group, policy = ?self.on_failure, "Redis is down: deciding by the failure policy at once, probing in the background");
-            self.probe(group, self.key(subject, &quotas.as_slice()[0]));
+        // On a cluster, a failure counts for every group of the node serving `group`: three
+        // failures of a node, wherever its keys fall, send all of its keys to the policy at
+        // once, and one probe brings them back together.
+        let together = self.node_groups(group);
+        let mut tripped = false;
+        for &g in &together {
+            tripped |= self.breaker.failed(g);
         }
+        if tripped {
+            tracing::warn!(target: "tollgate::store::redis", failures = TRIP_AFTER, group, groups = together.len(), policy = ?self.on_failure, "Redis is down: deciding by the failure policy at once, probing in the background");
+            self.probe(group, self.key(subject, &quotas.as_slice()[0]), together);
+        }
+    }
+
+    /// The breaker groups served by the node that serves `group`'s first slot, by the slot map
+    /// (`group` alone on one Redis, or before the map is read).
+    fn node_groups(&self, group: usize) -> Vec<usize> {
+        let Some(owners) = self.slot_map.as_ref().and_then(|map| map.owners()) else {
+            return vec![group];
+        };
+        let node = owners.node_of_slot(self.breaker.first_slot(group));
+        (0..self.breaker.len())
+            .filter(|&g| g == group || owners.node_of_slot(self.breaker.first_slot(g)) == node)
+            .collect()
     }
 
     /// Starts a background probe of `group`, unless one runs: `EXISTS probe_key` (which goes
     /// to the node serving the group's slot now) with backoff until Redis answers; then the
     /// local debt of the group's keys is written back, and its requests go to Redis again.
-    /// The probe holds the store weakly: it ends with it.
-    fn probe(self: &Arc<Self>, group: usize, probe_key: Vec<u8>) {
+    /// The probe holds the store weakly: it ends with it. The groups `together` (those of one
+    /// cluster node, `group` among them) come back with it.
+    fn probe(self: &Arc<Self>, group: usize, probe_key: Vec<u8>, together: Vec<usize>) {
         if !self.breaker.start_probe(group) {
             return;
         }
@@ -677,13 +703,15 @@ impl Inner {
                     // Write back what was decided locally before Redis decides again (if that
                     // fails, Redis is not back: keep probing), then once more for the
                     // decisions made while the first write-back ran.
-                    let (written, failed) = inner.write_back(group).await;
+                    let (written, failed) = inner.write_back(&together).await;
                     if failed > 0 {
                         pause = (pause * 2).min(PROBE_MAX_PAUSE);
                         continue;
                     }
-                    inner.breaker.answered(group);
-                    let (more, _) = inner.write_back(group).await;
+                    for &g in &together {
+                        inner.breaker.answered(g);
+                    }
+                    let (more, _) = inner.write_back(&together).await;
                     inner.breaker.end_probe(group);
                     tracing::info!(target: "tollgate::store::redis", group, keys_written_back = written + more, "Redis answers again");
                     // Failures while this probe was finishing tripped the group again, and
@@ -702,15 +730,16 @@ impl Inner {
     /// Writes the debt of the keys decided locally back to Redis (a max-merge of TATs, one
     /// script call per key, many at once); returns how many keys were written, and how many
     /// could not be.
-    async fn write_back(&self, group: usize) -> (usize, usize) {
+    async fn write_back(&self, groups: &[usize]) -> (usize, usize) {
         use futures_util::stream::{self, StreamExt};
         let Some(local) = &self.local else {
             return (0, 0);
         };
         let cluster = self.connection.is_cluster();
         let debts = if cluster {
-            let in_group =
-                |first_key: &[u8]| self.breaker.group_of(|| slots::slot_of(first_key)) == group;
+            let in_group = |first_key: &[u8]| {
+                groups.contains(&self.breaker.group_of(|| slots::slot_of(first_key)))
+            };
             local.take_debts(Some(&in_group))
         } else {
             local.take_debts(None)
@@ -900,7 +929,7 @@ impl RedisStore {
                 // Keys decided alone after failures too few to trip the breaker (so no probe
                 // ran) still owe Redis: write them back now that it answers.
                 if local.owes() {
-                    inner.probe(group, inner.key(&key, &quotas.as_slice()[0]));
+                    inner.probe(group, inner.key(&key, &quotas.as_slice()[0]), vec![group]);
                 }
             }
             if let Some(over_limit) = &inner.over_limit {

@@ -48,7 +48,12 @@ pub(crate) struct Owners {
 impl Owners {
     /// The node serving `key`'s slot.
     pub(crate) fn node_of(&self, key: &[u8]) -> u16 {
-        self.node_of_slot[usize::from(slot_of(key))]
+        self.node_of_slot(slot_of(key))
+    }
+
+    /// The node serving `slot`.
+    pub(crate) fn node_of_slot(&self, slot: u16) -> u16 {
+        self.node_of_slot[usize::from(slot)]
     }
 }
 
