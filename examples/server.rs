@@ -13,6 +13,7 @@
 //! | `GET /api/search` | none enforced: a candidate limit of 2 per second per client IP runs in shadow mode, counted in `tollgate_rate_limit_limited_total{layer="search",shadow="true"}` |
 //! | `POST /api/login` | per client IP: 3 per minute (its own limit); past 10 refusals a minute, blocked for 15 minutes |
 //! | `GET /api/report` | per client IP: 20 per minute; then per `x-api-key`: 100 per minute for `premium-demo`, 2 per minute for any other key or none |
+//! | `GET /api/feed` | one limit for everyone, and for the whole fleet when the limits live in Redis: `FEED_PER_SECOND` a second (default 1000), burst a second of it |
 //!
 //! Each limit is attached to the handler it protects (`MethodRouter::route_layer`), so that a
 //! 404 or a 405 (a `GET` to the login route, say) spends nothing.
@@ -408,8 +409,17 @@ impl Limits {
 
 fn app<S>(client_ip: ClientIp, store: S, limits: &Limits) -> Result<Router, BoxError>
 where
-    S: Store<IpAddr> + Store<HeaderValue>,
+    S: Store<IpAddr> + Store<HeaderValue> + Store<tollgate::key::Global>,
 {
+    let feed_per_second: u32 = match std::env::var("FEED_PER_SECOND") {
+        Ok(n) => n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+            format!(
+                "FEED_PER_SECOND={n:?}: give the requests a second the fleet may serve, 1 or more"
+            )
+        })?,
+        Err(_) => 1000,
+    };
+    let feed = Quota::per_second(feed_per_second)?.named("feed")?;
     let hello = Quota::per_second(5)?.with_burst(10)?.named("hello")?;
     let login = Quota::per_minute(3)?.named("login")?;
     let search = Quota::per_second(2)?.named("search")?;
@@ -463,6 +473,17 @@ where
             post(|| async { "logged in\n" }).route_layer(
                 // Past 10 refusals a minute, a client is shut out for 15 minutes.
                 per_ip(login, "login").block(Quota::per_minute(10)?, Duration::from_secs(900)),
+            ),
+        )
+        .route(
+            "/api/feed",
+            // One limit for everyone (the global key): through Redis, for the whole fleet.
+            get(|| async { "feed\n" }).route_layer(
+                RateLimitLayer::new(feed)
+                    .store(store.clone())
+                    .name("feed")
+                    .stats(limits.stats("feed"))
+                    .refuse_with(explain),
             ),
         )
         .route(

@@ -241,6 +241,18 @@ fn without_admin_addr_there_is_no_admin_route_anywhere() {
 }
 
 #[test]
+fn the_feed_is_one_limit_for_every_client() {
+    // Three a second for everyone: three clients, one request each and one more, and the
+    // fourth request is refused whoever sends it.
+    let server = Server::start(false, &[("FEED_PER_SECOND", "3")]);
+    let mut seen = Vec::new();
+    for from in ["127.0.0.7", "127.0.0.8", "127.0.0.9", "127.0.0.10"] {
+        seen.push(ask(from, server.public, "GET", "/api/feed", &[]).0);
+    }
+    assert_eq!(seen, [200, 200, 200, 429]);
+}
+
+#[test]
 #[cfg_attr(no_nginx, ignore = "needs nginx")]
 fn a_405_or_a_404_spends_nothing() {
     let server = Server::start(false, &[]);

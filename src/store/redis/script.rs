@@ -49,7 +49,12 @@ for _ = 1, tonumber(ARGV[1]) do
   local p = tonumber(ARGV[a + 3])
   a = a + 4
   local first, all = #out, true
-  local seeds, ats, windows = {}, {}, {}
+  local seeds = {}
+  -- Where each quota was read, for `in_windows`: only a decision that may wait needs them.
+  local ats, windows
+  if max_wait > 0 then
+    ats, windows = {}, {}
+  end
   if p > 0 then
     -- Each quota takes on the key's debt under the earlier quotas of its name, rescaled to
     -- the same fraction of its window (added: a charge that reached an earlier key after the
@@ -83,9 +88,15 @@ for _ = 1, tonumber(ARGV[1]) do
     end
   end
   for i = 1, n do
-    local at, interval, window, wait = rule(tonumber(ARGV[a]), tonumber(ARGV[a + 1]), now, max_wait)
+    local interval, window = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    local at, wait = now, max_wait
+    if interval == 0 then
+      at, interval, window, wait = rule(interval, window, now, max_wait)
+    end
     a = a + 2
-    ats[i], windows[i] = at, window
+    if ats then
+      ats[i], windows[i] = at, window
+    end
     local tat = seeds[i] or written[KEYS[k + i]] or tonumber(tats[k + i]) or 0
     local new = (tat > at and tat or at) + interval * cost
     if cost == 0 or new - window - at <= wait then
@@ -95,7 +106,7 @@ for _ = 1, tonumber(ARGV[1]) do
       out[first + i] = -tat - 1
     end
   end
-  if all and cost > 0 and max_wait > 0 then
+  if all and cost > 0 and ats then
     all = in_windows(out, first, n, ats, windows, now, cost)
   end
   if all and cost > 0 then
@@ -155,7 +166,12 @@ for _ = 1, count do
   local n, cost, max_wait = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local p = tonumber(ARGV[a + 3])
   local first, all = #out, true
-  local seeds, ats, windows = {}, {}, {}
+  local seeds = {}
+  -- Where each quota was read, for `in_windows`: only a decision that may wait needs them.
+  local ats, windows
+  if max_wait > 0 then
+    ats, windows = {}, {}
+  end
   for j = 1, p do
     local at = a + 1 + 3 * (n + j)
     local key, i, from = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
@@ -186,8 +202,14 @@ for _ = 1, count do
   for i = 1, n do
     local at = a + 1 + 3 * i
     local tat = seeds[i] or tats[ARGV[at]]
-    local read, interval, window, wait = rule(tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), now, max_wait)
-    ats[i], windows[i] = read, window
+    local interval, window = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+    local read, wait = now, max_wait
+    if interval == 0 then
+      read, interval, window, wait = rule(interval, window, now, max_wait)
+    end
+    if ats then
+      ats[i], windows[i] = read, window
+    end
     local new = (tat > read and tat or read) + interval * cost
     if cost == 0 or new - window - read <= wait then
       out[first + i] = new
@@ -196,7 +218,7 @@ for _ = 1, count do
       out[first + i] = -tat - 1
     end
   end
-  if all and cost > 0 and max_wait > 0 then
+  if all and cost > 0 and ats then
     all = in_windows(out, first, n, ats, windows, now, cost)
   end
   if all and cost > 0 then
