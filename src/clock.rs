@@ -110,8 +110,9 @@ mod default {
     impl Clock for MonotonicClock {
         #[inline]
         fn now(&self) -> u64 {
+            // No overflow before the year 2554.
             self.unix_origin
-                .saturating_add(self.clock.delta_as_nanos(self.origin, self.clock.raw()))
+                .wrapping_add(self.clock.delta_as_nanos(self.origin, self.clock.raw()))
         }
     }
 

@@ -73,6 +73,8 @@ impl Gcra {
     /// From the interval and the window (`interval × burst`), in nanoseconds.
     #[inline]
     pub(crate) const fn from_nanos(interval: u64, window: u64) -> Self {
+        // Never a calendar quota: the compiler drops the calendar branches from the hot path
+        // built on this.
         Self {
             interval,
             window,
@@ -80,20 +82,32 @@ impl Gcra {
         }
     }
 
+    /// The quota's calendar, if it is a calendar quota.
+    #[inline]
+    fn calendar(&self) -> Option<Calendar> {
+        self.calendar
+    }
+
     /// The time the state is read at: `now`, or for a calendar quota the end of the window
     /// holding `now` (nanoseconds since the Unix epoch).
     #[inline]
     pub(crate) fn at(&self, now: u64) -> u64 {
-        match self.calendar {
+        match self.calendar() {
             None => now,
             Some(calendar) => calendar.end(now),
         }
     }
 
+    /// Whether the quota is a calendar one.
+    #[inline]
+    pub(crate) fn is_calendar(&self) -> bool {
+        self.calendar.is_some()
+    }
+
     /// For a calendar quota, the end of the window holding `now`.
     #[inline]
     pub(crate) fn window_end(&self, now: u64) -> Option<u64> {
-        self.calendar.map(|calendar| calendar.end(now))
+        self.calendar().map(|calendar| calendar.end(now))
     }
 
     /// The interval, in nanoseconds (the Redis store's scripts take it).
@@ -117,7 +131,7 @@ impl Gcra {
     /// allowed, TAT unchanged.
     #[inline]
     pub fn step(&self, tat: u64, now: u64, cost: u32, max_wait: u64) -> Step {
-        if let Some(calendar) = self.calendar {
+        if let Some(calendar) = self.calendar() {
             return self.step_in_window(calendar.end(now), tat, now, cost);
         }
         let new_tat = tat.max(now).saturating_add(self.charge(cost));
@@ -146,7 +160,7 @@ impl Gcra {
     #[cold]
     fn step_in_window(&self, end: u64, tat: u64, now: u64, cost: u32) -> Step {
         let new_tat = tat.max(end).saturating_add(self.charge(cost));
-        if cost == 0 || new_tat - end <= self.window {
+        if cost == 0 || new_tat - end <= self.window_nanos() {
             Step {
                 allowed: true,
                 tat: new_tat,
@@ -238,9 +252,10 @@ impl Gcra {
     /// the window's end, when everything comes back.
     pub(crate) fn status_of_window(&self, used: u64, left: u64) -> Status {
         let back = if used == 0 { 0 } else { left };
+        let window = self.window_nanos();
         Status {
-            limit: u32::try_from(self.window / self.interval).unwrap_or(u32::MAX),
-            remaining: u32::try_from(self.window.saturating_sub(used) / self.interval)
+            limit: u32::try_from(window / self.interval).unwrap_or(u32::MAX),
+            remaining: u32::try_from(window.saturating_sub(used) / self.interval)
                 .unwrap_or(u32::MAX),
             reset_after: back,
             refill_after: back,

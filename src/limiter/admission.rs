@@ -253,7 +253,7 @@ impl<S> Admission<S> {
             return None;
         }
         let gcra = crate::gcra::Gcra::new(&quotas.as_slice()[0]);
-        let decision = Decision::denied(0, wait, wait.saturating_add(gcra.window_nanos()), gcra);
+        let decision = Decision::denied(0, wait, wait.saturating_add(gcra.window_nanos()), gcra, 0);
         self.event(LimitEventKind::Denied, key, quotas, &decision);
         Some(Refusal::Limited(RateLimited::new(decision, quotas.clone())))
     }

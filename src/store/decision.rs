@@ -22,20 +22,19 @@ pub struct Decision {
     /// `tat - at`: how far the binding bucket is from full when the request goes ahead. For a
     /// calendar quota, what its window has used (`tat - end`).
     debt: u64,
-    /// For a calendar quota, the time from then to its window's end; 0 otherwise.
-    left: u64,
-    /// The store's time of the decision (0 for one made without the store): what a refund of
-    /// it is checked against ([`Ask::refunding`](super::Ask::refunding)).
+    /// The store's time the binding state is read at: when the request goes ahead (or, denied,
+    /// now); 0 for a decision made without the store. A calendar quota's window is the one
+    /// holding it, and a refund is checked against it ([`Ask::refunding`](super::Ask::refunding)).
     at: u64,
     gcra: Gcra,
 }
 
-/// `(debt, left)` of a state `tat` read at `at` (see [`Decision`]'s fields).
+/// The debt of a state `tat` read at `at` (see [`Decision`]'s fields).
 #[inline]
-fn reading(gcra: &Gcra, tat: u64, at: u64) -> (u64, u64) {
+fn reading(gcra: &Gcra, tat: u64, at: u64) -> u64 {
     match gcra.window_end(at) {
-        None => (tat.saturating_sub(at), 0),
-        Some(end) => (tat.saturating_sub(end), end.saturating_sub(at)),
+        None => tat.saturating_sub(at),
+        Some(end) => tat.saturating_sub(end),
     }
 }
 
@@ -48,15 +47,13 @@ impl Decision {
         } else {
             now
         };
-        let (debt, left) = reading(&gcra, step.tat, at);
         Self {
             allowed: step.allowed,
             part: 0,
             quota: 0,
             wait: step.wait,
-            debt,
-            left,
-            at: now,
+            debt: reading(&gcra, step.tat, at),
+            at,
             gcra,
         }
     }
@@ -65,7 +62,10 @@ impl Decision {
     pub(crate) fn at_once(mut self) -> Self {
         if self.allowed {
             // Its slot is charged where it would have waited: the debt runs from then.
-            self.debt = self.debt.saturating_add(self.wait);
+            if !self.gcra.is_calendar() {
+                self.debt = self.debt.saturating_add(self.wait);
+            }
+            self.at = self.at.saturating_sub(self.wait);
         }
         self.wait = 0;
         self
@@ -74,10 +74,11 @@ impl Decision {
     /// A denial known without the store (a remembered one, a block): `wait` until the request
     /// passes, `debt` between now and the binding quota's TAT (for a calendar quota, its
     /// window spent, until `wait`).
-    pub(crate) fn denied(quota: usize, wait: u64, debt: u64, gcra: Gcra) -> Self {
-        let (debt, left) = match gcra.window_end(0) {
-            None => (debt, 0),
-            Some(_) => (gcra.window_nanos(), wait),
+    pub(crate) fn denied(quota: usize, wait: u64, debt: u64, gcra: Gcra, now: u64) -> Self {
+        let debt = if gcra.is_calendar() {
+            gcra.window_nanos()
+        } else {
+            debt
         };
         Self {
             allowed: false,
@@ -85,8 +86,7 @@ impl Decision {
             quota: u8::try_from(quota).unwrap_or(u8::MAX),
             wait,
             debt,
-            left,
-            at: 0,
+            at: now,
             gcra,
         }
     }
@@ -99,7 +99,6 @@ impl Decision {
             quota: 0,
             wait: 0,
             debt: 0,
-            left: 0,
             at: 0,
             gcra: Gcra::from_nanos(1, 1),
         }
@@ -123,14 +122,12 @@ impl Decision {
             .filter(|(_, s)| !s.allowed)
             .max_by_key(|(_, s)| s.wait);
         if let Some((i, step)) = denied {
-            let (debt, left) = reading(&gcra(i), step.tat, now);
             return Self {
                 allowed: false,
                 part: 0,
                 quota: i as u8,
                 wait: step.wait,
-                debt,
-                left,
+                debt: reading(&gcra(i), step.tat, now),
                 at: now,
                 gcra: gcra(i),
             };
@@ -147,15 +144,13 @@ impl Decision {
                 })
                 .unwrap_or(0)
         };
-        let (debt, left) = reading(&gcra(binding), steps[binding].tat, at);
         Self {
             allowed: true,
             part: 0,
             quota: binding as u8,
             wait,
-            debt,
-            left,
-            at: now,
+            debt: reading(&gcra(binding), steps[binding].tat, at),
+            at,
             gcra: gcra(binding),
         }
     }
@@ -198,11 +193,12 @@ impl Decision {
                 wait,
                 // The request goes ahead later: the bucket is that much closer to full then
                 // (a calendar window that much closer to its end).
-                debt: match binding.left {
-                    0 => binding.debt.saturating_sub(later),
-                    _ => binding.debt,
+                debt: if binding.gcra.is_calendar() {
+                    binding.debt
+                } else {
+                    binding.debt.saturating_sub(later)
                 },
-                left: binding.left.saturating_sub(later),
+                at: binding.at.saturating_add(later),
                 ..binding
             },
         )
@@ -290,9 +286,13 @@ impl Decision {
     /// The binding quota's state when the request goes ahead (or, denied, now).
     #[inline]
     pub(crate) fn status(&self) -> Status {
-        match self.left {
-            0 => self.gcra.status(self.debt, 0),
-            left => self.gcra.status_of_window(self.debt, left),
+        match self.gcra.window_end(self.at) {
+            None => self.gcra.status(self.debt, 0),
+            // Made without the store (a block): its wait is all it knows of the window.
+            Some(_) if self.at == 0 => self.gcra.status_of_window(self.debt, self.wait),
+            Some(end) => self
+                .gcra
+                .status_of_window(self.debt, end.saturating_sub(self.at)),
         }
     }
 }

@@ -63,7 +63,7 @@ impl OverLimit {
         let debt = wait
             .saturating_add(gcra.window_nanos())
             .saturating_sub(gcra.charge(cost));
-        Some(Decision::denied(index, wait, debt, gcra))
+        Some(Decision::denied(index, wait, debt, gcra, now))
     }
 
     /// Remembers a denial of a request of cost 1 that did not wait, until its retry-after.
