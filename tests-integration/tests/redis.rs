@@ -1008,9 +1008,10 @@ async fn instances_count_themselves_in_redis_and_a_told_size_overrides_the_count
     let redis = redis_or_skip!();
     let local =
         || RedisStore::builder(redis.url()).on_failure(OnFailure::Local(MemoryStore::new()));
-    // Waits (announcements come every second) until every store counts `n`.
+    // Waits (announcements come every second; an instance gone is counted out when its entry
+    // lapses, 3 s, and the last four counts have seen it gone) until every store counts `n`.
     async fn until_all_count(stores: &[RedisStore], n: u32) {
-        let deadline = Instant::now() + Duration::from_secs(8);
+        let deadline = Instant::now() + Duration::from_secs(15);
         while stores.iter().any(|s| s.fleet() != n) {
             assert!(
                 Instant::now() < deadline,

@@ -59,6 +59,30 @@ async fn hot_key_through_an_outage_told(
     let admitted = Arc::new(AtomicUsize::new(0));
     let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
     let slowest_while_down = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let stores: Vec<RedisStore> = (0..instances)
+        .map(|_| {
+            let builder = RedisStore::builder(redis.url())
+                .timeout(TIMEOUT)
+                .on_failure(OnFailure::Local(MemoryStore::new()));
+            let builder = if told {
+                builder.fleet_size(instances)
+            } else {
+                builder
+            };
+            builder.build().unwrap()
+        })
+        .collect();
+    // Instances that count themselves have counted each other before the run (they announce
+    // themselves at once, then every second): a fleet that has not met yet is not what this
+    // measures.
+    let counting = Instant::now();
+    while stores.iter().any(|store| store.fleet() != instances) {
+        assert!(
+            counting.elapsed() < Duration::from_secs(10),
+            "the instances did not count each other in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let start = Instant::now();
     let down = (
         start + BEFORE + Duration::from_millis(500),
@@ -66,16 +90,7 @@ async fn hot_key_through_an_outage_told(
     );
     let end = start + BEFORE + OUTAGE + AFTER;
     let mut tasks = Vec::new();
-    for _ in 0..instances {
-        let builder = RedisStore::builder(redis.url())
-            .timeout(TIMEOUT)
-            .on_failure(OnFailure::Local(MemoryStore::new()));
-        let builder = if told {
-            builder.fleet_size(instances)
-        } else {
-            builder
-        };
-        let store = builder.build().unwrap();
+    for store in stores {
         let (quotas, admitted, slowest, slowest_while_down) = (
             quotas.clone(),
             Arc::clone(&admitted),

@@ -5,7 +5,9 @@
 //! builder's `fleet_size` says how many there are.
 //!
 //! What is read during an outage is the count from before it: the announcements stop with
-//! Redis, and the count stays as it was.
+//! Redis, and the count stays as it was. The count is the largest of the last four readings,
+//! so that a Redis restarted empty (the instances counting 1, 2, 3… as they announce again)
+//! does not shrink the shares while the instances still decide alone.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -18,6 +20,10 @@ pub(super) const EVERY: Duration = Duration::from_secs(1);
 
 /// How long an announcement counts: three missed announcements and the instance is gone.
 pub(super) const LASTS: Duration = Duration::from_secs(3);
+
+/// How many of the last announcements' counts the fleet's size is the largest of: a fleet that
+/// shrinks is counted smaller about this many seconds later.
+const RECENT: usize = 4;
 
 /// The announcement: adds or refreshes this instance, drops those gone quiet, and counts.
 const ANNOUNCE: &str = r#"
@@ -44,6 +50,14 @@ pub(super) fn start(inner: &Arc<Inner>) {
     let script = redis::Script::new(ANNOUNCE);
     let lasts = u64::try_from(LASTS.as_millis()).unwrap_or(u64::MAX);
     runtime.spawn(async move {
+        // The first announcements come quickly, so that instances starting together count
+        // each other within a fraction of a second; then every second.
+        let mut pauses = [Duration::from_millis(50), Duration::from_millis(200)].into_iter();
+        // The counts of the last few announcements: the fleet is the largest, so that a Redis
+        // restarted empty (every entry lost, the instances counting 1, 2, 3… as they announce
+        // again) or an announcement that came late does not shrink every share at once.
+        let mut recent = [0u32; RECENT];
+        let mut next = 0;
         loop {
             let Some(inner) = weak.upgrade() else { return };
             let mut connection = inner.connection.clone();
@@ -51,12 +65,14 @@ pub(super) fn start(inner: &Arc<Inner>) {
             invocation.key(&key).arg(&id).arg(lasts);
             let answer = invocation.invoke_async::<u32>(&mut connection);
             if let Ok(Ok(seen)) = tokio::time::timeout(inner.timeout.max(EVERY), answer).await {
+                recent[next % RECENT] = seen;
+                next += 1;
                 if let Some(local) = &inner.local {
-                    local.set_fleet(seen);
+                    local.set_fleet(recent.iter().copied().max().unwrap_or(seen));
                 }
             }
             drop(inner);
-            tokio::time::sleep(EVERY).await;
+            tokio::time::sleep(pauses.next().unwrap_or(EVERY)).await;
         }
     });
 }
