@@ -1034,3 +1034,47 @@ async fn instances_count_themselves_in_redis_and_a_told_size_overrides_the_count
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(stores.iter().all(|s| s.fleet() == 2));
 }
+
+/// A key decided locally after failures too few to trip the breaker owes Redis: the next time
+/// Redis decides that key, it must already know the debt, or a client spends its burst twice
+/// (once alone, once again in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn redis_hears_a_keys_local_debt_before_it_decides_that_key_again() {
+    let redis = redis_or_skip!();
+    let store = RedisStore::builder(redis.url())
+        .timeout(Duration::from_millis(50))
+        .fleet_size(1)
+        .on_failure(OnFailure::Local(MemoryStore::new()))
+        .build()
+        .unwrap();
+    let quotas = Quotas::from(Quota::per_hour(3).unwrap());
+    let key = "mallory".to_owned();
+    // Warm: the connection is up, the key unknown to Redis.
+    let probe = store.decide_one(&"warm".to_owned(), &quotas, 0, Duration::ZERO);
+    assert!(probe.await.unwrap().is_allowed());
+
+    // Redis refuses every write for two requests (two failures: the breaker trips at
+    // three), which the local store admits. (A stalled Redis would run the stalled scripts
+    // when it wakes, charging the key itself.)
+    let refuse_writes = |replicas: &str| {
+        let answer = redis.cli(&["CONFIG", "SET", "min-replicas-to-write", replicas]);
+        assert_eq!(answer.as_deref().map(str::trim), Some("OK"));
+    };
+    refuse_writes("1");
+    for _ in 0..2 {
+        let decision = store.decide_one(&key, &quotas, 1, Duration::ZERO).await;
+        assert!(decision.unwrap().is_allowed());
+    }
+    assert_eq!((store.local_keys(), store.errors()), (1, 2));
+    refuse_writes("0");
+
+    // Redis answers again: of the hour's 3, one is left.
+    let mut allowed = 0;
+    for _ in 0..4 {
+        let decision = store.decide_one(&key, &quotas, 1, Duration::ZERO).await;
+        allowed += usize::from(decision.unwrap().is_allowed());
+    }
+    assert_eq!(allowed, 1, "Redis decided without the debt decided alone");
+    assert_eq!(store.local_keys(), 0);
+}

@@ -68,7 +68,8 @@ const LOOK_AT: usize = 8;
 
 /// A key decided locally: its Redis keys, and its local TATs per quota with each quota's
 /// global and local windows.
-struct Owed {
+#[derive(Clone)]
+pub(super) struct Owed {
     keys: Vec<Vec<u8>>,
     tats: [u64; MAX_QUOTAS],
     windows: [(u64, u64); MAX_QUOTAS],
@@ -294,6 +295,44 @@ impl Local {
             }
         };
         crate::metrics::local_keys("redis", self.keys());
+        self.debts_of(taken)
+    }
+
+    /// Takes what the key whose first Redis key is `first_key` owes Redis, if it was decided
+    /// here: Redis must hear it before it decides that key again.
+    /// If writing it fails, [`Local::owe_again`] puts it back.
+    pub(super) fn take_debt(&self, first_key: &[u8]) -> Option<(Debt, Owed)> {
+        let owed = {
+            let mut ledger = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            let owed = ledger.entries.remove(first_key)?;
+            // `order` keeps the key until a newcomer looks for a place (it skips keys gone),
+            // or until it holds twice the keys.
+            let Ledger { entries, order } = &mut *ledger;
+            if order.len() > 2 * entries.len() + 64 {
+                order.retain(|k| entries.contains_key(k));
+            }
+            self.owed_keys.store(entries.len(), Ordering::Relaxed);
+            owed
+        };
+        crate::metrics::local_keys("redis", self.keys());
+        let debt = self.debts_of(vec![owed.clone()]).pop()?;
+        Some((debt, owed))
+    }
+
+    /// Puts back a key's debt that could not be written, unless the key was decided here
+    /// again meanwhile (its newer entry owes at least as much).
+    pub(super) fn owe_again(&self, owed: Owed) {
+        let mut ledger = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        if !ledger.entries.contains_key(&owed.keys[0]) {
+            ledger.order.push_back(owed.keys[0].clone());
+            ledger.entries.insert(owed.keys[0].clone(), owed);
+            self.owed_keys
+                .store(ledger.entries.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Each key's remaining local debt now, rescaled from the share to the whole quota.
+    fn debts_of(&self, taken: Vec<Owed>) -> Vec<Debt> {
         let now = self.store.clock().now();
         taken
             .into_iter()

@@ -731,7 +731,6 @@ impl Inner {
     /// script call per key, many at once); returns how many keys were written, and how many
     /// could not be.
     async fn write_back(&self, groups: &[usize]) -> (usize, usize) {
-        use futures_util::stream::{self, StreamExt};
         let Some(local) = &self.local else {
             return (0, 0);
         };
@@ -744,9 +743,17 @@ impl Inner {
         } else {
             local.take_debts(None)
         };
+        self.write_debts(debts).await
+    }
+
+    /// Writes `debts` back to Redis; returns how many keys were written, and how many could
+    /// not be.
+    async fn write_debts(&self, debts: Vec<fallback::Debt>) -> (usize, usize) {
+        use futures_util::stream::{self, StreamExt};
         if debts.is_empty() {
             return (0, 0);
         }
+        let cluster = self.connection.is_cluster();
         // On one Redis, many keys per call; on a cluster, one key (one slot) per call.
         let per_call = if cluster { 1 } else { WRITE_BACK_KEYS_PER_CALL };
         let mut chunks: Vec<Vec<fallback::Debt>> = Vec::new();
@@ -917,6 +924,20 @@ impl RedisStore {
             let group = inner.group(&key);
             if inner.breaker.is_down(group) {
                 return inner.policy(down(), &key, &quotas, cost, max_wait);
+            }
+            if let Some(local) = inner.local.as_ref().filter(|local| local.owes()) {
+                // This key was decided here while Redis did not answer: Redis hears its debt
+                // before it decides the key again, or it would admit on a state without it.
+                let first = inner.key(&key, &quotas.as_slice()[0]);
+                if let Some((debt, owed)) = local.take_debt(&first) {
+                    let (_, failed) = inner.write_debts(vec![debt]).await;
+                    if failed > 0 {
+                        local.owe_again(owed);
+                        let error =
+                            StoreError::Backend("the local debt could not be written back".into());
+                        return inner.failed(error, group, &key, &quotas, cost, max_wait);
+                    }
+                }
             }
             let answer = match inner.call(&key, &quotas, cost, max_wait_us).await {
                 Ok(answer) => answer,
