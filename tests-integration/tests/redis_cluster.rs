@@ -778,3 +778,129 @@ async fn scoped_decisions_on_a_cluster_give_back_what_a_later_refusal_would_have
     }
     assert_eq!(store.errors(), 0);
 }
+
+/// What a Sentinel failover costs a hot key: two instances (each its own store, fleet of 2,
+/// `OnFailure::Local`) hammer one key of 100 a second (burst 100) through the primary
+/// Sentinel names, for 2 s, a failover (`SENTINEL FAILOVER`), and 3 s after the switch.
+/// Admitted over the whole run against the bound (burst + rate × elapsed): the writes made
+/// on the old primary between the replica's promotion and the Sentinels' naming it (about
+/// 0.9 s: they see the promotion in the replica's `INFO`, asked once a second) are lost, and
+/// the new primary refills that window's tokens (13.7% over the bound in this run of 6 s).
+/// That window is what a failover costs; issue 19 asked for 1.01×, which would take
+/// switching at the Sentinels' first word of the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn a_sentinel_failover_costs_a_hot_key_the_window_before_the_switch_is_named() {
+    let Some(master) = Redis::start_tcp(&[]) else {
+        return;
+    };
+    let master_port = master.port().unwrap().to_string();
+    let replica = Redis::start_tcp(&["--replicaof", "127.0.0.1", &master_port]).unwrap();
+    wait_for("the replica syncs", || {
+        replica
+            .cli(&["INFO", "replication"])
+            .is_some_and(|i| i.contains("master_link_status:up"))
+    });
+    let sentinel = Sentinel::start(&master);
+    wait_for("the sentinel sees the replica", || {
+        sentinel
+            .cli(&["SENTINEL", "REPLICAS", "mymaster"])
+            .contains(&replica.port().unwrap().to_string())
+    });
+    const RATE: u32 = 100;
+    let quotas = Quotas::from(Quota::per_second(RATE).unwrap().with_burst(RATE).unwrap());
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::sentinel([sentinel.url()], "mymaster")
+            .timeout(Duration::from_millis(50))
+            .fleet_size(2)
+            .on_failure(OnFailure::Local(MemoryStore::new()))
+            .connect()
+            .await
+            .unwrap();
+        stores.push(store);
+    }
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let start = Instant::now();
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            let (quotas, admitted, running) =
+                (quotas.clone(), Arc::clone(&admitted), Arc::clone(&running));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(2));
+                let hot = "hot".to_owned();
+                while running.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let decision = store.decide_one(&hot, &quotas, 1, Duration::ZERO).await;
+                    if decision.unwrap().is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replica_port = replica.port().unwrap().to_string();
+    let (sentinel, replica, promoted, named) = tokio::task::spawn_blocking(move || {
+        // Until the sentinel has read the replica's state it answers NOGOODSLAVE: ask again.
+        wait_for("the sentinel starts a failover", || {
+            sentinel
+                .cli(&["SENTINEL", "FAILOVER", "mymaster"])
+                .contains("OK")
+        });
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let asked = Instant::now();
+            while !done() {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(20),
+                    "{what}: not in 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            start.elapsed()
+        };
+        let promoted = until("the replica is promoted", &|| {
+            replica
+                .cli(&["ROLE"])
+                .is_some_and(|role| role.starts_with("master"))
+        });
+        let named = until("the sentinel names the replica", &|| {
+            sentinel
+                .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
+                .contains(&replica_port)
+        });
+        (sentinel, replica, promoted, named)
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    running.store(false, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    drop((sentinel, replica));
+    let elapsed = start.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed);
+    let bound = f64::from(RATE) + f64::from(RATE) * elapsed;
+    let ratio = admitted as f64 / bound;
+    // The writes of the window between the replica's promotion and the Sentinels' naming it
+    // go to the old primary and are lost: the new one refills that window's tokens.
+    let window = (named - promoted).as_secs_f64();
+    let over = admitted as f64 - bound;
+    eprintln!(
+        "Sentinel failover: promoted at {promoted:?}, named at {named:?} ({window:.3} s later); \
+         admitted {admitted} in {elapsed:.2} s against a bound of {bound:.0}: {ratio:.4}×, \
+         {over:.0} over ({:.0} = the rate over the window)",
+        f64::from(RATE) * window
+    );
+    assert!(
+        // 10 more: each instance's switch follows the naming by a message and a connection,
+        // and the promotion is seen by polling `ROLE` every 5 ms.
+        over <= f64::from(RATE) * window + 10.0,
+        "{over:.0} over the bound, more than the {window:.3} s window's {:.0}",
+        f64::from(RATE) * window
+    );
+    assert!(ratio >= 0.9, "the limit starved: {admitted} of {bound:.0}");
+}

@@ -203,3 +203,149 @@ async fn four_instances_that_count_themselves_in_redis_stay_within_the_bound() {
 async fn two_instances_stay_within_the_bound_when_redis_is_stopped_and_continued() {
     check(hot_key_through_an_outage(2, Fault::StopAndContinue).await);
 }
+
+/// A TCP proxy to Redis that holds every reply from `redis` for a time drawn from
+/// `held` (milliseconds, `0..0` for none), replies kept in order: a Redis slow but alive.
+async fn slow_replies(
+    redis: std::net::SocketAddr,
+    held: Arc<std::sync::Mutex<std::ops::Range<u64>>>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(redis).await else {
+                continue;
+            };
+            let (mut in_read, mut in_write) = inbound.into_split();
+            let (mut out_read, mut out_write) = outbound.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut in_read, &mut out_write).await });
+            let (send, mut receive) =
+                tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+            seed = seed.wrapping_add(1);
+            let held = Arc::clone(&held);
+            let mut rng = seed;
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n) = out_read.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let range = held.lock().unwrap().clone();
+                    // xorshift: a hold within the range.
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let hold = if range.is_empty() {
+                        0
+                    } else {
+                        range.start + rng % (range.end - range.start)
+                    };
+                    let due = tokio::time::Instant::now() + Duration::from_millis(hold);
+                    if send.send((due, buffer[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((due, bytes)) = receive.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    if in_write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A brown-out: Redis answers every call, but 30–70 ms late against a 50 ms timeout, for
+/// 5 s. The breaker trips once and holds (an answer that made it in time does not close it;
+/// the probe needs three quick answers in a row), so the decisions made once it was detected
+/// are as quick as before it; after it, decisions go to Redis again.
+#[tokio::test(flavor = "current_thread")]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn a_brown_out_trips_the_breaker_once_and_decisions_stay_quick() {
+    let Some(redis) = Redis::start_tcp(&[]) else {
+        return;
+    };
+    let (logs, _guard) = common::logs::capture(tracing::Level::INFO);
+    let redis_address = format!("127.0.0.1:{}", redis.port().unwrap())
+        .parse()
+        .unwrap();
+    let held = Arc::new(std::sync::Mutex::new(0..0));
+    let proxy = slow_replies(redis_address, Arc::clone(&held)).await;
+    let store = RedisStore::builder(format!("redis://{proxy}"))
+        .timeout(TIMEOUT)
+        .fleet_size(2)
+        .on_failure(OnFailure::Local(MemoryStore::new()))
+        .build()
+        .unwrap();
+    let quotas = Quotas::from(Quota::per_second(1000).unwrap());
+    // Open load: a decision every millisecond, whether the earlier ones were answered or not
+    // (as requests come to a server), over 50 keys, for `span`; the time each decision took,
+    // of those asked from `from` on.
+    async fn load(
+        store: &RedisStore,
+        quotas: &Quotas,
+        span: Duration,
+        from: Duration,
+    ) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut asked = tokio::task::JoinSet::new();
+        let mut k = 0u64;
+        while start.elapsed() < span {
+            tick.tick().await;
+            k += 1;
+            let (store, quotas) = (store.clone(), quotas.clone());
+            let counted = start.elapsed() >= from;
+            asked.spawn(async move {
+                let at = Instant::now();
+                let decision =
+                    store.decide_one(&format!("client-{}", k % 50), &quotas, 1, Duration::ZERO);
+                assert!(decision.await.is_ok());
+                counted.then(|| at.elapsed())
+            });
+        }
+        asked.join_all().await.into_iter().flatten().collect()
+    }
+    let p99 = |mut took: Vec<Duration>| {
+        took.sort();
+        took[took.len() * 99 / 100]
+    };
+    let before = load(&store, &quotas, Duration::from_secs(1), Duration::ZERO).await;
+    let calls_before = redis.calls("evalsha");
+    assert!(calls_before > 100, "{calls_before} calls went to Redis");
+
+    *held.lock().unwrap() = 30..70;
+    let during = load(
+        &store,
+        &quotas,
+        Duration::from_secs(5),
+        Duration::from_millis(500),
+    )
+    .await;
+    let trips = logs.text().matches("Redis is down").count();
+    *held.lock().unwrap() = 0..0;
+    let (before, during) = (p99(before), p99(during));
+    eprintln!("brown-out: {trips} trips; p99 before {before:?}, once detected {during:?}");
+    assert_eq!(
+        trips, 1,
+        "the breaker tripped {trips} times in a 5 s brown-out"
+    );
+    assert!(
+        during <= (2 * before).max(Duration::from_millis(1)),
+        "p99 {during:?} once the brown-out was detected, {before:?} before"
+    );
+
+    // After the brown-out, decisions go to Redis again (the probe backs off to 0.2 s at most).
+    let calls_after_brown_out = redis.calls("evalsha");
+    load(&store, &quotas, Duration::from_secs(2), Duration::ZERO).await;
+    let back = redis.calls("evalsha") - calls_after_brown_out;
+    assert!(back > 100, "{back} calls went to Redis after the brown-out");
+    assert_eq!(store.local_keys(), 0, "every local debt written back");
+}

@@ -1,6 +1,8 @@
 //! When to stop asking Redis: after [`TRIP_AFTER`] failed calls in a row, requests are decided
 //! by the failure policy at once, without paying the timeout, until a background probe gets
-//! an answer.
+//! [`CLOSE_AFTER`] quick answers in a row (each within half the timeout). A slow Redis (a
+//! brown-out: replies held 30–70 ms against a 50 ms timeout) therefore trips the breaker once
+//! and holds it while it stays slow, instead of closing it at each answer that made it in time.
 //!
 //! On a cluster, one node failing must not send the keys of the healthy nodes to the policy:
 //! the breaker is kept per group of 64 consecutive hash slots (256 groups), and each group's
@@ -13,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Failed calls in a row after which requests stop paying the timeout.
 pub(super) const TRIP_AFTER: u32 = 3;
+
+/// Quick probe answers in a row after which a tripped group's requests go to Redis again.
+pub(super) const CLOSE_AFTER: u32 = 3;
 
 use super::slots::SLOTS;
 
@@ -69,12 +74,24 @@ impl Breaker {
             == TRIP_AFTER
     }
 
-    /// A call Redis answered: the group is up.
+    /// A call Redis answered: its group's failures in a row end, unless the group is down.
+    /// Only the group's probe brings a down group back ([`Breaker::close`]): a call sent
+    /// before the trip that a slow Redis answers late says little, and closing on it made a
+    /// brown-out (replies held 30–70 ms) trip the breaker again and again.
     pub(super) fn answered(&self, group: usize) {
         let failures = &self.groups[group].failures_in_a_row;
-        if failures.load(Ordering::Relaxed) != 0 {
-            failures.store(0, Ordering::Release);
+        let seen = failures.load(Ordering::Relaxed);
+        if seen != 0 && seen < TRIP_AFTER {
+            // A failure or a trip meanwhile wins.
+            let _ = failures.compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
+    }
+
+    /// The group's probe found Redis healthy again: its requests go to Redis.
+    pub(super) fn close(&self, group: usize) {
+        self.groups[group]
+            .failures_in_a_row
+            .store(0, Ordering::Release);
     }
 
     /// Claims the group's probe; `false` if one runs already.
@@ -109,6 +126,23 @@ mod tests {
         assert!(!breaker.failed(7), "once");
         assert!(breaker.is_down(7) && !breaker.is_down(8));
         breaker.answered(7);
+        assert!(
+            breaker.is_down(7),
+            "a late answer does not close a tripped group"
+        );
+        breaker.close(7);
         assert!(!breaker.is_down(7));
+    }
+
+    #[test]
+    fn an_answer_ends_failures_in_a_row_below_the_trip() {
+        let breaker = Breaker::new(false);
+        assert!(!breaker.failed(0) && !breaker.failed(0));
+        breaker.answered(0);
+        assert!(
+            !breaker.failed(0) && !breaker.failed(0),
+            "counted from zero again"
+        );
+        assert!(breaker.failed(0));
     }
 }

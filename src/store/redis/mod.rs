@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use builder::RedisStoreBuilder;
 
 use self::batch::{Batcher, Route};
-use self::breaker::{Breaker, TRIP_AFTER};
+use self::breaker::{Breaker, CLOSE_AFTER, TRIP_AFTER};
 use self::connection::{Connection, Target};
 use self::fallback::Local;
 use self::over_limit::OverLimit;
@@ -161,7 +161,9 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// the other nodes' keys to the policy.
 /// Failed calls are counted ([`RedisStore::errors`]), reported to a hook, and logged, the
 /// first at once and then at most once a second; the connection is re-established in the
-/// background, and decisions go back to Redis as soon as the probe reaches it.
+/// background, and decisions go back to Redis once the probe has had three quick answers in a
+/// row (each within half the timeout): a Redis that answers slowly (a brown-out) holds the
+/// breaker tripped, and decisions stay quick, instead of flapping between the two.
 ///
 /// With [`OnFailure::Local`], the fleet stays near one limit through an outage:
 ///
@@ -261,9 +263,12 @@ struct Inner {
     slot_map: Option<Arc<SlotMap>>,
 }
 
-/// The probe's first pause, doubled after each failure up to [`PROBE_MAX_PAUSE`].
+/// The probe's first pause, doubled after each failure up to [`PROBE_MAX_PAUSE`]. The
+/// longest pause is short: until every instance's probe finds Redis back, the instances that
+/// returned decide in Redis beside those still deciding with their share, so the fleet admits
+/// more than the limit for about that long (one `EXISTS` per pause costs Redis nothing).
 const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(50);
-const PROBE_MAX_PAUSE: Duration = Duration::from_secs(1);
+const PROBE_MAX_PAUSE: Duration = Duration::from_millis(200);
 /// Write-back calls out at once after an outage.
 const WRITE_BACK_CONCURRENCY: usize = 64;
 /// Keys per write-back call on one Redis (a max-merge each, in one script).
@@ -672,8 +677,10 @@ impl Inner {
     }
 
     /// Starts a background probe of `group`, unless one runs: `EXISTS probe_key` (which goes
-    /// to the node serving the group's slot now) with backoff until Redis answers; then the
-    /// local debt of the group's keys is written back, and its requests go to Redis again.
+    /// to the node serving the group's slot now) with backoff until Redis answers
+    /// [`CLOSE_AFTER`] times in a row, each within half the timeout (a slow Redis holds the
+    /// breaker); then the local debt of the group's keys is written back, and its requests go
+    /// to Redis again.
     /// The probe holds the store weakly: it ends with it. The groups `together` (those of one
     /// cluster node, `group` among them) come back with it.
     fn probe(self: &Arc<Self>, group: usize, probe_key: Vec<u8>, together: Vec<usize>) {
@@ -687,6 +694,7 @@ impl Inner {
         let weak = Arc::downgrade(self);
         runtime.spawn(async move {
             let mut pause = PROBE_FIRST_PAUSE;
+            let mut quick_in_a_row = 0;
             loop {
                 tokio::time::sleep(pause).await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -698,8 +706,18 @@ impl Inner {
                 }
                 let mut connection = inner.connection.clone();
                 let mut exists = redis::cmd("EXISTS");
+                let asked = tokio::time::Instant::now();
                 let answer = exists.arg(&probe_key).query_async::<i64>(&mut connection);
-                if let Ok(Ok(_)) = tokio::time::timeout(inner.timeout, answer).await {
+                let answered = tokio::time::timeout(inner.timeout, answer).await;
+                // A slow answer is no better than none: a brown-out holds the breaker.
+                let quick = matches!(answered, Ok(Ok(_))) && asked.elapsed() <= inner.timeout / 2;
+                quick_in_a_row = if quick { quick_in_a_row + 1 } else { 0 };
+                if quick && quick_in_a_row < CLOSE_AFTER {
+                    pause = PROBE_FIRST_PAUSE;
+                    continue;
+                }
+                if quick {
+                    quick_in_a_row = 0;
                     // Write back what was decided locally before Redis decides again (if that
                     // fails, Redis is not back: keep probing), then once more for the
                     // decisions made while the first write-back ran.
@@ -709,7 +727,7 @@ impl Inner {
                         continue;
                     }
                     for &g in &together {
-                        inner.breaker.answered(g);
+                        inner.breaker.close(g);
                     }
                     let (more, _) = inner.write_back(&together).await;
                     inner.breaker.end_probe(group);
