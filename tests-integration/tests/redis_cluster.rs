@@ -782,15 +782,14 @@ async fn scoped_decisions_on_a_cluster_give_back_what_a_later_refusal_would_have
 /// What a Sentinel failover costs a hot key: two instances (each its own store, fleet of 2,
 /// `OnFailure::Local`) hammer one key of 100 a second (burst 100) through the primary
 /// Sentinel names, for 2 s, a failover (`SENTINEL FAILOVER`), and 3 s after the switch.
-/// Admitted over the whole run against the bound (burst + rate × elapsed): the writes made
-/// on the old primary between the replica's promotion and the Sentinels' naming it (about
-/// 0.9 s: they see the promotion in the replica's `INFO`, asked once a second) are lost, and
-/// the new primary refills that window's tokens (13.7% over the bound in this run of 6 s).
-/// That window is what a failover costs; issue 19 asked for 1.01×, which would take
-/// switching at the Sentinels' first word of the failover.
+/// Admitted over the whole run against the bound (burst + rate × elapsed): at most 1.01×.
+/// The Sentinels name the promoted replica about 0.9 s after they promote it (they see the
+/// promotion in its `INFO`, asked once a second); a store that switched only then wrote that
+/// window to the old primary, lost when it became a replica, and admitted 1.13–1.14× (95–98
+/// over, 90 of them the window's). The store switches at their first word of the failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
-async fn a_sentinel_failover_costs_a_hot_key_the_window_before_the_switch_is_named() {
+async fn a_sentinel_failover_costs_a_hot_key_at_most_one_percent_over_its_bound() {
     let Some(master) = Redis::start_tcp(&[]) else {
         return;
     };
@@ -885,21 +884,17 @@ async fn a_sentinel_failover_costs_a_hot_key_the_window_before_the_switch_is_nam
     let admitted = admitted.load(Ordering::Relaxed);
     let bound = f64::from(RATE) + f64::from(RATE) * elapsed;
     let ratio = admitted as f64 / bound;
-    // The writes of the window between the replica's promotion and the Sentinels' naming it
-    // go to the old primary and are lost: the new one refills that window's tokens.
     let window = (named - promoted).as_secs_f64();
     let over = admitted as f64 - bound;
     eprintln!(
         "Sentinel failover: promoted at {promoted:?}, named at {named:?} ({window:.3} s later); \
          admitted {admitted} in {elapsed:.2} s against a bound of {bound:.0}: {ratio:.4}×, \
-         {over:.0} over ({:.0} = the rate over the window)",
-        f64::from(RATE) * window
+         {over:.0} over"
     );
     assert!(
-        // 10 more: each instance's switch follows the naming by a message and a connection,
-        // and the promotion is seen by polling `ROLE` every 5 ms.
-        over <= f64::from(RATE) * window + 10.0,
-        "{over:.0} over the bound, more than the {window:.3} s window's {:.0}",
+        ratio <= 1.01,
+        "{over:.0} over the bound of {bound:.0}: {ratio:.4}× (the {window:.3} s between the \
+         promotion and the naming hold {:.0})",
         f64::from(RATE) * window
     );
     assert!(ratio >= 0.9, "the limit starved: {admitted} of {bound:.0}");

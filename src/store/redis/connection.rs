@@ -54,28 +54,102 @@ pub(super) struct Followed {
 
 struct FollowedShared {
     sentinel: tokio::sync::Mutex<SentinelClient>,
+    /// The primary's name at the Sentinels.
+    master: String,
     current: RwLock<(String, ConnectionManager)>,
+    /// How to reach the primary named last (its address aside): its TLS and credentials.
+    template: RwLock<redis::ConnectionInfo>,
+    /// The replica a failover is promoting, switched to before the Sentinels name it, and
+    /// when: until they name it (or [`PROMOTION_GRACE`] passes), asking them does not switch
+    /// back to the old primary.
+    promoting: std::sync::Mutex<Option<(String, std::time::Instant)>>,
     config: ConnectionManagerConfig,
 }
+
+/// How long a store that switched to a replica being promoted waits for the Sentinels to name
+/// it before it believes them again (a failover that failed).
+const PROMOTION_GRACE: Duration = Duration::from_secs(5);
 
 impl FollowedShared {
     /// Asks the Sentinels which node is the primary, and switches to it if it moved.
     async fn follow(&self) -> Option<String> {
         let client = self.sentinel.lock().await.async_get_client().await.ok()?;
         let address = client.get_connection_info().addr().to_string();
+        {
+            let mut promoting = self.promoting.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((replica, since)) = &*promoting {
+                if *replica != address && since.elapsed() < PROMOTION_GRACE {
+                    // They name the old primary until they have seen the promotion.
+                    return None;
+                }
+                *promoting = None;
+            }
+        }
         if read(&self.current).0 == address {
             return None;
         }
+        let info = client.get_connection_info().clone();
         let manager = ConnectionManager::new_lazy_with_config(client, self.config.clone()).ok()?;
+        *self.template.write().unwrap_or_else(|e| e.into_inner()) = info;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (address.clone(), manager);
+        Some(address)
+    }
+
+    /// Switches to the replica a failover is promoting (the Sentinels'
+    /// `+failover-state-send-slaveof-noone`, about a second before they name it): the writes
+    /// of that second would go to the old primary, and be lost when it becomes a replica.
+    /// Until the replica is promoted (milliseconds), its writes fail, and the failure policy
+    /// decides.
+    fn promote(&self, event: &str) -> Option<String> {
+        let (host, port) = promoted_replica(event, &self.master)?;
+        let template = read(&self.template).clone();
+        let addr = match template.addr() {
+            redis::ConnectionAddr::Tcp(..) => redis::ConnectionAddr::Tcp(host, port),
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => return None,
+        };
+        let address = addr.to_string();
+        if read(&self.current).0 == address {
+            return None;
+        }
+        let client = redis::Client::open(template.set_addr(addr)).ok()?;
+        let manager = ConnectionManager::new_lazy_with_config(client, self.config.clone()).ok()?;
+        *self.promoting.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((address.clone(), std::time::Instant::now()));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (address.clone(), manager);
         Some(address)
     }
 }
 
-/// Follows the Sentinels' `+switch-master` announcements: the store switches to a new primary
-/// as soon as they name it, instead of writing to the old one until it is demoted (Sentinel
+/// The replica a Sentinel event about `master` names: `slave <ip>:<port> <ip> <port> @
+/// <master> <master ip> <master port>`.
+fn promoted_replica(event: &str, master: &str) -> Option<(String, u16)> {
+    let words: Vec<&str> = event.split_whitespace().collect();
+    match words.as_slice() {
+        [_, _, ip, port, "@", name, _, _] if *name == master => {
+            Some(((*ip).to_owned(), port.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// Follows the Sentinels' failovers: the store switches to the replica being promoted at their
+/// first word of it (`+failover-state-send-slaveof-noone`), and to the primary they name
+/// (`+switch-master`), instead of writing to the old one until it is demoted (Sentinel
 /// converts it about ten seconds later). Listens to the first Sentinel that answers, again
 /// after a lost connection; ends with the store.
+/// The Sentinels' event for a replica being promoted, just before they promote it.
+const PROMOTING: &str = "+failover-state-send-slaveof-noone";
+
 fn watch_switches(shared: std::sync::Weak<FollowedShared>, sentinels: Vec<String>) {
     use futures_util::StreamExt;
     tokio::spawn(async move {
@@ -88,7 +162,8 @@ fn watch_switches(shared: std::sync::Weak<FollowedShared>, sentinels: Vec<String
                 let Ok(mut pubsub) = client.get_async_pubsub().await else {
                     continue;
                 };
-                if pubsub.subscribe("+switch-master").await.is_err() {
+                let channels = ["+switch-master", PROMOTING];
+                if pubsub.subscribe(&channels).await.is_err() {
                     continue;
                 }
                 pause = Duration::from_millis(100);
@@ -97,11 +172,16 @@ fn watch_switches(shared: std::sync::Weak<FollowedShared>, sentinels: Vec<String
                 loop {
                     tokio::select! {
                         switch = switches.next() => {
-                            if switch.is_none() {
+                            let Some(switch) = switch else {
                                 break;
-                            }
+                            };
                             let Some(shared) = shared.upgrade() else { return };
-                            if let Some(primary) = shared.follow().await {
+                            if switch.get_channel_name() == PROMOTING {
+                                let event: String = switch.get_payload().unwrap_or_default();
+                                if let Some(replica) = shared.promote(&event) {
+                                    tracing::warn!(target: "tollgate::store::redis", %replica, "the Sentinels are promoting a replica: switched to it");
+                                }
+                            } else if let Some(primary) = shared.follow().await {
                                 tracing::warn!(target: "tollgate::store::redis", %primary, "the Sentinels switched the primary");
                             }
                         }
@@ -191,11 +271,15 @@ impl Connection {
         )?;
         let client = sentinel.async_get_client().await?;
         let address = client.get_connection_info().addr().to_string();
+        let template = client.get_connection_info().clone();
         let config = manager_config(timeout);
         let current = ConnectionManager::new_lazy_with_config(client, config.clone())?;
         let shared = Arc::new(FollowedShared {
             sentinel: tokio::sync::Mutex::new(sentinel),
+            master: master.to_owned(),
             current: RwLock::new((address, current.clone())),
+            template: RwLock::new(template),
+            promoting: std::sync::Mutex::new(None),
             config,
         });
         watch_switches(Arc::downgrade(&shared), sentinels.to_vec());
@@ -294,5 +378,30 @@ impl ConnectionLike for Connection {
             Self::Cluster(c) => c.get_db(),
             Self::Sentinel(c) => c.current.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::promoted_replica;
+
+    #[test]
+    fn the_replica_being_promoted_is_read_from_the_sentinels_event() {
+        let event = "slave 10.0.0.2:6380 10.0.0.2 6380 @ mymaster 10.0.0.1 6379";
+        assert_eq!(
+            promoted_replica(event, "mymaster"),
+            Some(("10.0.0.2".to_owned(), 6380))
+        );
+        // Another primary's failover, or an event of another shape, switches nothing.
+        assert_eq!(promoted_replica(event, "other"), None);
+        assert_eq!(
+            promoted_replica("master mymaster 10.0.0.1 6379", "mymaster"),
+            None
+        );
+        assert_eq!(
+            promoted_replica("slave a b port @ mymaster c 1", "mymaster"),
+            None
+        );
+        assert_eq!(promoted_replica("", "mymaster"), None);
     }
 }
