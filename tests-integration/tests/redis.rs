@@ -1069,6 +1069,19 @@ async fn redis_hears_a_keys_local_debt_before_it_decides_that_key_again() {
     assert_eq!((store.local_keys(), store.errors()), (1, 2));
     refuse_writes("0");
 
+    // A decision dropped while it writes the debt (its client gone, an outer timeout) leaves
+    // the key owing it.
+    redis.signal("STOP");
+    let decision = store.decide_one(&key, &quotas, 1, Duration::ZERO);
+    let dropped = tokio::time::timeout(Duration::from_millis(10), decision).await;
+    assert!(dropped.is_err());
+    assert_eq!(
+        store.local_keys(),
+        1,
+        "the debt went with the dropped decision"
+    );
+    redis.signal("CONT");
+
     // Redis answers again: of the hour's 3, one is left.
     let mut allowed = 0;
     for _ in 0..4 {

@@ -265,7 +265,8 @@ async fn slow_replies(
 /// A brown-out: Redis answers every call, but 30–70 ms late against a 50 ms timeout, for
 /// 5 s. The breaker trips once and holds (an answer that made it in time does not close it;
 /// the probe needs three quick answers in a row), so the decisions made once it was detected
-/// are as quick as before it; after it, decisions go to Redis again.
+/// are as quick as before it; after it, decisions go to Redis again. A Redis that answers
+/// every probe steadily but slowly (30 ms) counts as back after 5 s.
 #[tokio::test(flavor = "current_thread")]
 #[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_brown_out_trips_the_breaker_once_and_decisions_stay_quick() {
@@ -348,4 +349,27 @@ async fn a_brown_out_trips_the_breaker_once_and_decisions_stay_quick() {
     let back = redis.calls("evalsha") - calls_after_brown_out;
     assert!(back > 100, "{back} calls went to Redis after the brown-out");
     assert_eq!(store.local_keys(), 0, "every local debt written back");
+
+    // A Redis tripped by a brown-out that then answers steadily at 30 ms (in time, but never
+    // within half the timeout) counts as back after 5 s of answers: its decisions go to Redis.
+    *held.lock().unwrap() = 60..70;
+    load(&store, &quotas, Duration::from_millis(500), Duration::ZERO).await;
+    *held.lock().unwrap() = 30..31;
+    let calls_when_slow = redis.calls("evalsha");
+    // One client, one decision at a time (at a thousand a second, the batcher's queue would
+    // add a round trip and pass the timeout).
+    let slow_start = Instant::now();
+    while slow_start.elapsed() < Duration::from_secs(7) {
+        let decision = store.decide_one(&"steady".to_owned(), &quotas, 1, Duration::ZERO);
+        assert!(decision.await.is_ok());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slow = redis.calls("evalsha") - calls_when_slow;
+    let trips = logs.text().matches("Redis is down").count();
+    eprintln!("steady 30 ms: {slow} calls to Redis in 7 s; {trips} trips in all");
+    assert!(
+        slow > 20,
+        "{slow} calls went to a Redis steadily answering in 30 ms"
+    );
+    assert_eq!(trips, 2, "once in the brown-out, once at 60–70 ms");
 }

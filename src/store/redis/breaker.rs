@@ -1,8 +1,9 @@
 //! When to stop asking Redis: after [`TRIP_AFTER`] failed calls in a row, requests are decided
 //! by the failure policy at once, without paying the timeout, until a background probe gets
-//! [`CLOSE_AFTER`] quick answers in a row (each within half the timeout). A slow Redis (a
-//! brown-out: replies held 30–70 ms against a 50 ms timeout) therefore trips the breaker once
-//! and holds it while it stays slow, instead of closing it at each answer that made it in time.
+//! [`CLOSE_AFTER`] quick answers in a row (each within half the timeout), or answers to every
+//! probe for 5 s however slow. A Redis in a brown-out (replies held 30–70 ms against a 50 ms
+//! timeout) therefore trips the breaker once and holds it while it lasts, instead of closing it
+//! at each answer that made it in time.
 //!
 //! On a cluster, one node failing must not send the keys of the healthy nodes to the policy:
 //! the breaker is kept per group of 64 consecutive hash slots (256 groups), and each group's

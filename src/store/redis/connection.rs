@@ -75,15 +75,14 @@ impl FollowedShared {
     async fn follow(&self) -> Option<String> {
         let client = self.sentinel.lock().await.async_get_client().await.ok()?;
         let address = client.get_connection_info().addr().to_string();
-        {
-            let mut promoting = self.promoting.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((replica, since)) = &*promoting {
-                if *replica != address && since.elapsed() < PROMOTION_GRACE {
-                    // They name the old primary until they have seen the promotion.
-                    return None;
-                }
-                *promoting = None;
+        // One lock over the check and the switch: a promotion between them is not undone.
+        let mut promoting = self.promoting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((replica, since)) = &*promoting {
+            if *replica != address && since.elapsed() < PROMOTION_GRACE {
+                // They name the old primary until they have seen the promotion.
+                return None;
             }
+            *promoting = None;
         }
         if read(&self.current).0 == address {
             return None;
@@ -118,13 +117,13 @@ impl FollowedShared {
             _ => return None,
         };
         let address = addr.to_string();
+        let mut promoting = self.promoting.lock().unwrap_or_else(|e| e.into_inner());
         if read(&self.current).0 == address {
             return None;
         }
         let client = redis::Client::open(template.set_addr(addr)).ok()?;
         let manager = ConnectionManager::new_lazy_with_config(client, self.config.clone()).ok()?;
-        *self.promoting.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((address.clone(), std::time::Instant::now()));
+        *promoting = Some((address.clone(), std::time::Instant::now()));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (address.clone(), manager);
         Some(address)
     }
@@ -142,30 +141,35 @@ fn promoted_replica(event: &str, master: &str) -> Option<(String, u16)> {
     }
 }
 
-/// Follows the Sentinels' failovers: the store switches to the replica being promoted at their
-/// first word of it (`+failover-state-send-slaveof-noone`), and to the primary they name
-/// (`+switch-master`), instead of writing to the old one until it is demoted (Sentinel
-/// converts it about ten seconds later). Listens to the first Sentinel that answers, again
-/// after a lost connection; ends with the store.
 /// The Sentinels' event for a replica being promoted, just before they promote it.
 const PROMOTING: &str = "+failover-state-send-slaveof-noone";
 
+/// Follows the Sentinels' failovers: the store switches to the replica being promoted at their
+/// first word of it (`+failover-state-send-slaveof-noone`, which only the Sentinel leading the
+/// failover says), and to the primary they name (`+switch-master`), instead of writing to the
+/// old one until it is demoted (Sentinel converts it about ten seconds later). Listens to every
+/// Sentinel, each again after a lost connection; ends with the store.
 fn watch_switches(shared: std::sync::Weak<FollowedShared>, sentinels: Vec<String>) {
+    for url in sentinels {
+        tokio::spawn(watch_one(shared.clone(), url));
+    }
+}
+
+/// [`watch_switches`] for the Sentinel at `url`.
+async fn watch_one(shared: std::sync::Weak<FollowedShared>, url: String) {
     use futures_util::StreamExt;
-    tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            for url in &sentinels {
-                let Ok(client) = redis::Client::open(url.as_str()) else {
-                    continue;
-                };
-                let Ok(mut pubsub) = client.get_async_pubsub().await else {
-                    continue;
-                };
-                let channels = ["+switch-master", PROMOTING];
-                if pubsub.subscribe(&channels).await.is_err() {
-                    continue;
-                }
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let client = redis::Client::open(url.as_str());
+        if let Ok(mut pubsub) = match client {
+            Ok(client) => client.get_async_pubsub().await,
+            Err(error) => Err(error),
+        } {
+            if pubsub
+                .subscribe(&["+switch-master", PROMOTING])
+                .await
+                .is_ok()
+            {
                 pause = Duration::from_millis(100);
                 let mut switches = pubsub.into_on_message();
                 let mut alive = tokio::time::interval(Duration::from_secs(5));
@@ -193,13 +197,13 @@ fn watch_switches(shared: std::sync::Weak<FollowedShared>, sentinels: Vec<String
                     }
                 }
             }
-            if shared.strong_count() == 0 {
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
         }
-    });
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 impl Clone for Followed {
@@ -293,6 +297,11 @@ impl Connection {
             return None;
         };
         followed.shared.follow().await
+    }
+
+    /// Whether this follows the primary Redis Sentinels name.
+    pub(super) fn is_sentinel(&self) -> bool {
+        matches!(self, Self::Sentinel(_))
     }
 
     /// Whether this is a cluster: each decision goes to its key's node, in its own call.

@@ -69,7 +69,7 @@ const LOOK_AT: usize = 8;
 /// A key decided locally: its Redis keys, and its local TATs per quota with each quota's
 /// global and local windows.
 #[derive(Clone)]
-pub(super) struct Owed {
+struct Owed {
     keys: Vec<Vec<u8>>,
     tats: [u64; MAX_QUOTAS],
     windows: [(u64, u64); MAX_QUOTAS],
@@ -206,7 +206,8 @@ impl Local {
             // Full: take the place of an earlier key that owes less, if one of the oldest does.
             let owes = newcomer.owes(now);
             let mut room = false;
-            for _ in 0..LOOK_AT {
+            let mut looked = 0;
+            while looked < LOOK_AT {
                 let Some(oldest) = ledger.order.pop_front() else {
                     break;
                 };
@@ -216,7 +217,11 @@ impl Local {
                         room = true;
                         break;
                     }
-                    Some(_) => ledger.order.push_back(oldest),
+                    Some(_) => {
+                        ledger.order.push_back(oldest);
+                        looked += 1;
+                    }
+                    // A key paid since: dropped from the order, not counted as looked at.
                     None => {}
                 }
             }
@@ -298,13 +303,40 @@ impl Local {
         self.debts_of(taken)
     }
 
-    /// Takes what the key whose first Redis key is `first_key` owes Redis, if it was decided
-    /// here: Redis must hear it before it decides that key again.
-    /// If writing it fails, [`Local::owe_again`] puts it back.
-    pub(super) fn take_debt(&self, first_key: &[u8]) -> Option<(Debt, Owed)> {
+    /// What the key whose first Redis key is `first_key` owes Redis, if it was decided here,
+    /// left in the ledger: Redis must hear it before it decides that key again, and the key
+    /// owes it until [`Local::paid`] says it was written (a write cancelled or failed midway
+    /// loses nothing; writing it twice changes nothing, as the write-back is a max-merge).
+    pub(super) fn debt_of(&self, first_key: &[u8]) -> Option<(Debt, [u64; MAX_QUOTAS])> {
         let owed = {
+            let ledger = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            ledger.entries.get(first_key)?.clone()
+        };
+        let tats = owed.tats;
+        let debt = self.debts_of(vec![owed]).pop();
+        match debt {
+            Some(debt) => Some((debt, tats)),
+            // Nothing left to owe (paid off by time): forget the key.
+            None => {
+                self.paid(first_key, tats);
+                None
+            }
+        }
+    }
+
+    /// The debt [`Local::debt_of`] gave for `first_key` was written: the key owes nothing more,
+    /// unless it was decided here again since (its state moved on from `tats`).
+    pub(super) fn paid(&self, first_key: &[u8], tats: [u64; MAX_QUOTAS]) {
+        {
             let mut ledger = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-            let owed = ledger.entries.remove(first_key)?;
+            if ledger
+                .entries
+                .get(first_key)
+                .is_none_or(|owed| owed.tats != tats)
+            {
+                return;
+            }
+            ledger.entries.remove(first_key);
             // `order` keeps the key until a newcomer looks for a place (it skips keys gone),
             // or until it holds twice the keys.
             let Ledger { entries, order } = &mut *ledger;
@@ -312,23 +344,8 @@ impl Local {
                 order.retain(|k| entries.contains_key(k));
             }
             self.owed_keys.store(entries.len(), Ordering::Relaxed);
-            owed
-        };
-        crate::metrics::local_keys("redis", self.keys());
-        let debt = self.debts_of(vec![owed.clone()]).pop()?;
-        Some((debt, owed))
-    }
-
-    /// Puts back a key's debt that could not be written, unless the key was decided here
-    /// again meanwhile (its newer entry owes at least as much).
-    pub(super) fn owe_again(&self, owed: Owed) {
-        let mut ledger = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-        if !ledger.entries.contains_key(&owed.keys[0]) {
-            ledger.order.push_back(owed.keys[0].clone());
-            ledger.entries.insert(owed.keys[0].clone(), owed);
-            self.owed_keys
-                .store(ledger.entries.len(), Ordering::Relaxed);
         }
+        crate::metrics::local_keys("redis", self.keys());
     }
 
     /// Each key's remaining local debt now, rescaled from the share to the whole quota.

@@ -165,8 +165,9 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// Failed calls are counted ([`RedisStore::errors`]), reported to a hook, and logged, the
 /// first at once and then at most once a second; the connection is re-established in the
 /// background, and decisions go back to Redis once the probe has had three quick answers in a
-/// row (each within half the timeout): a Redis that answers slowly (a brown-out) holds the
-/// breaker tripped, and decisions stay quick, instead of flapping between the two.
+/// row (each within half the timeout), or answers to every probe for 5 s however slow: a
+/// Redis in a brown-out (some answers late, some lost) holds the breaker tripped, and
+/// decisions stay quick, instead of flapping between the two.
 ///
 /// With [`OnFailure::Local`], the fleet stays near one limit through an outage:
 ///
@@ -272,6 +273,10 @@ struct Inner {
 /// more than the limit for about that long (one `EXISTS` per pause costs Redis nothing).
 const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(50);
 const PROBE_MAX_PAUSE: Duration = Duration::from_millis(200);
+/// How long a Redis that answers every probe, each slower than half the timeout, takes to
+/// count as back: one whose normal latency is that slow, not one in a brown-out (which fails
+/// some of them).
+const SLOW_BUT_ANSWERING: Duration = Duration::from_secs(5);
 /// Write-back calls out at once after an outage.
 const WRITE_BACK_CONCURRENCY: usize = 64;
 /// Keys per write-back call on one Redis (a max-merge each, in one script).
@@ -667,6 +672,29 @@ impl Inner {
         }
     }
 
+    /// Whether Redis answers a probe for `probe_key`: `EXISTS` on the node serving its slot,
+    /// and through Sentinel, `ROLE` says that node is a primary (a replica being promoted, or
+    /// one a failed failover left, answers reads but refuses the decisions' writes).
+    async fn answers(&self, probe_key: &[u8]) -> bool {
+        let mut connection = self.connection.clone();
+        let mut exists = redis::cmd("EXISTS");
+        let exists = exists.arg(probe_key).query_async::<i64>(&mut connection);
+        if exists.await.is_err() {
+            return false;
+        }
+        if !self.connection.is_sentinel() {
+            return true;
+        }
+        let role = redis::cmd("ROLE");
+        match role.query_async::<redis::Value>(&mut connection).await {
+            Ok(redis::Value::Array(parts)) => matches!(
+                parts.first(),
+                Some(redis::Value::BulkString(role)) if role == b"master"
+            ),
+            _ => false,
+        }
+    }
+
     /// The breaker groups served by the node that serves `group`'s first slot, by the slot map
     /// (`group` alone on one Redis, or before the map is read).
     fn node_groups(&self, group: usize) -> Vec<usize> {
@@ -698,6 +726,8 @@ impl Inner {
         runtime.spawn(async move {
             let mut pause = PROBE_FIRST_PAUSE;
             let mut quick_in_a_row = 0;
+            // Since when every probe was answered, however slowly.
+            let mut answering_since: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(pause).await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -707,20 +737,32 @@ impl Inner {
                 if let Ok(Some(primary)) = follow.await {
                     tracing::warn!(target: "tollgate::store::redis", %primary, "the Sentinels name a new primary");
                 }
-                let mut connection = inner.connection.clone();
-                let mut exists = redis::cmd("EXISTS");
                 let asked = tokio::time::Instant::now();
-                let answer = exists.arg(&probe_key).query_async::<i64>(&mut connection);
-                let answered = tokio::time::timeout(inner.timeout, answer).await;
-                // A slow answer is no better than none: a brown-out holds the breaker.
-                let quick = matches!(answered, Ok(Ok(_))) && asked.elapsed() <= inner.timeout / 2;
+                let answered = tokio::time::timeout(inner.timeout, inner.answers(&probe_key)).await;
+                let answered = matches!(answered, Ok(true));
+                // A slow answer is no better than none: a brown-out holds the breaker. A Redis
+                // that answers every probe, however slowly, for `SLOW_BUT_ANSWERING` is back.
+                let quick = answered && asked.elapsed() <= inner.timeout / 2;
                 quick_in_a_row = if quick { quick_in_a_row + 1 } else { 0 };
-                if quick && quick_in_a_row < CLOSE_AFTER {
+                answering_since = if answered {
+                    answering_since.or(Some(asked))
+                } else {
+                    None
+                };
+                let back = quick_in_a_row >= CLOSE_AFTER
+                    || answering_since.is_some_and(|since| since.elapsed() >= SLOW_BUT_ANSWERING);
+                if answered && !back {
                     pause = PROBE_FIRST_PAUSE;
                     continue;
                 }
-                if quick {
-                    quick_in_a_row = 0;
+                if back {
+                    (quick_in_a_row, answering_since) = (0, None);
+                    // The groups of the node serving `group` now come back with it (those it
+                    // tripped while this probe ran, and found it running, too).
+                    let mut together = together.clone();
+                    together.extend(inner.node_groups(group));
+                    together.sort_unstable();
+                    together.dedup();
                     // Write back what was decided locally before Redis decides again (if that
                     // fails, Redis is not back: keep probing), then once more for the
                     // decisions made while the first write-back ran.
@@ -746,6 +788,33 @@ impl Inner {
                 pause = (pause * 2).min(PROBE_MAX_PAUSE);
             }
         });
+    }
+
+    /// Writes what `key` owes Redis, if it was decided here while Redis did not answer (after
+    /// failures too few to trip the breaker, or before its probe's write-back reached it):
+    /// Redis hears a key's debt before it decides that key again, or it would admit on a
+    /// state without it. Costs one atomic load when nothing is owed.
+    async fn pay_debt<K: RedisKey + ?Sized>(
+        &self,
+        key: &K,
+        quotas: &Quotas,
+    ) -> Result<(), StoreError> {
+        let Some(local) = self.local.as_ref().filter(|local| local.owes()) else {
+            return Ok(());
+        };
+        let first = self.key(key, &quotas.as_slice()[0]);
+        let Some((debt, tats)) = local.debt_of(&first) else {
+            return Ok(());
+        };
+        match self.write_debts(vec![debt]).await {
+            (_, 0) => {
+                local.paid(&first, tats);
+                Ok(())
+            }
+            _ => Err(StoreError::Backend(
+                "the local debt could not be written back".into(),
+            )),
+        }
     }
 
     /// Writes the debt of the keys decided locally back to Redis (a max-merge of TATs, one
@@ -816,7 +885,7 @@ impl Inner {
                 .sum()
         };
         let (written, failed) = (count(true), count(false));
-        if failed > 0 {
+        if failed > 0 && self.failure_log.due(self.clock.now()) {
             tracing::warn!(target: "tollgate::store::redis", failed, "the local debt of some keys could not be written back to Redis");
         }
         (written, failed)
@@ -946,19 +1015,8 @@ impl RedisStore {
             if inner.breaker.is_down(group) {
                 return inner.policy(down(), &key, &quotas, cost, max_wait);
             }
-            if let Some(local) = inner.local.as_ref().filter(|local| local.owes()) {
-                // This key was decided here while Redis did not answer: Redis hears its debt
-                // before it decides the key again, or it would admit on a state without it.
-                let first = inner.key(&key, &quotas.as_slice()[0]);
-                if let Some((debt, owed)) = local.take_debt(&first) {
-                    let (_, failed) = inner.write_debts(vec![debt]).await;
-                    if failed > 0 {
-                        local.owe_again(owed);
-                        let error =
-                            StoreError::Backend("the local debt could not be written back".into());
-                        return inner.failed(error, group, &key, &quotas, cost, max_wait);
-                    }
-                }
+            if let Err(error) = inner.pay_debt(&key, &quotas).await {
+                return inner.failed(error, group, &key, &quotas, cost, max_wait);
             }
             let answer = match inner.call(&key, &quotas, cost, max_wait_us).await {
                 Ok(answer) => answer,
@@ -971,7 +1029,8 @@ impl RedisStore {
                 // Keys decided alone after failures too few to trip the breaker (so no probe
                 // ran) still owe Redis: write them back now that it answers.
                 if local.owes() {
-                    inner.probe(group, inner.key(&key, &quotas.as_slice()[0]), vec![group]);
+                    let probe_key = inner.key(&key, &quotas.as_slice()[0]);
+                    inner.probe(group, probe_key, inner.node_groups(group));
                 }
             }
             if let Some(over_limit) = &inner.over_limit {
@@ -1021,6 +1080,12 @@ impl RedisStore {
                 return crate::store::in_order(&store, &ask).await;
             }
             let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
+            for (key, quotas) in &parts {
+                if let Err(error) = inner.pay_debt(key, quotas).await {
+                    inner.note_failure(&error, groups[0], &parts[0].0, &parts[0].1);
+                    return crate::store::in_order(&store, &ask).await;
+                }
+            }
             let answers = match inner.call_parts(&parts, cost, max_wait_us).await {
                 Ok(answers) => answers,
                 Err(error) => {
