@@ -2,6 +2,34 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+/// `oneshot` and `ready` as inherent methods of a middleware's service (inside its `impl`
+/// block): tower's `ServiceExt` ones, bounded so that a stack that cannot serve the request
+/// fails to compile naming the unmet bound (E0277) instead of "trait bounds were not
+/// satisfied" (E0599). `RateLimit` and `Retry` use it.
+macro_rules! service_ext_methods {
+    () => {
+        /// [`ServiceExt::oneshot`](tower::ServiceExt::oneshot), as a method of this type: a
+        /// stack that cannot serve `Request` then fails to compile saying why (a client's layer
+        /// missing `.errors()`, a client built for another body than the one sent) rather than
+        /// that "trait bounds were not satisfied".
+        pub fn oneshot<Request>(self, request: Request) -> tower::util::Oneshot<Self, Request>
+        where
+            Self: tower::Service<Request> + Sized,
+        {
+            tower::ServiceExt::oneshot(self, request)
+        }
+
+        /// [`ServiceExt::ready`](tower::ServiceExt::ready), as a method of this type, for the
+        /// same reason as [`oneshot`](Self::oneshot).
+        pub fn ready<Request>(&mut self) -> tower::util::Ready<'_, Self, Request>
+        where
+            Self: tower::Service<Request> + Sized,
+        {
+            tower::ServiceExt::ready(self)
+        }
+    };
+}
+
 pub mod admin;
 mod calendar;
 pub mod clock;

@@ -43,25 +43,7 @@ impl<S, C, M> Retry<S, C, M> {
         &self.inner
     }
 
-    /// [`ServiceExt::oneshot`](tower::ServiceExt::oneshot), as a method of this type: a
-    /// stack that cannot serve `Request` then fails to compile saying why (a client's layer missing
-    /// `.errors()`, a client built for another body than the one sent) rather than that
-    /// "trait bounds were not satisfied".
-    pub fn oneshot<Request>(self, request: Request) -> tower::util::Oneshot<Self, Request>
-    where
-        Self: Service<Request> + Sized,
-    {
-        tower::ServiceExt::oneshot(self, request)
-    }
-
-    /// [`ServiceExt::ready`](tower::ServiceExt::ready), as a method of this type, for the
-    /// same reason as [`oneshot`](Self::oneshot).
-    pub fn ready<Request>(&mut self) -> tower::util::Ready<'_, Self, Request>
-    where
-        Self: Service<Request> + Sized,
-    {
-        tower::ServiceExt::ready(self)
-    }
+    service_ext_methods!();
 
     #[inline]
     fn start<P: RequestSource>(
