@@ -474,6 +474,25 @@ impl Drop for Sentinel {
     }
 }
 
+/// A primary, its replica in sync, and a Sentinel that sees both (`None` without Redis).
+fn primary_replica_and_sentinel() -> Option<(Redis, Redis, Sentinel)> {
+    let master = Redis::start_tcp(&[])?;
+    let master_port = master.port().unwrap().to_string();
+    let replica = Redis::start_tcp(&["--replicaof", "127.0.0.1", &master_port]).unwrap();
+    wait_for("the replica syncs", || {
+        replica
+            .cli(&["INFO", "replication"])
+            .is_some_and(|i| i.contains("master_link_status:up"))
+    });
+    let sentinel = Sentinel::start(&master);
+    wait_for("the sentinel sees the replica", || {
+        sentinel
+            .cli(&["SENTINEL", "REPLICAS", "mymaster"])
+            .contains(&replica.port().unwrap().to_string())
+    });
+    Some((master, replica, sentinel))
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -488,22 +507,9 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_store_through_sentinel_follows_a_failover_and_keeps_its_keys_limited() {
-    let Some(master) = Redis::start_tcp(&[]) else {
+    let Some((_master, replica, sentinel)) = primary_replica_and_sentinel() else {
         return;
     };
-    let master_port = master.port().unwrap().to_string();
-    let replica = Redis::start_tcp(&["--replicaof", "127.0.0.1", &master_port]).unwrap();
-    wait_for("the replica syncs", || {
-        replica
-            .cli(&["INFO", "replication"])
-            .is_some_and(|i| i.contains("master_link_status:up"))
-    });
-    let sentinel = Sentinel::start(&master);
-    wait_for("the sentinel sees the replica", || {
-        sentinel
-            .cli(&["SENTINEL", "REPLICAS", "mymaster"])
-            .contains(&replica.port().unwrap().to_string())
-    });
 
     // An unknown master name is an error at start-up.
     match RedisStore::sentinel([sentinel.url()], "no-such-master")
@@ -790,22 +796,9 @@ async fn scoped_decisions_on_a_cluster_give_back_what_a_later_refusal_would_have
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
 async fn a_sentinel_failover_costs_a_hot_key_at_most_one_percent_over_its_bound() {
-    let Some(master) = Redis::start_tcp(&[]) else {
+    let Some((_master, replica, sentinel)) = primary_replica_and_sentinel() else {
         return;
     };
-    let master_port = master.port().unwrap().to_string();
-    let replica = Redis::start_tcp(&["--replicaof", "127.0.0.1", &master_port]).unwrap();
-    wait_for("the replica syncs", || {
-        replica
-            .cli(&["INFO", "replication"])
-            .is_some_and(|i| i.contains("master_link_status:up"))
-    });
-    let sentinel = Sentinel::start(&master);
-    wait_for("the sentinel sees the replica", || {
-        sentinel
-            .cli(&["SENTINEL", "REPLICAS", "mymaster"])
-            .contains(&replica.port().unwrap().to_string())
-    });
     const RATE: u32 = 100;
     let quotas = Quotas::from(Quota::per_second(RATE).unwrap().with_burst(RATE).unwrap());
     let mut stores = Vec::new();
