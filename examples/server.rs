@@ -211,6 +211,14 @@ async fn main() -> Result<(), BoxError> {
             tokio::join!(public, admin);
         }
     }
+    // Hot keys' leased tokens not spent go back to Redis, for the rest of the fleet.
+    #[cfg(feature = "redis")]
+    let redis = limits.redis.lock().unwrap().clone();
+    #[cfg(feature = "redis")]
+    if let Some(redis) = redis {
+        let given = redis.release_leases().await;
+        tracing::info!(leases = given, "gave unspent leased tokens back to Redis");
+    }
     Ok(())
 }
 

@@ -21,6 +21,7 @@ pub struct RedisStoreBuilder {
     /// Set by the user, or `None`: announced in Redis.
     pub(super) fleet_size: Option<u32>,
     pub(super) over_limit_cache: bool,
+    pub(super) leases: bool,
     pub(super) batching: bool,
     pub(super) hook: Option<ErrorHook>,
     pub(super) key_secret: Option<Vec<u8>>,
@@ -38,6 +39,7 @@ impl RedisStoreBuilder {
             on_failure: OnFailure::Deny,
             fleet_size: None,
             over_limit_cache: true,
+            leases: true,
             batching: true,
             hook: None,
             key_secret: None,
@@ -98,6 +100,14 @@ impl RedisStoreBuilder {
     /// on).
     pub fn over_limit_cache(mut self, on: bool) -> Self {
         self.over_limit_cache = on;
+        self
+    }
+
+    /// Whether keys that are hot on this instance take their tokens from Redis in leases and
+    /// spend them locally (default on; see [Leases](RedisStore#leases)). Off, every decision
+    /// is a round trip, and a hot key keeps [`OnFailure::Local`]'s share through an outage.
+    pub fn leases(mut self, on: bool) -> Self {
+        self.leases = on;
         self
     }
 

@@ -265,6 +265,48 @@ return 1
 "#
 );
 
+/// The lease script: takes as many tokens as every quota of one key has left, up to a
+/// number, charging each quota for them (a hot key's lease, spent by the instance: see
+/// `lease.rs`).
+pub(super) const LEASE: &str = r#"
+-- KEYS: the TAT key of each quota. ARGV: the tokens wanted, then interval_us and window_us of
+-- each quota; last, the time (0 for Redis's own; a test's clock in microseconds otherwise,
+-- TTLs then a million times longer, as in the decision script).
+-- Returns now_us, the tokens taken (0 when a quota has none left), then each quota's TAT
+-- after (never below now).
+local now, scale = tonumber(ARGV[#ARGV]), 1000000
+if now == 0 then
+  local time = redis.call('TIME')
+  now, scale = tonumber(time[1]) * 1000000 + tonumber(time[2]), 1
+end
+local tats = redis.call('MGET', unpack(KEYS))
+local take = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local interval, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(tats[i]) or 0
+  if tat < now then
+    tat = now
+  end
+  tats[i] = tat
+  local left = math.floor((now + window - tat) / interval)
+  if left < take then
+    take = left
+  end
+end
+if take < 0 then
+  take = 0
+end
+local out = { now, take }
+for i = 1, #KEYS do
+  local new = tats[i] + take * tonumber(ARGV[2 * i])
+  if take > 0 then
+    redis.call('SET', KEYS[i], new, 'PX', scale * math.floor((new - now + 999) / 1000))
+  end
+  out[2 + i] = new
+end
+return out
+"#;
+
 /// The write-back script: after an outage, each quota of one key owes at least `debt_us` from
 /// now (what the local decisions spent): a max-merge, so that a TAT Redis already has beyond
 /// it (the other instances' write-backs, say) is kept.
