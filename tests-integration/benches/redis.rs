@@ -26,7 +26,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use common::redis::{cli, pinned, start_redis, Server};
+
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,76 +55,6 @@ fn benchmark_requests() -> u64 {
 /// The reference: a script that only reads and writes its keys.
 const GET_SET: &str =
     "for i = 1, #KEYS do redis.call('GET', KEYS[i]); redis.call('SET', KEYS[i], ARGV[1], 'PX', 1000) end return 1";
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    (20_000..45_000)
-        .step_by(17)
-        .map(|p| p + (std::process::id() % 17) as u16)
-        .find(|&p| {
-            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
-        })
-        .expect("a free port")
-}
-
-fn pinned(core: &str, program: &str) -> Command {
-    if Command::new("taskset").arg("--version").output().is_ok() {
-        let mut command = Command::new("taskset");
-        command.args(["-c", core, program]);
-        command
-    } else {
-        Command::new(program)
-    }
-}
-
-fn start_redis(dir: &std::path::Path, extra: &[&str]) -> Server {
-    let port = free_port();
-    let child = pinned("0", "redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--dir"])
-        .arg(dir)
-        .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-        .args(extra)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let server = Server { child, port };
-    for _ in 0..200 {
-        if cli(port, &["PING"]).trim() == "PONG" {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("redis-server did not come up");
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Redis CPU seconds so far, user + sys, summed over `ports`.
 fn cpu_seconds(ports: &[u16]) -> f64 {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate::store::{OnFailure, RedisStore};
-use tollgate::{MemoryStore, Quota, Quotas};
+use tollgate::store::{Ask, OnFailure, RedisStore};
+use tollgate::{MemoryStore, Quota, Quotas, Store};
 
 mod common;
 
@@ -329,6 +329,15 @@ async fn waits_and_large_costs_on_a_leased_key_take_their_slot_in_redis() {
     }
     assert_eq!(store.leased_keys(), 1);
     assert!(refused > 0, "the key was never past its limit");
+    // Whatever the lease still holds, spent: the next requests find it empty.
+    while store
+        .decide_one(&key, &quotas, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_allowed()
+    {}
+    // The lease holds nothing and came back short: without Redis deciding, this request
+    // would be refused here (as it was before waits went to Redis).
     let waited = store
         .decide_one(&key, &quotas, 1, Duration::from_millis(500))
         .await
@@ -344,5 +353,37 @@ async fn waits_and_large_costs_on_a_leased_key_take_their_slot_in_redis() {
         "the later request waits less ({:?} vs {:?})",
         large.wait(),
         waited.wait()
+    );
+}
+
+/// Refunds of a leased key's charges reach Redis, as for any key (the charge is there however
+/// it was paid): 300 spent, 100 given back, then the lease given back: Redis says 800 left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn refunds_of_a_leased_keys_charges_reach_redis() {
+    let redis = redis_or_skip!();
+    let store = RedisStore::builder(redis.url()).build().unwrap();
+    let slow = Quotas::from(Quota::per_second(1).unwrap().with_burst(1000).unwrap());
+    let key = "refunded".to_owned();
+    let mut decisions = Vec::new();
+    for _ in 0..300 {
+        let decision = store
+            .decide_one(&key, &slow, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(decision.is_allowed());
+        decisions.push(decision);
+    }
+    assert_eq!(store.leased_keys(), 1);
+    for decision in &decisions[200..] {
+        store.refund(&Ask::new(&key, &slow).refunding(decision), 1);
+    }
+    // The refunds go in the background; then the lease's unspent tokens go back.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.release_leases().await;
+    let seen = redis.store().status(&key, &slow).await.unwrap().remaining();
+    assert!(
+        (800..=801).contains(&seen),
+        "Redis says {seen} left after 300 charged and 100 given back"
     );
 }

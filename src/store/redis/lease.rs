@@ -18,12 +18,18 @@
 //!   its renewal came back, while the fleet had tokens to spare, sends the requests in between
 //!   to Redis one by one, as cold keys go.
 //! - **Given back** ([`REFUND`](super::script::REFUND)) when the key cools (no decision for
-//!   [`IDLE`]), when the lease is [`TERM`] old without a renewal, when the key is reset, and at
-//!   shutdown ([`RedisStore::release_leases`](super::RedisStore::release_leases)).
+//!   [`IDLE`]), when the lease is [`TERM`] old without a renewal (each at most the smallest
+//!   window of the key's quotas, so that tokens held do not outlive the window they were
+//!   charged in), and at shutdown ([`RedisStore::release_leases`](super::RedisStore::release_leases)).
+//!   A reset forgets this instance's lease with the key; other instances spend or give back
+//!   theirs as usual. A refund of a leased key's charge goes to Redis, as for any key: the
+//!   charge is there whether the lease or a round trip paid it.
 //! - **Exact through partitions.** A lease is already paid for: an instance that cannot reach
 //!   Redis spends what it holds, then refuses the key until Redis answers (unless the policy
 //!   is [`OnFailure::Allow`](super::OnFailure::Allow)). A partition costs under-admission,
-//!   never over-admission.
+//!   never over-admission. Before its first lease lands, a leased key holds nothing. A cost
+//!   charged after the fact (the request went ahead) goes where the failure policy records
+//!   charges, and from there back to Redis. No key is leased while Redis is down.
 //! - **Honest headers.** A decision from a lease reads the key's TATs as Redis gave them with
 //!   the lease, less the tokens still held here: what the fleet has left, as well as this
 //!   instance knows it.
@@ -38,7 +44,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
+use std::sync::atomic::fence;
 
 use super::script::{evalsha, interval_us, run, window_us, FULL};
 use super::{Inner, OnFailure};
@@ -62,6 +69,8 @@ pub(super) const MIN_LEASE: u64 = 8;
 pub(super) const SHORT_PAUSE: Duration = Duration::from_millis(20);
 /// The least time between renewals after one failed.
 const FAILED_PAUSE: Duration = Duration::from_millis(50);
+/// How stale a lease's time of last use may be (it is written at most this often).
+const TOUCH: Duration = Duration::from_millis(10);
 /// A lease with no decision for this long is given back, and its key forgotten.
 pub(super) const IDLE: Duration = Duration::from_millis(250);
 /// A lease not renewed for this long is given back, and its key forgotten.
@@ -100,17 +109,21 @@ pub(super) struct Leases {
 pub(super) struct Lease {
     /// Tokens held, paid for in Redis.
     tokens: AtomicU64,
-    /// What Redis said with the last lease; none before the first.
-    view: ArcSwapOption<View>,
+    /// What Redis said with the last lease (before the first: nothing held, an empty bucket).
+    view: ViewCell,
+    /// How long the lease is kept without a decision, and without a renewal: [`IDLE`] and
+    /// [`TERM`], or the smallest window of its quotas if shorter, so that tokens held do not
+    /// outlive the window they were charged in.
+    idle: u64,
+    term: u64,
     renewing: AtomicBool,
     /// Set when the lease is given back: a renewal that lands later gives its tokens back too.
     retired: AtomicBool,
-    /// Decisions since the last renewal was sent.
-    demand: AtomicU64,
+    /// Decisions since the last renewal was sent that the lease did not pay for (those it
+    /// paid for are what it spent): with them, the demand a renewal is sized to.
+    unpaid: AtomicU64,
     /// The store's time of the last decision.
     last_used: AtomicU64,
-    /// The store's time the lease was made.
-    made: u64,
     keys: Vec<Vec<u8>>,
     quotas: Quotas,
     /// Each quota's interval, in nanoseconds of whole microseconds (as Redis counts).
@@ -121,6 +134,7 @@ pub(super) struct Lease {
 }
 
 /// The key's state as the last lease answer gave it.
+#[derive(Clone, Copy)]
 struct View {
     /// Redis's time of the answer, and the store's, in nanoseconds.
     redis_at: u64,
@@ -189,13 +203,12 @@ impl Leases {
             }
             return Leased::No;
         };
-        let Some(view) = lease.view.load_full() else {
-            // The first lease is on its way.
-            return Leased::No;
-        };
+        let view = lease.view.load(quotas.len());
         let now = inner.now();
-        lease.last_used.store(now, Ordering::Relaxed);
-        lease.demand.fetch_add(1, Ordering::Relaxed);
+        // Coarsely, so that the hot path writes no shared line on most decisions.
+        if now.saturating_sub(lease.last_used.load(Ordering::Relaxed)) > nanos(TOUCH) {
+            lease.last_used.store(now, Ordering::Relaxed);
+        }
         let cost = u64::from(cost);
         let spent = lease
             .tokens
@@ -211,20 +224,28 @@ impl Leases {
                 Leased::Decided(Ok(lease.allowed(&view, left, now)))
             }
             Err(held) => {
+                lease.unpaid.fetch_add(cost, Ordering::Relaxed);
                 lease.renew(inner, &view, now);
                 let down = inner.breaker.is_down(lease.group);
-                if down && matches!(inner.on_failure, OnFailure::Allow) {
-                    let steps = [FULL; MAX_QUOTAS];
-                    return Leased::Decided(Ok(Decision::from_steps(
-                        quotas,
-                        &steps[..quotas.len()],
-                        0,
-                    )));
+                if down {
+                    if matches!(inner.on_failure, OnFailure::Allow) {
+                        let steps = [FULL; MAX_QUOTAS];
+                        let steps = &steps[..quotas.len()];
+                        return Leased::Decided(Ok(Decision::from_steps(quotas, steps, 0)));
+                    }
+                    // A cost charged after the fact (`max_wait` of `Duration::MAX`: the
+                    // request went ahead) is recorded where the failure policy records it, and
+                    // written back to Redis from there.
+                    if max_wait == Duration::MAX {
+                        return Leased::No;
+                    }
+                    return Leased::Decided(Ok(lease.refused(&view, held, cost, now, down)));
                 }
-                // A lease spent before its renewal came back, while the fleet had tokens to
-                // spare (a burst faster than a round trip): Redis decides, as for a cold key.
-                // One that came back short (the fleet spent the limit) refuses here.
-                if !down && (!view.short || !max_wait.is_zero() || cost > lease.cap) {
+                // A lease spent before its renewal came back (or before the first one), while
+                // the fleet had tokens to spare (a burst faster than a round trip): Redis
+                // decides, as for a cold key. One that came back short (the fleet spent the
+                // limit) refuses here, unless the request may take a later slot.
+                if !view.short || !max_wait.is_zero() || cost > lease.cap {
                     return Leased::ByRedis;
                 }
                 Leased::Decided(Ok(lease.refused(&view, held, cost, now, down)))
@@ -263,7 +284,8 @@ impl Leases {
             .map(|q| u64::from(q.burst()) / LEASE_SHARE)
             .min()
             .unwrap_or(0);
-        if !leasable || cap < MIN_LEASE {
+        // Not while Redis is down: the key is decided as a cold one until it answers.
+        if !leasable || cap < MIN_LEASE || inner.breaker.is_down(inner.group(key)) {
             return;
         }
         let mut intervals = [0; MAX_QUOTAS];
@@ -271,14 +293,30 @@ impl Leases {
             *interval = interval_us(&Gcra::new(quota)).saturating_mul(1000);
         }
         let now = inner.now();
+        // Until the first lease lands: nothing held, the bucket taken for empty.
+        let window =
+            |i: usize| intervals[i].saturating_mul(u64::from(quotas.as_slice()[i].burst()));
+        let mut tats = [0; MAX_QUOTAS];
+        for (i, tat) in tats.iter_mut().enumerate().take(quotas.len()) {
+            *tat = now.saturating_add(window(i));
+        }
+        let smallest_window = (0..quotas.len()).map(window).min().unwrap_or(0);
         let lease = Arc::new(Lease {
             tokens: AtomicU64::new(0),
-            view: ArcSwapOption::empty(),
+            view: ViewCell::new(&View {
+                redis_at: now,
+                local_at: now,
+                tats,
+                size: 0,
+                short: false,
+                not_before: now,
+            }),
+            idle: nanos(IDLE).min(smallest_window),
+            term: nanos(TERM).min(smallest_window),
             renewing: AtomicBool::new(true),
             retired: AtomicBool::new(false),
-            demand: AtomicU64::new(u64::from(HOT)),
+            unpaid: AtomicU64::new(u64::from(HOT)),
             last_used: AtomicU64::new(now),
-            made: now,
             keys: inner.keys(key, quotas),
             quotas: quotas.clone(),
             intervals,
@@ -311,14 +349,10 @@ impl Leases {
             if inner.breaker.is_down(lease.group) {
                 return false;
             }
-            let idle = now.saturating_sub(lease.last_used.load(Ordering::Relaxed)) > nanos(IDLE);
-            let renewed = lease
-                .view
-                .load()
-                .as_ref()
-                .map_or(lease.made, |view| view.local_at);
-            let old = now.saturating_sub(renewed) > nanos(TERM)
-                && !lease.renewing.load(Ordering::Acquire);
+            let idle = now.saturating_sub(lease.last_used.load(Ordering::Relaxed)) > lease.idle;
+            let renewed = lease.view.load(0).local_at;
+            let old =
+                now.saturating_sub(renewed) > lease.term && !lease.renewing.load(Ordering::Acquire);
             idle || old
         };
         let retired: Vec<Arc<Lease>> = {
@@ -340,28 +374,20 @@ impl Leases {
             self.map.store(Arc::new(next));
             retired
         };
-        let mut given = 0;
-        for lease in &retired {
-            lease.retired.store(true, Ordering::Release);
-            let held = lease.tokens.swap(0, Ordering::AcqRel);
-            if held > 0 && inner.give_back(&lease.keys, &lease.intervals, held).await {
-                given += 1;
+        use futures_util::stream::{self, StreamExt};
+        let give_backs = retired.into_iter().map(|lease| {
+            let inner = Arc::clone(inner);
+            async move {
+                lease.retired.store(true, Ordering::Release);
+                let held = lease.tokens.swap(0, Ordering::AcqRel);
+                held > 0 && inner.give_back(&lease.keys, &lease.intervals, held).await
             }
-        }
-        given
-    }
-
-    /// Gives back `cost` of a leased key's charge (a refund) to its lease; whether it had one.
-    pub(super) fn refund<K: Hash + ?Sized>(&self, key: &K, quotas: &Quotas, cost: u32) -> bool {
-        let map = self.map.load();
-        let Some(lease) = map.get(&self.id(key, quotas)) else {
-            return false;
-        };
-        if lease.retired.load(Ordering::Acquire) {
-            return false;
-        }
-        lease.tokens.fetch_add(u64::from(cost), Ordering::AcqRel);
-        true
+        });
+        let given: Vec<bool> = stream::iter(give_backs)
+            .buffer_unordered(super::WRITE_BACK_CONCURRENCY)
+            .collect()
+            .await;
+        given.into_iter().filter(|&given| given).count()
     }
 
     /// Forgets `key`'s lease under `quotas` (a reset: Redis forgets the key, tokens and all).
@@ -454,10 +480,11 @@ impl Lease {
         let elapsed = now
             .saturating_sub(since)
             .max(nanos(Duration::from_millis(1)));
-        let demand = self.demand.swap(0, Ordering::Relaxed);
+        let held = self.tokens.load(Ordering::Acquire);
+        let spent = self.view.load(0).size.saturating_sub(held);
+        let demand = spent + self.unpaid.swap(0, Ordering::Relaxed);
         let span = u128::from(demand) * u128::from(nanos(LEASE_SPAN)) / u128::from(elapsed);
         let size = u64::try_from(span).unwrap_or(u64::MAX).clamp(1, self.cap);
-        let held = self.tokens.load(Ordering::Acquire);
         let want = size.saturating_sub(held).max(1);
         let mut args = Vec::with_capacity(2 + 2 * self.quotas.len());
         args.push(want);
@@ -504,24 +531,105 @@ impl Lease {
             }
             return;
         }
-        let held = self.tokens.fetch_add(taken, Ordering::AcqRel) + taken;
+        // The view first, then the tokens: a decision that sees the tokens sees the state
+        // Redis charged them in.
+        let held = self.tokens.load(Ordering::Acquire) + taken;
         // Short: the fleet has spent the limit; the next renewal waits for it to refill.
         let pause = if taken < want { nanos(SHORT_PAUSE) } else { 0 };
-        self.view.store(Some(Arc::new(View {
+        self.view.store(&View {
             redis_at: u64::try_from(raw[0]).unwrap_or(0).saturating_mul(1000),
             local_at,
             tats,
             size: held.max(size),
             short: taken < want,
             not_before: local_at + pause,
-        })));
+        });
+        self.tokens.fetch_add(taken, Ordering::AcqRel);
+        // Given back in between: the tokens go back too.
+        if self.retired.load(Ordering::Acquire) {
+            let held = self.tokens.swap(0, Ordering::AcqRel);
+            if held > 0 {
+                inner.give_back(&self.keys, &self.intervals, held).await;
+            }
+        }
     }
 
-    /// Replaces the view with `change` of it (none before the first lease: nothing to change).
+    /// Replaces the view with `change` of it.
     fn store_view(&self, change: impl Fn(&View) -> View) {
-        if let Some(view) = self.view.load_full() {
-            self.view.store(Some(Arc::new(change(&view))));
+        let view = self.view.load(self.quotas.len());
+        self.view.store(&change(&view));
+    }
+}
+
+/// A lease's [`View`], read on every decision without a lock or a write: a sequence lock.
+/// Its one writer is the lease's renewal (one at a time, by `renewing`); a reader that sees
+/// the sequence move, or odd (a write under way), reads again.
+struct ViewCell {
+    sequence: AtomicU64,
+    redis_at: AtomicU64,
+    local_at: AtomicU64,
+    tats: [AtomicU64; MAX_QUOTAS],
+    size: AtomicU64,
+    short: AtomicBool,
+    not_before: AtomicU64,
+}
+
+impl ViewCell {
+    fn new(view: &View) -> Self {
+        let cell = Self {
+            sequence: AtomicU64::new(0),
+            redis_at: AtomicU64::new(0),
+            local_at: AtomicU64::new(0),
+            tats: Default::default(),
+            size: AtomicU64::new(0),
+            short: AtomicBool::new(false),
+            not_before: AtomicU64::new(0),
+        };
+        cell.store(view);
+        cell
+    }
+
+    /// The view, with the TATs of its first `quotas` quotas (the others read as 0).
+    #[inline]
+    fn load(&self, quotas: usize) -> View {
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut view = View {
+                redis_at: self.redis_at.load(Ordering::Relaxed),
+                local_at: self.local_at.load(Ordering::Relaxed),
+                tats: [0; MAX_QUOTAS],
+                size: self.size.load(Ordering::Relaxed),
+                short: self.short.load(Ordering::Relaxed),
+                not_before: self.not_before.load(Ordering::Relaxed),
+            };
+            for (tat, cell) in view.tats.iter_mut().zip(&self.tats).take(quotas) {
+                *tat = cell.load(Ordering::Relaxed);
+            }
+            fence(Ordering::Acquire);
+            if self.sequence.load(Ordering::Relaxed) == before {
+                return view;
+            }
         }
+    }
+
+    /// Writes `view` (by the one writer).
+    fn store(&self, view: &View) {
+        let sequence = self.sequence.load(Ordering::Relaxed);
+        self.sequence.store(sequence + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.redis_at.store(view.redis_at, Ordering::Relaxed);
+        self.local_at.store(view.local_at, Ordering::Relaxed);
+        for (cell, tat) in self.tats.iter().zip(view.tats) {
+            cell.store(tat, Ordering::Relaxed);
+        }
+        self.size.store(view.size, Ordering::Relaxed);
+        self.short.store(view.short, Ordering::Relaxed);
+        self.not_before.store(view.not_before, Ordering::Relaxed);
+        self.sequence.store(sequence + 2, Ordering::Release);
     }
 }
 

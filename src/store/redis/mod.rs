@@ -201,7 +201,8 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// renewing in the background when half is spent. The fleet never admits more than the
 /// limit, since every token is charged in Redis before it is spent; what is not spent goes
 /// back when the key cools (250 ms without a decision), when a lease is a second old without
-/// a renewal, when the key is reset, and at shutdown ([`release_leases`](Self::release_leases)).
+/// a renewal (each at most the quota's window), and at shutdown
+/// ([`release_leases`](Self::release_leases)).
 /// Past the limit, a lease comes back short, and the instance refuses the key's requests
 /// itself until its next renewal, 20 ms later at the earliest. Cold keys keep the round trip
 /// per request. Two instances 10,000 requests a second each past a limit of 2,000 a second
@@ -312,7 +313,7 @@ const PROBE_MAX_PAUSE: Duration = Duration::from_millis(200);
 /// count as back: one whose normal latency is that slow, not one in a brown-out (which fails
 /// some of them).
 const SLOW_BUT_ANSWERING: Duration = Duration::from_secs(5);
-/// Write-back calls out at once after an outage.
+/// Write-back calls (and lease give-backs) out at once.
 const WRITE_BACK_CONCURRENCY: usize = 64;
 /// Keys per write-back call on one Redis (a max-merge each, in one script).
 const WRITE_BACK_KEYS_PER_CALL: usize = 256;
@@ -1115,9 +1116,13 @@ impl RedisStore {
             let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
             let group = inner.group(&key);
             // A leased key's instance spends only what its lease holds: without Redis, the
-            // request is refused, never decided by the local share.
+            // request is refused, never decided by the local share (but allowed under
+            // `OnFailure::Allow`, and a cost charged after the fact is recorded as for any key).
+            let strict = leased
+                && max_wait != Duration::MAX
+                && !matches!(inner.on_failure, OnFailure::Allow);
             let fail = |error: StoreError| {
-                if leased {
+                if strict {
                     inner.note_failure(&error, group, &key, &quotas);
                     Err(error)
                 } else {
@@ -1125,7 +1130,7 @@ impl RedisStore {
                 }
             };
             if inner.breaker.is_down(group) {
-                return if leased {
+                return if strict {
                     Err(down())
                 } else {
                     inner.policy(down(), &key, &quotas, cost, max_wait)
@@ -1238,13 +1243,6 @@ impl RedisStore {
         cost: u32,
         charged_at: u64,
     ) {
-        // A leased key's charge goes back to its lease (which gives back what it does not
-        // spend).
-        if let Some(leases) = &self.inner.leases {
-            if leases.refund(key, quotas, cost) {
-                return;
-            }
-        }
         // While Redis is down, what is given back was decided by the failure policy: by the
         // local store (give it back there), or by no store at all (nothing to give back).
         if self.inner.breaker.is_down(self.inner.group(key)) {

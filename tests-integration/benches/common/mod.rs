@@ -1,6 +1,8 @@
 #![allow(dead_code)]
 
-//! What the criterion benches share.
+//! What the benches share.
+
+pub mod redis;
 
 use std::future::Future;
 use std::pin::pin;
