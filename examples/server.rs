@@ -402,6 +402,7 @@ impl Limits {
                 "errors": redis.errors(),
                 "local_decisions": redis.local_decisions(),
                 "local_keys": redis.local_keys(),
+                "leased_keys": redis.leased_keys(),
             })
         });
         #[cfg(not(feature = "redis"))]

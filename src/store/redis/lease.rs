@@ -66,7 +66,7 @@ pub(super) const LEASE_SHARE: u64 = 10;
 /// lease so small would save few calls.
 pub(super) const MIN_LEASE: u64 = 8;
 /// The least time between renewals of a lease that came back short.
-pub(super) const SHORT_PAUSE: Duration = Duration::from_millis(20);
+pub(super) const SHORT_PAUSE: Duration = Duration::from_millis(50);
 /// The least time between renewals after one failed.
 const FAILED_PAUSE: Duration = Duration::from_millis(50);
 /// How stale a lease's time of last use may be (it is written at most this often).

@@ -204,9 +204,9 @@ type ErrorHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
 /// a renewal (each at most the quota's window), and at shutdown
 /// ([`release_leases`](Self::release_leases)).
 /// Past the limit, a lease comes back short, and the instance refuses the key's requests
-/// itself until its next renewal, 20 ms later at the earliest. Cold keys keep the round trip
+/// itself until its next renewal, 50 ms later at the earliest. Cold keys keep the round trip
 /// per request. Two instances 10,000 requests a second each past a limit of 2,000 a second
-/// admitted 0.998× the bound with 0.007 calls to Redis per decision
+/// admitted 0.99× the bound with 0.005 calls to Redis per decision
 /// (`tests-integration/tests/redis_leases.rs`).
 ///
 /// The decisions from a lease tell what the fleet has left as this instance knows it (Redis's
