@@ -387,3 +387,35 @@ async fn refunds_of_a_leased_keys_charges_reach_redis() {
         "Redis says {seen} left after 300 charged and 100 given back"
     );
 }
+
+/// On a Redis Cluster too: two instances far past a limit admit within 0.90–1.00× the bound,
+/// from leases (the lease script goes to the node of the key's slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn a_hot_key_on_a_cluster_is_leased_and_the_fleet_admits_its_bound() {
+    let Some(cluster) = common::redis::Cluster::start(3, 0) else {
+        return;
+    };
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::cluster(cluster.seeds())
+            .connect()
+            .await
+            .unwrap();
+        stores.push(store);
+    }
+    let quotas = Quotas::from(Quota::per_second(2000).unwrap());
+    let run = hammer(&stores, &quotas, 10, Duration::from_secs(2), None).await;
+    let bound = 2000.0 + 2000.0 * run.elapsed;
+    let ratio = run.admitted as f64 / bound;
+    eprintln!(
+        "cluster: admitted {} of {}, bound {bound:.0} ({ratio:.3}×)",
+        run.admitted, run.decided
+    );
+    assert!(stores.iter().all(|store| store.leased_keys() == 1));
+    assert!(ratio <= 1.0, "the fleet admitted {ratio:.3}× its bound");
+    assert!(
+        ratio >= 0.90,
+        "the fleet admitted only {ratio:.3}× its bound"
+    );
+}
