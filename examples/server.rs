@@ -387,6 +387,7 @@ impl Limits {
                     "waited": now.waited,
                     "near_limit": now.near_limit,
                     "blocked": now.blocked,
+                    "decided_alone": now.decided_alone,
                     "top_refused": now.top_refused,
                 });
                 ((*name).to_owned(), value)

@@ -48,6 +48,7 @@
 //! | `tollgate_rate_limit_wait_seconds` | histogram | `layer` |
 //! | `tollgate_rate_limit_near_limit_total` | counter | `layer`: keys reported near their limit ([`near_limit`](crate::RateLimitLayer::near_limit)) |
 //! | `tollgate_rate_limit_blocked_total` | counter | `layer`: blocks started ([`block`](crate::RateLimitLayer::block)) |
+//! | `tollgate_rate_limit_decided_alone_total` | counter | `layer`: requests decided by this instance alone while its shared store was away ([`Decision::is_alone`](crate::Decision::is_alone)) |
 //! | `tollgate_retry_retries_total` | counter | `layer`, `reason` (`transient`, `throttled`, `server_delay`) |
 //! | `tollgate_retry_gave_up_total` | counter | `layer`, `reason` (`attempts`, `budget`, `deadline`, `body`, `pushback_too_long`, `not_idempotent`) |
 //! | `tollgate_retry_budget_spent_total` | counter | `layer` |
@@ -137,6 +138,11 @@ mod enabled {
             "tollgate_rate_limit_blocked_total",
             count,
             "Blocks started on keys refused too often."
+        );
+        describe_counter!(
+            "tollgate_rate_limit_decided_alone_total",
+            count,
+            "Requests decided by this instance alone while its shared store was away."
         );
         describe_counter!(
             "tollgate_retry_retries_total",
@@ -236,6 +242,9 @@ mod enabled {
         blocked: Counter,
         labels: Arc<[metrics::Label]>,
         waits: Arc<OnceLock<(Counter, Histogram)>>,
+        /// Registered at the first decision made alone: no series for a layer whose store
+        /// never is away.
+        alone: Arc<OnceLock<Counter>>,
     }
 
     impl LimiterMetrics {
@@ -261,6 +270,7 @@ mod enabled {
                 blocked: used(blocks, "tollgate_rate_limit_blocked_total"),
                 labels: labels.into(),
                 waits: Arc::default(),
+                alone: Arc::default(),
             }
         }
 
@@ -270,6 +280,17 @@ mod enabled {
 
         pub(crate) fn blocked(&self) {
             self.blocked.increment(1);
+        }
+
+        pub(crate) fn decided_alone(&self) {
+            self.alone
+                .get_or_init(|| {
+                    counter!(
+                        "tollgate_rate_limit_decided_alone_total",
+                        self.labels.to_vec()
+                    )
+                })
+                .increment(1);
         }
 
         #[inline]
@@ -467,6 +488,9 @@ mod disabled {
 
         #[inline]
         pub(crate) fn blocked(&self) {}
+
+        #[inline]
+        pub(crate) fn decided_alone(&self) {}
 
         #[inline]
         pub(crate) fn allowed(&self) {}

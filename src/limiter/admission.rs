@@ -201,6 +201,12 @@ impl<S> Admission<S> {
             Err(StoreError::Quota(error)) => return Verdict::Done(Err(Refusal::TooCostly(error))),
             Err(error) => return Verdict::Done(Err(Refusal::StoreFailed(error))),
         };
+        if decision.is_alone() {
+            self.metrics.decided_alone();
+            if let Some(stats) = &self.watch.stats {
+                stats.decided_alone();
+            }
+        }
         if !decision.is_allowed() {
             self.event(LimitEventKind::Denied, key, quotas, &decision);
             if let Some(block) = &self.watch.block {

@@ -46,6 +46,7 @@ struct Cell {
     waited: AtomicU64,
     near_limit: AtomicU64,
     blocked: AtomicU64,
+    decided_alone: AtomicU64,
     top: Mutex<SpaceSaving>,
 }
 
@@ -63,6 +64,9 @@ pub struct Stats {
     pub near_limit: u64,
     /// Blocks started.
     pub blocked: u64,
+    /// Requests this instance decided alone while its shared store (Redis) was away: by the
+    /// store's failure policy, or refused once a lease was spent ([`Decision::is_alone`](crate::Decision::is_alone)).
+    pub decided_alone: u64,
     /// The 16 most refused keys, most first, as logs show them (a keyed hash unless the
     /// limiter logs keys in clear), with their refusal counts: a Space-Saving sketch of
     /// 64 entries, so memory is fixed whatever the number of keys. A key refused
@@ -94,6 +98,7 @@ impl LimiterStats {
             waited: load(&cell.waited),
             near_limit: load(&cell.near_limit),
             blocked: load(&cell.blocked),
+            decided_alone: load(&cell.decided_alone),
             top_refused: top,
         }
     }
@@ -112,6 +117,10 @@ impl LimiterStats {
 
     pub(crate) fn blocked(&self) {
         self.cell.blocked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn decided_alone(&self) {
+        self.cell.decided_alone.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn refused<K: Hash + fmt::Debug>(&self, key: &K, shown: LogKeys) {

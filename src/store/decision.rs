@@ -16,6 +16,8 @@ use crate::Quotas;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     allowed: bool,
+    /// Decided by this instance alone, while the shared store was away (its failure policy).
+    alone: bool,
     part: u8,
     quota: u8,
     wait: u64,
@@ -49,6 +51,7 @@ impl Decision {
         };
         Self {
             allowed: step.allowed,
+            alone: false,
             part: 0,
             quota: 0,
             wait: step.wait,
@@ -82,6 +85,7 @@ impl Decision {
         };
         Self {
             allowed: false,
+            alone: false,
             part: 0,
             quota: u8::try_from(quota).unwrap_or(u8::MAX),
             wait,
@@ -95,6 +99,7 @@ impl Decision {
     pub(crate) const fn empty() -> Self {
         Self {
             allowed: true,
+            alone: false,
             part: 0,
             quota: 0,
             wait: 0,
@@ -124,6 +129,7 @@ impl Decision {
         if let Some((i, step)) = denied {
             return Self {
                 allowed: false,
+                alone: false,
                 part: 0,
                 quota: i as u8,
                 wait: step.wait,
@@ -146,6 +152,7 @@ impl Decision {
         };
         Self {
             allowed: true,
+            alone: false,
             part: 0,
             quota: binding as u8,
             wait,
@@ -168,6 +175,11 @@ impl Decision {
         let part = |i: usize, decision: Decision| Decision {
             part: u8::try_from(i).unwrap_or(u8::MAX),
             ..decision
+        };
+        let alone = parts.iter().any(|d| d.alone);
+        let part = |i: usize, decision: Decision| Decision {
+            alone,
+            ..part(i, decision)
         };
         let refused = parts
             .iter()
@@ -202,6 +214,23 @@ impl Decision {
                 ..binding
             },
         )
+    }
+
+    /// This decision, marked as made by this instance alone while the shared store was away.
+    #[cfg(feature = "redis")]
+    pub(crate) fn alone(self) -> Self {
+        Self {
+            alone: true,
+            ..self
+        }
+    }
+
+    /// Whether this instance decided alone, without the shared store, which was away: by a
+    /// network store's failure policy ([`OnFailure`](crate::store::OnFailure)), or refused
+    /// once a lease was spent. Counted per layer in [`Stats::decided_alone`](crate::rate_limit::Stats::decided_alone)
+    /// and `tollgate_rate_limit_decided_alone_total`.
+    pub fn is_alone(&self) -> bool {
+        self.alone
     }
 
     /// `decision`, refused by part `i` of a request asked across several keys.

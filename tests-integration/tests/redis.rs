@@ -1091,3 +1091,36 @@ async fn redis_hears_a_keys_local_debt_before_it_decides_that_key_again() {
     assert_eq!(allowed, 1, "Redis decided without the debt decided alone");
     assert_eq!(store.local_keys(), 0);
 }
+
+/// A limiter counts the requests its instance decided alone while Redis was away (its
+/// `Stats::decided_alone`, the `tollgate_rate_limit_decided_alone_total` metric): none while
+/// Redis answers, every one while it is gone, whether the local share allowed or refused it.
+#[tokio::test]
+#[cfg_attr(no_redis, ignore = "needs redis-server and redis-cli on PATH")]
+async fn a_limiter_counts_what_it_decided_alone_while_redis_was_away() {
+    let mut redis = redis_or_skip!();
+    let store = RedisStore::builder(redis.url())
+        .timeout(Duration::from_millis(50))
+        .fleet_size(2)
+        .on_failure(OnFailure::Local(MemoryStore::new()))
+        .build()
+        .unwrap();
+    let stats = tollgate::rate_limit::LimiterStats::new();
+    let limiter = tollgate::RateLimiter::keyed(Quota::per_minute(4).unwrap())
+        .stats(stats.clone())
+        .store(store);
+    for _ in 0..3 {
+        assert!(limiter.key("alice".to_owned()).try_acquire().await.is_ok());
+    }
+    assert_eq!(stats.snapshot().decided_alone, 0);
+    redis.kill();
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        outcomes.push(limiter.key("bob".to_owned()).try_acquire().await.is_ok());
+    }
+    // Bob's share of 4 a minute on 2 instances: 2 allowed, then refused, all alone.
+    assert_eq!(outcomes, [true, true, false, false, false]);
+    let now = stats.snapshot();
+    assert_eq!(now.decided_alone, 5, "{now:?}");
+    assert_eq!((now.allowed, now.refused), (5, 3));
+}

@@ -231,7 +231,8 @@ impl Leases {
                     if matches!(inner.on_failure, OnFailure::Allow) {
                         let steps = [FULL; MAX_QUOTAS];
                         let steps = &steps[..quotas.len()];
-                        return Leased::Decided(Ok(Decision::from_steps(quotas, steps, 0)));
+                        let allowed = Decision::from_steps(quotas, steps, 0).alone();
+                        return Leased::Decided(Ok(allowed));
                     }
                     // A cost charged after the fact (`max_wait` of `Duration::MAX`: the
                     // request went ahead) is recorded where the failure policy records it, and
@@ -239,7 +240,8 @@ impl Leases {
                     if max_wait == Duration::MAX {
                         return Leased::No;
                     }
-                    return Leased::Decided(Ok(lease.refused(&view, held, cost, now, down)));
+                    let refused = lease.refused(&view, held, cost, now, down).alone();
+                    return Leased::Decided(Ok(refused));
                 }
                 // A lease spent before its renewal came back (or before the first one), while
                 // the fleet had tokens to spare (a burst faster than a round trip): Redis

@@ -992,15 +992,17 @@ impl Inner {
         match (&self.on_failure, &self.local) {
             (OnFailure::Allow, _) => {
                 let steps = [FULL; MAX_QUOTAS];
-                Ok(Decision::from_steps(quotas, &steps[..quotas.len()], 0))
+                Ok(Decision::from_steps(quotas, &steps[..quotas.len()], 0).alone())
             }
-            (OnFailure::Local(_), Some(local)) => local.decide(
-                subject,
-                || self.keys(subject, quotas),
-                quotas,
-                cost,
-                max_wait,
-            ),
+            (OnFailure::Local(_), Some(local)) => local
+                .decide(
+                    subject,
+                    || self.keys(subject, quotas),
+                    quotas,
+                    cost,
+                    max_wait,
+                )
+                .map(Decision::alone),
             _ => Err(error),
         }
     }
