@@ -46,8 +46,9 @@ use hyper_util::rt::TokioExecutor;
 use tollgate::key::Destination;
 use tollgate::learn::LearnLayer;
 use tollgate::retry::{Attempts, RetryAction, RetryBudget, RetryError, RetryEvent, RetryLayer};
-use tollgate::{BoxError, Quota, RateLimitLayer};
+use tollgate::{Quota, RateLimitLayer};
 use tower::util::option_layer;
+use tower::BoxError;
 use tower::ServiceBuilder;
 
 struct Args {

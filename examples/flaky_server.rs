@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use axum::Router;
-use tollgate::BoxError;
+use tower::BoxError;
 
 #[derive(Default)]
 struct Counters {

@@ -91,7 +91,8 @@ use tollgate::key::{ClientIp, Forwarding, Header, LogKeys};
 use tollgate::rate_limit::{LimiterStats, LiveQuotas, RateLimitLayer, Refusal, Tiers};
 #[cfg(feature = "redis")]
 use tollgate::store::{OnFailure, RedisStore};
-use tollgate::{BoxError, MemoryStore, Quota, Quotas, Store};
+use tollgate::{MemoryStore, Quota, Quotas, Store};
+use tower::BoxError;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::timeout::TimeoutLayer;
 use tracing_subscriber::EnvFilter;

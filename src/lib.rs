@@ -59,4 +59,4 @@ pub use retry::RetryLayer;
 pub use store::{Decision, MemoryStore, Store, StoreError};
 
 /// The error type of services that answer with boxed errors, as tower's middleware does.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;

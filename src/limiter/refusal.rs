@@ -144,7 +144,7 @@ impl std::error::Error for RateLimited {}
 /// ```
 /// use std::time::Duration;
 /// use tollgate::concurrency::{ConcurrencyLayer, NoSlot};
-/// use tollgate::BoxError;
+/// use tower::BoxError;
 /// use tower::{service_fn, Layer, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]

@@ -210,9 +210,10 @@ impl std::error::Error for RetryError {
     }
 }
 
-/// The overall deadline passed during an attempt.
+/// The overall deadline passed during an attempt: the source of a [`RetryError`] that gave up
+/// for [`GiveUp::Deadline`], which is how callers tell it.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DeadlineExceeded;
+pub(crate) struct DeadlineExceeded;
 
 impl fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -128,8 +128,8 @@ impl<C, M> RetryLayer<C, M> {
     }
 
     /// A deadline over all attempts and waits: the layer never sleeps past it, and an attempt
-    /// still running at the deadline fails with [`DeadlineExceeded`](super::DeadlineExceeded)
-    /// (inside a [`RetryError`](super::RetryError) that [gave up](super::GiveUp::Deadline)).
+    /// still running at the deadline fails with a [`RetryError`](super::RetryError) that
+    /// [gave up](super::RetryError::gave_up) for [the deadline](super::GiveUp::Deadline).
     /// Put a `tower::timeout::TimeoutLayer` inside for a per-attempt limit.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = Some(deadline);

@@ -113,7 +113,8 @@
 //! # use tollgate::key::Destination;
 //! # use tollgate::learn::LearnLayer;
 //! # use tollgate::retry::{ReplayBody, RetryLayer};
-//! # use tollgate::{BoxError, Quota, RateLimitLayer};
+//! # use tollgate::{Quota, RateLimitLayer};
+//! # use tower::BoxError;
 //! # use tower::ServiceBuilder;
 //! # fn main() -> Result<(), BoxError> {
 //! # let max = Duration::from_secs(5);
@@ -199,8 +200,6 @@ pub use backoff::Backoff;
 pub use body::ReplayBody;
 pub use budget::RetryBudget;
 pub use classify::{Classification, Classify, GrpcClassifier, HttpClassifier, Outcome};
-pub use events::{
-    Attempts, DeadlineExceeded, GiveUp, RetryAction, RetryError, RetryEvent, Retryable,
-};
+pub use events::{Attempts, GiveUp, RetryAction, RetryError, RetryEvent, Retryable};
 pub use layer::RetryLayer;
 pub use service::Retry;

@@ -14,7 +14,8 @@ use axum::routing::get;
 use axum::Router;
 use http::HeaderValue;
 use tollgate::key::PeerIp;
-use tollgate::{BoxError, Quota, RateLimitLayer};
+use tollgate::{Quota, RateLimitLayer};
+use tower::BoxError;
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);

@@ -25,7 +25,8 @@ use http_body_util::Full;
 use tollgate::key::{Destination, PeerIp};
 use tollgate::learn::LearnLayer;
 use tollgate::retry::{Attempts, ReplayBody, RetryLayer};
-use tollgate::{BoxError, Quota, RateLimitLayer};
+use tollgate::{Quota, RateLimitLayer};
+use tower::BoxError;
 use tower::{Service, ServiceBuilder};
 
 /// reqwest as a tower service of `http` types: one conversion each way.

@@ -29,7 +29,8 @@
 //! # use tollgate::key::Destination;
 //! # use tollgate::learn::LearnLayer;
 //! # use tollgate::retry::{ReplayBody, RetryLayer};
-//! # use tollgate::{BoxError, Quota, RateLimitLayer};
+//! # use tollgate::{Quota, RateLimitLayer};
+//! # use tower::BoxError;
 //! # use tower::ServiceBuilder;
 //! # fn main() -> Result<(), BoxError> {
 //! # let max = Duration::from_secs(5);

@@ -40,7 +40,8 @@ use hyper_util::rt::TokioExecutor;
 #[allow(unused_imports)]
 use tollgate::retry::{ReplayBody, RetryLayer};
 use tollgate::key::Destination;
-use tollgate::{BoxError, Quota, RateLimitLayer};
+use tollgate::{Quota, RateLimitLayer};
+use tower::BoxError;
 #[allow(unused_imports)]
 use tower::{ServiceBuilder, ServiceExt};
 

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use tollgate::clock::TokioClock;
 use tollgate::concurrency::ConcurrencyLayer;
 use tollgate::retry::{Backoff, ReplayBody, RetryLayer};
-use tollgate::{key, BoxError, MemoryStore, Quota, RateLimitLayer};
+use tollgate::{key, MemoryStore, Quota, RateLimitLayer};
+use tower::BoxError;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_resilience::circuitbreaker::CircuitBreakerError;
 

@@ -99,8 +99,11 @@ impl Fault {
             // cluster client finding the new primary): until the second returns it decides
             // with its half beside the first in Redis (1: half the rate over the probe's
             // longest pause and three quick probes, 0.35 s). Two CI runs with 2 found 0.7 and
-            // 0.8 of a request more over a run's primary faults.
-            Kind::StopPrimary(_) | Kind::KillPrimary(_) => 3.0,
+            // 0.8 of a request more over a run's primary faults; one with 3 (at cbc06bb,
+            // FAULT_SEED=1796316000969526705, not reproduced with that seed after) found 0.4
+            // more over a window holding two primary kills. A calibration from those runs, not
+            // a derivation: 4.
+            Kind::StopPrimary(_) | Kind::KillPrimary(_) => 4.0,
             _ => 1.0,
         }
     }

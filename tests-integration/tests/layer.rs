@@ -15,7 +15,8 @@ use tollgate::clock::TokioClock;
 use tollgate::key::{Global, Header};
 use tollgate::rate_limit::Reset;
 use tollgate::rate_limit::{HeaderOptions, LimitEventKind, RateLimitLayer, Refusal};
-use tollgate::{BoxError, MemoryStore, Quota, Quotas, RateLimited};
+use tollgate::{MemoryStore, Quota, Quotas, RateLimited};
+use tower::BoxError;
 use tower::{service_fn, Layer, Service};
 
 /// A store on tokio's clock, so that `pause` and `advance` drive it.

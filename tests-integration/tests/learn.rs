@@ -567,7 +567,7 @@ async fn a_request_dropped_while_waiting_frees_its_place() {
 fn retry_over_learn() -> impl tower::Service<
     Request<Full<Bytes>>,
     Response = http::Response<hyper::body::Incoming>,
-    Error = tollgate::BoxError,
+    Error = tower::BoxError,
     Future = impl Send,
 > + Clone {
     tower::ServiceBuilder::new()

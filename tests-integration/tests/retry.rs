@@ -24,7 +24,7 @@ use tollgate::retry::{
     Attempts, Backoff, Classification, GiveUp, Outcome, ReplayBody, RetryAction, RetryBudget,
     RetryError, RetryLayer, Retryable,
 };
-use tollgate::BoxError;
+use tower::BoxError;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 type HttpClient<B> = Client<HttpConnector, ReplayBody<B>>;

@@ -36,7 +36,13 @@
 //!
 //! Not leased: requests across several keys, carried-over quotas (a live change), calendar
 //! quotas, and peeks (cost 0). A request that may wait, or costs more than a lease can hold,
-//! goes to Redis when the lease cannot pay for it, and takes its slot there.
+//! goes to Redis when the lease cannot pay for it, and takes its slot there: after every token
+//! leased so far, so that requests paid from a lease renewed meanwhile may go before it (the
+//! order per key holds among waits, not between a wait and a lease's requests).
+//!
+//! A client that makes many keys hot takes leases for them (at most [`MAX_LEASES`]; past
+//! that, keys keep the per-request path, correct but dearer): each lease is charged to its
+//! own key, so it gains nothing over asking one request at a time.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};

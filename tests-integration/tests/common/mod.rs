@@ -87,7 +87,7 @@ pub mod redis;
 pub mod upstream;
 
 /// What the breakers of the tests count as a failure: an error or a 5xx.
-pub type FailureRule = fn(&Result<Response<hyper::body::Incoming>, tollgate::BoxError>) -> bool;
+pub type FailureRule = fn(&Result<Response<hyper::body::Incoming>, tower::BoxError>) -> bool;
 
 /// A circuit breaker (tower-resilience's) that opens after `failures` failures in a row and
 /// stays open for five minutes.
