@@ -226,7 +226,7 @@ impl Decision {
     }
 
     /// Whether this instance decided alone, without the shared store, which was away: by a
-    /// network store's failure policy ([`OnFailure`](crate::store::OnFailure)), or refused
+    /// network store's failure policy (the Redis store's `OnFailure`), or refused
     /// once a lease was spent. Counted per layer in [`Stats::decided_alone`](crate::rate_limit::Stats::decided_alone)
     /// and `tollgate_rate_limit_decided_alone_total`.
     pub fn is_alone(&self) -> bool {
