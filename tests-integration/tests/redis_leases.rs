@@ -16,6 +16,11 @@ mod common;
 
 use common::redis::Redis;
 
+/// Script calls Redis has run (`EVALSHA` and `EVAL`).
+fn script_calls(redis: &Redis) -> u64 {
+    redis.calls("evalsha") + redis.calls("eval")
+}
+
 /// Waits until `check` holds, asking every 10 ms; fails after 5 s.
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
     let start = Instant::now();
@@ -94,9 +99,9 @@ async fn a_hot_key_past_its_limit_is_leased_and_the_fleet_admits_its_bound() {
         .map(|_| RedisStore::builder(redis.url()).build().unwrap())
         .collect();
     let quotas = Quotas::from(Quota::per_second(2000).unwrap());
-    let calls_before = redis.calls("evalsha") + redis.calls("eval");
+    let calls_before = script_calls(&redis);
     let run = hammer(&stores, &quotas, 20, Duration::from_secs(3), None).await;
-    let calls = redis.calls("evalsha") + redis.calls("eval") - calls_before;
+    let calls = script_calls(&redis) - calls_before;
     let bound = 2000.0 + 2000.0 * run.elapsed;
     let ratio = run.admitted as f64 / bound;
     let per_decision = calls as f64 / run.decided as f64;
@@ -129,9 +134,9 @@ async fn below_its_limit_a_leased_key_costs_redis_almost_nothing_and_headers_sta
         .map(|_| RedisStore::builder(redis.url()).build().unwrap())
         .collect();
     let quotas = Quotas::from(Quota::per_second(100_000).unwrap());
-    let calls_before = redis.calls("evalsha") + redis.calls("eval");
+    let calls_before = script_calls(&redis);
     let run = hammer(&stores, &quotas, 20, Duration::from_secs(2), None).await;
-    let calls = redis.calls("evalsha") + redis.calls("eval") - calls_before;
+    let calls = script_calls(&redis) - calls_before;
     let per_decision = calls as f64 / run.decided as f64;
     eprintln!(
         "admitted {} of {}; {calls} calls ({per_decision:.4} per decision)",

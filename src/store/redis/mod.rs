@@ -891,10 +891,20 @@ impl Inner {
     /// Gives `tokens` back to the keys `keys`, whose quotas' intervals are `intervals`
     /// (nanoseconds): a lease's unspent tokens. Whether Redis took them.
     async fn give_back(&self, keys: &[Vec<u8>], intervals: &[u64], tokens: u64) -> bool {
+        let charges: Vec<[u64; 3]> = intervals
+            .iter()
+            .map(|interval| [(interval / 1000).saturating_mul(tokens), 0, 0])
+            .collect();
+        self.refund_charges(keys, &charges).await
+    }
+
+    /// One call of the [`REFUND`] script: per key, its charge in microseconds, its calendar's
+    /// code and the end of the window that counted the charge (0 and 0 for a GCRA quota).
+    /// Whether Redis took it.
+    async fn refund_charges(&self, keys: &[Vec<u8>], charges: &[[u64; 3]]) -> bool {
         let mut invocation = self.refund.prepare_invoke();
-        for (key, interval) in keys.iter().zip(intervals) {
-            let charge = (interval / 1000).saturating_mul(tokens);
-            invocation.key(key).arg(charge).arg(0).arg(0);
+        for (key, [charge, code, end]) in keys.iter().zip(charges) {
+            invocation.key(key).arg(charge).arg(code).arg(end);
         }
         invocation.arg(self.time.arg());
         let mut connection = self.connection.clone();
@@ -1275,18 +1285,7 @@ impl RedisStore {
             })
             .collect();
         let refund = async move {
-            let mut invocation = inner.refund.prepare_invoke();
-            for (key, [charge, code, end]) in keys.iter().zip(&charges) {
-                invocation.key(key).arg(charge).arg(code).arg(end);
-            }
-            invocation.arg(inner.time.arg());
-            let mut connection = inner.connection.clone();
-            let done = tokio::time::timeout(
-                inner.timeout,
-                invocation.invoke_async::<i64>(&mut connection),
-            )
-            .await;
-            if !matches!(done, Ok(Ok(_))) {
+            if !inner.refund_charges(&keys, &charges).await {
                 tracing::debug!(target: "tollgate::store::redis", "a reserved slot could not be given back");
             }
         };
