@@ -24,11 +24,15 @@ impl<C: Clock> MemoryStore<C> {
         max_wait: u64,
     ) -> Decision {
         let inner = &*self.inner;
-        let gcra = Gcra::from_nanos(quota.interval, quota.window);
+        // Built where it is used, and moved into the closure below rather than borrowed: a
+        // GCRA whose address escapes to the (not inlined) table call stays in memory, is read
+        // again after the compare-and-swap, and keeps the calendar's branches on the hot path
+        // (the unkeyed decision measured 11.6 ns against 9.5 ns for governor's `check`).
+        let gcra = move || Gcra::from_nanos(quota.interval, quota.window);
         let hash = match place {
             Place::Global(hash) => match inner.global.find(quota.id) {
                 Some(tat) => {
-                    return commit::decide_one(gcra, tat, inner.clock.now(), cost, max_wait)
+                    return commit::decide_one(gcra(), tat, inner.clock.now(), cost, max_wait)
                 }
                 None => hash,
             },
@@ -46,7 +50,7 @@ impl<C: Clock> MemoryStore<C> {
                     .pressure
                     .evicted(evicted, inner.table.capacity(), now())
             },
-            |tat| commit::decide_one(gcra, tat, now(), cost, max_wait),
+            move |tat| commit::decide_one(gcra(), tat, now(), cost, max_wait),
         )
     }
 
