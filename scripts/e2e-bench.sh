@@ -34,25 +34,11 @@ server=target/release/examples/e2e_server
 results=$(mktemp)
 trap 'rm -f "$results"; kill "${pid:-}" 2>/dev/null || true' EXIT
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+source scripts/e2e-run.sh
 
 for round in $(seq "$ROUNDS"); do
   for mode in "${MODES[@]}"; do
-    taskset -c 0 "$server" "$mode" "$PORT" &
-    pid=$!
-    for _ in $(seq 100); do
-      curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break
-      sleep 0.05
-    done
-    # Warm up, then measure.
-    taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT/" >/dev/null
-    before=$(cpu_ticks "$pid")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$PORT/")
-    after=$(cpu_ticks "$pid")
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    us=$(python3 -c "print(($after - $before) / $TICK * 1e6 / $requests)")
+    run_server "$server" "$mode"
     printf 'round %s  %-17s %8.3f µs CPU/request  %9.0f req/s\n' "$round" "$mode" "$us" "$rps"
     echo "$mode $us $rps" >> "$results"
   done

@@ -12,6 +12,7 @@ old=${1:?the e2e_server of the other build}
 ROUNDS=${ROUNDS:-9}
 DURATION=${DURATION:-6s}
 PORT=${PORT:-3100}
+CONNECTIONS=${CONNECTIONS:-32}
 TICK=$(getconf CLK_TCK)
 command -v wrk >/dev/null || { apt-get update && apt-get install -y wrk; }
 cargo build --release -p tests-integration --example e2e_server
@@ -20,25 +21,12 @@ VARIANTS=("new bare_with_headers" "new tollgate" "old bare_with_headers" "old to
 
 results=$(mktemp)
 trap 'rm -f "$results"; kill "${pid:-}" 2>/dev/null || true' EXIT
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+source scripts/e2e-run.sh
 
 for round in $(seq "$ROUNDS"); do
   for variant in "${VARIANTS[@]}"; do
     read -r which mode <<<"$variant"
-    server=${!which}
-    taskset -c 0 "$server" "$mode" "$PORT" &
-    pid=$!
-    for _ in $(seq 100); do
-      curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break
-      sleep 0.05
-    done
-    taskset -c 1 wrk -t1 -c32 -d2s "http://127.0.0.1:$PORT/" >/dev/null
-    before=$(cpu_ticks "$pid")
-    out=$(taskset -c 1 wrk -t1 -c32 -d"$DURATION" "http://127.0.0.1:$PORT/")
-    after=$(cpu_ticks "$pid")
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
-    us=$(python3 -c "print(($after - $before) / $TICK * 1e6 / $requests)")
+    run_server "${!which}" "$mode"
     printf 'round %s  %-3s %-17s %8.3f µs CPU/request\n' "$round" "$which" "$mode" "$us"
     echo "$round $which-$mode $us" >> "$results"
   done
