@@ -12,6 +12,8 @@
 #   tower_governor     tower_governor's per-IP limit with use_headers
 #
 #   scripts/e2e-bench.sh            # ROUNDS=5 DURATION=8s CONNECTIONS=32 by default
+#   MODES="bare bare_with_headers tollgate" ROUNDS=15 scripts/e2e-bench.sh
+#                                   # some variants only, more rounds (bare always runs)
 #
 # Prints each run, then per variant the median CPU µs per request, the medians of its per-round
 # ratios to bare and to the control, and the median requests/s for reference.
@@ -22,7 +24,8 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-3100}
-MODES=(bare bare_with_headers tollgate tollgate_quiet tower_governor)
+read -r -a MODES <<<"${MODES:-bare bare_with_headers tollgate tollgate_quiet tower_governor}"
+[[ " ${MODES[*]} " == *" bare "* ]] || MODES=(bare "${MODES[@]}")
 TICK=$(getconf CLK_TCK)
 
 if ! command -v wrk >/dev/null; then
@@ -59,7 +62,9 @@ def paired(mode, reference):
     return statistics.median(cpu[mode][i] / cpu[reference][i] for i in range(n))
 for mode in cpu:
     m = statistics.median(cpu[mode])
+    control = (f"  {paired(mode, 'bare_with_headers'):5.3f} x control"
+               if "bare_with_headers" in cpu else "")
     print(f"{mode:17} median {m:6.3f} µs CPU/request  {paired(mode, 'bare'):5.3f} x bare"
-          f"  {paired(mode, 'bare_with_headers'):5.3f} x control (medians of per-round ratios)"
+          f"{control} (medians of per-round ratios)"
           f"  ({statistics.median(rps[mode]):8.0f} req/s)  runs {', '.join(f'{v:.3f}' for v in cpu[mode])}")
 PY

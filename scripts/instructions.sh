@@ -20,7 +20,7 @@ if [ "${1:-}" = "--check" ]; then
   shift
 fi
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(bare global-headers-off global-headers-on tower-limit shared-floor peer-headers-on tower-governor unkeyed-decision unkeyed-check governor-check keyed-decision governor-check-key)
+[ ${#cases[@]} -gt 0 ] || cases=(bare global-headers-off global-headers-on tower-limit shared-floor shaped-floor peer-headers-on peer-floor tower-governor unkeyed-decision unkeyed-check governor-check keyed-decision governor-check-key)
 count() {
   valgrind --tool=callgrind --toggle-collect='*measured*' --callgrind-out-file=/dev/null \
     "$bin" "$1" "$2" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'

@@ -227,15 +227,14 @@ impl<F> Http<F> {
     }
 
     /// `RateLimit-Policy` is the same for every response of a fixed set of quotas: computed
-    /// once, then cloned.
+    /// once, interned (a static value: no reference count per response), then cloned.
     #[inline]
     fn policy(&self, quotas: &Quotas) -> Option<HeaderValue> {
         let unit = self.headers.unit;
         let cached = self.policy_cache.get_or_init(|| {
-            (
-                quotas.clone(),
-                ietf::policy_value(quotas, unit, None).unwrap_or(HeaderValue::from_static("")),
-            )
+            let value = ietf::policy_value(quotas, unit, None)
+                .map_or(HeaderValue::from_static(""), crate::headers::interned);
+            (quotas.clone(), value)
         });
         if cached.0.same_set(quotas) {
             Some(cached.1.clone())

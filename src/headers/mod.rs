@@ -141,9 +141,72 @@ impl FieldBuf {
     }
 }
 
+/// At most this many values are interned for the life of the process ([`interned`]).
+const MAX_INTERNED: usize = 256;
+/// And at most this many bytes of them.
+const MAX_INTERNED_BYTES: usize = 64 * 1024;
+
+/// The values interned so far, and their bytes.
+static INTERNED: std::sync::Mutex<(Vec<&'static str>, usize)> =
+    std::sync::Mutex::new((Vec::new(), 0));
+
+/// `value` as a static one, for a value written on a great many responses (a quota set's
+/// `RateLimit-Policy`): cloned and dropped per response, a static value costs nothing, where a
+/// shared one moves a reference count whose cache line every core serving responses takes in
+/// turn. Equal values are interned once, process-wide; past [`MAX_INTERNED`] values or
+/// [`MAX_INTERNED_BYTES`] bytes, `value` is returned as it is, so that quota sets made at run
+/// time without end cost a bounded few kilobytes. Called once per cached value, not per
+/// request.
+pub(crate) fn interned(value: http::HeaderValue) -> http::HeaderValue {
+    let Ok(text) = value.to_str() else {
+        return value;
+    };
+    let mut interned = INTERNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (values, bytes) = &mut *interned;
+    if let Some(found) = values.iter().find(|found| **found == text) {
+        return http::HeaderValue::from_static(found);
+    }
+    if values.len() >= MAX_INTERNED || *bytes + text.len() > MAX_INTERNED_BYTES {
+        return value;
+    }
+    let leaked: &'static str = Box::leak(text.into());
+    values.push(leaked);
+    *bytes += leaked.len();
+    // `to_str` accepted it, so every byte is one `from_static` accepts too.
+    http::HeaderValue::from_static(leaked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interned_value_is_one_static_string_and_the_interned_are_bounded() {
+        let value = || http::HeaderValue::from_str("\"interned\";q=1;w=1").unwrap();
+        let (first, second) = (interned(value()), interned(value()));
+        assert_eq!(first, value());
+        // One leaked copy for both: the same bytes, not two shared buffers.
+        assert_eq!(first.as_bytes().as_ptr(), second.as_bytes().as_ptr());
+        for i in 0..2 * MAX_INTERNED {
+            let many = http::HeaderValue::from_str(&format!("\"many-{i}\";q=1;w=1")).unwrap();
+            assert_eq!(interned(many.clone()), many);
+        }
+        {
+            let interned = INTERNED.lock().unwrap();
+            assert!(interned.0.len() <= MAX_INTERNED && interned.1 <= MAX_INTERNED_BYTES);
+        }
+        // Past the cap, a new value comes back as it was given.
+        let past = http::HeaderValue::from_str("\"past the cap\";q=1;w=1").unwrap();
+        let at = past.as_bytes().as_ptr();
+        assert_eq!(interned(past).as_bytes().as_ptr(), at);
+        // A value interned before the cap still is.
+        assert_eq!(
+            interned(value()).as_bytes().as_ptr(),
+            first.as_bytes().as_ptr()
+        );
+    }
 
     #[test]
     fn what_the_fields_say_for_a_token_bucket() {

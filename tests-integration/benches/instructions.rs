@@ -78,6 +78,8 @@ const CASES: &[&str] = &[
     "global-headers-on",
     "tower-limit",
     "shared-floor",
+    "shaped-floor",
+    "peer-floor",
     "peer-headers-on",
     "tower-governor",
     "unkeyed-decision",
@@ -129,6 +131,11 @@ fn run(case: &str, n: u64) {
             n,
         ),
         "shared-floor" => through(common::SharedFloor::new(NoOp, 1, u64::MAX / 2), n),
+        "peer-floor" => through(common::PeerFloor::new(NoOp, 1, u64::MAX / 2), n),
+        "shaped-floor" => through(
+            common::ShapedFloor(common::SharedFloor::new(NoOp, 1, u64::MAX / 2)),
+            n,
+        ),
         "peer-headers-on" => through(
             RateLimitLayer::new(billion())
                 .key(PeerIp::new())

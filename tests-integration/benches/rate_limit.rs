@@ -225,6 +225,12 @@ fn layers(c: &mut Criterion) {
         "tollgate RateLimitLayer::scoped (peer + global)",
         RateLimitLayer::scoped(scopes).layer(NoOp),
     );
+    // The least such a limit must do (see `common::PeerFloor`), with the same future shape.
+    bench_layer(
+        &mut group,
+        "floor: peer hash + CAS + two header fields",
+        common::PeerFloor::new(NoOp, 1, u64::MAX / 2),
+    );
     let config = tower_governor::governor::GovernorConfigBuilder::default()
         .per_nanosecond(1)
         .burst_size(1_000_000_000)
@@ -264,6 +270,13 @@ fn layers(c: &mut Criterion) {
         &mut group,
         "floor: clock read + CAS on a shared TAT",
         common::SharedFloor::new(NoOp, 1, u64::MAX / 2),
+    );
+    // The same with a response future of tollgate's shape (a private enum with room for the
+    // header note and the settlement): what the shape costs before any decision.
+    bench_layer(
+        &mut group,
+        "floor + a response future of tollgate's shape",
+        common::ShapedFloor(common::SharedFloor::new(NoOp, 1, u64::MAX / 2)),
     );
     group.finish();
 }
