@@ -487,7 +487,9 @@ impl RedisStore {
         String::from_utf8_lossy(&self.inner.key(subject, quota)).into_owned()
     }
 
-    /// The state of `key` under `quotas`, without consuming anything.
+    /// The state of `key` under `quotas`, without consuming anything: Redis's, so tokens that
+    /// instances hold in [leases](RedisStore#leases) and have not spent yet count as spent
+    /// (they are charged there until given back).
     pub async fn status<K: RedisKey + ?Sized>(
         &self,
         key: &K,
